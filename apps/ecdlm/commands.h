@@ -1,0 +1,34 @@
+// Each subcommand lives in its own cmd_*.cpp and registers itself on the root app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+namespace ecdlm::cli {
+
+// The callback runs after parsing; it returns the process exit code.
+using Runner = std::function<int()>;
+
+// Registers a subcommand; `run` is called when it is selected.
+void set_runner(CLI::App* sub, Runner run);
+Runner runners_lookup(CLI::App* sub);
+
+void register_prepare_data(CLI::App& app);
+void register_train(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_logits(CLI::App& app);
+void register_info(CLI::App& app);
+void register_bench(CLI::App& app);
+
+// Common set-up for every command: threads, BLAS check, log level.
+struct GlobalOptions {
+  int threads = 0;  // 0 = all cores
+  bool quiet = false;
+  bool verbose = false;
+};
+GlobalOptions& global_options();
+void apply_global_options();
+
+}  // namespace ecdlm::cli

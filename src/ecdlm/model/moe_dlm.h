@@ -1,0 +1,77 @@
+// MoeDlm: the one model behind llada2_moe, LLaDA-MoE and ecdlm's own checkpoints.
+// Module names equal checkpoint tensor names (llada2_moe layout), except stacked experts.
+#pragma once
+#include <torch/torch.h>
+
+#include "ecdlm/model/attention.h"
+#include "ecdlm/model/config.h"
+#include "ecdlm/model/layers.h"
+#include "ecdlm/moe/capacity.h"
+#include "ecdlm/moe/moe_block.h"
+
+namespace ecdlm {
+
+struct ForwardOptions {
+  torch::Tensor mask_ratio_B;   // f32 [B]: r for EC capacity k(r); default: #mask / L per row
+  torch::Tensor capacity_B;     // int64 [B]: explicit EC capacity (overrides the schedule)
+  int64_t block_length = 0;     // > 0: block-causal attention aligned to position 0
+  int64_t pos_offset = 0;       // absolute position of input column 0
+  bool reference = false;       // slow per-expert MoE loop (tests)
+};
+
+struct ForwardResult {
+  torch::Tensor logits_BLV;     // f32 [B, L, V]
+  torch::Tensor aux_loss;       // f32 scalar: sum over MoE layers (training), else 0
+};
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& cfg, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
+                        const torch::Tensor& mask_LS, const moe::MoeForwardArgs& moe_args);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention attention{nullptr};
+  SwiGluMlp dense_mlp{nullptr};   // registered as "mlp" on dense layers
+  moe::MoeBlock moe_mlp{nullptr}; // registered as "mlp" on MoE layers
+};
+TORCH_MODULE(DecoderLayer);
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  explicit BackboneImpl(const ModelConfig& cfg);
+  torch::nn::Embedding word_embeddings{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Backbone);
+
+class MoeDlmImpl : public torch::nn::Module {
+ public:
+  explicit MoeDlmImpl(const ModelConfig& cfg);
+  // input_ids_BL int64 [B, L].
+  ForwardResult forward(const torch::Tensor& input_ids_BL, const ForwardOptions& opt = {});
+
+  // EC capacity per sequence from the schedule and r_B.
+  torch::Tensor capacity_for(const torch::Tensor& r_B, int64_t seq_len) const;
+  std::vector<moe::MoeBlock> moe_blocks();
+  std::vector<moe::RoutingStats> last_routing_stats();
+  void update_expert_biases(double rate);  // loss-free balancing, once per optimizer step
+
+  int64_t num_parameters() const;
+  int64_t num_active_parameters() const;   // per token (k experts + shared + dense parts)
+  // Forward FLOPs per token for a sequence of length L (matmuls only; attention included).
+  double forward_flops_per_token(int64_t seq_len) const;
+
+  const ModelConfig& config() const { return cfg_; }
+  const moe::CapacitySchedule& schedule() const { return schedule_; }
+
+  Backbone model{nullptr};
+  LinearNoBias lm_head{nullptr};
+
+ private:
+  ModelConfig cfg_;
+  moe::CapacitySchedule schedule_;
+};
+TORCH_MODULE(MoeDlm);
+
+}  // namespace ecdlm

@@ -1,0 +1,93 @@
+#include "ecdlm/moe/experts.h"
+
+#include <cmath>
+
+namespace ecdlm::moe {
+
+ExpertsImpl::ExpertsImpl(int64_t E, int64_t D, int64_t F) {
+  gate_proj = register_parameter("gate_proj", torch::empty({E, F, D}));
+  up_proj = register_parameter("up_proj", torch::empty({E, F, D}));
+  down_proj = register_parameter("down_proj", torch::empty({E, D, F}));
+  torch::NoGradGuard ng;
+  gate_proj.normal_(0.0, 0.02);
+  up_proj.normal_(0.0, 0.02);
+  down_proj.normal_(0.0, 0.02);
+}
+
+torch::Tensor ExpertsImpl::forward_slots(const torch::Tensor& x_END) {
+  auto h_ENF = torch::silu(torch::bmm(x_END, gate_proj.transpose(1, 2))) *
+               torch::bmm(x_END, up_proj.transpose(1, 2));
+  return torch::bmm(h_ENF, down_proj.transpose(1, 2));
+}
+
+torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
+  namespace F = torch::nn::functional;
+  auto h = torch::silu(F::linear(x_ND, gate_proj[e])) * F::linear(x_ND, up_proj[e]);
+  return F::linear(h, down_proj[e]);
+}
+
+torch::Tensor dispatch_slots(const torch::Tensor& x_TD, const torch::Tensor& token_EN) {
+  const auto E = token_EN.size(0), N = token_EN.size(1);
+  return x_TD.index_select(0, token_EN.reshape({-1})).view({E, N, x_TD.size(1)});
+}
+
+torch::Tensor combine_slots(const torch::Tensor& y_END, const torch::Tensor& gate_EN,
+                            const torch::Tensor& token_EN, int64_t T) {
+  const auto D = y_END.size(2);
+  auto weighted = (y_END.to(torch::kFloat32) * gate_EN.unsqueeze(-1)).reshape({-1, D});
+  return torch::zeros({T, D}, weighted.options()).index_add(0, token_EN.reshape({-1}), weighted);
+}
+
+torch::Tensor run_token_major(const torch::Tensor& x_TD, const torch::Tensor& idx_TK,
+                              const torch::Tensor& gate_TK, Experts& experts) {
+  const auto T = x_TD.size(0), K = idx_TK.size(1), D = x_TD.size(1);
+  const auto E = experts->num_experts();
+  auto flat = idx_TK.reshape({-1});
+  auto order = std::get<1>(torch::sort(flat, /*stable=*/true, 0, false));
+  auto token_of_pair = torch::div(order, K, "floor");
+  auto counts = torch::bincount(flat, {}, E).contiguous();
+  auto x_sorted = x_TD.index_select(0, token_of_pair);
+  std::vector<torch::Tensor> outs;
+  outs.reserve(static_cast<size_t>(E));
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  int64_t off = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    if (cnt[e] == 0) continue;
+    outs.push_back(experts->forward_one(e, x_sorted.narrow(0, off, cnt[e])));
+    off += cnt[e];
+  }
+  auto y_sorted = torch::cat(outs, 0).to(torch::kFloat32);
+  auto g_sorted = gate_TK.reshape({-1}).index_select(0, order).unsqueeze(-1);
+  return torch::zeros({T, D}, y_sorted.options()).index_add(0, token_of_pair, y_sorted * g_sorted);
+}
+
+torch::Tensor run_plan(const torch::Tensor& x_TD, const RoutingPlan& plan, Experts& experts) {
+  if (!plan.expert_major) return run_token_major(x_TD, plan.idx_TK, plan.gate_TK, experts);
+  auto y_END = experts->forward_slots(dispatch_slots(x_TD, plan.token_EN));
+  return combine_slots(y_END, plan.gate_EN, plan.token_EN, x_TD.size(0));
+}
+
+torch::Tensor run_plan_reference(const torch::Tensor& x_TD, const RoutingPlan& plan,
+                                 Experts& experts) {
+  const auto T = x_TD.size(0), D = x_TD.size(1);
+  const auto E = experts->num_experts();
+  auto out = torch::zeros({T, D}, torch::kFloat32);
+  for (int64_t e = 0; e < E; ++e) {
+    torch::Tensor tok, gate;
+    if (plan.expert_major) {
+      tok = plan.token_EN[e];
+      gate = plan.gate_EN[e];
+    } else {
+      auto hit_TK = plan.idx_TK == e;
+      auto rows = hit_TK.any(1).nonzero().squeeze(1);
+      tok = rows;
+      gate = (plan.gate_TK * hit_TK).sum(1).index_select(0, rows);
+    }
+    if (tok.numel() == 0) continue;
+    auto y = experts->forward_one(e, x_TD.index_select(0, tok)).to(torch::kFloat32);
+    out = out.index_add(0, tok, y * gate.unsqueeze(-1));
+  }
+  return out;
+}
+
+}  // namespace ecdlm::moe

@@ -1,0 +1,81 @@
+#include "ecdlm/moe/moe_block.h"
+
+#include "ecdlm/moe/scaling.h"
+#include "ecdlm/util/error.h"
+
+namespace ecdlm::moe {
+
+RouterGateImpl::RouterGateImpl(int64_t E, int64_t D, bool with_bias) {
+  weight = register_parameter("weight", torch::empty({E, D}));
+  torch::NoGradGuard ng;
+  weight.normal_(0.0, 0.02);
+  if (with_bias) expert_bias = register_buffer("expert_bias", torch::zeros({E}));
+}
+
+MoeBlockImpl::MoeBlockImpl(const ModelConfig& c) : router_type_(c.router_type) {
+  const bool bias = c.moe_router_enable_expert_bias || c.moe_loss_free_bias_rate > 0;
+  gate = register_module("gate", RouterGate(c.num_experts, c.hidden_size, bias));
+  experts = register_module("experts", Experts(c.num_experts, c.hidden_size, c.moe_intermediate_size));
+  if (c.shared_expert_intermediate_size > 0)
+    shared_experts = register_module(
+        "shared_experts", SwiGluMlp(c.hidden_size, c.shared_expert_intermediate_size));
+  tc_.k = c.num_experts_per_tok;
+  tc_.score = c.score_function == ScoreFunction::kSigmoid ? ScoreFn::kSigmoid : ScoreFn::kSoftmax;
+  tc_.n_group = c.n_group;
+  tc_.topk_group = c.topk_group;
+  tc_.norm_topk_prob = c.norm_topk_prob;
+  tc_.scaling = c.routed_scaling_factor;
+  tc_.bias_in_gate = c.expert_bias_in_gate;
+  tc_.capacity_factor = c.moe_capacity_factor;
+  tc_.aux_loss_coeff = c.moe_aux_loss_coeff;
+  tc_.z_loss_coeff = c.moe_z_loss_coeff;
+  ec_.z_loss_coeff = c.moe_z_loss_coeff;
+  if (c.router_type == RouterType::kExpertChoice && c.moe_enable_scaling_factor &&
+      c.shared_expert_intermediate_size > 0) {
+    phi_ = ec_scaling_table(c.num_experts, static_cast<double>(c.shared_expert_intermediate_size) /
+                                               static_cast<double>(c.moe_intermediate_size));
+  }
+}
+
+RoutingPlan MoeBlockImpl::route(const torch::Tensor& x_BLD, const MoeForwardArgs& args) {
+  const auto B = x_BLD.size(0), L = x_BLD.size(1), D = x_BLD.size(2);
+  auto logits_TE = router_logits(x_BLD.reshape({B * L, D}), gate->weight);
+  if (router_type_ == RouterType::kExpertChoice) {
+    if (!args.capacity_B.defined())
+      throw std::invalid_argument("expert-choice MoE layer needs capacity_B");
+    ExpertChoiceParams p = ec_;
+    p.compute_losses = is_training();
+    p.phi = phi_.empty() ? nullptr : &phi_;
+    return route_expert_choice(logits_TE.view({B, L, -1}), args.capacity_B, p);
+  }
+  TokenChoiceParams p = tc_;
+  p.compute_losses = is_training();
+  return route_token_choice(logits_TE, gate->expert_bias, p);
+}
+
+torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x_BLD, const MoeForwardArgs& args) {
+  const auto B = x_BLD.size(0), L = x_BLD.size(1), D = x_BLD.size(2);
+  auto plan = route(x_BLD, args);
+  auto x_TD = x_BLD.reshape({B * L, D});
+  auto y_TD = args.reference ? run_plan_reference(x_TD, plan, experts)
+                             : run_plan(x_TD, plan, experts);
+  // Weighted sum in fp32, cast back, then the shared expert (as the LLaDA2 reference).
+  auto y_BLD = y_TD.to(x_BLD.scalar_type()).view({B, L, D});
+  if (!shared_experts.is_empty()) y_BLD = y_BLD + shared_experts(x_BLD);
+  last_stats_ = plan.stats;
+  last_aux_loss_ = plan.aux_loss;
+  if (is_training() && plan.load_E.defined()) {
+    load_accum_E_ = load_accum_E_.defined() ? load_accum_E_ + plan.load_E : plan.load_E.clone();
+  }
+  return y_BLD;
+}
+
+void MoeBlockImpl::update_expert_bias(double rate) {
+  if (!load_accum_E_.defined() || !gate->expert_bias.defined()) return;
+  torch::NoGradGuard ng;
+  auto load = load_accum_E_.to(torch::kFloat32);
+  gate->expert_bias.add_(rate * torch::sign(load.mean() - load));
+  load_accum_E_ = torch::Tensor();
+}
+
+}  // namespace ecdlm::moe
