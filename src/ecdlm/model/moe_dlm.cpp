@@ -92,7 +92,8 @@ ForwardResult MoeDlmImpl::forward(const torch::Tensor& ids_BL, const ForwardOpti
   }
   x = model->norm(x);
   ForwardResult r;
-  r.logits_BLV = lm_head(x).to(torch::kFloat32);
+  r.hidden_BLD = x;
+  if (!opt.skip_lm_head) r.logits_BLV = lm_head(x).to(torch::kFloat32);
   r.aux_loss = aux;
   (void)B;
   return r;

@@ -17,10 +17,12 @@ struct ForwardOptions {
   int64_t block_length = 0;     // > 0: block-causal attention aligned to position 0
   int64_t pos_offset = 0;       // absolute position of input column 0
   bool reference = false;       // slow per-expert MoE loop (tests)
+  bool skip_lm_head = false;    // return the final hidden states only (loss projects masked rows)
 };
 
 struct ForwardResult {
-  torch::Tensor logits_BLV;     // f32 [B, L, V]
+  torch::Tensor logits_BLV;     // f32 [B, L, V] (undefined with skip_lm_head)
+  torch::Tensor hidden_BLD;     // final-norm hidden states [B, L, D]
   torch::Tensor aux_loss;       // f32 scalar: sum over MoE layers (training), else 0
 };
 

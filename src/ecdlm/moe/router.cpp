@@ -80,10 +80,11 @@ RoutingPlan route_token_choice(const torch::Tensor& logits_TE, const torch::Tens
       T, static_cast<int64_t>(std::ceil(static_cast<double>(T) * p.k / E * p.capacity_factor)));
   auto gate_dense_TE = torch::zeros({T, E}, gate_TK.options()).scatter(1, idx_TK, gate_TK);
   auto chosen_TE = torch::zeros({T, E}, torch::kBool).scatter_(1, idx_TK, true);
-  auto key_ET = gate_dense_TE.detach().masked_fill(chosen_TE.logical_not(), -1.0).t();
+  // Not-chosen pairs sort last; gates can be negative (biased weights), so use -inf, not -1.
+  auto key_ET = gate_dense_TE.detach().masked_fill(chosen_TE.logical_not(), -std::numeric_limits<float>::infinity()).t();
   auto sorted = torch::sort(key_ET, /*stable=*/true, /*dim=*/1, /*descending=*/true);
   auto tok_EC = std::get<1>(sorted).index({idx::Slice(), idx::Slice(0, C)}).contiguous();
-  auto valid_EC = std::get<0>(sorted).index({idx::Slice(), idx::Slice(0, C)}) >= 0;
+  auto valid_EC = std::get<0>(sorted).index({idx::Slice(), idx::Slice(0, C)}) > -std::numeric_limits<float>::infinity();
   plan.expert_major = true;
   plan.token_EN = tok_EC;
   plan.gate_EN = gate_dense_TE.t().gather(1, tok_EC) * valid_EC;

@@ -1,5 +1,8 @@
 #include "ecdlm/text/spm_api.h"
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -46,7 +49,7 @@ const Api& api() {
     for (const auto& p : candidate_paths()) {
       tried += (tried.empty() ? "" : ", ") + p;
       if (!fs::exists(p)) continue;
-      h = ::dlopen(p.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      h = ::dlmopen(LM_ID_NEWLM, p.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (h) {
         path = p;
         break;

@@ -3,7 +3,9 @@
 // Why: Debian's libsentencepiece statically embeds its own protobuf and exports its symbols;
 // libtorch links the system libprotobuf. Linking both into one process crashes at start-up
 // (protobuf descriptor registration resolves into the wrong copy). The module
-// (src/spm_module) is loaded with RTLD_LOCAL | RTLD_DEEPBIND so the two never meet.
+// (src/spm_module) is loaded with dlmopen into its own link namespace (own libstdc++ too; DEEPBIND
+// is not enough: it breaks std::cerr inside SentencePiece), so the two never meet. The API is
+// plain C with callbacks, so no allocation crosses the namespace boundary.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -1,0 +1,72 @@
+// ecdlm bench: reproducible side-by-side benchmarks.
+#include <iostream>
+
+#include "cli_util.h"
+#include "commands.h"
+#include "ecdlm/bench/train_bench.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm::cli {
+namespace {
+
+struct BenchTrainArgs {
+  std::string config = "configs/brown-small.json", out_md, bf16 = "true";
+  std::vector<std::string> variants = {"ec", "tc-dropless", "tc-cf1.25"};
+  int64_t steps = 4, reps = 3, warmup = 2, batch = 0, seq_len = 0, vocab = 8192;
+  bool json = false;
+};
+
+int run_train(const BenchTrainArgs& a) {
+  auto rc = load_run_config(a.config);
+  TrainParams tp;
+  tp.update_from_json(rc.train, a.config);
+  if (a.batch > 0) tp.batch_size = a.batch;
+  if (a.seq_len > 0) tp.seq_len = a.seq_len;
+  if (a.bf16 != "true" && a.bf16 != "false") fail("", "--bench-bf16", "expects true or false", "");
+  tp.bf16 = a.bf16 == "true";
+  ModelConfig cfg = rc.model;
+  cfg.vocab_size = a.vocab;
+  cfg.mask_token_id = a.vocab - 1;
+  bench::TrainBenchParams bp;
+  bp.variants = a.variants;
+  bp.steps = a.steps;
+  bp.reps = a.reps;
+  bp.warmup_steps = a.warmup;
+  LOG_INFO("bench train: config " << a.config << ", batch " << tp.batch_size << " x " << tp.seq_len
+                                  << ", " << bp.reps << " reps x " << bp.steps << " steps (+" << bp.warmup_steps
+                                  << " warm-up), bf16 " << (tp.bf16 ? "on" : "off") << ", threads "
+                                  << torch::get_num_threads());
+  auto rows = bench::run_train_bench(cfg, tp, bp);
+  auto md = bench::to_markdown(rows, cfg, tp);
+  if (!a.out_md.empty()) write_file_atomic(a.out_md, md);
+  if (a.json)
+    std::cout << bench::to_json(rows).dump(2) << std::endl;
+  else
+    std::cout << md;
+  return 0;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks, always side by side with a baseline in one run");
+  bench->require_subcommand(1);
+  auto a = std::make_shared<BenchTrainArgs>();
+  auto* tr = bench->add_subcommand("train", "Training throughput: EC vs TC-dropless vs TC-cf1.25");
+  tr->add_option("--config", a->config, "Run config JSON (model + batch shape)")->capture_default_str()->check(CLI::ExistingFile);
+  tr->add_option("--variants", a->variants, "Variants: ec, tc-dropless, tc-cf<factor>")->capture_default_str();
+  tr->add_option("--bench-steps", a->steps, "Optimizer steps per repetition")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--bench-reps", a->reps, "Repetitions (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--bench-warmup", a->warmup, "Warm-up steps per variant")->capture_default_str()->check(CLI::NonNegativeNumber);
+  tr->add_option("--train-batch-size", a->batch, "Override the config's batch size")->check(CLI::PositiveNumber);
+  tr->add_option("--train-seq-len", a->seq_len, "Override the config's sequence length")->check(CLI::PositiveNumber);
+  tr->add_option("--vocab-size", a->vocab, "Vocabulary size of the benchmarked model")->capture_default_str()->check(CLI::Range(2, 1 << 24));
+  tr->add_option("--bench-bf16", a->bf16, "true|false")->capture_default_str();
+  tr->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
+  tr->add_flag("--json", a->json, "Print {\"results\": [...]} JSON");
+  set_runner(tr, [a] { return run_train(*a); });
+}
+
+}  // namespace ecdlm::cli

@@ -1,0 +1,86 @@
+// ecdlm eval: ELBO perplexity on prepared validation shards with deterministic masks.
+#include <iomanip>
+#include <iostream>
+
+#include "commands.h"
+#include "ecdlm/data/batcher.h"
+#include "ecdlm/data/shards.h"
+#include "ecdlm/eval/elbo.h"
+#include "ecdlm/model/checkpoint.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/log.h"
+#include "ecdlm/util/progress.h"
+
+namespace ecdlm::cli {
+namespace {
+
+struct EvalArgs {
+  std::string model, data = "data/brown", split = "val", bf16 = "true";
+  int64_t seq_len = 256, windows = 64, samples = 4, batch = 16;
+  uint64_t seed = EvalParams{}.seed;
+  std::vector<int64_t> bins = {4, 10};
+  bool json = false;
+};
+
+int run(const EvalArgs& a) {
+  if (a.bf16 != "true" && a.bf16 != "false") fail("", "--eval-bf16", "expects true or false", "");
+  auto model = load_model(a.model);
+  auto shard = data::TokenShard::open(a.data, a.split);
+  if (shard.vocab_size() != model->config().vocab_size)
+    fail(a.data, "vocab_size",
+         "data vocabulary (" + std::to_string(shard.vocab_size()) + ") differs from the model's (" +
+             std::to_string(model->config().vocab_size) + ")",
+         "evaluate on data prepared with the model's tokenizer");
+  data::EvalWindows windows(shard, a.seq_len, a.windows);
+  EvalParams p;
+  p.max_windows = a.windows;
+  p.mask_samples = a.samples;
+  p.batch_size = a.batch;
+  p.seed = a.seed;
+  p.bins = a.bins;
+  p.bf16 = a.bf16 == "true";
+  LOG_INFO("eval: model " << a.model << ", data " << a.data << "/" << a.split << ", "
+                          << windows.size() << " windows x " << a.seq_len << " tokens, "
+                          << p.mask_samples << " mask samples, seed " << p.seed
+                          << ", bf16 " << (p.bf16 ? "on" : "off"));
+  ProgressBar bar("eval", windows.size() * p.mask_samples, "seq");
+  auto res = evaluate_elbo(model, windows, p, [&](int64_t d, int64_t) { bar.update(d); });
+  bar.finish();
+  if (a.json) {
+    std::cout << res.to_json().dump(2) << std::endl;
+    return 0;
+  }
+  std::cout << "ELBO loss " << std::fixed << std::setprecision(4) << res.loss << "   perplexity "
+            << std::setprecision(2) << res.ppl << "   (" << res.sequences << " sequences, "
+            << std::setprecision(1) << res.seconds << " s)\n";
+  std::cout << "routing: load CV " << std::setprecision(3) << res.routing.load_cv << ", drop rate "
+            << res.routing.drop_rate << ", zero-expert tokens " << res.routing.zero_expert_rate << "\n";
+  for (const auto& b : res.per_bin) {
+    std::cout << "\n| r bin | sequences | loss |\n|---|---|---|\n";
+    for (int64_t i = 0; i < b.bins(); ++i)
+      std::cout << "| [" << std::setprecision(2) << b.lo(i) << ", " << b.hi(i) << (i + 1 == b.bins() ? "]" : ")")
+                << " | " << b.count(i) << " | " << std::setprecision(4) << b.mean(i) << " |\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* sub = app.add_subcommand("eval", "ELBO perplexity with deterministic masks, per mask-ratio bin");
+  sub->add_option("-m,--model", a->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  sub->add_option("--data", a->data, "Prepared data directory")->capture_default_str();
+  sub->add_option("--split", a->split, "Shard split")->capture_default_str();
+  sub->add_option("--eval-seq-len", a->seq_len, "Tokens per window")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  sub->add_option("--eval-windows", a->windows, "Windows to evaluate")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--eval-mask-samples", a->samples, "Mask draws per window")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--eval-batch-size", a->batch, "Windows per forward")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--eval-seed", a->seed, "Mask seed")->capture_default_str();
+  sub->add_option("--eval-bins", a->bins, "Mask-ratio bin counts (e.g. 4 10)")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--eval-bf16", a->bf16, "true|false")->capture_default_str();
+  sub->add_flag("--json", a->json, "Print JSON");
+  set_runner(sub, [a] { return run(*a); });
+}
+
+}  // namespace ecdlm::cli

@@ -1,0 +1,80 @@
+#include "ecdlm/eval/elbo.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "ecdlm/util/compat.h"
+
+namespace ecdlm {
+
+nlohmann::json EvalResult::to_json() const {
+  nlohmann::json j = {{"loss", loss}, {"ppl", ppl}, {"sequences", sequences}, {"seconds", seconds},
+                      {"routing", routing.to_json()}};
+  for (const auto& b : per_bin) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (int64_t i = 0; i < b.bins(); ++i)
+      arr.push_back({{"lo", b.lo(i)}, {"hi", b.hi(i)}, {"loss", b.mean(i)}, {"count", b.count(i)}});
+    j["per_bin"][std::to_string(b.bins())] = arr;
+  }
+  return j;
+}
+
+namespace {
+// Masks drawn per window, so results do not depend on the eval batch size.
+NoisedBatch noise_rows(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t seed, int64_t first,
+                       int64_t sample) {
+  std::vector<torch::Tensor> xt, m, r;
+  for (int64_t i = 0; i < x0_BL.size(0); ++i) {
+    auto nb = noise_batch(x0_BL.narrow(0, i, 1), mask_id,
+                          mix_seed(seed, static_cast<uint64_t>(first + i), static_cast<uint64_t>(sample)));
+    xt.push_back(nb.x_t_BL);
+    m.push_back(nb.masked_BL);
+    r.push_back(nb.r_B);
+  }
+  return {torch::cat(xt), torch::cat(m), torch::cat(r)};
+}
+}  // namespace
+
+EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const EvalParams& p,
+                         const std::function<void(int64_t, int64_t)>& progress) {
+  auto t0 = std::chrono::steady_clock::now();
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard ng;
+  EvalResult res;
+  for (auto nb : p.bins) res.per_bin.emplace_back(nb);
+  const int64_t mask_id = model->config().mask_token_id;
+  const int64_t total = windows.size() * p.mask_samples;
+  double sum = 0.0;
+  int64_t done = 0;
+  for (int64_t s = 0; s < p.mask_samples; ++s) {
+    for (int64_t first = 0; first < windows.size(); first += p.batch_size) {
+      const int64_t count = std::min(p.batch_size, windows.size() - first);
+      auto x0 = windows.batch(first, count);
+      auto noised = noise_rows(x0, mask_id, p.seed, first, s);
+      ForwardOptions opt;
+      opt.mask_ratio_B = noised.r_B;
+      opt.skip_lm_head = true;
+      DiffusionLoss dl;
+      {
+        compat::CpuAutocast ac(p.bf16);
+        auto fwd = model->forward(noised.x_t_BL, opt);
+        dl = diffusion_loss(model, fwd.hidden_BLD, x0, noised, /*inverse_r=*/true);
+      }
+      res.routing.add(model->last_routing_stats());
+      sum += dl.seq_loss_B.sum().item<double>();
+      for (auto& b : res.per_bin) b.add(noised.r_B, dl.seq_loss_B);
+      res.sequences += count;
+      done += count;
+      if (progress) progress(done, total);
+    }
+  }
+  res.loss = res.sequences ? sum / static_cast<double>(res.sequences) : 0.0;
+  res.ppl = std::exp(std::min(20.0, res.loss));
+  res.routing = res.routing.averaged();
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (was_training) model->train();
+  return res;
+}
+
+}  // namespace ecdlm

@@ -1,0 +1,39 @@
+// ELBO perplexity on held-out windows with deterministic masks: the same windows, t and masks
+// every time (seeded by (eval seed, window, sample)), so numbers are comparable across runs.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <vector>
+
+#include "ecdlm/data/batcher.h"
+#include "ecdlm/model/moe_dlm.h"
+#include "ecdlm/moe/routing_stats.h"
+#include "ecdlm/train/diffusion.h"
+
+namespace ecdlm {
+
+struct EvalParams {
+  int64_t max_windows = 64;      // validation windows of seq_len tokens
+  int64_t mask_samples = 4;      // independent (t, mask) draws per window
+  int64_t batch_size = 16;
+  uint64_t seed = 20260401;
+  std::vector<int64_t> bins = {4, 10};
+  bool bf16 = true;              // autocast matmuls to bf16 (fp32 router/softmax/loss)
+};
+
+struct EvalResult {
+  double loss = 0.0;             // mean 1/r-weighted masked CE per token (NELBO / token)
+  double ppl = 0.0;              // exp(min(20, loss))
+  int64_t sequences = 0;
+  std::vector<BinnedLoss> per_bin;
+  moe::RoutingSummary routing;
+  double seconds = 0.0;
+  nlohmann::json to_json() const;
+};
+
+// `progress(done, total)` is called after each batch (may be empty).
+EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const EvalParams& p,
+                         const std::function<void(int64_t, int64_t)>& progress = {});
+
+}  // namespace ecdlm

@@ -1,0 +1,73 @@
+// Tokenizer interface and the SentencePiece implementation trained by `ecdlm prepare-data`.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+extern "C" {
+typedef struct EcdlmSpm EcdlmSpm;
+}
+
+namespace ecdlm::text {
+
+// Special tokens every ecdlm tokenizer provides. They are ordinary text pieces: writing
+// "<|mask|>" in a prompt yields the mask id, and decode() renders them back verbatim.
+inline constexpr const char* kEosPiece = "<|endoftext|>";
+inline constexpr const char* kMaskPiece = "<|mask|>";
+inline constexpr const char* kPadPiece = "<|pad|>";
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::vector<int32_t> encode(const std::string& text) const = 0;
+  // Ids outside [0, vocab_size) throw std::out_of_range.
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int32_t mask_id() const = 0;
+  virtual int32_t eos_id() const = 0;
+  virtual int32_t pad_id() const = 0;
+  virtual std::string id_to_piece(int32_t id) const = 0;
+};
+
+// Loads a tokenizer from a model directory (looks for the known file names, currently
+// tokenizer.model) or from a direct file path. Missing/corrupt -> UserError.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir_or_file);
+
+// SentencePiece BPE with byte fallback (any UTF-8 text encodes without <unk>).
+// Trained ids: 0 = <unk>, 1 = <|endoftext|>, 2 = <|mask|>, 3 = <|pad|>, 4..259 = bytes.
+// decode() renders the specials as their text (so masks stay visible); byte pieces that do not
+// form valid UTF-8 come out as U+FFFD.
+class SpmTokenizer : public Tokenizer {
+ public:
+  // Trains a model on `texts` (split into lines; empty lines dropped) and writes it to
+  // out_model_path. Deterministic for fixed inputs and seed. Bad settings -> UserError.
+  static void train(const std::vector<std::string>& texts, int vocab_size,
+                    const std::string& out_model_path, uint64_t seed);
+  // The specials are looked up by piece: a model without <|mask|> or <|endoftext|> is rejected;
+  // a missing <|pad|> falls back to eos.
+  static std::unique_ptr<SpmTokenizer> load(const std::string& path);
+
+  ~SpmTokenizer() override;
+  std::vector<int32_t> encode(const std::string& text) const override;
+  std::string decode(const std::vector<int32_t>& ids) const override;
+  int64_t vocab_size() const override;
+  int32_t mask_id() const override { return mask_id_; }
+  int32_t eos_id() const override { return eos_id_; }
+  int32_t pad_id() const override { return pad_id_; }
+  std::string id_to_piece(int32_t id) const override;
+  const std::string& path() const { return path_; }
+
+ private:
+  SpmTokenizer() = default;
+  void check_id(int32_t id) const;
+
+  EcdlmSpm* sp_ = nullptr;  // owned; SentencePiece lives in a dlopen'ed module (spm_api.h)
+  int64_t size_ = 0;
+  std::string path_;
+  int32_t mask_id_ = -1;
+  int32_t eos_id_ = -1;
+  int32_t pad_id_ = -1;
+};
+
+}  // namespace ecdlm::text

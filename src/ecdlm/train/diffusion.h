@@ -1,0 +1,52 @@
+// The masked-diffusion training objective (ec-dlm.md §1): forward noising with the realized mask
+// ratio r, and the 1/r-weighted masked cross-entropy over all B*L tokens.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "ecdlm/model/moe_dlm.h"
+
+namespace ecdlm {
+
+struct NoisedBatch {
+  torch::Tensor x_t_BL;      // int64 [B, L]: masked positions hold mask_id
+  torch::Tensor masked_BL;   // bool [B, L]
+  torch::Tensor r_B;         // f32 [B]: realized mask ratio (#masked / L, >= 1/L)
+};
+
+// t_b ~ U[0,1) per sequence, each position masked with probability t_b, at least one mask per
+// row. Fully determined by `seed` (callers derive it from (run seed, step, micro-batch)).
+NoisedBatch noise_batch(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t seed);
+// Deterministic mixing of several integers into one seed (splitmix64).
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
+
+struct DiffusionLoss {
+  torch::Tensor loss;         // f32 scalar: (1/(B*L)) sum_b w_b sum_i masked * CE (w = 1/r or 1)
+  torch::Tensor seq_loss_B;   // f32 [B] (detached): per-sequence (1/L) * (1/r_b) * sum_i masked*CE
+  int64_t masked_tokens = 0;
+};
+
+// Projects only the masked rows through the LM head (cheaper than full logits).
+// inverse_r = false drops the 1/r weight (the "stable training" variant).
+DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
+                             const torch::Tensor& x0_BL, const NoisedBatch& nb, bool inverse_r);
+
+// Per-mask-ratio-bin accumulator: bin loss = sum of sequence losses / #sequences in the bin.
+class BinnedLoss {
+ public:
+  explicit BinnedLoss(int64_t bins = 4) : sum_(static_cast<size_t>(bins), 0.0), count_(sum_.size(), 0) {}
+  void add(const torch::Tensor& r_B, const torch::Tensor& seq_loss_B);
+  int64_t bins() const { return static_cast<int64_t>(sum_.size()); }
+  double mean(int64_t bin) const { return count_[bin] ? sum_[bin] / count_[bin] : 0.0; }
+  int64_t count(int64_t bin) const { return count_[bin]; }
+  double lo(int64_t bin) const { return static_cast<double>(bin) / bins(); }
+  double hi(int64_t bin) const { return static_cast<double>(bin + 1) / bins(); }
+
+ private:
+  std::vector<double> sum_;
+  std::vector<int64_t> count_;
+};
+
+}  // namespace ecdlm

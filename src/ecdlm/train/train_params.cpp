@@ -1,0 +1,108 @@
+#include "ecdlm/train/train_params.h"
+
+#include <cmath>
+
+#include "ecdlm/util/error.h"
+
+namespace ecdlm {
+using nlohmann::json;
+
+json TrainParams::to_json() const {
+  return {{"data_dir", data_dir}, {"out_dir", out_dir}, {"init_from", init_from},
+          {"batch_size", batch_size}, {"seq_len", seq_len}, {"grad_accum", grad_accum},
+          {"max_steps", max_steps}, {"time_budget_s", time_budget_s}, {"lr", lr},
+          {"min_lr_ratio", min_lr_ratio}, {"warmup_steps", warmup_steps},
+          {"lr_schedule", lr_schedule}, {"wsd_decay_frac", wsd_decay_frac},
+          {"weight_decay", weight_decay}, {"beta1", beta1}, {"beta2", beta2},
+          {"adam_eps", adam_eps}, {"grad_clip", grad_clip}, {"inverse_r", inverse_r},
+          {"bf16", bf16}, {"seed", seed}, {"log_every", log_every}, {"eval_every", eval_every},
+          {"save_every", save_every}, {"keep_last", keep_last},
+          {"eval_windows", eval.max_windows}, {"eval_mask_samples", eval.mask_samples},
+          {"eval_batch_size", eval.batch_size}, {"eval_seed", eval.seed}, {"eval_bins", eval.bins},
+          {"final_eval_windows", final_eval_windows}};
+}
+
+void TrainParams::update_from_json(const json& j, const std::string& src) {
+  if (!j.is_object()) fail(src, "train", "must be a JSON object", "");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    const json& v = it.value();
+    try {
+      if (k == "data_dir") data_dir = v.get<std::string>();
+      else if (k == "out_dir") out_dir = v.get<std::string>();
+      else if (k == "init_from") init_from = v.get<std::string>();
+      else if (k == "batch_size") batch_size = v.get<int64_t>();
+      else if (k == "seq_len") seq_len = v.get<int64_t>();
+      else if (k == "grad_accum") grad_accum = v.get<int64_t>();
+      else if (k == "max_steps") max_steps = v.get<int64_t>();
+      else if (k == "time_budget_s") time_budget_s = v.get<double>();
+      else if (k == "lr") lr = v.get<double>();
+      else if (k == "min_lr_ratio") min_lr_ratio = v.get<double>();
+      else if (k == "warmup_steps") warmup_steps = v.get<int64_t>();
+      else if (k == "lr_schedule") lr_schedule = v.get<std::string>();
+      else if (k == "wsd_decay_frac") wsd_decay_frac = v.get<double>();
+      else if (k == "weight_decay") weight_decay = v.get<double>();
+      else if (k == "beta1") beta1 = v.get<double>();
+      else if (k == "beta2") beta2 = v.get<double>();
+      else if (k == "adam_eps") adam_eps = v.get<double>();
+      else if (k == "grad_clip") grad_clip = v.get<double>();
+      else if (k == "inverse_r") inverse_r = v.get<bool>();
+      else if (k == "bf16") bf16 = v.get<bool>();
+      else if (k == "seed") seed = v.get<uint64_t>();
+      else if (k == "log_every") log_every = v.get<int64_t>();
+      else if (k == "eval_every") eval_every = v.get<int64_t>();
+      else if (k == "save_every") save_every = v.get<int64_t>();
+      else if (k == "keep_last") keep_last = v.get<int64_t>();
+      else if (k == "eval_windows") eval.max_windows = v.get<int64_t>();
+      else if (k == "eval_mask_samples") eval.mask_samples = v.get<int64_t>();
+      else if (k == "eval_batch_size") eval.batch_size = v.get<int64_t>();
+      else if (k == "eval_seed") eval.seed = v.get<uint64_t>();
+      else if (k == "eval_bins") eval.bins = v.get<std::vector<int64_t>>();
+      else if (k == "final_eval_windows") final_eval_windows = v.get<int64_t>();
+      else fail(src, "train." + k, "unknown key", "see `ecdlm train --help` for the settings");
+    } catch (const json::exception& e) {
+      fail(src, "train." + k, std::string("wrong type: ") + e.what(), "fix the value's type");
+    }
+  }
+}
+
+void TrainParams::validate() const {
+  auto need = [](bool ok, const char* field, const std::string& problem, const std::string& fix) {
+    if (!ok) fail("", field, problem, fix);
+  };
+  need(batch_size > 0, "--train-batch-size", "must be > 0", "");
+  need(seq_len > 1, "--train-seq-len", "must be > 1", "");
+  need(grad_accum > 0, "--train-grad-accum", "must be > 0", "");
+  need(max_steps > 0 || time_budget_s > 0, "--train-steps",
+       "no budget: neither a step limit nor a time budget is set",
+       "pass --train-steps N or --train-time-budget SECONDS");
+  need(max_steps >= 0 && time_budget_s >= 0, "--train-steps", "budgets must be >= 0", "");
+  need(lr > 0 && std::isfinite(lr), "--train-lr", "must be a positive number", "");
+  need(min_lr_ratio >= 0 && min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]", "");
+  need(warmup_steps >= 0, "--train-warmup", "must be >= 0", "");
+  need(lr_schedule == "cosine" || lr_schedule == "wsd" || lr_schedule == "constant",
+       "--train-lr-schedule", "unknown '" + lr_schedule + "'", "use cosine, wsd or constant");
+  need(grad_clip >= 0, "--train-grad-clip", "must be >= 0 (0 = off)", "");
+  need(eval_every >= 0 && save_every >= 0 && log_every > 0, "--train-eval-every",
+       "intervals must be >= 0 (log interval > 0)", "");
+  need(keep_last >= 1, "--train-keep-last", "must be >= 1", "");
+  need(eval.max_windows > 0 && eval.mask_samples > 0 && eval.batch_size > 0, "eval_windows",
+       "eval sizes must be > 0", "");
+  for (auto b : eval.bins) need(b > 0, "eval_bins", "bin counts must be > 0", "");
+}
+
+double TrainParams::lr_at(int64_t step, double progress) const {
+  if (warmup_steps > 0 && step < warmup_steps)
+    return lr * static_cast<double>(step + 1) / static_cast<double>(warmup_steps);
+  const double min_lr = lr * min_lr_ratio;
+  progress = std::min(1.0, std::max(0.0, progress));
+  if (lr_schedule == "constant") return lr;
+  if (lr_schedule == "wsd") {
+    const double start = 1.0 - wsd_decay_frac;
+    if (progress <= start || wsd_decay_frac <= 0) return lr;
+    return lr + (min_lr - lr) * (progress - start) / wsd_decay_frac;
+  }
+  return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+}  // namespace ecdlm

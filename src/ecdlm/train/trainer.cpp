@@ -1,0 +1,328 @@
+#include "ecdlm/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "ecdlm/data/batcher.h"
+#include "ecdlm/data/shards.h"
+#include "ecdlm/model/checkpoint.h"
+#include "ecdlm/moe/routing_stats.h"
+#include "ecdlm/train/diffusion.h"
+#include "ecdlm/train/metrics.h"
+#include "ecdlm/util/compat.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
+#include "ecdlm/util/progress.h"
+
+namespace ecdlm {
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+json TrainResult::to_json() const {
+  return {{"steps", steps}, {"tokens", tokens}, {"seconds", seconds},
+          {"tokens_per_s", tokens_per_s}, {"final_val_loss", final_val_loss},
+          {"final_val_ppl", final_val_ppl}, {"diverged", diverged},
+          {"last_checkpoint", last_checkpoint}, {"best_checkpoint", best_checkpoint}};
+}
+
+std::string latest_checkpoint(const std::string& out_dir) {
+  fs::path dir = fs::path(out_dir) / "checkpoints";
+  std::string best;
+  if (!fs::is_directory(dir)) return best;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    auto name = e.path().filename().string();
+    if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;
+    if (!fs::exists(e.path() / "trainer_state.json")) continue;
+    if (best.empty() || name > fs::path(best).filename().string()) best = e.path().string();
+  }
+  return best;
+}
+
+namespace {
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+}  // namespace
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(MoeDlm& model, const TrainParams& p) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& kv : model->named_parameters()) {
+    if (!kv.value().requires_grad()) continue;
+    (kv.value().dim() >= 2 ? decay : no_decay).push_back(kv.value());
+  }
+  auto opts = torch::optim::AdamWOptions(p.lr).betas({p.beta1, p.beta2}).eps(p.adam_eps);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
+                                 torch::optim::AdamWOptions(opts).weight_decay(p.weight_decay)));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                                    torch::optim::AdamWOptions(opts).weight_decay(0.0)));
+  return std::make_unique<torch::optim::AdamW>(groups, opts);
+}
+
+StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& micro_x0, int64_t step,
+                            const TrainParams& p, moe::RoutingSummary* routing) {
+  const auto& cfg = model->config();
+  StepOutput out;
+  const double n = static_cast<double>(micro_x0.size());
+  for (size_t micro = 0; micro < micro_x0.size(); ++micro) {
+    const auto& x0 = micro_x0[micro];
+    auto nb = noise_batch(x0, cfg.mask_token_id, mix_seed(p.seed, static_cast<uint64_t>(step), micro));
+    ForwardOptions fo;
+    fo.mask_ratio_B = nb.r_B;
+    fo.skip_lm_head = true;
+    torch::Tensor total;
+    {
+      compat::CpuAutocast ac(p.bf16);
+      auto fwd = model->forward(nb.x_t_BL, fo);
+      auto dl = diffusion_loss(model, fwd.hidden_BLD, x0, nb, p.inverse_r);
+      total = dl.loss + fwd.aux_loss;
+      out.loss += dl.loss.item<double>() / n;
+      out.aux_loss += fwd.aux_loss.item<double>() / n;
+    }
+    (total / n).backward();
+    if (routing) routing->add(model->last_routing_stats());
+  }
+  out.grad_norm = p.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(model->parameters(), p.grad_clip)
+                                  : 0.0;
+  return out;
+}
+
+namespace {
+
+void set_lr(torch::optim::AdamW& opt, double lr) {
+  for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+}
+
+std::string serialize_optimizer(torch::optim::AdamW& opt) {
+  torch::serialize::OutputArchive ar;
+  opt.save(ar);
+  std::ostringstream os;
+  ar.save_to(os);
+  return os.str();
+}
+
+void load_optimizer(torch::optim::AdamW& opt, const std::string& path) {
+  torch::serialize::InputArchive ar;
+  try {
+    ar.load_from(path);
+    opt.load(ar);
+  } catch (const c10::Error& e) {
+    fail(path, "", "cannot read optimizer state: " + e.msg(), "resume from an earlier checkpoint");
+  }
+}
+
+// Applies the data set's vocabulary and special ids to the model config.
+void apply_data_meta(ModelConfig& cfg, const std::string& data_dir) {
+  auto meta_path = (fs::path(data_dir) / "meta.json").string();
+  if (!fs::exists(meta_path))
+    fail(data_dir, "meta.json", "not a prepared data directory",
+         "run `ecdlm prepare-data --out " + data_dir + "` first");
+  auto meta = read_json_file(meta_path);
+  try {
+    cfg.vocab_size = meta.at("vocab_size").get<int64_t>();
+    cfg.mask_token_id = meta.at("mask_token_id").get<int64_t>();
+    cfg.eos_token_id = meta.at("eos_token_id").get<int64_t>();
+    cfg.pad_token_id = meta.at("pad_token_id").get<int64_t>();
+  } catch (const json::exception& e) {
+    fail(meta_path, "", std::string("missing field: ") + e.what(), "re-run ecdlm prepare-data");
+  }
+}
+
+}  // namespace
+
+TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
+  p.validate();
+  apply_data_meta(cfg, p.data_dir);
+  cfg.validate("model config");
+  ensure_writable_dir(p.out_dir);
+  auto train_shard = data::TokenShard::open(p.data_dir, "train");
+  auto val_shard = data::TokenShard::open(p.data_dir, "val");
+  if (train_shard.vocab_size() != cfg.vocab_size)
+    fail(p.data_dir, "vocab_size", "shard vocabulary differs from meta.json", "re-run ecdlm prepare-data");
+  data::BatchSampler sampler(train_shard, p.batch_size, p.seq_len, p.seed);
+  data::EvalWindows val_windows(val_shard, p.seq_len, p.eval.max_windows);
+  const int64_t final_windows = p.final_eval_windows > 0 ? p.final_eval_windows : p.eval.max_windows;
+
+  torch::manual_seed(p.seed);
+  MoeDlm model(cfg);
+  if (!p.init_from.empty()) {
+    auto st = io::SafetensorsSet::open(p.init_from);
+    load_weights(model, st);
+    LOG_INFO("initialized weights from " << p.init_from);
+  }
+  auto opt = make_optimizer(model, p);
+
+  int64_t start_step = 0, tokens = 0;
+  double elapsed_before = 0.0, best_val = std::numeric_limits<double>::infinity();
+  std::string last_ckpt, best_ckpt = (fs::path(p.out_dir) / "best").string();
+  if (resume) {
+    last_ckpt = latest_checkpoint(p.out_dir);
+    if (last_ckpt.empty())
+      fail(p.out_dir, "--resume", "no checkpoint to resume from", "drop --resume to start fresh");
+    auto state = read_json_file((fs::path(last_ckpt) / "trainer_state.json").string());
+    auto st = io::SafetensorsSet::open(last_ckpt);
+    load_weights(model, st);
+    load_optimizer(*opt, (fs::path(last_ckpt) / "optimizer.pt").string());
+    sampler.load_state(state.at("sampler"));
+    start_step = state.at("step").get<int64_t>();
+    tokens = state.at("tokens").get<int64_t>();
+    elapsed_before = state.at("elapsed_s").get<double>();
+    best_val = state.value("best_val_loss", best_val);
+    LOG_INFO("resumed from " << last_ckpt << " at step " << start_step);
+  }
+  MetricsLog metrics((fs::path(p.out_dir) / "metrics.jsonl").string(), start_step);
+  write_file_atomic((fs::path(p.out_dir) / "train_config.json").string(),
+                    json({{"model", cfg.to_json()}, {"train", p.to_json()}}).dump(2) + "\n");
+
+  LOG_INFO("model: " << to_string(cfg.router_type) << " router, " << cfg.num_hidden_layers
+                     << " layers, hidden " << cfg.hidden_size << ", " << cfg.num_experts
+                     << " experts (k=" << cfg.num_experts_per_tok << ", F=" << cfg.moe_intermediate_size
+                     << ", shared " << cfg.shared_expert_intermediate_size << "), "
+                     << model->num_parameters() / 1e6 << "M params, "
+                     << model->num_active_parameters() / 1e6 << "M active");
+  LOG_INFO("train: " << p.to_json().dump());
+  LOG_INFO("data: " << train_shard.size() << " train tokens, " << val_shard.size()
+                    << " val tokens, " << val_windows.size() << " val windows of " << p.seq_len);
+
+  auto save = [&](int64_t step, const json& extra_state) {
+    fs::path dir = fs::path(p.out_dir) / "checkpoints" / step_name(step);
+    fs::create_directories(dir.parent_path());
+    json state = {{"step", step}, {"tokens", tokens}, {"sampler", sampler.state()},
+                  {"best_val_loss", best_val}};
+    state.update(extra_state);
+    save_model_dir(model, dir.string(), p.data_dir,
+                   {{"trainer_state.json", state.dump(2) + "\n"},
+                    {"optimizer.pt", serialize_optimizer(*opt)}});
+    last_ckpt = dir.string();
+    // Keep the newest keep_last checkpoints.
+    std::vector<std::string> all;
+    for (const auto& e : fs::directory_iterator(dir.parent_path())) {
+      auto n = e.path().filename().string();
+      if (n.rfind("step-", 0) == 0 && n.find('.') == std::string::npos) all.push_back(e.path().string());
+    }
+    std::sort(all.begin(), all.end());
+    for (size_t i = 0; i + static_cast<size_t>(p.keep_last) < all.size(); ++i) fs::remove_all(all[i]);
+  };
+
+  const int64_t tokens_per_step = p.batch_size * p.seq_len * p.grad_accum;
+  const double flops_per_token = 3.0 * model->forward_flops_per_token(p.seq_len);
+  auto t_start = Clock::now();
+  auto elapsed = [&] { return elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count(); };
+  auto progress_of = [&](int64_t step) {
+    double a = p.max_steps > 0 ? static_cast<double>(step) / static_cast<double>(p.max_steps) : 0.0;
+    double b = p.time_budget_s > 0 ? elapsed() / p.time_budget_s : 0.0;
+    return std::max(a, b);
+  };
+  ProgressBar bar("train", p.max_steps > 0 ? p.max_steps : 100, "tok");
+  TrainResult res;
+  model->train();
+  moe::RoutingSummary routing;
+  double loss_acc = 0.0;
+  int64_t loss_n = 0, step = start_step;
+  auto window_start = Clock::now();
+  int64_t window_tokens = 0;
+
+  while (true) {
+    if (p.max_steps > 0 && step >= p.max_steps) break;
+    if (p.time_budget_s > 0 && elapsed() >= p.time_budget_s) break;
+    const double lr = p.lr_at(step, progress_of(step));
+    set_lr(*opt, lr);
+    opt->zero_grad();
+    std::vector<torch::Tensor> micro;
+    for (int64_t m = 0; m < p.grad_accum; ++m) micro.push_back(sampler.next());
+    auto so = forward_backward(model, micro, step, p, &routing);
+    const double step_loss = so.loss, step_aux = so.aux_loss, gnorm = so.grad_norm;
+    if (!std::isfinite(step_loss) || !std::isfinite(gnorm)) {
+      bar.finish();
+      LOG_WARN("training stopped: non-finite " << (std::isfinite(step_loss) ? "gradient norm" : "loss")
+               << " at step " << step << " (loss " << step_loss << ", grad-norm " << gnorm
+               << "); the last good checkpoint is "
+               << (last_ckpt.empty() ? std::string("(none saved yet)") : last_ckpt)
+               << ". Lower --train-lr or raise --train-warmup.");
+      metrics.write({{"step", step}, {"event", "diverged"}, {"loss", step_loss}, {"grad_norm", gnorm}});
+      res.diverged = true;
+      break;
+    }
+    opt->step();
+    if (cfg.moe_loss_free_bias_rate > 0) model->update_expert_biases(cfg.moe_loss_free_bias_rate);
+    ++step;
+    tokens += tokens_per_step;
+    window_tokens += tokens_per_step;
+    loss_acc += step_loss;
+    ++loss_n;
+    std::ostringstream extra;
+    extra << "loss " << std::fixed << std::setprecision(3) << step_loss;
+    if (p.max_steps > 0)
+      bar.update(step, extra.str(), static_cast<double>(tokens - start_step * tokens_per_step));
+    else {
+      bar.set_total(1000);
+      bar.update(static_cast<int64_t>(1000 * progress_of(step)), extra.str(),
+                 static_cast<double>(tokens - start_step * tokens_per_step));
+    }
+
+    if (step % p.log_every == 0) {
+      double dt = std::chrono::duration<double>(Clock::now() - window_start).count();
+      double tps = dt > 0 ? window_tokens / dt : 0.0;
+      metrics.write({{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()},
+                     {"loss", loss_acc / loss_n}, {"aux_loss", step_aux}, {"lr", lr},
+                     {"grad_norm", gnorm}, {"tokens_per_s", tps},
+                     {"model_flops_per_s", tps * flops_per_token},
+                     {"routing", routing.averaged().to_json()}});
+      routing = moe::RoutingSummary();
+      loss_acc = 0.0;
+      loss_n = 0;
+      window_start = Clock::now();
+      window_tokens = 0;
+    }
+    const bool last = (p.max_steps > 0 && step >= p.max_steps) ||
+                      (p.time_budget_s > 0 && elapsed() >= p.time_budget_s);
+    if ((p.eval_every > 0 && step % p.eval_every == 0) || last) {
+      auto ev = evaluate_elbo(model, val_windows, p.eval);
+      json line = {{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}};
+      auto evj = ev.to_json();
+      line["val_loss"] = ev.loss;
+      line["val_ppl"] = ev.ppl;
+      line["val_per_bin"] = evj["per_bin"];
+      line["val_routing"] = evj["routing"];
+      metrics.write(line);
+      res.final_val_loss = ev.loss;
+      res.final_val_ppl = ev.ppl;
+      if (ev.loss < best_val) {
+        best_val = ev.loss;
+        save_model_dir(model, best_ckpt, p.data_dir,
+                       {{"best.json", json({{"step", step}, {"val_loss", ev.loss}}).dump() + "\n"}});
+        res.best_checkpoint = best_ckpt;
+      }
+      window_start = Clock::now();  // eval time is not training throughput
+      window_tokens = 0;
+    }
+    if ((p.save_every > 0 && step % p.save_every == 0) || last) save(step, {{"elapsed_s", elapsed()}});
+  }
+  if (!res.diverged) bar.finish();
+  res.steps = step;
+  res.tokens = tokens;
+  res.seconds = elapsed();
+  res.tokens_per_s = res.seconds - elapsed_before > 0
+                         ? static_cast<double>(tokens - start_step * tokens_per_step) / (res.seconds - elapsed_before)
+                         : 0.0;
+  res.last_checkpoint = last_ckpt;
+  if (fs::exists(best_ckpt)) res.best_checkpoint = best_ckpt;
+  if (final_windows != p.eval.max_windows && !res.diverged) {
+    data::EvalWindows final_val(val_shard, p.seq_len, final_windows);
+    auto ev = evaluate_elbo(model, final_val, p.eval);
+    res.final_val_loss = ev.loss;
+    res.final_val_ppl = ev.ppl;
+  }
+  return res;
+}
+
+}  // namespace ecdlm

@@ -1,0 +1,49 @@
+// The training loop: noising -> forward (bf16 autocast) -> 1/r-weighted masked CE + MoE aux
+// losses -> AdamW; periodic eval, atomic checkpoints (keep last N + best), bit-exact resume,
+// JSONL metrics, a progress bar, and a clean stop on NaN/Inf.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "ecdlm/model/config.h"
+#include "ecdlm/model/moe_dlm.h"
+#include "ecdlm/moe/routing_stats.h"
+#include "ecdlm/train/train_params.h"
+
+namespace ecdlm {
+
+struct TrainResult {
+  int64_t steps = 0;
+  int64_t tokens = 0;
+  double seconds = 0.0;
+  double tokens_per_s = 0.0;
+  double final_val_loss = 0.0;
+  double final_val_ppl = 0.0;
+  bool diverged = false;
+  std::string last_checkpoint;  // directory of the last saved checkpoint
+  std::string best_checkpoint;
+  nlohmann::json to_json() const;
+};
+
+// Trains a model with config `cfg` (vocab/special ids are taken from the data's meta.json).
+// `resume`: continue from the newest checkpoint in p.out_dir (bit-exact for step budgets).
+// Throws UserError on bad input; returns with diverged = true on NaN/Inf.
+TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume);
+
+// AdamW with two groups: matrices decay; vectors (norms) do not.
+std::unique_ptr<torch::optim::AdamW> make_optimizer(MoeDlm& model, const TrainParams& p);
+
+struct StepOutput {
+  double loss = 0.0, aux_loss = 0.0, grad_norm = 0.0;
+};
+// One optimizer step over grad_accum micro-batches (x0 int64 [B, L] each): noising seeded by
+// (p.seed, step, micro), forward under bf16 autocast if p.bf16, backward, clip. The optimizer
+// is NOT stepped when the loss or gradient norm is non-finite (the caller decides).
+StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& micro_x0, int64_t step,
+                            const TrainParams& p, moe::RoutingSummary* routing = nullptr);
+
+// Newest `checkpoints/step-*` directory under out_dir, or "" if none.
+std::string latest_checkpoint(const std::string& out_dir);
+
+}  // namespace ecdlm
