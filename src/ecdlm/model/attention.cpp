@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "ecdlm/model/layers.h"
 #include "ecdlm/util/compat.h"
 
 namespace ecdlm {
@@ -51,7 +52,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const torch::Te
   // GQA without materializing repeated K/V: fold the group into the query length.
   auto q_g = q.reshape({B, n_kv_, group * L, head_dim_});
   auto scores = torch::matmul(q_g, k.transpose(-1, -2)) * (1.0 / std::sqrt(double(head_dim_)));
-  auto scores_f = scores.to(torch::kFloat32).view({B, n_kv_, group, L, S});
+  auto scores_f = to_f32_or_wider(scores).view({B, n_kv_, group, L, S});
   if (mask_LS.defined()) scores_f = scores_f + mask_LS.view({1, 1, 1, L, S});
   torch::Tensor probs;
   {

@@ -5,6 +5,12 @@
 
 namespace ecdlm {
 
+// The reference computes norms, router, softmax and the MoE sum in fp32; a float64 model (gradient
+// checks) must stay float64, so "fp32" means "fp32 or wider".
+inline torch::Tensor to_f32_or_wider(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
+}
+
 // y = w * cast_back(x_f32 * rsqrt(mean(x_f32^2) + eps)): normalize in fp32, as the reference.
 class RMSNormImpl : public torch::nn::Module {
  public:

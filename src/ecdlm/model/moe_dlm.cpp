@@ -93,7 +93,7 @@ ForwardResult MoeDlmImpl::forward(const torch::Tensor& ids_BL, const ForwardOpti
   x = model->norm(x);
   ForwardResult r;
   r.hidden_BLD = x;
-  if (!opt.skip_lm_head) r.logits_BLV = lm_head(x).to(torch::kFloat32);
+  if (!opt.skip_lm_head) r.logits_BLV = to_f32_or_wider(lm_head(x));
   r.aux_loss = aux;
   (void)B;
   return r;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ecdlm/model/layers.h"
+
 namespace ecdlm::moe {
 
 ExpertsImpl::ExpertsImpl(int64_t E, int64_t D, int64_t F) {
@@ -34,7 +36,7 @@ torch::Tensor dispatch_slots(const torch::Tensor& x_TD, const torch::Tensor& tok
 torch::Tensor combine_slots(const torch::Tensor& y_END, const torch::Tensor& gate_EN,
                             const torch::Tensor& token_EN, int64_t T) {
   const auto D = y_END.size(2);
-  auto weighted = (y_END.to(torch::kFloat32) * gate_EN.unsqueeze(-1)).reshape({-1, D});
+  auto weighted = (to_f32_or_wider(y_END) * gate_EN.unsqueeze(-1)).reshape({-1, D});
   return torch::zeros({T, D}, weighted.options()).index_add(0, token_EN.reshape({-1}), weighted);
 }
 
@@ -56,7 +58,7 @@ torch::Tensor run_token_major(const torch::Tensor& x_TD, const torch::Tensor& id
     outs.push_back(experts->forward_one(e, x_sorted.narrow(0, off, cnt[e])));
     off += cnt[e];
   }
-  auto y_sorted = torch::cat(outs, 0).to(torch::kFloat32);
+  auto y_sorted = to_f32_or_wider(torch::cat(outs, 0));
   auto g_sorted = gate_TK.reshape({-1}).index_select(0, order).unsqueeze(-1);
   return torch::zeros({T, D}, y_sorted.options()).index_add(0, token_of_pair, y_sorted * g_sorted);
 }
@@ -71,7 +73,7 @@ torch::Tensor run_plan_reference(const torch::Tensor& x_TD, const RoutingPlan& p
                                  Experts& experts) {
   const auto T = x_TD.size(0), D = x_TD.size(1);
   const auto E = experts->num_experts();
-  auto out = torch::zeros({T, D}, torch::kFloat32);
+  auto out = torch::zeros({T, D}, to_f32_or_wider(x_TD).options());
   for (int64_t e = 0; e < E; ++e) {
     torch::Tensor tok, gate;
     if (plan.expert_major) {
@@ -84,7 +86,7 @@ torch::Tensor run_plan_reference(const torch::Tensor& x_TD, const RoutingPlan& p
       gate = (plan.gate_TK * hit_TK).sum(1).index_select(0, rows);
     }
     if (tok.numel() == 0) continue;
-    auto y = experts->forward_one(e, x_TD.index_select(0, tok)).to(torch::kFloat32);
+    auto y = experts->forward_one(e, x_TD.index_select(0, tok)).to(out.scalar_type());
     out = out.index_add(0, tok, y * gate.unsqueeze(-1));
   }
   return out;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "ecdlm/model/layers.h"
 #include "ecdlm/util/compat.h"
 
 namespace ecdlm::moe {
@@ -9,7 +10,7 @@ namespace idx = torch::indexing;
 
 torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& w_ED) {
   compat::AutocastOff fp32;
-  return torch::nn::functional::linear(x_TD.to(torch::kFloat32), w_ED.to(torch::kFloat32));
+  return torch::nn::functional::linear(to_f32_or_wider(x_TD), w_ED.to(to_f32_or_wider(x_TD).scalar_type()));
 }
 
 torch::Tensor z_loss(const torch::Tensor& logits_TE, double coeff) {
@@ -50,7 +51,7 @@ RoutingPlan route_token_choice(const torch::Tensor& logits_TE, const torch::Tens
   const auto T = logits_TE.size(0), E = logits_TE.size(1);
   auto scores_TE = p.score == ScoreFn::kSigmoid ? torch::sigmoid(logits_TE)
                                                 : torch::softmax(logits_TE, -1);
-  auto biased_TE = bias_E.defined() ? scores_TE + bias_E.to(torch::kFloat32) : scores_TE;
+  auto biased_TE = bias_E.defined() ? scores_TE + bias_E.to(scores_TE.scalar_type()) : scores_TE;
   auto idx_TK = select_topk_grouped(biased_TE, p.k, p.n_group, p.topk_group);
   auto gate_TK = (p.bias_in_gate ? biased_TE : scores_TE).gather(1, idx_TK);
   if (p.norm_topk_prob) gate_TK = gate_TK / (gate_TK.sum(-1, true) + 1e-20);
@@ -111,7 +112,7 @@ RoutingPlan route_expert_choice(const torch::Tensor& logits_BLE, const torch::Te
   auto sel_BLE = sel_BEL.transpose(1, 2);
   // Softmax over the selecting experts only; tokens nobody chose get all-zero gates.
   auto probs_BLE = torch::softmax(logits_BLE.masked_fill(sel_BLE.logical_not(), -1e30), -1) *
-                   sel_BLE.to(torch::kFloat32);
+                   sel_BLE.to(logits_BLE.scalar_type());
   auto gate_BEC = probs_BLE.transpose(1, 2).gather(2, pos_BEC);
   auto n_BL = sel_BLE.sum(-1);
   if (p.phi) {

@@ -32,7 +32,7 @@ std::vector<std::string> candidate_paths() {
 }
 
 template <typename F>
-void bind(void* h, const char* name, F& fn, const std::string& path) {
+void bind_symbol(void* h, const char* name, F& fn, const std::string& path) {
   fn = reinterpret_cast<F>(::dlsym(h, name));
   if (!fn) fail(path, name, "symbol missing from the SentencePiece module", "rebuild ecdlm");
 }
@@ -59,16 +59,16 @@ const Api& api() {
     if (!h)
       fail("libecdlm_spm.so", "", "cannot load the SentencePiece module (tried " + tried + ") " + last_err,
            "build the ecdlm_spm target, or set ECDLM_SPM_MODULE to its path");
-    bind(h, "ecdlm_spm_train", a.train, path);
-    bind(h, "ecdlm_spm_load", a.load, path);
-    bind(h, "ecdlm_spm_free", a.free, path);
-    bind(h, "ecdlm_spm_encode", a.encode, path);
-    bind(h, "ecdlm_spm_decode", a.decode, path);
-    bind(h, "ecdlm_spm_piece_to_id", a.piece_to_id, path);
-    bind(h, "ecdlm_spm_id_to_piece", a.id_to_piece, path);
-    bind(h, "ecdlm_spm_vocab_size", a.vocab_size, path);
-    bind(h, "ecdlm_spm_unk_id", a.unk_id, path);
-    bind(h, "ecdlm_spm_set_seed", a.set_seed, path);
+    bind_symbol(h, "ecdlm_spm_train", a.train, path);
+    bind_symbol(h, "ecdlm_spm_load", a.load, path);
+    bind_symbol(h, "ecdlm_spm_free", a.free, path);
+    bind_symbol(h, "ecdlm_spm_encode", a.encode, path);
+    bind_symbol(h, "ecdlm_spm_decode", a.decode, path);
+    bind_symbol(h, "ecdlm_spm_piece_to_id", a.piece_to_id, path);
+    bind_symbol(h, "ecdlm_spm_id_to_piece", a.id_to_piece, path);
+    bind_symbol(h, "ecdlm_spm_vocab_size", a.vocab_size, path);
+    bind_symbol(h, "ecdlm_spm_unk_id", a.unk_id, path);
+    bind_symbol(h, "ecdlm_spm_set_seed", a.set_seed, path);
   });
   return a;
 }

@@ -19,7 +19,7 @@ json TrainParams::to_json() const {
           {"save_every", save_every}, {"keep_last", keep_last},
           {"eval_windows", eval.max_windows}, {"eval_mask_samples", eval.mask_samples},
           {"eval_batch_size", eval.batch_size}, {"eval_seed", eval.seed}, {"eval_bins", eval.bins},
-          {"final_eval_windows", final_eval_windows}};
+          {"final_eval_windows", final_eval_windows}, {"halt_at_step", halt_at_step}};
 }
 
 void TrainParams::update_from_json(const json& j, const std::string& src) {
@@ -59,6 +59,7 @@ void TrainParams::update_from_json(const json& j, const std::string& src) {
       else if (k == "eval_seed") eval.seed = v.get<uint64_t>();
       else if (k == "eval_bins") eval.bins = v.get<std::vector<int64_t>>();
       else if (k == "final_eval_windows") final_eval_windows = v.get<int64_t>();
+      else if (k == "halt_at_step") halt_at_step = v.get<int64_t>();
       else fail(src, "train." + k, "unknown key", "see `ecdlm train --help` for the settings");
     } catch (const json::exception& e) {
       fail(src, "train." + k, std::string("wrong type: ") + e.what(), "fix the value's type");

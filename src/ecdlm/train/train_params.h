@@ -35,6 +35,8 @@ struct TrainParams {
   int64_t keep_last = 2;
   EvalParams eval;
   int64_t final_eval_windows = 0;          // 0: same as eval.max_windows
+  int64_t halt_at_step = 0;                // >0: checkpoint and stop here, as if interrupted
+                                           //     (the schedule still follows max_steps)
 
   nlohmann::json to_json() const;
   // Overrides fields present in `j` (unknown keys -> UserError naming `src` and the key).

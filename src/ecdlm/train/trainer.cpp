@@ -168,15 +168,22 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     last_ckpt = latest_checkpoint(p.out_dir);
     if (last_ckpt.empty())
       fail(p.out_dir, "--resume", "no checkpoint to resume from", "drop --resume to start fresh");
-    auto state = read_json_file((fs::path(last_ckpt) / "trainer_state.json").string());
+    const auto state_path = (fs::path(last_ckpt) / "trainer_state.json").string();
+    auto state = read_json_file(state_path);
     auto st = io::SafetensorsSet::open(last_ckpt);
     load_weights(model, st);
     load_optimizer(*opt, (fs::path(last_ckpt) / "optimizer.pt").string());
-    sampler.load_state(state.at("sampler"));
-    start_step = state.at("step").get<int64_t>();
-    tokens = state.at("tokens").get<int64_t>();
-    elapsed_before = state.at("elapsed_s").get<double>();
-    best_val = state.value("best_val_loss", best_val);
+    try {
+      sampler.load_state(state.at("sampler"));
+      start_step = state.at("step").get<int64_t>();
+      tokens = state.at("tokens").get<int64_t>();
+      elapsed_before = state.at("elapsed_s").get<double>();
+    } catch (const json::exception& e) {
+      fail(state_path, "", std::string("corrupt trainer state: ") + e.what(),
+           "resume from an earlier checkpoint (delete this one)");
+    }
+    if (state.contains("best_val_loss") && state["best_val_loss"].is_number())
+      best_val = state["best_val_loss"].get<double>();
     LOG_INFO("resumed from " << last_ckpt << " at step " << start_step);
   }
   MetricsLog metrics((fs::path(p.out_dir) / "metrics.jsonl").string(), start_step);
@@ -196,8 +203,8 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   auto save = [&](int64_t step, const json& extra_state) {
     fs::path dir = fs::path(p.out_dir) / "checkpoints" / step_name(step);
     fs::create_directories(dir.parent_path());
-    json state = {{"step", step}, {"tokens", tokens}, {"sampler", sampler.state()},
-                  {"best_val_loss", best_val}};
+    json state = {{"step", step}, {"tokens", tokens}, {"sampler", sampler.state()}};
+    if (std::isfinite(best_val)) state["best_val_loss"] = best_val;
     state.update(extra_state);
     save_model_dir(model, dir.string(), p.data_dir,
                    {{"trainer_state.json", state.dump(2) + "\n"},
@@ -283,6 +290,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       window_start = Clock::now();
       window_tokens = 0;
     }
+    const bool halt = p.halt_at_step > 0 && step >= p.halt_at_step;
     const bool last = (p.max_steps > 0 && step >= p.max_steps) ||
                       (p.time_budget_s > 0 && elapsed() >= p.time_budget_s);
     if ((p.eval_every > 0 && step % p.eval_every == 0) || last) {
@@ -305,7 +313,9 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       window_start = Clock::now();  // eval time is not training throughput
       window_tokens = 0;
     }
-    if ((p.save_every > 0 && step % p.save_every == 0) || last) save(step, {{"elapsed_s", elapsed()}});
+    if ((p.save_every > 0 && step % p.save_every == 0) || last || halt)
+      save(step, {{"elapsed_s", elapsed()}});
+    if (halt) break;
   }
   if (!res.diverged) bar.finish();
   res.steps = step;

@@ -1,0 +1,132 @@
+// `ecdlm logits`: dump the f32 logits of one forward pass, for comparisons with other
+// implementations (the golden fixtures, the official Python code).
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "commands.h"
+#include "ecdlm/io/safetensors.h"
+#include "ecdlm/model/checkpoint.h"
+#include "ecdlm/text/tokenizer.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm::cli {
+namespace {
+
+struct LogitsOptions {
+  std::string model_dir, text, input, out, attention = "bidirectional";
+  int64_t block_length = 32;
+};
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// input_ids (int64 [B, T]) and the optional mask_ratio (f32 [B]) from IN.safetensors.
+void read_input(const std::string& path, torch::Tensor& ids_BT, torch::Tensor& ratio_B) {
+  if (!std::filesystem::is_regular_file(path))
+    fail(path, "", "input file not found", "pass an existing .safetensors file to --input");
+  auto st = io::SafetensorsFile::open(path);
+  const auto* ids = st->find("input_ids");
+  if (!ids) fail(path, "input_ids", "tensor missing", "store the token ids as int64 [B, T]");
+  if (ids->dtype != io::DType::I64 || ids->shape.size() != 2)
+    fail(path, "input_ids",
+         "is " + io::dtype_name(ids->dtype) + " " + shape_str(ids->shape) +
+             ", expected I64 of rank 2 [B, T]",
+         "store the token ids as int64 [B, T]");
+  if (ids->shape[0] == 0 || ids->shape[1] == 0)
+    fail(path, "input_ids", "is empty " + shape_str(ids->shape), "");
+  ids_BT = st->get("input_ids").clone();
+  if (const auto* r = st->find("mask_ratio")) {
+    if (r->dtype != io::DType::F32 || r->shape != std::vector<int64_t>{ids->shape[0]})
+      fail(path, "mask_ratio",
+           "is " + io::dtype_name(r->dtype) + " " + shape_str(r->shape) + ", expected F32 [" +
+               std::to_string(ids->shape[0]) + "] (one ratio per row of input_ids)",
+           "store mask_ratio as float32 [B] or leave it out");
+    ratio_B = st->get("mask_ratio").clone();
+  }
+}
+
+int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
+  if (has_text == has_input)
+    throw UserError(format_error("", "--text/--input",
+                                 has_text ? "both given" : "neither given",
+                                 "pass exactly one: --text STR or --input IN.safetensors"));
+  if (o.attention == "block-causal" && o.block_length <= 0)
+    throw UserError(format_error("", "--block-length", "must be > 0 for block-causal attention",
+                                 "pass e.g. --block-length 32"));
+  torch::Tensor ids_BT, ratio_B;
+  std::string source;
+  if (has_input) {
+    read_input(o.input, ids_BT, ratio_B);  // before loading the model: fail fast on bad input
+    source = o.input;
+  }
+  auto model = load_model(o.model_dir);
+  const auto& cfg = model->config();
+  if (has_text) {
+    auto tok = text::load_tokenizer(o.model_dir);
+    std::vector<int64_t> ids;
+    for (int32_t id : tok->encode(o.text)) ids.push_back(id);
+    if (ids.empty())
+      throw UserError(format_error("", "--text", "encodes to no tokens", "pass non-empty text"));
+    ids_BT = torch::tensor(ids, torch::kInt64).view({1, static_cast<int64_t>(ids.size())});
+    source = "--text";
+  }
+  const int64_t lo = ids_BT.min().item<int64_t>(), hi = ids_BT.max().item<int64_t>();
+  if (lo < 0 || hi >= cfg.vocab_size)
+    throw UserError(format_error(source, "input_ids",
+                                 "id " + std::to_string(lo < 0 ? lo : hi) +
+                                     " outside the vocabulary [0, " +
+                                     std::to_string(cfg.vocab_size) + ")",
+                                 "use ids from this model's tokenizer"));
+
+  ForwardOptions opt;
+  if (o.attention == "block-causal") opt.block_length = o.block_length;
+  if (ratio_B.defined()) opt.mask_ratio_B = ratio_B;
+  LOG_INFO("logits: " << o.model_dir << ", input " << shape_str(ids_BT.sizes().vec()) << " from "
+                      << source << ", attention " << o.attention
+                      << (opt.block_length > 0 ? " " + std::to_string(opt.block_length) : "")
+                      << (ratio_B.defined() ? ", mask_ratio given" : ""));
+  torch::NoGradGuard no_grad;
+  model->eval();
+  auto logits = model->forward(ids_BT, opt).logits_BLV.to(torch::kFloat32).contiguous();
+
+  const auto parent = std::filesystem::path(o.out).parent_path();
+  if (!parent.empty()) ensure_writable_dir(parent.string());
+  io::save_safetensors(o.out, {{"logits", logits}, {"input_ids", ids_BT}},
+                       {{"model", o.model_dir},
+                        {"attention", o.attention},
+                        {"block_length", std::to_string(opt.block_length)}});
+  std::cout << "wrote " << o.out << ": logits " << shape_str(logits.sizes().vec()) << " f32\n";
+  return 0;
+}
+
+}  // namespace
+
+void register_logits(CLI::App& app) {
+  auto* sub = app.add_subcommand("logits", "Dump the f32 logits of one forward pass");
+  auto o = std::make_shared<LogitsOptions>();
+  sub->add_option("-m,--model", o->model_dir, "Model directory")->required();
+  auto* text_opt = sub->add_option("--text", o->text, "Text to tokenize with the model's tokenizer (B = 1)");
+  auto* input_opt = sub->add_option(
+      "--input", o->input,
+      "IN.safetensors with input_ids (int64 [B, T]) and optionally mask_ratio (f32 [B], the EC "
+      "capacity input; default #mask / T per row)");
+  sub->add_option("--out", o->out, "OUT.safetensors: logits (f32 [B, T, V]) and input_ids")
+      ->required();
+  sub->add_option("--attention", o->attention, "Attention mask")
+      ->check(CLI::IsMember({"bidirectional", "block-causal"}))
+      ->capture_default_str();
+  sub->add_option("--block-length", o->block_length,
+                  "Block length of block-causal attention (blocks aligned to position 0)")
+      ->capture_default_str();
+  set_runner(sub, [o, text_opt, input_opt]() {
+    return run_logits(*o, text_opt->count() > 0, input_opt->count() > 0);
+  });
+}
+
+}  // namespace ecdlm::cli

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# CLI end-to-end: prepare-data -> train -> resume -> eval -> generate -> info, plus bad input.
+set -euo pipefail
+ECDLM="$1"; ROOT="$2"
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+cd "$TMP"
+python3 - <<'PY'
+import json, random
+random.seed(3)
+words = "the a cat dog sat ran on under mat tree quickly slowly big small red green".split()
+with open("corpus.jsonl", "w") as f:
+    for d in range(80):
+        sents = [" ".join(random.choice(words) for _ in range(random.randint(4, 9))).capitalize() + "." for _ in range(6)]
+        f.write(json.dumps({"id": f"doc{d}", "text": " ".join(sents)}) + "\n")
+PY
+"$ECDLM" -q prepare-data --source jsonl --input corpus.jsonl --out data --vocab-size 300 --val-fraction 0.1
+test -f data/meta.json
+
+# Train, interrupted at step 3 and resumed, must equal an uninterrupted run.
+"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out full --samples 1 --sample-length 16 --json > full.json
+"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out part --train-halt-at 3 --samples 0 --json > part1.json
+"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out part --resume --samples 0 --json > part2.json
+python3 - <<'PY'
+import json
+full = json.load(open("full.json")); part = json.load(open("part2.json"))
+assert full["steps"] == 6 and part["steps"] == 6, (full["steps"], part["steps"])
+assert abs(full["final_val_loss"] - part["final_val_loss"]) == 0.0, (full["final_val_loss"], part["final_val_loss"])
+assert len(full["samples"]) == 1
+assert full["final_val_ppl"] > 1.0
+lines = [json.loads(l) for l in open("full/metrics.jsonl")]
+assert any("val_loss" in l for l in lines) and any("loss" in l for l in lines)
+PY
+MODEL=full/checkpoints/step-00000006
+test -f "$MODEL/config.json" -a -f "$MODEL/model.safetensors" -a -f "$MODEL/tokenizer.model"
+
+"$ECDLM" -q eval -m "$MODEL" --data data --eval-seq-len 32 --eval-windows 4 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["ppl"] > 1 and "per_bin" in d'
+"$ECDLM" -q generate -m "$MODEL" -p "The cat" -n 16 --diffusion-block-length 16 --diffusion-steps 16 --json \
+  | python3 -c 'import json,sys; d=json.load(sys.stdin); assert len(d["samples"][0]["tokens"]) > 0'
+"$ECDLM" -q info -m "$MODEL" --json | python3 -c 'import json,sys; json.load(sys.stdin)'
+
+# Bad input: clear message, non-zero exit, nothing written.
+expect_fail() {  # expect_fail WORD CMD...
+  local word="$1"; shift
+  if "$@" > out.txt 2> err.txt; then echo "expected failure: $*"; exit 1; fi
+  grep -q -- "$word" err.txt || { echo "error for '$*' lacks '$word':"; cat err.txt; exit 1; }
+}
+expect_fail "--no-such-flag" "$ECDLM" train --no-such-flag
+expect_fail "prepare-data" "$ECDLM" train --config "$ROOT/configs/tiny.json" --data missing-dir --out x
+echo '{"model": {"hidden_size": 30, "num_attention_heads": 4, "head_dim": 8, "num_key_value_heads": 3}}' > bad.json
+expect_fail "num_key_value_heads" "$ECDLM" train --config bad.json --data data --out y
+echo '{"model": {"num_experts": 4, "num_experts_per_tok": 8}}' > badk.json
+expect_fail "num_experts_per_tok" "$ECDLM" train --config badk.json --data data --out y
+echo '{"model": ' > broken.json
+expect_fail "invalid JSON" "$ECDLM" train --config broken.json --data data --out y
+mkdir ro && chmod 555 ro
+if [ "$(id -u)" != 0 ]; then expect_fail "writable" "$ECDLM" train --config "$ROOT/configs/tiny.json" --data data --out ro/run; fi
+expect_fail "/dev/null/run" "$ECDLM" train --config "$ROOT/configs/tiny.json" --data data --out /dev/null/run
+head -c 100 "$MODEL/model.safetensors" > trunc.safetensors
+mkdir -p trunc && cp "$MODEL/config.json" trunc/ && mv trunc.safetensors trunc/model.safetensors
+expect_fail "model.safetensors" "$ECDLM" info -m trunc
+echo "train_cli e2e: OK"
