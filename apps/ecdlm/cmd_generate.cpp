@@ -231,7 +231,8 @@ void register_generate(CLI::App& app) {
                 "Keep generating after EOS and print everything (default: stop at the first EOS)");
   sub->add_flag("--json", o->json,
                 "Print {samples:[{text,tokens}], forwards, seconds, tokens_per_s, forward_ms}");
-  sub->add_flag("--canvas", o->canvas, "Redraw the canvas on stderr after every step (masks as \u2591)");
+  sub->add_flag("--canvas", o->canvas,
+                "Redraw the canvas on stderr after every step (masks as \u2591)");
   set_runner(sub, [o]() { return run_generate(*o); });
 }
 

@@ -86,7 +86,8 @@ std::string human_bytes(double b) {
 }
 
 json build_info(const std::string& dir) {
-  const std::string cfg_path = fs::is_directory(dir) ? (fs::path(dir) / "config.json").string() : dir;
+  const std::string cfg_path =
+      fs::is_directory(dir) ? (fs::path(dir) / "config.json").string() : dir;
   const json raw = read_json_file(cfg_path);
   const ModelConfig c = ModelConfig::load(cfg_path);
   json j;
@@ -183,8 +184,9 @@ json build_info(const std::string& dir) {
   j["experts"] = ex;
 
   json ck;
-  const bool has_ckpt = fs::is_directory(dir) && (fs::exists(fs::path(dir) / "model.safetensors") ||
-                                                  fs::exists(fs::path(dir) / "model.safetensors.index.json"));
+  const bool has_ckpt =
+      fs::is_directory(dir) && (fs::exists(fs::path(dir) / "model.safetensors") ||
+                                fs::exists(fs::path(dir) / "model.safetensors.index.json"));
   ck["present"] = has_ckpt;
   if (has_ckpt) {
     auto st = io::SafetensorsSet::open(dir);

@@ -111,7 +111,8 @@ void register_logits(CLI::App& app) {
   auto* sub = app.add_subcommand("logits", "Dump the f32 logits of one forward pass");
   auto o = std::make_shared<LogitsOptions>();
   sub->add_option("-m,--model", o->model_dir, "Model directory")->required();
-  auto* text_opt = sub->add_option("--text", o->text, "Text to tokenize with the model's tokenizer (B = 1)");
+  auto* text_opt =
+      sub->add_option("--text", o->text, "Text to tokenize with the model's tokenizer (B = 1)");
   auto* input_opt = sub->add_option(
       "--input", o->input,
       "IN.safetensors with input_ids (int64 [B, T]) and optionally mask_ratio (f32 [B], the EC "

@@ -98,7 +98,8 @@ python3 "$TMP/st.py" "$TMP/out.safetensors" "$TINY/golden.safetensors" 1e-4 \
 # LLaDA-MoE golden: bidirectional attention.
 if [ -f "$GOLDEN/tiny-lladamoe/golden.safetensors" ]; then
   "$ECDLM" logits -m "$GOLDEN/tiny-lladamoe" --input "$GOLDEN/tiny-lladamoe/golden.safetensors" \
-    --out "$TMP/out2.safetensors" 2> "$TMP/err.txt" || { cat "$TMP/err.txt" >&2; fail "logits (lladamoe)"; }
+    --out "$TMP/out2.safetensors" 2> "$TMP/err.txt" \
+    || { cat "$TMP/err.txt" >&2; fail "logits (lladamoe)"; }
   python3 "$TMP/st.py" "$TMP/out2.safetensors" "$GOLDEN/tiny-lladamoe/golden.safetensors" 1e-4 \
     || fail "tiny-lladamoe logits differ from golden"
 fi
@@ -108,7 +109,8 @@ expect_rc 2 "$ECDLM" logits -m "$TINY" --input "$TMP/missing.safetensors" --out 
 grep -q "$TMP/missing.safetensors" "$TMP/err.txt" || fail "missing --input: path not in stderr"
 expect_rc 2 "$ECDLM" logits -m "$TINY" --out "$TMP/x.safetensors"
 grep -q -- "--input" "$TMP/err.txt" || fail "neither --text nor --input: message"
-expect_rc 2 "$ECDLM" logits -m "$TINY" --text hi --input "$TINY/golden.safetensors" --out "$TMP/x.safetensors"
+expect_rc 2 "$ECDLM" logits -m "$TINY" --text hi --input "$TINY/golden.safetensors" \
+  --out "$TMP/x.safetensors"
 python3 - "$TMP" <<EOF
 import sys
 sys.path.insert(0, "$TMP")
@@ -125,7 +127,8 @@ st.write(d + "/ok.safetensors", {"input_ids": ("I64", [2, 3], [1, 2, 3, 4, 5, 29
 EOF
 for case in f32ids rank1 noids badratio; do
   expect_rc 2 "$ECDLM" logits -m "$TINY" --input "$TMP/$case.safetensors" --out "$TMP/x.safetensors"
-  grep -q "$case.safetensors" "$TMP/err.txt" || fail "$case: file not named in: $(cat "$TMP/err.txt")"
+  grep -q "$case.safetensors" "$TMP/err.txt" \
+    || fail "$case: file not named in: $(cat "$TMP/err.txt")"
 done
 grep -q "mask_ratio" "$TMP/err.txt" || fail "badratio: tensor not named"
 expect_rc 2 "$ECDLM" logits -m "$TINY" --input "$TMP/oov.safetensors" --out "$TMP/x.safetensors"

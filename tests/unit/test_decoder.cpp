@@ -86,7 +86,8 @@ TEST_P(DecoderBoth, FillsEveryMaskAndKeepsPrompt) {
         const int64_t len = res.lengths[static_cast<size_t>(r)];
         auto row = res.tokens_BG[r];
         EXPECT_EQ((row.narrow(0, 0, len) == kEos).sum().item<int64_t>(), 0);
-        if (stop && len < 24) EXPECT_TRUE((row.narrow(0, len, 24 - len) == kEos).all().item<bool>());
+        if (stop && len < 24)
+          EXPECT_TRUE((row.narrow(0, len, 24 - len) == kEos).all().item<bool>());
       }
     }
   }
@@ -308,7 +309,8 @@ TEST(Decoder, InvalidParamsAndModel) {
   p.top_p = 0.0;
   EXPECT_THROW(gen::llada_generate(model, prompt, p), UserError);
   p.top_p = 1.0;
-  EXPECT_THROW(gen::llada_generate(model, torch::full({1, 2}, kVocab, torch::kInt64), p), UserError);
+  auto oov = torch::full({1, 2}, kVocab, torch::kInt64);
+  EXPECT_THROW(gen::llada_generate(model, oov, p), UserError);
 
   auto cfg = tiny_config(RouterType::kTokenChoice);
   cfg.mask_token_id = -1;
