@@ -16,6 +16,7 @@
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/plot.h"
 #include "ecdlm/util/progress.h"
 
 namespace ecdlm {
@@ -326,6 +327,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
                          : 0.0;
   res.last_checkpoint = last_ckpt;
   if (fs::exists(best_ckpt)) res.best_checkpoint = best_ckpt;
+  for (const auto& f : plot_run(p.out_dir)) LOG_INFO("plot: " << f);
   if (final_windows != p.eval.max_windows && !res.diverged) {
     data::EvalWindows final_val(val_shard, p.seq_len, final_windows);
     auto ev = evaluate_elbo(model, final_val, p.eval);
