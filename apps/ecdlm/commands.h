@@ -21,6 +21,7 @@ void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_plot(CLI::App& app);
 
 // Common set-up for every command: threads, BLAS check, log level.
 struct GlobalOptions {

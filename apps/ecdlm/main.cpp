@@ -72,6 +72,7 @@ int main(int argc, char** argv) {
   register_logits(app);
   register_info(app);
   register_bench(app);
+  register_plot(app);
 
   try {
     app.parse(argc, argv);

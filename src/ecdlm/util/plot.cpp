@@ -87,7 +87,7 @@ std::vector<std::string> plot_run(const std::string& run_dir) {
     std::vector<Series> s;
     for (auto& kv : bins) s.push_back(kv.second);
     auto bins_png = (fs::path(run_dir) / "plots" / "val_loss_per_bin.png").string();
-    if (plot_lines(bins_png, {"Validation loss per mask-ratio bin", "step", "loss", true}, s))
+    if (plot_lines(bins_png, {"Validation loss per mask-ratio bin", "step", "loss (nats/token)", false}, s))
       out.push_back(bins_png);
   }
   return out;
