@@ -1,4 +1,5 @@
 // ecdlm bench: reproducible side-by-side benchmarks.
+#include <filesystem>
 #include <iostream>
 
 #include "cli_util.h"
@@ -12,7 +13,7 @@ namespace ecdlm::cli {
 namespace {
 
 struct BenchTrainArgs {
-  std::string config = "configs/brown-small.json", out_md, bf16 = "true";
+  std::string config = "configs/brown-small.json", out_md, bf16 = "true", init_from, data;
   std::vector<std::string> variants = {"ec", "tc-dropless", "tc-cf1.25"};
   int64_t steps = 4, reps = 3, warmup = 2, batch = 0, seq_len = 0, vocab = 8192;
   bool json = false;
@@ -23,12 +24,22 @@ int run_train(const BenchTrainArgs& a) {
   TrainParams tp;
   tp.update_from_json(rc.train, a.config);
   if (a.batch > 0) tp.batch_size = a.batch;
+  if (!a.init_from.empty()) tp.init_from = a.init_from;
+  if (!a.data.empty()) tp.data_dir = a.data;
   if (a.seq_len > 0) tp.seq_len = a.seq_len;
   if (a.bf16 != "true" && a.bf16 != "false") fail("", "--bench-bf16", "expects true or false", "");
   tp.bf16 = a.bf16 == "true";
   ModelConfig cfg = rc.model;
   cfg.vocab_size = a.vocab;
   cfg.mask_token_id = a.vocab - 1;
+  if (!tp.init_from.empty()) {
+    // Shapes and special ids come from the checkpoint; only the router is swapped per variant.
+    cfg = ModelConfig::load(tp.init_from);
+  } else if (std::filesystem::exists(tp.data_dir + "/meta.json")) {
+    auto meta = read_json_file(tp.data_dir + "/meta.json");
+    cfg.vocab_size = meta.value("vocab_size", cfg.vocab_size);
+    cfg.mask_token_id = meta.value("mask_token_id", cfg.mask_token_id);
+  }
   bench::TrainBenchParams bp;
   bp.variants = a.variants;
   bp.steps = a.steps;
@@ -64,6 +75,8 @@ void register_bench(CLI::App& app) {
   tr->add_option("--train-seq-len", a->seq_len, "Override the config's sequence length")->check(CLI::PositiveNumber);
   tr->add_option("--vocab-size", a->vocab, "Vocabulary size of the benchmarked model")->capture_default_str()->check(CLI::Range(2, 1 << 24));
   tr->add_option("--bench-bf16", a->bf16, "true|false")->capture_default_str();
+  tr->add_option("--bench-init-from", a->init_from, "Start every variant from this model's weights (realistic routing)")->check(CLI::ExistingDirectory);
+  tr->add_option("--data", a->data, "Prepared data dir for real batches (default: the config's data_dir; random tokens if absent)");
   tr->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
   tr->add_flag("--json", a->json, "Print {\"results\": [...]} JSON");
   set_runner(tr, [a] { return run_train(*a); });

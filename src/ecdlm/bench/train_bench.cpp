@@ -4,9 +4,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <iomanip>
 #include <sstream>
 
+#include "ecdlm/data/batcher.h"
+#include "ecdlm/data/shards.h"
+#include "ecdlm/model/checkpoint.h"
 #include "ecdlm/moe/scaling.h"
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
@@ -77,14 +81,27 @@ std::vector<TrainBenchRow> run_train_bench(const ModelConfig& base, const TrainP
     cfg.validate("bench config (" + v + ")");
     torch::manual_seed(tp.seed);
     s.model = MoeDlm(cfg);
+    // Routing cost depends on the routing state: a trained checkpoint gives realistic loads
+    // (at random init, TC routing collapses onto a few experts).
+    if (!tp.init_from.empty()) load_weights(s.model, io::SafetensorsSet::open(tp.init_from));
     s.model->train();
     s.opt = make_optimizer(s.model, tp);
     slots.push_back(std::move(s));
   }
   const auto& c0 = slots.front().model->config();
   auto gen = at::detail::createCPUGenerator(tp.seed);
+  // Real text when a prepared data dir matches the model's vocabulary (routing depends on it),
+  // else random tokens (never the mask id).
+  std::unique_ptr<data::BatchSampler> sampler;
+  if (std::filesystem::exists(tp.data_dir + "/meta.json")) {
+    auto shard = data::TokenShard::open(tp.data_dir, "train");
+    if (shard.vocab_size() == c0.vocab_size)
+      sampler = std::make_unique<data::BatchSampler>(shard, tp.batch_size, tp.seq_len, tp.seed);
+  }
+  LOG_INFO("bench train: batches from " << (sampler ? tp.data_dir : std::string("random tokens"))
+                                        << (tp.init_from.empty() ? ", random init" : ", weights " + tp.init_from));
   auto batch = [&] {
-    // Random tokens (never the mask id): throughput does not depend on the text.
+    if (sampler) return sampler->next();
     return torch::randint(0, c0.vocab_size - 1, {tp.batch_size, tp.seq_len}, gen, torch::kInt64);
   };
   auto one_step = [&](Slot& s, int64_t step, bool record) {
