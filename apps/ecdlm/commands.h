@@ -22,6 +22,7 @@ void register_logits(CLI::App& app);
 void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_plot(CLI::App& app);
+void register_schedule(CLI::App& app);
 
 // Common set-up for every command: threads, BLAS check, log level.
 struct GlobalOptions {

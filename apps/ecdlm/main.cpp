@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
   register_info(app);
   register_bench(app);
   register_plot(app);
+  register_schedule(app);
 
   try {
     app.parse(argc, argv);

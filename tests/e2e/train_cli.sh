@@ -38,6 +38,11 @@ test -f "$MODEL/config.json" -a -f "$MODEL/model.safetensors" -a -f "$MODEL/toke
   | python3 -c 'import json,sys; d=json.load(sys.stdin); assert len(d["samples"][0]["tokens"]) > 0'
 "$ECDLM" -q info -m "$MODEL" --json | python3 -c 'import json,sys; json.load(sys.stdin)'
 
+for s in linear linear-reverse cosine cosine-reverse; do
+  "$ECDLM" -q schedule --moe-capacity-schedule "$s" --json \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); assert abs(d["expected_k"] - 20.0) < 1e-3, d["expected_k"]'
+done
+
 # Bad input: clear message, non-zero exit, nothing written.
 expect_fail() {  # expect_fail WORD CMD...
   local word="$1"; shift
