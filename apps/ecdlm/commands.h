@@ -23,6 +23,8 @@ void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_plot(CLI::App& app);
 void register_schedule(CLI::App& app);
+void register_analyze(CLI::App& app);
+void register_retrofit(CLI::App& app);
 
 // Common set-up for every command: threads, BLAS check, log level.
 struct GlobalOptions {

@@ -74,6 +74,8 @@ int main(int argc, char** argv) {
   register_bench(app);
   register_plot(app);
   register_schedule(app);
+  register_analyze(app);
+  register_retrofit(app);
 
   try {
     app.parse(argc, argv);

@@ -17,9 +17,9 @@ PY
 test -f data/meta.json
 
 # Train, interrupted at step 3 and resumed, must equal an uninterrupted run.
-"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out full --samples 1 --sample-length 16 --json > full.json
-"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out part --train-halt-at 3 --samples 0 --json > part1.json
-"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out part --resume --samples 0 --json > part2.json
+"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out full --train-eval-every 2 --eval-windows 32 --eval-mask-samples 2 --samples 1 --sample-length 16 --json > full.json
+"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out part --train-eval-every 2 --eval-windows 32 --eval-mask-samples 2 --train-halt-at 3 --samples 0 --json > part1.json
+"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out part --train-eval-every 2 --eval-windows 32 --eval-mask-samples 2 --resume --samples 0 --json > part2.json
 python3 - <<'PY'
 import json
 full = json.load(open("full.json")); part = json.load(open("part2.json"))
@@ -37,6 +37,26 @@ test -f "$MODEL/config.json" -a -f "$MODEL/model.safetensors" -a -f "$MODEL/toke
 "$ECDLM" -q generate -m "$MODEL" -p "The cat" -n 16 --diffusion-block-length 16 --diffusion-steps 16 --json \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); assert len(d["samples"][0]["tokens"]) > 0'
 "$ECDLM" -q info -m "$MODEL" --json | python3 -c 'import json,sys; json.load(sys.stdin)'
+
+"$ECDLM" -q analyze full part --json | python3 -c 'import json,sys; json.load(sys.stdin)'
+
+# Retrofit: a TC model -> EC (conversion only, then router-only fine-tuning).
+"$ECDLM" -q train --config "$ROOT/configs/tiny.json" --data data --out tc --moe-router tc --samples 0 --json > tc.json
+"$ECDLM" -q retrofit --from tc/checkpoints/step-00000006 --out ec-conv --moe-capacity-schedule linear-reverse \
+  --moe-capacity-k-min 1 --moe-capacity-k-max 3
+"$ECDLM" -q eval -m ec-conv --data data --eval-seq-len 32 --eval-windows 4 --json > /dev/null
+"$ECDLM" -q retrofit --from tc/checkpoints/step-00000006 --out ec-ft --data data --train-steps 3 \
+  --train-batch-size 4 --train-seq-len 32 --train-eval-every 3 --retrofit-train router --json \
+  | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["train"]["steps"] == 3'
+python3 - <<'PY'
+import json, struct
+def tensors(path):
+    b = open(path, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8+n])
+    return {k: b[8+n+v["data_offsets"][0]:8+n+v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+a = tensors("tc/checkpoints/step-00000006/model.safetensors"); b = tensors("ec-ft/checkpoints/step-00000003/model.safetensors")
+changed = sorted(k for k in a if a[k] != b[k])
+assert changed and all(k.endswith("mlp.gate.weight") for k in changed), changed
+PY
 
 for s in linear linear-reverse cosine cosine-reverse; do
   "$ECDLM" -q schedule --moe-capacity-schedule "$s" --json \

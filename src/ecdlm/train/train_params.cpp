@@ -8,7 +8,7 @@ namespace ecdlm {
 using nlohmann::json;
 
 json TrainParams::to_json() const {
-  return {{"data_dir", data_dir}, {"out_dir", out_dir}, {"init_from", init_from},
+  return {{"data_dir", data_dir}, {"out_dir", out_dir}, {"init_from", init_from}, {"trainable", trainable},
           {"batch_size", batch_size}, {"seq_len", seq_len}, {"grad_accum", grad_accum},
           {"max_steps", max_steps}, {"time_budget_s", time_budget_s}, {"lr", lr},
           {"min_lr_ratio", min_lr_ratio}, {"warmup_steps", warmup_steps},
@@ -31,6 +31,7 @@ void TrainParams::update_from_json(const json& j, const std::string& src) {
       if (k == "data_dir") data_dir = v.get<std::string>();
       else if (k == "out_dir") out_dir = v.get<std::string>();
       else if (k == "init_from") init_from = v.get<std::string>();
+      else if (k == "trainable") trainable = v.get<std::string>();
       else if (k == "batch_size") batch_size = v.get<int64_t>();
       else if (k == "seq_len") seq_len = v.get<int64_t>();
       else if (k == "grad_accum") grad_accum = v.get<int64_t>();

@@ -13,6 +13,7 @@ struct TrainParams {
   std::string data_dir = "data/brown";     // output of `ecdlm prepare-data`
   std::string out_dir = "runs/default";
   std::string init_from;                   // start from this model dir's weights (retrofit)
+  std::string trainable = "all";           // all | router | router+experts
   int64_t batch_size = 16;
   int64_t seq_len = 256;
   int64_t grad_accum = 1;

@@ -12,6 +12,7 @@
 #include "ecdlm/moe/routing_stats.h"
 #include "ecdlm/train/diffusion.h"
 #include "ecdlm/train/metrics.h"
+#include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/compat.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
@@ -160,6 +161,8 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     load_weights(model, st);
     LOG_INFO("initialized weights from " << p.init_from);
   }
+  const int64_t n_trainable = set_trainable(model, p.trainable);
+  if (p.trainable != "all") LOG_INFO("training " << p.trainable << " only: " << n_trainable << " parameters");
   auto opt = make_optimizer(model, p);
 
   int64_t start_step = 0, tokens = 0;
