@@ -105,11 +105,7 @@ int run(TrainArgs& a) {
       if (given(a, f)) LOG_WARN(f << " has no effect with the token-choice router");
   }
   // TC norm matching (ec-dlm.md §4.1): a constant factor, stored in config.json.
-  if (cfg.router_type == RouterType::kTokenChoice && cfg.moe_enable_scaling_factor &&
-      cfg.shared_expert_intermediate_size > 0)
-    cfg.routed_scaling_factor = moe::tc_scaling_factor(
-        cfg.num_experts, cfg.num_experts_per_tok,
-        static_cast<double>(cfg.shared_expert_intermediate_size) / cfg.moe_intermediate_size);
+  moe::apply_tc_scaling_factor(cfg);
 
   auto res = run_training(cfg, p, a.resume);
   double uni = unigram_baseline(p.data_dir);

@@ -38,10 +38,7 @@ ModelConfig variant_config(const ModelConfig& base, const std::string& v) {
     c.router_type = RouterType::kTokenChoice;
     c.moe_capacity_factor = v == "tc-dropless" ? 0.0 : std::stod(v.substr(5));
     c.moe_aux_loss_coeff = 0.01;
-    if (c.moe_enable_scaling_factor && c.shared_expert_intermediate_size > 0)
-      c.routed_scaling_factor = moe::tc_scaling_factor(
-          c.num_experts, c.num_experts_per_tok,
-          static_cast<double>(c.shared_expert_intermediate_size) / c.moe_intermediate_size);
+    moe::apply_tc_scaling_factor(c);
   } else {
     fail("", "--variants", "unknown variant '" + v + "'", "use ec, tc-dropless or tc-cf<factor>");
   }

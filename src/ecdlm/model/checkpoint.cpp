@@ -6,6 +6,7 @@
 #include <set>
 
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/strings.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
 
@@ -15,9 +16,6 @@ namespace idx = torch::indexing;
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
 
 // One checkpoint tensor and where it lives inside a model tensor: `rows` selects a slice of
 // dim 0 (fused QKV parts), `expert` selects one expert of a stacked tensor.
@@ -104,14 +102,7 @@ MoeDlm load_model(const std::string& dir, const ModelConfig* cfg_override) {
   std::string cfg_path = (fs::path(dir) / "config.json").string();
   if (!fs::exists(cfg_path))
     fail(dir, "config.json", "not found", "pass a model directory (config.json + model.safetensors)");
-  std::vector<std::string> unknown;
-  ModelConfig cfg = ModelConfig::from_json(read_json_file(cfg_path), cfg_path, &unknown);
-  if (!unknown.empty()) {
-    std::string list;
-    for (const auto& k : unknown) list += (list.empty() ? "" : ", ") + k;
-    LOG_WARN(cfg_path << ": keys not used by ecdlm: " << list);
-  }
-  if (cfg_override) cfg = *cfg_override;
+  ModelConfig cfg = cfg_override ? *cfg_override : ModelConfig::load(cfg_path);
   MoeDlm model(cfg);
   auto st = io::SafetensorsSet::open(dir);
   auto unused = load_weights(model, st);

@@ -7,6 +7,7 @@
 
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
 
 namespace ecdlm {
 namespace fs = std::filesystem;
@@ -230,8 +231,10 @@ ModelConfig ModelConfig::load(const std::string& path) {
   json j = read_json_file(file);
   std::vector<std::string> unknown;
   ModelConfig c = from_json(j, file, &unknown);
-  for (const auto& k : unknown) {
-    (void)k;  // reported by callers that care (info/load) through from_json's list
+  if (!unknown.empty()) {
+    std::string list;
+    for (const auto& k : unknown) list += (list.empty() ? "" : ", ") + k;
+    LOG_WARN(file << ": keys not used by ecdlm: " << list);
   }
   return c;
 }

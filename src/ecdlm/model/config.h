@@ -66,7 +66,8 @@ struct ModelConfig {
   // Parses llada2_moe / llada ("LLaDA-MoE") / ecdlm keys. Unknown keys are reported via `unknown`.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source,
                                std::vector<std::string>* unknown = nullptr);
-  static ModelConfig load(const std::string& path);  // config.json or a directory holding it
+  // config.json or a directory holding it; warns once about keys ecdlm does not use.
+  static ModelConfig load(const std::string& path);
   nlohmann::json to_json() const;
   void save(const std::string& path) const;          // atomic
 };

@@ -1,14 +1,9 @@
 #include "ecdlm/train/retrofit.h"
 
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm {
-
-namespace {
-bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
-}  // namespace
 
 ModelConfig retrofit_config(const ModelConfig& tc, const RetrofitParams& p) {
   if (tc.num_moe_layers() == 0) fail("", "--from", "the model has no MoE layers", "retrofit a MoE checkpoint");
