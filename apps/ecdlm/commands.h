@@ -25,6 +25,7 @@ void register_plot(CLI::App& app);
 void register_schedule(CLI::App& app);
 void register_analyze(CLI::App& app);
 void register_retrofit(CLI::App& app);
+void register_experiment(CLI::App& app);
 
 // Common set-up for every command: threads, BLAS check, log level.
 struct GlobalOptions {

@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
   register_schedule(app);
   register_analyze(app);
   register_retrofit(app);
+  register_experiment(app);
 
   try {
     app.parse(argc, argv);

@@ -10,10 +10,18 @@ namespace ecdlm {
 nlohmann::json EvalResult::to_json() const {
   nlohmann::json j = {{"loss", loss}, {"ppl", ppl}, {"sequences", sequences}, {"seconds", seconds},
                       {"routing", routing.to_json()}};
-  for (const auto& b : per_bin) {
+  for (size_t n = 0; n < per_bin.size(); ++n) {
+    const auto& b = per_bin[n];
     nlohmann::json arr = nlohmann::json::array();
-    for (int64_t i = 0; i < b.bins(); ++i)
-      arr.push_back({{"lo", b.lo(i)}, {"hi", b.hi(i)}, {"loss", b.mean(i)}, {"count", b.count(i)}});
+    for (int64_t i = 0; i < b.bins(); ++i) {
+      nlohmann::json e = {{"lo", b.lo(i)}, {"hi", b.hi(i)}, {"loss", b.mean(i)}, {"count", b.count(i)}};
+      if (n < capacity_per_bin.size() && b.count(i) > 0 && seq_len > 0) {
+        const double c = capacity_per_bin[n].mean(i);
+        e["capacity"] = c;
+        e["k"] = c * static_cast<double>(num_experts) / static_cast<double>(seq_len);
+      }
+      arr.push_back(e);
+    }
     j["per_bin"][std::to_string(b.bins())] = arr;
   }
   return j;
@@ -33,6 +41,18 @@ NoisedBatch noise_rows(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t see
   }
   return {torch::cat(xt), torch::cat(m), torch::cat(r)};
 }
+// f32 [B]: EC capacity per sequence averaged over the MoE layers; undefined for TC / dense.
+torch::Tensor mean_capacity_B(const std::vector<moe::RoutingStats>& layers) {
+  torch::Tensor sum;
+  int64_t n = 0;
+  for (const auto& s : layers) {
+    if (!s.capacity_B.defined()) continue;
+    auto c = s.capacity_B.to(torch::kFloat32);
+    sum = sum.defined() ? sum + c : c;
+    ++n;
+  }
+  return n ? sum / static_cast<double>(n) : sum;
+}
 }  // namespace
 
 EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const EvalParams& p,
@@ -43,6 +63,8 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
   torch::NoGradGuard ng;
   EvalResult res;
   for (auto nb : p.bins) res.per_bin.emplace_back(nb);
+  res.num_experts = model->config().num_experts;
+  res.seq_len = windows.seq_len();
   const int64_t mask_id = model->config().mask_token_id;
   const int64_t total = windows.size() * p.mask_samples;
   double sum = 0.0;
@@ -61,9 +83,15 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
         auto fwd = model->forward(noised.x_t_BL, opt);
         dl = diffusion_loss(model, fwd.hidden_BLD, x0, noised, /*inverse_r=*/true);
       }
-      res.routing.add(model->last_routing_stats());
+      const auto& layers = model->last_routing_stats();
+      res.routing.add(layers);
       sum += dl.seq_loss_B.sum().item<double>();
       for (auto& b : res.per_bin) b.add(noised.r_B, dl.seq_loss_B);
+      if (auto cap_B = mean_capacity_B(layers); cap_B.defined()) {
+        if (res.capacity_per_bin.empty())
+          for (auto nb : p.bins) res.capacity_per_bin.emplace_back(nb);
+        for (auto& b : res.capacity_per_bin) b.add(noised.r_B, cap_B);
+      }
       res.sequences += count;
       done += count;
       if (progress) progress(done, total);

@@ -27,6 +27,10 @@ struct EvalResult {
   double ppl = 0.0;              // exp(min(20, loss))
   int64_t sequences = 0;
   std::vector<BinnedLoss> per_bin;
+  // EC only (empty for TC): mean capacity C per sequence over the MoE layers, per r bin, and
+  // the experts per token it buys, k = C * E / L. Shows what a capacity schedule actually used.
+  std::vector<BinnedLoss> capacity_per_bin;
+  int64_t num_experts = 0, seq_len = 0;
   moe::RoutingSummary routing;
   double seconds = 0.0;
   nlohmann::json to_json() const;

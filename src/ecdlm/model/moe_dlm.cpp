@@ -32,7 +32,6 @@ BackboneImpl::BackboneImpl(const ModelConfig& c) {
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
-namespace {
 moe::CapacitySchedule make_schedule(const ModelConfig& c) {
   auto s = moe::parse_schedule(c.moe_capacity_schedule);
   double k = static_cast<double>(c.num_experts_per_tok);
@@ -40,7 +39,6 @@ moe::CapacitySchedule make_schedule(const ModelConfig& c) {
   double kmax = c.moe_capacity_k_max > 0 ? c.moe_capacity_k_max : k;
   return moe::CapacitySchedule(s, k, kmin, kmax, c.moe_capacity_gaussian_sigma);
 }
-}  // namespace
 
 MoeDlmImpl::MoeDlmImpl(const ModelConfig& c) : cfg_(c), schedule_(make_schedule(c)) {
   model = register_module("model", Backbone(c));
@@ -142,8 +140,8 @@ int64_t MoeDlmImpl::num_active_parameters() const {
   return n;
 }
 
-double MoeDlmImpl::forward_flops_per_token(int64_t L) const {
-  const auto& c = cfg_;
+double forward_flops_per_token(const ModelConfig& c, int64_t L, double experts_per_token) {
+  const double k = experts_per_token < 0 ? static_cast<double>(c.num_experts_per_tok) : experts_per_token;
   double D = static_cast<double>(c.hidden_size);
   double attn_proj = D * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim +
                      c.num_attention_heads * c.head_dim * D;
@@ -152,13 +150,17 @@ double MoeDlmImpl::forward_flops_per_token(int64_t L) const {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     macs += attn_proj + attn_scores;
     if (c.is_moe_layer(l)) {
-      macs += c.num_experts * D + c.num_experts_per_tok * 3.0 * D * c.moe_intermediate_size +
+      macs += c.num_experts * D + k * 3.0 * D * c.moe_intermediate_size +
               3.0 * D * c.shared_expert_intermediate_size;
     } else {
       macs += 3.0 * D * c.intermediate_size;
     }
   }
   return 2.0 * macs;
+}
+
+double MoeDlmImpl::forward_flops_per_token(int64_t L, double experts_per_token) const {
+  return ecdlm::forward_flops_per_token(cfg_, L, experts_per_token);
 }
 
 }  // namespace ecdlm

@@ -62,7 +62,8 @@ class MoeDlmImpl : public torch::nn::Module {
   int64_t num_parameters() const;
   int64_t num_active_parameters() const;   // per token (k experts + shared + dense parts)
   // Forward FLOPs per token for a sequence of length L (matmuls only; attention included).
-  double forward_flops_per_token(int64_t seq_len) const;
+  // experts_per_token < 0: the config's num_experts_per_tok (EC: k = C * E / L on average).
+  double forward_flops_per_token(int64_t seq_len, double experts_per_token = -1.0) const;
 
   const ModelConfig& config() const { return cfg_; }
   const moe::CapacitySchedule& schedule() const { return schedule_; }
@@ -75,5 +76,12 @@ class MoeDlmImpl : public torch::nn::Module {
   moe::CapacitySchedule schedule_;
 };
 TORCH_MODULE(MoeDlm);
+
+// The EC capacity schedule a config describes (k_min/k_max of 0 mean num_experts_per_tok).
+moe::CapacitySchedule make_schedule(const ModelConfig& c);
+
+// Forward matmul FLOPs per token of a model with config `c` on sequences of length L, with
+// `experts_per_token` routed experts per token (< 0: c.num_experts_per_tok).
+double forward_flops_per_token(const ModelConfig& c, int64_t seq_len, double experts_per_token = -1.0);
 
 }  // namespace ecdlm

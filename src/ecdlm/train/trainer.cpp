@@ -27,7 +27,7 @@ using Clock = std::chrono::steady_clock;
 
 json TrainResult::to_json() const {
   return {{"steps", steps}, {"tokens", tokens}, {"seconds", seconds},
-          {"tokens_per_s", tokens_per_s}, {"final_val_loss", final_val_loss},
+          {"train_seconds", train_seconds}, {"tokens_per_s", tokens_per_s}, {"final_val_loss", final_val_loss},
           {"final_val_ppl", final_val_ppl}, {"diverged", diverged},
           {"last_checkpoint", last_checkpoint}, {"best_checkpoint", best_checkpoint}};
 }
@@ -166,7 +166,9 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   auto opt = make_optimizer(model, p);
 
   int64_t start_step = 0, tokens = 0;
-  double elapsed_before = 0.0, best_val = std::numeric_limits<double>::infinity();
+  // elapsed: wall-clock including evals and checkpoints; train_s: optimizer steps only, the
+  // fair x axis when runs differ in how often they evaluate.
+  double elapsed_before = 0.0, train_s_before = 0.0, overhead_s = 0.0, best_val = std::numeric_limits<double>::infinity();
   std::string last_ckpt, best_ckpt = (fs::path(p.out_dir) / "best").string();
   if (resume) {
     last_ckpt = latest_checkpoint(p.out_dir);
@@ -182,6 +184,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       start_step = state.at("step").get<int64_t>();
       tokens = state.at("tokens").get<int64_t>();
       elapsed_before = state.at("elapsed_s").get<double>();
+      train_s_before = state.value("train_s", elapsed_before);
     } catch (const json::exception& e) {
       fail(state_path, "", std::string("corrupt trainer state: ") + e.what(),
            "resume from an earlier checkpoint (delete this one)");
@@ -228,6 +231,9 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   const double flops_per_token = 3.0 * model->forward_flops_per_token(p.seq_len);
   auto t_start = Clock::now();
   auto elapsed = [&] { return elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count(); };
+  auto train_s = [&] {
+    return train_s_before + std::chrono::duration<double>(Clock::now() - t_start).count() - overhead_s;
+  };
   auto progress_of = [&](int64_t step) {
     double a = p.max_steps > 0 ? static_cast<double>(step) / static_cast<double>(p.max_steps) : 0.0;
     double b = p.time_budget_s > 0 ? elapsed() / p.time_budget_s : 0.0;
@@ -283,7 +289,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     if (step % p.log_every == 0) {
       double dt = std::chrono::duration<double>(Clock::now() - window_start).count();
       double tps = dt > 0 ? window_tokens / dt : 0.0;
-      metrics.write({{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()},
+      metrics.write({{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s()},
                      {"loss", loss_acc / loss_n}, {"aux_loss", step_aux}, {"lr", lr},
                      {"grad_norm", gnorm}, {"tokens_per_s", tps},
                      {"model_flops_per_s", tps * flops_per_token},
@@ -297,9 +303,11 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     const bool halt = p.halt_at_step > 0 && step >= p.halt_at_step;
     const bool last = (p.max_steps > 0 && step >= p.max_steps) ||
                       (p.time_budget_s > 0 && elapsed() >= p.time_budget_s);
+    const auto t_overhead = Clock::now();
+    const double train_s_now = train_s();
     if ((p.eval_every > 0 && step % p.eval_every == 0) || last) {
       auto ev = evaluate_elbo(model, val_windows, p.eval);
-      json line = {{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}};
+      json line = {{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s_now}};
       auto evj = ev.to_json();
       line["val_loss"] = ev.loss;
       line["val_ppl"] = ev.ppl;
@@ -318,15 +326,19 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       window_tokens = 0;
     }
     if ((p.save_every > 0 && step % p.save_every == 0) || last || halt)
-      save(step, {{"elapsed_s", elapsed()}});
+      save(step, {{"elapsed_s", elapsed()}, {"train_s", train_s_now}});
+    overhead_s += std::chrono::duration<double>(Clock::now() - t_overhead).count();
     if (halt) break;
   }
   if (!res.diverged) bar.finish();
   res.steps = step;
   res.tokens = tokens;
   res.seconds = elapsed();
-  res.tokens_per_s = res.seconds - elapsed_before > 0
-                         ? static_cast<double>(tokens - start_step * tokens_per_step) / (res.seconds - elapsed_before)
+  res.train_seconds = train_s();
+  // Throughput of the optimizer steps alone (evals and checkpoints excluded).
+  res.tokens_per_s = res.train_seconds - train_s_before > 0
+                         ? static_cast<double>(tokens - start_step * tokens_per_step) /
+                               (res.train_seconds - train_s_before)
                          : 0.0;
   res.last_checkpoint = last_ckpt;
   if (fs::exists(best_ckpt)) res.best_checkpoint = best_ckpt;

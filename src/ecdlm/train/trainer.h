@@ -16,7 +16,8 @@ namespace ecdlm {
 struct TrainResult {
   int64_t steps = 0;
   int64_t tokens = 0;
-  double seconds = 0.0;
+  double seconds = 0.0;              // wall-clock, evals and checkpoints included
+  double train_seconds = 0.0;        // optimizer steps only
   double tokens_per_s = 0.0;
   double final_val_loss = 0.0;
   double final_val_ppl = 0.0;
