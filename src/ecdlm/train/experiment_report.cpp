@@ -59,7 +59,7 @@ json stat_json(const Stat& s) { return {{"mean", s.mean}, {"std", s.std}, {"n", 
 
 // Validation points and training-log lines of one run.
 struct RunSeries {
-  std::vector<double> train_s, tokens, val_loss, cv_tokens, load_cv, drop_rate;
+  std::vector<double> train_s, cpu_s, tokens, val_loss, cv_tokens, load_cv, drop_rate;
   json last_val;  // the last validation line (per-bin loss and capacity)
 };
 
@@ -70,6 +70,7 @@ RunSeries read_series(const std::string& run_dir) {
   for (const auto& l : read_metrics(path)) {
     if (l.contains("val_loss")) {
       s.train_s.push_back(l.value("train_s", l.value("elapsed_s", 0.0)));
+      s.cpu_s.push_back(l.value("cpu_s", s.train_s.back()));
       s.tokens.push_back(l.value("tokens", 0.0));
       s.val_loss.push_back(l["val_loss"].get<double>());
       s.last_val = l;
@@ -83,12 +84,12 @@ RunSeries read_series(const std::string& run_dir) {
 }
 
 // First time the validation loss reaches `target`, linearly interpolated between evals; NaN if never.
-double time_to_target(const RunSeries& s, double target) {
+double time_to_target(const RunSeries& s, const std::vector<double>& t, double target) {
   for (size_t i = 0; i < s.val_loss.size(); ++i) {
     if (s.val_loss[i] > target) continue;
-    if (i == 0) return s.train_s[0];
+    if (i == 0) return t[0];
     const double f = (s.val_loss[i - 1] - target) / (s.val_loss[i - 1] - s.val_loss[i]);
-    return s.train_s[i - 1] + f * (s.train_s[i] - s.train_s[i - 1]);
+    return t[i - 1] + f * (t[i] - t[i - 1]);
   }
   return NAN;
 }
@@ -150,11 +151,15 @@ json write_experiment_report(const ExperimentSpec& spec, const std::vector<Exper
     for (const auto* r : by_variant[spec.target_variant]) v.push_back(r->result.value("final_val_loss", NAN));
     target = stat_of(v).mean;
   }
-  double baseline_time = NAN;
+  double baseline_time = NAN, baseline_cpu = NAN;
   if (by_variant.count(spec.baseline)) {
-    std::vector<double> v;
-    for (const auto* r : by_variant[spec.baseline]) v.push_back(r->result.value("train_seconds", NAN));
+    std::vector<double> v, c;
+    for (const auto* r : by_variant[spec.baseline]) {
+      v.push_back(r->result.value("train_seconds", NAN));
+      c.push_back(r->result.value("cpu_seconds", NAN));
+    }
     baseline_time = stat_of(v).mean;
+    baseline_cpu = stat_of(c).mean;
   }
 
   // Per-bin efficiency (eta over training tokens, the compute-fair axis for matched FLOPs).
@@ -186,49 +191,54 @@ json write_experiment_report(const ExperimentSpec& spec, const std::vector<Exper
   md << "Budget: " << fmt(spec.budget, 0) << " " << spec.budget_kind << " per run; seeds:";
   for (auto s : spec.seeds) md << " " << s;
   md << "; base config `" << spec.base << "`; mean ± sample std over seeds.\n";
-  md << "Time is training wall-clock (`train_s`: optimizer steps, evaluations excluded). Target loss "
+  md << "Times are of the optimizer steps only (evaluations excluded), two ways: wall-clock seconds, and "
+        "CPU seconds / threads, which stays comparable when other jobs share the machine. Target loss "
      << fmt(target, 4) << (spec.target_variant.empty() ? " (given)" : " (mean final val loss of " + spec.target_variant + ")")
-     << "; time-to-target ratio is against " << spec.baseline << "'s mean full training time ("
-     << fmt(baseline_time, 0) << " s).\n\n";
-  md << "| variant | router | E[k] | seeds | final val loss | val PPL | tokens/s | train s | time to target (s) | "
-        "÷ " << spec.baseline << " time | load CV | decode GFLOP/token |\n";
+     << "; the time-to-target ratio divides by " << spec.baseline << "'s mean full training time ("
+     << fmt(baseline_time, 0) << " s wall, " << fmt(baseline_cpu, 0) << " s CPU).\n\n";
+  md << "| variant | router | E[k] | seeds | final val loss | val PPL | tokens/s (wall) | train s (wall / CPU) | "
+        "time to target (wall / CPU s) | ÷ " << spec.baseline << " time (wall / CPU) | load CV | decode GFLOP/token |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& v : spec.variants) {
     if (!by_variant.count(v.name)) continue;
     const auto& rs = by_variant[v.name];
     const ModelConfig& c = rs.front()->cfg;
-    std::vector<double> loss, ppl, tps, secs, ttt, cv, drop;
+    std::vector<double> loss, ppl, tps, secs, cpus, ttt, tttc, cv, drop;
     int64_t reached = 0, diverged = 0;
     for (const auto* r : rs) {
       loss.push_back(r->result.value("final_val_loss", NAN));
       ppl.push_back(r->result.value("final_val_ppl", NAN));
       tps.push_back(r->result.value("tokens_per_s", NAN));
       secs.push_back(r->result.value("train_seconds", NAN));
+      cpus.push_back(r->result.value("cpu_seconds", NAN));
       diverged += r->result.value("diverged", false) ? 1 : 0;
       const auto& s = series[r];
-      const double t = std::isfinite(target) ? time_to_target(s, target) : NAN;
+      const double t = std::isfinite(target) ? time_to_target(s, s.train_s, target) : NAN;
       reached += std::isfinite(t) ? 1 : 0;
       ttt.push_back(t);
+      tttc.push_back(std::isfinite(target) ? time_to_target(s, s.cpu_s, target) : NAN);
       cv.push_back(mean_second_half(s.load_cv));
       drop.push_back(mean_second_half(s.drop_rate));
     }
     const double ek = c.router_type == RouterType::kExpertChoice ? make_schedule(c).expected_k(rs.front()->params.seq_len)
                                                                  : static_cast<double>(c.num_experts_per_tok);
     const double dflops = decode_flops_per_token(c, rs.front()->params.seq_len);
-    const Stat sl = stat_of(loss), sp = stat_of(ppl), st = stat_of(tps), ss = stat_of(secs), stt = stat_of(ttt),
-               sc = stat_of(cv), sd = stat_of(drop);
-    const double ratio = stt.mean / baseline_time;
+    const Stat sl = stat_of(loss), sp = stat_of(ppl), st = stat_of(tps), ss = stat_of(secs), scpu = stat_of(cpus),
+               stt = stat_of(ttt), sttc = stat_of(tttc), sc = stat_of(cv), sd = stat_of(drop);
+    const double ratio = stt.mean / baseline_time, ratio_cpu = sttc.mean / baseline_cpu;
+    const bool all_reached = reached == static_cast<int64_t>(rs.size());
     md << "| " << v.name << (diverged ? " (" + std::to_string(diverged) + " diverged)" : "") << " | " << router_desc(c)
        << (rs.front()->params.trainable != "all" ? ", trains " + rs.front()->params.trainable : "") << " | " << fmt(ek, 3) << " | " << rs.size() << " | " << fmt_pm(sl, 4) << " | " << fmt_pm(sp, 1) << " | "
-       << fmt_pm(st, 0) << " | " << fmt_pm(ss, 1) << " | "
-       << (reached == static_cast<int64_t>(rs.size()) ? fmt_pm(stt, 1)
-                                                      : std::to_string(reached) + "/" + std::to_string(rs.size()) + " reached")
-       << " | " << (reached == static_cast<int64_t>(rs.size()) ? fmt(ratio, 2) + "x" : "–") << " | " << fmt_pm(sc, 3)
+       << fmt_pm(st, 0) << " | " << fmt_pm(ss, 1) << " / " << fmt_pm(scpu, 1) << " | "
+       << (all_reached ? fmt_pm(stt, 1) + " / " + fmt_pm(sttc, 1)
+                       : std::to_string(reached) + "/" + std::to_string(rs.size()) + " reached")
+       << " | " << (all_reached ? fmt(ratio, 2) + "x / " + fmt(ratio_cpu, 2) + "x" : "–") << " | " << fmt_pm(sc, 3)
        << (sd.mean > 0 ? " (drop " + fmt(100 * sd.mean, 1) + "%)" : "") << " | " << fmt(dflops / 1e9, 3) << " |\n";
     json e = {{"variant", v.name}, {"router", router_desc(c)}, {"expected_k", ek}, {"seeds", rs.size()},
               {"final_val_loss", stat_json(sl)}, {"final_val_ppl", stat_json(sp)}, {"tokens_per_s", stat_json(st)},
-              {"train_seconds", stat_json(ss)}, {"time_to_target_s", stat_json(stt)}, {"reached_target", reached},
-              {"time_to_target_ratio", ratio}, {"load_cv", stat_json(sc)}, {"drop_rate", stat_json(sd)},
+              {"train_seconds", stat_json(ss)}, {"cpu_seconds", stat_json(scpu)}, {"time_to_target_s", stat_json(stt)},
+              {"time_to_target_cpu_s", stat_json(sttc)}, {"reached_target", reached},
+              {"time_to_target_ratio", all_reached ? ratio : NAN}, {"time_to_target_ratio_cpu", all_reached ? ratio_cpu : NAN}, {"load_cv", stat_json(sc)}, {"drop_rate", stat_json(sd)},
               {"decode_flops_per_token", dflops}, {"diverged", diverged}};
     if (eta_runs.count(v.name)) {
       json bins = json::array();
@@ -298,13 +308,14 @@ json write_experiment_report(const ExperimentSpec& spec, const std::vector<Exper
   }
 
   // Plots: one line per run.
-  std::vector<Series> vs_time, vs_tokens, cv_lines, eta_lines;
+  std::vector<Series> vs_time, vs_cpu, vs_tokens, cv_lines, eta_lines;
   for (const auto& v : spec.variants) {
     if (!by_variant.count(v.name)) continue;
     for (const auto* r : by_variant[v.name]) {
       const auto& s = series[r];
       const std::string name = v.name + " s" + std::to_string(r->seed);
       vs_time.push_back({name, s.train_s, s.val_loss});
+      vs_cpu.push_back({name, s.cpu_s, s.val_loss});
       vs_tokens.push_back({name, s.tokens, s.val_loss});
       std::vector<double> cvx, cvy;
       for (size_t i = 0; i < s.load_cv.size(); ++i)
@@ -326,6 +337,7 @@ json write_experiment_report(const ExperimentSpec& spec, const std::vector<Exper
     if (!lines.empty() && plot_lines((out / file).string(), p, lines)) pngs.push_back(file);
   };
   plot("val_loss_vs_time.png", {spec.name + ": validation loss vs training time", "training seconds", "val ELBO loss", false}, vs_time);
+  plot("val_loss_vs_cpu_time.png", {spec.name + ": validation loss vs CPU time / threads", "CPU seconds / threads", "val ELBO loss", false}, vs_cpu);
   plot("val_loss_vs_tokens.png", {spec.name + ": validation loss vs tokens", "training tokens", "val ELBO loss", false}, vs_tokens);
   plot("efficiency_per_bin.png", {spec.name + ": eta per mask-ratio bin", "mask ratio r (bin centre)", "eta per M tokens", false}, eta_lines);
   plot("load_balance.png", {spec.name + ": tokens-per-expert CV", "training tokens", "load CV", false}, cv_lines);
@@ -335,7 +347,7 @@ json write_experiment_report(const ExperimentSpec& spec, const std::vector<Exper
 
   json result = {{"name", spec.name}, {"source", spec.source}, {"command", command}, {"budget", {{spec.budget_kind, spec.budget}}},
                  {"seeds", spec.seeds}, {"baseline", spec.baseline}, {"target_loss", target},
-                 {"baseline_train_seconds", baseline_time}, {"variants", jv}, {"plots", pngs}};
+                 {"baseline_train_seconds", baseline_time}, {"baseline_cpu_seconds", baseline_cpu}, {"variants", jv}, {"plots", pngs}};
   write_file_atomic((out / "README.md").string(), md.str());
   write_file_atomic((out / "results.json").string(), result.dump(2) + "\n");
   return result;

@@ -1,6 +1,7 @@
 #include "ecdlm/train/trainer.h"
 
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -27,7 +28,7 @@ using Clock = std::chrono::steady_clock;
 
 json TrainResult::to_json() const {
   return {{"steps", steps}, {"tokens", tokens}, {"seconds", seconds},
-          {"train_seconds", train_seconds}, {"tokens_per_s", tokens_per_s}, {"final_val_loss", final_val_loss},
+          {"train_seconds", train_seconds}, {"cpu_seconds", cpu_seconds}, {"tokens_per_s", tokens_per_s}, {"final_val_loss", final_val_loss},
           {"final_val_ppl", final_val_ppl}, {"diverged", diverged},
           {"last_checkpoint", last_checkpoint}, {"best_checkpoint", best_checkpoint}};
 }
@@ -168,7 +169,10 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   int64_t start_step = 0, tokens = 0;
   // elapsed: wall-clock including evals and checkpoints; train_s: optimizer steps only, the
   // fair x axis when runs differ in how often they evaluate.
-  double elapsed_before = 0.0, train_s_before = 0.0, overhead_s = 0.0, best_val = std::numeric_limits<double>::infinity();
+  // cpu_s: process CPU seconds of the optimizer steps divided by the intra-op threads, a time
+  // axis that stays comparable when other work shares the machine.
+  double elapsed_before = 0.0, train_s_before = 0.0, overhead_s = 0.0, cpu_s_before = 0.0, cpu_overhead_s = 0.0,
+         best_val = std::numeric_limits<double>::infinity();
   std::string last_ckpt, best_ckpt = (fs::path(p.out_dir) / "best").string();
   if (resume) {
     last_ckpt = latest_checkpoint(p.out_dir);
@@ -185,6 +189,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       tokens = state.at("tokens").get<int64_t>();
       elapsed_before = state.at("elapsed_s").get<double>();
       train_s_before = state.value("train_s", elapsed_before);
+      cpu_s_before = state.value("cpu_s", train_s_before);
     } catch (const json::exception& e) {
       fail(state_path, "", std::string("corrupt trainer state: ") + e.what(),
            "resume from an earlier checkpoint (delete this one)");
@@ -231,6 +236,10 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   const double flops_per_token = 3.0 * model->forward_flops_per_token(p.seq_len);
   auto t_start = Clock::now();
   auto elapsed = [&] { return elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count(); };
+  const double threads = std::max(1, torch::get_num_threads());
+  auto cpu_now = [] { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; };
+  const double cpu_start = cpu_now();
+  auto cpu_s = [&] { return cpu_s_before + (cpu_now() - cpu_start - cpu_overhead_s) / threads; };
   auto train_s = [&] {
     return train_s_before + std::chrono::duration<double>(Clock::now() - t_start).count() - overhead_s;
   };
@@ -290,7 +299,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       double dt = std::chrono::duration<double>(Clock::now() - window_start).count();
       double tps = dt > 0 ? window_tokens / dt : 0.0;
       metrics.write({{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s()},
-                     {"loss", loss_acc / loss_n}, {"aux_loss", step_aux}, {"lr", lr},
+                     {"cpu_s", cpu_s()}, {"loss", loss_acc / loss_n}, {"aux_loss", step_aux}, {"lr", lr},
                      {"grad_norm", gnorm}, {"tokens_per_s", tps},
                      {"model_flops_per_s", tps * flops_per_token},
                      {"routing", routing.averaged().to_json()}});
@@ -304,10 +313,12 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     const bool last = (p.max_steps > 0 && step >= p.max_steps) ||
                       (p.time_budget_s > 0 && elapsed() >= p.time_budget_s);
     const auto t_overhead = Clock::now();
-    const double train_s_now = train_s();
+    const double cpu_overhead_start = cpu_now();
+    const double train_s_now = train_s(), cpu_s_now = cpu_s();
     if ((p.eval_every > 0 && step % p.eval_every == 0) || last) {
       auto ev = evaluate_elbo(model, val_windows, p.eval);
-      json line = {{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s_now}};
+      json line = {{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s_now},
+                   {"cpu_s", cpu_s_now}};
       auto evj = ev.to_json();
       line["val_loss"] = ev.loss;
       line["val_ppl"] = ev.ppl;
@@ -326,8 +337,9 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       window_tokens = 0;
     }
     if ((p.save_every > 0 && step % p.save_every == 0) || last || halt)
-      save(step, {{"elapsed_s", elapsed()}, {"train_s", train_s_now}});
+      save(step, {{"elapsed_s", elapsed()}, {"train_s", train_s_now}, {"cpu_s", cpu_s_now}});
     overhead_s += std::chrono::duration<double>(Clock::now() - t_overhead).count();
+    cpu_overhead_s += cpu_now() - cpu_overhead_start;
     if (halt) break;
   }
   if (!res.diverged) bar.finish();
@@ -335,6 +347,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   res.tokens = tokens;
   res.seconds = elapsed();
   res.train_seconds = train_s();
+  res.cpu_seconds = cpu_s();
   // Throughput of the optimizer steps alone (evals and checkpoints excluded).
   res.tokens_per_s = res.train_seconds - train_s_before > 0
                          ? static_cast<double>(tokens - start_step * tokens_per_step) /

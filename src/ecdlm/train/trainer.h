@@ -18,6 +18,7 @@ struct TrainResult {
   int64_t tokens = 0;
   double seconds = 0.0;              // wall-clock, evals and checkpoints included
   double train_seconds = 0.0;        // optimizer steps only
+  double cpu_seconds = 0.0;          // their process CPU time / intra-op threads
   double tokens_per_s = 0.0;
   double final_val_loss = 0.0;
   double final_val_ppl = 0.0;
