@@ -65,6 +65,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const torch::Te
   return dense(out);
 }
 
+int64_t KvCache::bytes() const {
+  int64_t n = 0;
+  for (const auto& l : layers)
+    if (l.k.defined()) n += (l.k.numel() + l.v.numel()) * static_cast<int64_t>(l.k.element_size());
+  return n;
+}
+
 torch::Tensor block_causal_mask(int64_t q0, int64_t Lq, int64_t S, int64_t block) {
   if (block <= 0) return torch::zeros({Lq, S});
   auto qb = torch::div(torch::arange(q0, q0 + Lq, torch::kInt64), block, "floor").view({Lq, 1});

@@ -13,6 +13,16 @@ struct LayerKv {
   torch::Tensor k, v;
 };
 
+// Prefix K/V of every layer. Exact for block-causal models when it holds whole finished blocks
+// (later positions never change what earlier blocks see); for bidirectional models it is an
+// approximation (earlier positions would see later ones).
+struct KvCache {
+  std::vector<LayerKv> layers;
+  int64_t length() const { return layers.empty() || !layers[0].k.defined() ? 0 : layers[0].k.size(2); }
+  int64_t bytes() const;
+  void clear() { layers.clear(); }
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& cfg);

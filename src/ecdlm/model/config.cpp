@@ -218,6 +218,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src,
   get_opt(j, "moe_capacity_k_min", c.moe_capacity_k_min, src);
   get_opt(j, "moe_capacity_k_max", c.moe_capacity_k_max, src);
   get_opt(j, "moe_capacity_gaussian_sigma", c.moe_capacity_gaussian_sigma, src);
+  get_opt(j, "mode", c.dmoe_mode, src);
+  get_opt(j, "core_threshold", c.dmoe_core_threshold, src);
   if (unknown) {
     for (auto it = j.begin(); it != j.end(); ++it)
       if (!known_keys().count(it.key())) unknown->push_back(it.key());
@@ -303,6 +305,8 @@ json ModelConfig::to_json() const {
   j["moe_capacity_k_min"] = moe_capacity_k_min;
   j["moe_capacity_k_max"] = moe_capacity_k_max;
   j["moe_capacity_gaussian_sigma"] = moe_capacity_gaussian_sigma;
+  if (!dmoe_mode.empty()) j["mode"] = dmoe_mode;
+  if (dmoe_core_threshold > 0) j["core_threshold"] = dmoe_core_threshold;
   return j;
 }
 

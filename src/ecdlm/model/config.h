@@ -54,6 +54,9 @@ struct ModelConfig {
   double moe_capacity_k_min = 0.0;       // for non-static schedules (0 = num_experts_per_tok)
   double moe_capacity_k_max = 0.0;
   double moe_capacity_gaussian_sigma = 0.22;
+  // dMoE checkpoints (config keys "mode", "core_threshold"): block routing is their default.
+  std::string dmoe_mode;                 // "aggregate" = dMoE block-coreset routing
+  double dmoe_core_threshold = 0.0;      // top-p of the coreset (0 = not set)
 
   int64_t rotary_dim() const;
   int64_t shared_expert_intermediate_size = 128;  // 0 = no shared expert (LLaDA2: moe_inter * n_shared)

@@ -18,8 +18,9 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
                                         const torch::Tensor& mask_LS,
-                                        const moe::MoeForwardArgs& moe_args) {
-  auto h = x_BLD + attention(input_layernorm(x_BLD), pos_L, mask_LS);
+                                        const moe::MoeForwardArgs& moe_args, const LayerKv* past,
+                                        LayerKv* present) {
+  auto h = x_BLD + attention(input_layernorm(x_BLD), pos_L, mask_LS, past, present);
   auto n = post_attention_layernorm(h);
   return h + (moe_mlp.is_empty() ? dense_mlp(n) : moe_mlp(n, moe_args));
 }
@@ -77,21 +78,41 @@ ForwardResult MoeDlmImpl::forward(const torch::Tensor& ids_BL, const ForwardOpti
       margs.capacity_B = capacity_for(r_B, L);
     }
   }
-  auto pos_L = torch::arange(opt.pos_offset, opt.pos_offset + L, torch::kInt64);
+  margs.routing = opt.routing;
+  KvCache* kv = opt.kv_cache;
+  const int64_t cached = kv ? kv->length() : 0;
+  if (kv && opt.pos_offset != 0 && opt.pos_offset != cached)
+    throw std::invalid_argument("forward: pos_offset " + std::to_string(opt.pos_offset) +
+                                " differs from the KV cache length " + std::to_string(cached));
+  const int64_t pos0 = kv ? cached : opt.pos_offset;
+  auto pos_L = torch::arange(pos0, pos0 + L, torch::kInt64);
   torch::Tensor mask_LS;
-  if (opt.block_length > 0) mask_LS = block_causal_mask(opt.pos_offset, L, L, opt.block_length);
+  if (opt.block_length > 0) mask_LS = block_causal_mask(pos0, L, cached + L, opt.block_length);
+  if (kv && kv->layers.empty()) kv->layers.resize(static_cast<size_t>(cfg_.num_hidden_layers));
   auto x = model->word_embeddings(ids_BL);
   auto aux = torch::zeros({}, torch::kFloat32);
+  int64_t li = 0;
   for (auto& m : model->layers->children()) {
     auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(m);
-    x = layer->forward(x, pos_L, mask_LS, margs);
+    LayerKv present;
+    const LayerKv* past = kv ? &kv->layers[static_cast<size_t>(li)] : nullptr;
+    x = layer->forward(x, pos_L, mask_LS, margs, past, kv ? &present : nullptr);
+    if (kv && opt.kv_append) {
+      auto& c = kv->layers[static_cast<size_t>(li)];
+      c.k = c.k.defined() ? torch::cat({c.k, present.k}, 2) : present.k;
+      c.v = c.v.defined() ? torch::cat({c.v, present.v}, 2) : present.v;
+    }
     if (!layer->moe_mlp.is_empty() && layer->moe_mlp->last_aux_loss().defined())
       aux = aux + layer->moe_mlp->last_aux_loss();
+    ++li;
   }
   x = model->norm(x);
   ForwardResult r;
   r.hidden_BLD = x;
-  if (!opt.skip_lm_head) r.logits_BLV = to_f32_or_wider(lm_head(x));
+  if (!opt.skip_lm_head) {
+    auto h = opt.logits_last_n > 0 && opt.logits_last_n < L ? x.narrow(1, L - opt.logits_last_n, opt.logits_last_n) : x;
+    r.logits_BLV = to_f32_or_wider(lm_head(h));
+  }
   r.aux_loss = aux;
   (void)B;
   return r;

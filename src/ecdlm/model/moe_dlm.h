@@ -18,6 +18,12 @@ struct ForwardOptions {
   int64_t pos_offset = 0;       // absolute position of input column 0
   bool reference = false;       // slow per-expert MoE loop (tests)
   bool skip_lm_head = false;    // return the final hidden states only (loss projects masked rows)
+  int64_t logits_last_n = 0;    // > 0: the LM head runs on the last n positions only
+  const moe::InferenceRouting* routing = nullptr;  // inference policy (null = the model's own)
+  // Prefix cache: the input continues at position kv_cache->length() (pos_offset must be 0 or
+  // equal to it); with kv_append the input's K/V are appended after the forward.
+  KvCache* kv_cache = nullptr;
+  bool kv_append = false;
 };
 
 struct ForwardResult {
@@ -30,7 +36,8 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& cfg, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
-                        const torch::Tensor& mask_LS, const moe::MoeForwardArgs& moe_args);
+                        const torch::Tensor& mask_LS, const moe::MoeForwardArgs& moe_args,
+                        const LayerKv* past = nullptr, LayerKv* present = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention attention{nullptr};
   SwiGluMlp dense_mlp{nullptr};   // registered as "mlp" on dense layers

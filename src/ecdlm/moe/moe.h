@@ -31,6 +31,7 @@ struct RoutingPlan {
   torch::Tensor gate_TK;    // f32 [T, K]: gate weights, 0 for dropped pairs (token-major)
   torch::Tensor aux_loss;   // f32 scalar: z-loss + load-balancing loss (training), or undefined
   torch::Tensor load_E;     // int64 [E]: pre-drop (token, expert) counts, for loss-free bias
+  torch::Tensor coreset_BCE;  // bool [B, chunks, E]: block routing's coresets (else undefined)
   RoutingStats stats;
 };
 

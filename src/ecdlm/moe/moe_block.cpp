@@ -50,6 +50,16 @@ RoutingPlan MoeBlockImpl::route(const torch::Tensor& x_BLD, const MoeForwardArgs
   }
   TokenChoiceParams p = tc_;
   p.compute_losses = is_training();
+  const InferenceRouting* ir = args.routing;
+  if (ir && ir->policy == RoutingPolicy::kTopK) p.k = ir->topk_cap;
+  if (ir && ir->policy == RoutingPolicy::kBlock) {
+    auto biased_TE = biased_scores(logits_TE, gate->expert_bias, p.score);
+    auto coreset_BCE = block_coreset(biased_TE.view({B, L, -1}), p.k, ir->block_top_p, ir->block_min_experts,
+                                     ir->block_chunk);
+    auto plan = route_token_choice(logits_TE, gate->expert_bias, p, coreset_per_token(coreset_BCE, L, ir->block_chunk));
+    plan.coreset_BCE = coreset_BCE;
+    return plan;
+  }
   return route_token_choice(logits_TE, gate->expert_bias, p);
 }
 
@@ -64,6 +74,10 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x_BLD, const MoeForward
   if (!shared_experts.is_empty()) y_BLD = y_BLD + shared_experts(x_BLD);
   last_stats_ = plan.stats;
   last_aux_loss_ = plan.aux_loss;
+  last_plan_ = plan;
+  last_plan_.aux_loss = torch::Tensor();  // keep no autograd graph alive
+  if (last_plan_.gate_TK.defined()) last_plan_.gate_TK = last_plan_.gate_TK.detach();
+  if (last_plan_.gate_EN.defined()) last_plan_.gate_EN = last_plan_.gate_EN.detach();
   if (is_training() && plan.load_E.defined()) {
     load_accum_E_ = load_accum_E_.defined() ? load_accum_E_ + plan.load_E : plan.load_E.clone();
   }

@@ -7,6 +7,7 @@
 #include "ecdlm/model/config.h"
 #include "ecdlm/model/layers.h"
 #include "ecdlm/moe/experts.h"
+#include "ecdlm/moe/inference_routing.h"
 #include "ecdlm/moe/router.h"
 
 namespace ecdlm::moe {
@@ -22,6 +23,7 @@ TORCH_MODULE(RouterGate);
 struct MoeForwardArgs {
   torch::Tensor capacity_B;  // int64 [B]: expert-choice capacity per sequence (EC only)
   bool reference = false;    // slow per-expert loop instead of the fast path
+  const InferenceRouting* routing = nullptr;  // block / topk policies (null = the model's own)
 };
 
 class MoeBlockImpl : public torch::nn::Module {
@@ -37,6 +39,8 @@ class MoeBlockImpl : public torch::nn::Module {
   void update_expert_bias(double rate);
 
   const RoutingStats& last_stats() const { return last_stats_; }
+  // The last forward's plan (routing only: idx/gates/slots/coresets) for per-forward statistics.
+  const RoutingPlan& last_plan() const { return last_plan_; }
   const torch::Tensor& last_aux_loss() const { return last_aux_loss_; }
   RouterType router_type() const { return router_type_; }
 
@@ -50,6 +54,7 @@ class MoeBlockImpl : public torch::nn::Module {
   ExpertChoiceParams ec_;
   std::vector<float> phi_;
   RoutingStats last_stats_;
+  RoutingPlan last_plan_;
   torch::Tensor last_aux_loss_;
   torch::Tensor load_accum_E_;
 };

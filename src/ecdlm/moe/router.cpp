@@ -1,6 +1,7 @@
 #include "ecdlm/moe/router.h"
 
 #include <cmath>
+#include <limits>
 
 #include "ecdlm/model/layers.h"
 #include "ecdlm/util/compat.h"
@@ -27,32 +28,50 @@ torch::Tensor switch_aux_loss(const torch::Tensor& logits_TE, const torch::Tenso
   return scale * (P_E * f_E).sum();
 }
 
+namespace {
+// Indices of the k largest entries per row. Stable when asked: equal values (-inf included) go to
+// the lower index, so restricted routing is deterministic where torch.topk's order is not defined.
+torch::Tensor topk_indices(const torch::Tensor& s_TX, int64_t k, bool stable) {
+  if (!stable) return std::get<1>(s_TX.topk(k, -1));
+  auto order = std::get<1>(torch::sort(s_TX, /*stable=*/true, /*dim=*/-1, /*descending=*/true));
+  return order.index({idx::Slice(), idx::Slice(0, k)});
+}
+}  // namespace
+
 torch::Tensor select_topk_grouped(const torch::Tensor& biased_TE, int64_t k, int64_t n_group,
                                   int64_t topk_group, const torch::Tensor& allowed_TE) {
   const double neg_inf = -std::numeric_limits<double>::infinity();
+  const bool restricted = allowed_TE.defined();
   auto s_TE = biased_TE.detach();
-  if (allowed_TE.defined()) s_TE = s_TE.masked_fill(allowed_TE.logical_not(), neg_inf);
+  if (restricted) s_TE = s_TE.masked_fill(allowed_TE.logical_not(), neg_inf);
   const auto T = s_TE.size(0), E = s_TE.size(1);
   if (n_group > 1 && topk_group < n_group) {
     const auto gsz = E / n_group;
     auto g_TGS = s_TE.view({T, n_group, gsz});
+    // A group with fewer than two allowed experts scores -inf, as in the reference gate.
     auto group_score_TG = std::get<0>(g_TGS.topk(std::min<int64_t>(2, gsz), -1)).sum(-1);
     auto keep_TG = torch::zeros({T, n_group}, torch::kBool)
-                       .scatter_(1, std::get<1>(group_score_TG.topk(topk_group, -1)), true);
+                       .scatter_(1, topk_indices(group_score_TG, topk_group, restricted), true);
     auto keep_TE = keep_TG.unsqueeze(-1).expand({T, n_group, gsz}).reshape({T, E});
     s_TE = s_TE.masked_fill(keep_TE.logical_not(), neg_inf);
   }
-  return std::get<1>(s_TE.topk(k, -1));
+  return topk_indices(s_TE, k, restricted);
+}
+
+torch::Tensor biased_scores(const torch::Tensor& logits_TE, const torch::Tensor& bias_E, ScoreFn score) {
+  compat::AutocastOff fp32;
+  auto scores_TE = score == ScoreFn::kSigmoid ? torch::sigmoid(logits_TE) : torch::softmax(logits_TE, -1);
+  return bias_E.defined() ? scores_TE + bias_E.to(scores_TE.scalar_type()) : scores_TE;
 }
 
 RoutingPlan route_token_choice(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
-                               const TokenChoiceParams& p) {
+                               const TokenChoiceParams& p, const torch::Tensor& allowed_TE) {
   compat::AutocastOff fp32;
   const auto T = logits_TE.size(0), E = logits_TE.size(1);
   auto scores_TE = p.score == ScoreFn::kSigmoid ? torch::sigmoid(logits_TE)
                                                 : torch::softmax(logits_TE, -1);
   auto biased_TE = bias_E.defined() ? scores_TE + bias_E.to(scores_TE.scalar_type()) : scores_TE;
-  auto idx_TK = select_topk_grouped(biased_TE, p.k, p.n_group, p.topk_group);
+  auto idx_TK = select_topk_grouped(biased_TE, p.k, p.n_group, p.topk_group, allowed_TE);
   auto gate_TK = (p.bias_in_gate ? biased_TE : scores_TE).gather(1, idx_TK);
   if (p.norm_topk_prob) gate_TK = gate_TK / (gate_TK.sum(-1, true) + 1e-20);
   if (p.scaling != 1.0) gate_TK = gate_TK * p.scaling;

@@ -34,11 +34,18 @@ torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& w_ED
 
 // Token choice over the T tokens of the batch (the capacity pool is the whole micro-batch).
 // logits_TE f32 [T, E]; bias_E f32 [E] or undefined. Capacity (if any) is computed from T.
+// allowed_TE (bool, optional) restricts each token to a subset (the dMoE block coreset).
 RoutingPlan route_token_choice(const torch::Tensor& logits_TE, const torch::Tensor& bias_E,
-                               const TokenChoiceParams& p);
+                               const TokenChoiceParams& p, const torch::Tensor& allowed_TE = torch::Tensor());
+
+// Selection scores: score function of the logits plus the selection-only expert bias (fp32).
+torch::Tensor biased_scores(const torch::Tensor& logits_TE, const torch::Tensor& bias_E, ScoreFn score);
 
 // Token-choice selection alone: biased scores -> group-limited top-k. Returns idx_TK.
-// `allowed_TE` (bool, optional) masks experts to -inf before group scoring (block coreset).
+// `allowed_TE` (bool, optional) masks experts to -inf before group scoring (block coreset); then
+// ties break toward the lower index (groups and experts), and if fewer than k allowed experts
+// survive the group limit the rest are filled from the lowest-index disallowed ones, as the
+// reference gate would pick -inf entries, but deterministically.
 torch::Tensor select_topk_grouped(const torch::Tensor& biased_TE, int64_t k, int64_t n_group,
                                   int64_t topk_group,
                                   const torch::Tensor& allowed_TE = torch::Tensor());

@@ -1,0 +1,284 @@
+#include "ecdlm/generate/threshold.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "ecdlm/util/error.h"
+
+namespace ecdlm::gen {
+namespace idx = torch::indexing;
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+void need(bool ok, const std::string& field, const std::string& problem, const std::string& fix) {
+  if (!ok) fail("", field, problem, fix);
+}
+
+// Mean over MoE layers of the distinct experts used by input rows [row0, row0 + n), and the
+// bytes of those experts' weights.
+void expert_stats(MoeDlm& model, int64_t L_in, int64_t row0, int64_t n, ForwardStat& st) {
+  double uniq = 0.0, bytes = 0.0;
+  int64_t layers = 0;
+  for (auto& blk : model->moe_blocks()) {
+    const auto& plan = blk->last_plan();
+    if (!plan.idx_TK.defined() && !plan.token_EN.defined()) continue;
+    const double u = moe::unique_experts(plan, 1, L_in, row0, n);
+    const auto& ex = blk->experts;
+    const double per_expert =
+        static_cast<double>((ex->gate_proj.numel() + ex->up_proj.numel() + ex->down_proj.numel()) /
+                            ex->gate_proj.size(0) * ex->gate_proj.element_size());
+    uniq += u;
+    bytes += u * per_expert;
+    ++layers;
+  }
+  st.unique_experts_per_layer = layers ? uniq / static_cast<double>(layers) : 0.0;
+  st.expert_bytes = bytes;
+}
+
+}  // namespace
+
+ThresholdRule parse_threshold_rule(const std::string& name) {
+  if (name == "llada2") return ThresholdRule::kLlada2;
+  if (name == "fast-threshold") return ThresholdRule::kFastThreshold;
+  if (name == "fast-factor") return ThresholdRule::kFastFactor;
+  fail("", "--diffusion-rule", "unknown rule '" + name + "'", "use llada2, fast-threshold or fast-factor");
+}
+
+Confidence parse_confidence(const std::string& name) {
+  if (name == "prob") return Confidence::kProb;
+  if (name == "margin") return Confidence::kMargin;
+  if (name == "entropy") return Confidence::kNegEntropy;
+  if (name == "random") return Confidence::kRandom;
+  fail("", "--diffusion-confidence", "unknown confidence '" + name + "'", "use prob, margin, entropy or random");
+}
+
+void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t prompt_len) {
+  need(p.gen_length > 0, "--gen-length", "must be > 0", "e.g. -n 256");
+  need(p.block_length > 0, "--diffusion-block-length", "must be > 0", "LLaDA2 uses 32");
+  need(p.steps > 0, "--diffusion-steps", "must be > 0", "LLaDA2 uses 32 (= block length)");
+  need(p.minimal_topk >= 1, "--diffusion-minimal-topk", "must be >= 1", "");
+  need(p.rule == ThresholdRule::kFastFactor || (p.threshold >= 0.0 && p.threshold <= 1.0), "--diffusion-threshold",
+       "must be in [0, 1], got " + std::to_string(p.threshold), "LLaDA2 recommends 0.95");
+  need(p.rule != ThresholdRule::kFastFactor || p.factor > 0.0, "--diffusion-factor", "must be > 0", "e.g. 1.0");
+  need(p.temperature >= 0.0, "--temperature", "must be >= 0", "0 = greedy");
+  need(p.top_k >= 0, "--top-k", "must be >= 0", "0 = off");
+  need(p.top_p > 0.0 && p.top_p <= 1.0, "--top-p", "must be in (0, 1]", "1 = off");
+  const int64_t mask = p.mask_id >= 0 ? p.mask_id : c.mask_token_id;
+  if (mask < 0 || mask >= c.vocab_size)
+    fail("config.json", "mask_token_id", "the model has no valid mask token id",
+         "set mask_token_id in config.json or pass --mask-id");
+  const int64_t eos = p.eos_id >= 0 ? p.eos_id : c.eos_token_id;
+  need(eos < c.vocab_size, "--eos-id", "outside the vocabulary", "");
+  const int64_t total = (prompt_len + p.gen_length + p.block_length - 1) / p.block_length * p.block_length;
+  if (c.max_position_embeddings > 0 && total > c.max_position_embeddings)
+    fail("", "--gen-length", "prompt (" + std::to_string(prompt_len) + " tokens) + generation (" +
+                                 std::to_string(p.gen_length) + "), rounded up to whole blocks (" + std::to_string(total) +
+                                 "), exceeds the model's context of " + std::to_string(c.max_position_embeddings),
+         "shorten the prompt or lower --gen-length");
+  if (p.routing.policy == moe::RoutingPolicy::kBlock && p.kv_cache && p.block_length % p.routing.block_chunk != 0)
+    fail("", "--diffusion-block-length",
+         "block length " + std::to_string(p.block_length) + " is not a multiple of --block-chunk " +
+             std::to_string(p.routing.block_chunk) + " (with the KV cache each step forwards one block, cut into chunks)",
+         "use --block-chunk " + std::to_string(p.block_length) + " or a block length that is a multiple of it");
+  p.routing.validate(c);
+}
+
+Candidates sample_threshold(const torch::Tensor& logits_LV, double temperature, int64_t top_k, double top_p,
+                            Confidence c, at::Generator& gen) {
+  auto l = logits_LV.to(torch::kFloat32);
+  if (temperature > 0 && temperature != 1.0) l = l / temperature;
+  l = filter_top_k_top_p(l, top_k, top_p);
+  auto probs_LV = torch::softmax(l, -1);
+  Candidates out;
+  if (temperature > 0) {
+    out.token_N = torch::multinomial(probs_LV, 1, /*replacement=*/false, gen).squeeze(1);
+  } else {
+    out.token_N = probs_LV.argmax(-1);
+  }
+  switch (c) {
+    case Confidence::kProb:
+      out.conf_N = probs_LV.gather(1, out.token_N.unsqueeze(1)).squeeze(1).to(torch::kFloat64);
+      break;
+    case Confidence::kMargin: {
+      auto top2 = std::get<0>(probs_LV.topk(std::min<int64_t>(2, probs_LV.size(1)), -1));
+      out.conf_N = (top2.select(1, 0) - (top2.size(1) > 1 ? top2.select(1, 1) : torch::zeros_like(top2.select(1, 0))))
+                       .to(torch::kFloat64);
+      break;
+    }
+    case Confidence::kNegEntropy: {
+      auto p64 = probs_LV.to(torch::kFloat64);
+      out.conf_N = (p64 * torch::log(p64.clamp_min(1e-300))).sum(-1);
+      break;
+    }
+    case Confidence::kRandom:
+      out.conf_N = torch::rand({probs_LV.size(0)}, gen, torch::kFloat64);
+      break;
+  }
+  return out;
+}
+
+torch::Tensor threshold_commit(const torch::Tensor& conf_L, ThresholdRule rule, double threshold, double factor,
+                               int64_t n) {
+  const int64_t L = conf_L.size(0);
+  const auto cand = conf_L > kNegInf;
+  const int64_t n_cand = cand.sum().item<int64_t>();
+  auto top = [&](int64_t m) { return select_top_n(conf_L.view({1, L}), std::min(m, n_cand)).view({L}); };
+  switch (rule) {
+    case ThresholdRule::kLlada2: {
+      auto high = cand.logical_and(conf_L > threshold);
+      return high.sum().item<int64_t>() >= n ? high : top(n);
+    }
+    case ThresholdRule::kFastThreshold:
+      return top(1).logical_or(cand.logical_and(conf_L >= threshold));
+    case ThresholdRule::kFastFactor: {
+      auto sorted = std::get<0>(torch::sort(conf_L, /*stable=*/true, 0, /*descending=*/true));
+      const double* c = sorted.contiguous().data_ptr<double>();
+      int64_t m = n_cand;
+      for (int64_t k = 0; k < n_cand; ++k) {
+        const double t = k == 0 ? -1.0 : 1.0 - factor / static_cast<double>(k + 2);
+        if (c[k] < t) {
+          m = k;
+          break;
+        }
+      }
+      if (m == 0 || m == n_cand - 1) m += 1;  // Fast-dLLM's quirk, kept for parity
+      return top(m);
+    }
+  }
+  return top(1);
+}
+
+ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& prompt, const ThresholdParams& p,
+                                   const StepCallback& cb) {
+  const auto& cfg = model->config();
+  validate_params(p, cfg, static_cast<int64_t>(prompt.size()));
+  for (auto t : prompt)
+    need(t >= 0 && t < cfg.vocab_size, "prompt", "token id " + std::to_string(t) + " outside the vocabulary", "");
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard ng;
+  const auto t0 = std::chrono::steady_clock::now();
+  at::Generator gen = at::detail::createCPUGenerator(p.seed);
+
+  const int64_t L = p.block_length, P = static_cast<int64_t>(prompt.size());
+  const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id;
+  const int64_t eos = p.eos_id >= 0 ? p.eos_id : cfg.eos_token_id;
+  const int64_t steps = std::max<int64_t>(1, std::min(p.steps, p.gen_length / p.minimal_topk));
+  const int64_t NB = (P + p.gen_length + L - 1) / L, total = NB * L;
+  auto x = torch::full({1, total}, mask, torch::kInt64);
+  if (P > 0) x.narrow(1, 0, P).copy_(torch::tensor(prompt, torch::kInt64).view({1, P}));
+  const auto schedule = transfer_schedule(L, steps);
+  const moe::InferenceRouting* routing = p.routing.policy == moe::RoutingPolicy::kToken ? nullptr : &p.routing;
+
+  ThresholdResult res;
+  KvCache kv;
+  const int64_t first_block = P / L;
+  auto cache_forward = [&](int64_t from, int64_t len) {
+    ForwardOptions o;
+    o.block_length = L;
+    o.kv_cache = &kv;
+    o.kv_append = true;
+    o.skip_lm_head = true;
+    o.routing = routing;
+    model->forward(x.narrow(1, from, len), o);
+    ++res.cache_forwards;
+  };
+  if (p.kv_cache && first_block > 0) cache_forward(0, first_block * L);
+
+  int64_t step_global = 0;
+  int64_t cut = -1;  // absolute index of the EOS that ends the output (inclusive), -1 = none
+  for (int64_t b = first_block; b < NB && cut < 0 && !res.cancelled; ++b) {
+    const int64_t lo = b * L;
+    const int64_t max_steps = p.rule == ThresholdRule::kLlada2 ? steps : L;
+    for (int64_t s = 0; s < max_steps; ++s) {
+      auto block_x = x.narrow(1, lo, L);
+      auto masked_L = (block_x[0] == mask);
+      if (!masked_L.any().item<bool>()) break;
+      const auto tf = std::chrono::steady_clock::now();
+      ForwardOptions o;
+      o.block_length = L;
+      o.routing = routing;
+      o.logits_last_n = L;
+      torch::Tensor logits_LV;
+      int64_t L_in;
+      if (p.kv_cache) {
+        o.kv_cache = &kv;
+        L_in = L;
+        logits_LV = model->forward(block_x, o).logits_BLV[0];
+      } else {
+        L_in = lo + L;
+        logits_LV = model->forward(x.narrow(1, 0, lo + L), o).logits_BLV[0];
+      }
+      ForwardStat st;
+      st.block = b;
+      st.step = s;
+      st.tokens_in = L_in;
+      expert_stats(model, L_in, L_in - L, L, st);
+      auto cand = sample_threshold(logits_LV, p.temperature, p.top_k, p.top_p, p.confidence, gen);
+      auto conf_L = torch::where(masked_L, cand.conf_N, torch::full_like(cand.conf_N, kNegInf));
+      const int64_t n = p.rule == ThresholdRule::kLlada2 ? schedule[static_cast<size_t>(s)] : 1;
+      auto commit_L = threshold_commit(conf_L, p.rule, p.threshold, p.factor, n).logical_and(masked_L);
+      block_x[0].copy_(torch::where(commit_L, cand.token_N, block_x[0]));
+      st.committed = commit_L.sum().item<int64_t>();
+      st.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - tf).count();
+      res.per_forward.push_back(st);
+      ++res.forwards;
+      if (cb) {
+        StepInfo info{step_global, NB * steps, b, &x, st.ms, st.committed};
+        if (!cb(info)) {
+          res.cancelled = true;
+          break;
+        }
+      }
+      ++step_global;
+      if (p.eos_early_stop && eos >= 0 && commit_L.logical_and(cand.token_N == eos).any().item<bool>()) {
+        // The first EOS after the prompt ends the output if nothing before it is still masked.
+        auto gen_part = x[0].narrow(0, P, total - P);
+        const int64_t e = (gen_part == eos).nonzero().min().item<int64_t>();
+        if (!(gen_part.narrow(0, 0, e) == mask).any().item<bool>()) {
+          cut = P + e;
+          res.eos_stopped = true;
+          break;
+        }
+      }
+    }
+    if (cut >= 0 || res.cancelled) break;
+    // A block with EOS after the prompt ends generation.
+    if (eos >= 0 && (x[0].narrow(0, P, lo + L - P) == eos).any().item<bool>()) break;
+    if (p.kv_cache && b + 1 < NB) cache_forward(lo, L);
+  }
+  auto out = x[0].narrow(0, P, std::min(p.gen_length, total - P));
+  std::vector<int64_t> toks(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
+  if (cut >= 0) toks.resize(static_cast<size_t>(std::min<int64_t>(cut - P + 1, static_cast<int64_t>(toks.size()))));
+  if (eos >= 0)
+    for (size_t i = 0; i < toks.size(); ++i)
+      if (toks[i] == eos) {
+        toks.resize(i + 1);
+        break;
+      }
+  res.tokens = std::move(toks);
+  double u = 0.0;
+  for (const auto& f : res.per_forward) u += f.unique_experts_per_layer;
+  res.avg_unique_experts_per_layer = res.per_forward.empty() ? 0.0 : u / static_cast<double>(res.per_forward.size());
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (was_training) model->train();
+  return res;
+}
+
+std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::vector<std::vector<int64_t>>& prompts,
+                                                      const ThresholdParams& p, const StepCallback& cb) {
+  std::vector<ThresholdResult> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ThresholdParams pi = p;
+    pi.seed = p.seed + i;  // independent, reproducible streams per row
+    out.push_back(threshold_generate(model, prompts[i], pi, cb));
+    if (out.back().cancelled) break;
+  }
+  return out;
+}
+
+}  // namespace ecdlm::gen

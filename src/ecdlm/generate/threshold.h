@@ -1,0 +1,89 @@
+// Threshold block decoding (dmoe-llada2.md §4.1, §4.2, §4.4): blocks aligned to absolute position
+// 0, block-causal attention, every masked position whose confidence passes a threshold is
+// committed, with a scheduled top-n fallback (LLaDA2) or a top-1 / factor rule (Fast-dLLM).
+// With the KV cache the prompt's whole blocks are prefilled once, each step forwards only the
+// current block, and a finished block is forwarded once more to append its K/V (exact for
+// block-causal models: a block never sees later ones).
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ecdlm/generate/decoder.h"
+#include "ecdlm/model/moe_dlm.h"
+#include "ecdlm/moe/inference_routing.h"
+
+namespace ecdlm::gen {
+
+enum class ThresholdRule {
+  kLlada2,        // commit {conf > t} if it holds >= n[s] positions, else the top-n[s] (§4.1)
+  kFastThreshold, // commit the top-1 and every other with conf >= t, until the block is done (§4.4)
+  kFastFactor,    // Fast-dLLM factor f: thresholds t_k = 1 - f / (k + 2) over sorted confidences
+};
+ThresholdRule parse_threshold_rule(const std::string& name);  // llada2 | fast-threshold | fast-factor
+
+enum class Confidence { kProb, kMargin, kNegEntropy, kRandom };
+Confidence parse_confidence(const std::string& name);  // prob | margin | entropy | random
+
+struct ThresholdParams {
+  int64_t gen_length = 256, block_length = 32, steps = 32;
+  ThresholdRule rule = ThresholdRule::kLlada2;
+  double threshold = 0.95;
+  double factor = 1.0;              // kFastFactor
+  int64_t minimal_topk = 1;         // LLaDA2: steps = min(steps, gen_length / minimal_topk)
+  double temperature = 0.0;         // 0: argmax (confidence = softmax prob of the argmax)
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  Confidence confidence = Confidence::kProb;
+  bool eos_early_stop = false;      // stop as soon as an EOS is committed with no MASK before it
+  int64_t eos_id = -1;              // -1: the model config's eos_token_id
+  int64_t mask_id = -1;             // -1: the model config's mask_token_id (LLaDA2 configs have
+                                    //     none: the CLI takes <|mask|> from the tokenizer)
+  bool kv_cache = true;
+  uint64_t seed = 0;
+  moe::InferenceRouting routing;
+};
+
+// Per denoising forward (prefill and block-commit passes excluded, as the dMoE metric).
+struct ForwardStat {
+  int64_t block = 0, step = 0, tokens_in = 0, committed = 0;
+  double ms = 0.0;
+  double unique_experts_per_layer = 0.0;  // distinct experts over the block's positions, mean over MoE layers
+  double expert_bytes = 0.0;              // bytes of the routed experts' weights those experts hold, all layers
+};
+
+struct ThresholdResult {
+  std::vector<int64_t> tokens;      // generated tokens, cut after the first EOS (inclusive)
+  int64_t forwards = 0;             // denoising forwards
+  int64_t cache_forwards = 0;       // prefill + block-commit forwards
+  double seconds = 0.0;
+  std::vector<ForwardStat> per_forward;
+  double avg_unique_experts_per_layer = 0.0;
+  bool eos_stopped = false, cancelled = false;
+};
+
+// One sequence: prompt ids (may be empty). Runs in eval mode under NoGradGuard. Deterministic for
+// a seed. UserError for invalid params (names the field), a prompt longer than the model's
+// context, or a model without a mask id.
+ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& prompt, const ThresholdParams& p,
+                                   const StepCallback& cb = {});
+
+// Per-sequence loop over a batch (each row keeps its own state and EOS).
+std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::vector<std::vector<int64_t>>& prompts,
+                                                      const ThresholdParams& p, const StepCallback& cb = {});
+
+void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t prompt_len);
+
+// The commit decision of one step over the block's candidates (conf -inf = not a candidate):
+// bool mask of positions to commit. n = the LLaDA2 schedule's count for this step.
+torch::Tensor threshold_commit(const torch::Tensor& conf_L, ThresholdRule rule, double threshold, double factor,
+                               int64_t n);
+
+// Candidate tokens and confidences for logits_LV (f32): argmax at T = 0, else a multinomial
+// draw from softmax(filtered(l / T)); confidence from the same distribution.
+Candidates sample_threshold(const torch::Tensor& logits_LV, double temperature, int64_t top_k, double top_p,
+                            Confidence c, at::Generator& gen);
+
+}  // namespace ecdlm::gen
