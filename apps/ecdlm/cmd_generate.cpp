@@ -1,4 +1,7 @@
-// `ecdlm generate`: LLaDA semi-autoregressive low-confidence remasking from a prompt.
+// `ecdlm generate`: masked-diffusion decoding from a prompt. Decoders: LLaDA semi-autoregressive
+// low-confidence remasking (bidirectional models, ecdlm's own), LLaDA2 threshold block decoding
+// with the exact KV cache (block-causal LLaDA2 checkpoints), Fast-dLLM threshold/factor rules.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +11,8 @@
 
 #include "commands.h"
 #include "ecdlm/generate/decoder.h"
+#include "ecdlm/generate/threshold.h"
+#include "inference_opts.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
@@ -18,11 +23,22 @@ namespace ecdlm::cli {
 namespace {
 
 struct GenerateOptions {
-  std::string model_dir, prompt;
+  std::string model_dir, prompt, prompt_ids, tokenizer, decoder = "auto";
   gen::DecodeParams p;
-  int64_t num_samples = 1;
+  gen::ThresholdParams tp;
+  std::string rule = "llada2", confidence = "prob", kv_cache = "true";
+  RoutingFlags routing;
+  int64_t num_samples = 1, mask_id = -1;
   bool ignore_eos = false, json = false, canvas = false;
+  CLI::App* sub = nullptr;
+  bool given(const std::string& flag) const { return sub->get_option(flag)->count() > 0; }
 };
+
+double peak_rss_mb() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
 
 void flag_error(const std::string& flag, const std::string& problem, const std::string& fix) {
   throw UserError(format_error("", flag, problem, fix));
@@ -78,30 +94,53 @@ std::string render_canvas(const text::Tokenizer& tok, const torch::Tensor& row_G
   return out;
 }
 
+std::string resolve_decoder(const GenerateOptions& o, const ModelConfig& cfg) {
+  if (o.decoder != "auto") return o.decoder;
+  // LLaDA2 checkpoints are block-causal and decode by threshold; ecdlm's own models and
+  // LLaDA-MoE are bidirectional.
+  return cfg.arch == Arch::kLlada2Moe && !cfg.ecdlm_native ? "llada2" : "llada";
+}
+
+int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok, const std::vector<int64_t>& ids,
+                  const std::string& decoder);
+
 int run_generate(GenerateOptions o) {
-  // Unset (0) block length / steps follow the generation length: blocks of 32, one token a step.
-  if (o.p.block_length == 0) o.p.block_length = std::min<int64_t>(32, o.p.gen_length);
-  if (o.p.steps == 0) o.p.steps = o.p.gen_length;
-  validate(o);
-  auto tok = text::load_tokenizer(o.model_dir);
-  auto model = load_model(o.model_dir);
+  auto model = load_for_routing(o.model_dir, o.routing);
   const auto& cfg = model->config();
-  if (cfg.mask_token_id < 0)
-    throw UserError(format_error(o.model_dir + "/config.json", "mask_token_id",
-                                 "the model has no mask token id",
-                                 "set mask_token_id (the tokenizer's is " +
-                                     std::to_string(tok->mask_id()) + ")"));
-  if (tok->mask_id() != cfg.mask_token_id)
-    LOG_WARN("tokenizer mask id " << tok->mask_id() << " != config mask_token_id "
-                                  << cfg.mask_token_id << "; using the config's");
-  if (tok->vocab_size() > cfg.vocab_size)
+  std::unique_ptr<text::Tokenizer> tok;
+  if (o.prompt_ids.empty() || !o.tokenizer.empty()) tok = text::load_tokenizer(o.tokenizer.empty() ? o.model_dir : o.tokenizer);
+  if (!o.prompt_ids.empty() && !o.prompt.empty())
+    flag_error("--prompt-ids", "given together with --prompt", "pass one of them");
+  if (tok && tok->vocab_size() > cfg.vocab_size)
     throw UserError(format_error(o.model_dir, "vocab_size",
                                  "tokenizer has " + std::to_string(tok->vocab_size()) +
                                      " pieces but the model only " + std::to_string(cfg.vocab_size),
                                  "use the tokenizer the model was trained with"));
-
+  const int64_t mask = o.mask_id >= 0 ? o.mask_id : cfg.mask_token_id >= 0 ? cfg.mask_token_id : tok ? tok->mask_id() : -1;
+  if (mask < 0)
+    throw UserError(format_error(o.model_dir + "/config.json", "mask_token_id", "the model has no mask token id",
+                                 "set mask_token_id, or give a tokenizer that has <|mask|>"));
+  if (tok && cfg.mask_token_id >= 0 && tok->mask_id() != cfg.mask_token_id)
+    LOG_WARN("tokenizer mask id " << tok->mask_id() << " != config mask_token_id " << cfg.mask_token_id
+                                  << "; using the config's");
   std::vector<int64_t> ids;
-  for (int32_t id : tok->encode(o.prompt)) ids.push_back(id);
+  if (!o.prompt_ids.empty()) {
+    ids = parse_ids(o.prompt_ids, "--prompt-ids");
+  } else {
+    for (int32_t id : tok->encode(o.prompt)) ids.push_back(id);
+  }
+  const std::string decoder = resolve_decoder(o, cfg);
+  if (decoder != "llada") {
+    o.tp.mask_id = mask;
+    return run_threshold(o, model, tok.get(), ids, decoder);
+  }
+  if (!tok) flag_error("--prompt-ids", "the llada decoder prints text and needs a tokenizer", "pass --tokenizer FILE");
+  // Unset (0) block length / steps follow the generation length: blocks of 32, one token a step.
+  if (o.p.block_length == 0) o.p.block_length = std::min<int64_t>(32, o.p.gen_length);
+  if (o.p.steps == 0) o.p.steps = o.p.gen_length;
+  validate(o);
+  o.p.mask_id = mask;
+  o.p.routing = o.routing.resolve(cfg);
   const auto P = static_cast<int64_t>(ids.size());
   auto prompt_BP = torch::tensor(ids, torch::kInt64).view({1, P}).repeat({o.num_samples, 1});
   if (P + o.p.gen_length > cfg.max_position_embeddings)
@@ -124,7 +163,8 @@ int run_generate(GenerateOptions o) {
                                            : std::string("bidirectional"))
                                    << ", seed " << p.seed << ", stop_at_eos "
                                    << (p.stop_at_eos ? "yes" : "no") << ", mask id "
-                                   << cfg.mask_token_id << ", eos id " << cfg.eos_token_id);
+                                   << mask << ", eos id " << cfg.eos_token_id << ", routing "
+                                   << moe::routing_policy_name(p.routing.policy));
 
   if (o.canvas || log_level() >= LogLevel::kWarn) ProgressBar::set_enabled(false);
   ProgressBar bar("generate", p.steps, "tok");
@@ -138,7 +178,7 @@ int run_generate(GenerateOptions o) {
       if (tty) os << "\033[H\033[2J";  // redraw in place
       os << "[step " << s.step + 1 << "/" << s.total_steps << ", block " << s.block + 1 << "]\n";
       for (int64_t r = 0; r < s.x_BL->size(0); ++r)
-        os << render_canvas(*tok, (*s.x_BL)[r].narrow(0, P, p.gen_length), cfg.mask_token_id)
+        os << render_canvas(*tok, (*s.x_BL)[r].narrow(0, P, p.gen_length), mask)
            << "\n";
       std::cerr << os.str() << std::flush;
     }
@@ -183,6 +223,114 @@ int run_generate(GenerateOptions o) {
     if (texts.size() > 1) std::cout << "=== sample " << i + 1 << " ===\n";
     std::cout << texts[i] << "\n";
   }
+  return 0;
+}
+
+
+int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok, const std::vector<int64_t>& ids,
+                  const std::string& decoder) {
+  const auto& cfg = model->config();
+  auto& tp = o.tp;
+  if (ids.empty()) flag_error("--prompt", "is empty", "threshold decoding continues a prompt: pass -p TEXT");
+  tp.gen_length = o.p.gen_length;
+  tp.block_length = o.p.block_length > 0 ? o.p.block_length : 32;
+  tp.steps = o.p.steps > 0 ? o.p.steps : tp.block_length;
+  tp.temperature = o.p.temperature;
+  tp.top_k = o.p.top_k;
+  tp.top_p = o.p.top_p;
+  tp.seed = o.p.seed;
+  if (decoder == "fast-dllm") {
+    if (o.given("--diffusion-steps"))
+      flag_error("--diffusion-steps", "conflicts with --decoder fast-dllm, which commits by threshold until a block is done",
+                 "drop --diffusion-steps, or use --decoder llada2");
+    tp.rule = o.given("--diffusion-factor") ? gen::ThresholdRule::kFastFactor : gen::ThresholdRule::kFastThreshold;
+    if (o.given("--diffusion-factor") && o.given("--diffusion-threshold"))
+      flag_error("--diffusion-factor", "conflicts with --diffusion-threshold (Fast-dLLM uses one rule)", "pass one");
+  } else if (decoder == "llada2") {
+    tp.rule = gen::ThresholdRule::kLlada2;
+    if (o.given("--diffusion-factor")) flag_error("--diffusion-factor", "is a Fast-dLLM setting", "use --decoder fast-dllm");
+  } else {
+    flag_error("--decoder", "unknown decoder '" + decoder + "'", "use auto, llada, llada2 or fast-dllm");
+  }
+  tp.confidence = gen::parse_confidence(o.confidence);
+  if (o.kv_cache != "true" && o.kv_cache != "false") flag_error("--kv-cache", "expects true or false", "");
+  tp.kv_cache = o.kv_cache == "true";
+  tp.routing = o.routing.resolve(cfg);
+  if (o.ignore_eos) tp.eos_id = -2;
+  if (cfg.ecdlm_native && tp.kv_cache)
+    LOG_WARN("KV cache on a bidirectionally trained model: APPROXIMATE (earlier blocks are not re-read after later "
+             "ones change); use --kv-cache false for exact decoding");
+  LOG_INFO("generate: decoder " << decoder << " (rule " << o.rule << "), model " << o.model_dir << " ("
+                                << to_string(cfg.router_type) << ", " << cfg.num_hidden_layers << " layers), prompt "
+                                << ids.size() << " tokens, gen_length " << tp.gen_length << ", block " << tp.block_length
+                                << ", steps " << tp.steps << ", threshold " << tp.threshold << ", factor " << tp.factor
+                                << ", confidence " << o.confidence << ", temperature " << tp.temperature << ", top_k "
+                                << tp.top_k << ", top_p " << tp.top_p << ", kv_cache " << o.kv_cache << ", routing "
+                                << moe::routing_policy_name(tp.routing.policy)
+                                << (tp.routing.policy == moe::RoutingPolicy::kBlock
+                                        ? " (p " + std::to_string(tp.routing.block_top_p) + ", G " +
+                                              std::to_string(tp.routing.block_min_experts) + ", chunk " +
+                                              std::to_string(tp.routing.block_chunk) + ")"
+                                        : std::string())
+                                << ", eos_early_stop " << tp.eos_early_stop << ", seed " << tp.seed);
+  if (o.canvas || log_level() >= LogLevel::kWarn) ProgressBar::set_enabled(false);
+  const int64_t blocks = (static_cast<int64_t>(ids.size()) + tp.gen_length + tp.block_length - 1) / tp.block_length -
+                         static_cast<int64_t>(ids.size()) / tp.block_length;
+  ProgressBar bar("generate", blocks * o.num_samples, "tok");
+  int64_t committed = 0, done_blocks = 0, last_block = -1;
+  auto cb = [&](const gen::StepInfo& s) {
+    committed += s.committed;
+    if (s.block != last_block) ++done_blocks, last_block = s.block;
+    bar.update(done_blocks, "block " + std::to_string(s.block), static_cast<double>(committed));
+    if (o.canvas && tok) {
+      std::vector<int64_t> row(s.x_BL->data_ptr<int64_t>() + ids.size(), s.x_BL->data_ptr<int64_t>() + s.x_BL->size(1));
+      std::cerr << (::isatty(2) ? "\033[H\033[2J" : "") << "[block " << s.block << ", step " << s.step << "]\n"
+                << render_canvas(*tok, torch::tensor(row, torch::kInt64), tp.mask_id) << "\n" << std::flush;
+    }
+    return true;
+  };
+  std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(o.num_samples), ids);
+  auto results = gen::threshold_generate_batch(model, prompts, tp, cb);
+  bar.finish();
+  const int64_t eos = tp.eos_id >= 0 ? tp.eos_id : cfg.eos_token_id;
+  nlohmann::json js = nlohmann::json::array();
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    std::vector<int32_t> body;
+    for (auto t : r.tokens)
+      if (!(t == eos && !o.ignore_eos)) body.push_back(static_cast<int32_t>(t));
+    const std::string text = tok ? tok->decode(body) : std::string();
+    const double tps = r.seconds > 0 ? static_cast<double>(r.tokens.size()) / r.seconds : 0.0;
+    LOG_INFO("sample " << i << ": " << r.tokens.size() << " tokens, " << r.forwards << " denoising + "
+                       << r.cache_forwards << " cache forwards in " << r.seconds << " s (" << tps
+                       << " tokens/s), unique experts per layer per block " << r.avg_unique_experts_per_layer);
+    if (o.json) {
+      nlohmann::json pf = nlohmann::json::array();
+      for (const auto& f : r.per_forward)
+        pf.push_back({{"block", f.block}, {"step", f.step}, {"tokens_in", f.tokens_in}, {"committed", f.committed},
+                      {"ms", f.ms}, {"unique_experts_per_layer", f.unique_experts_per_layer},
+                      {"expert_bytes", f.expert_bytes}});
+      js.push_back({{"text", text}, {"tokens", r.tokens}, {"forwards", r.forwards}, {"cache_forwards", r.cache_forwards},
+                    {"seconds", r.seconds}, {"tokens_per_s", tps}, {"tokens_per_forward",
+                     r.forwards ? static_cast<double>(r.tokens.size()) / static_cast<double>(r.forwards) : 0.0},
+                    {"avg_unique_experts_per_layer", r.avg_unique_experts_per_layer}, {"eos_stopped", r.eos_stopped},
+                    {"per_forward", pf}});
+    } else {
+      if (results.size() > 1) std::cout << "=== sample " << i + 1 << " ===\n";
+      if (tok) {
+        std::cout << text << "\n";
+      } else {
+        for (size_t j = 0; j < r.tokens.size(); ++j) std::cout << (j ? " " : "") << r.tokens[j];
+        std::cout << "\n";
+      }
+    }
+  }
+  if (o.json)
+    std::cout << nlohmann::json({{"decoder", decoder}, {"routing", moe::routing_policy_name(tp.routing.policy)},
+                                 {"kv_cache", tp.kv_cache}, {"prompt_tokens", ids}, {"samples", js},
+                                 {"peak_rss_mb", peak_rss_mb()}})
+                     .dump(2)
+              << "\n";
   return 0;
 }
 
@@ -233,6 +381,29 @@ void register_generate(CLI::App& app) {
                 "Print {samples:[{text,tokens}], forwards, seconds, tokens_per_s, forward_ms}");
   sub->add_flag("--canvas", o->canvas,
                 "Redraw the canvas on stderr after every step (masks as \u2591)");
+  sub->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids (\"12,7,99\"), instead of -p");
+  sub->add_option("--tokenizer", o->tokenizer, "Tokenizer file or directory (default: the model directory)");
+  sub->add_option("--decoder", o->decoder,
+                  "auto (llada2 for LLaDA2 checkpoints, else llada), llada, llada2 (threshold + top-n fallback), "
+                  "fast-dllm (threshold or --diffusion-factor)")
+      ->check(CLI::IsMember({"auto", "llada", "llada2", "fast-dllm"}))
+      ->capture_default_str();
+  sub->add_option("--diffusion-threshold", o->tp.threshold, "llada2 / fast-dllm: commit masked positions above this confidence")
+      ->capture_default_str();
+  sub->add_option("--diffusion-factor", o->tp.factor, "fast-dllm factor rule f (thresholds 1 - f/(k+2))");
+  sub->add_option("--diffusion-minimal-topk", o->tp.minimal_topk, "llada2: steps = min(steps, gen_length / this)")
+      ->capture_default_str();
+  sub->add_option("--diffusion-confidence", o->confidence, "llada2 / fast-dllm confidence: prob, margin, entropy, random")
+      ->check(CLI::IsMember({"prob", "margin", "entropy", "random"}))
+      ->capture_default_str();
+  sub->add_flag("--diffusion-eos-early-stop", o->tp.eos_early_stop,
+                "llada2 / fast-dllm: stop as soon as EOS is committed with nothing masked before it");
+  sub->add_option("--kv-cache", o->kv_cache, "llada2 / fast-dllm: true|false (exact for block-causal models)")
+      ->capture_default_str();
+  sub->add_option("--eos-id", o->tp.eos_id, "EOS token id (default: the config's eos_token_id)");
+  sub->add_option("--mask-id", o->mask_id, "Mask token id (default: the config's, else the tokenizer's <|mask|>)");
+  o->routing.add_to(sub);
+  o->sub = sub;
   set_runner(sub, [o]() { return run_generate(*o); });
 }
 

@@ -142,9 +142,10 @@ DecodeResult llada_generate(MoeDlm& model, const torch::Tensor& prompt_BP, const
                             const StepCallback& cb) {
   validate_params(p);
   const auto& cfg = model->config();
-  if (cfg.mask_token_id < 0)
+  if ((p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id) < 0)
     fail("config.json", "mask_token_id", "the model has no mask token id",
          "set mask_token_id in the model's config.json");
+  if (p.routing.policy != moe::RoutingPolicy::kToken) p.routing.validate(cfg);
   need(prompt_BP.dim() == 2 && prompt_BP.scalar_type() == torch::kInt64, "prompt",
        "must be an int64 tensor [B, P] (rows of equal length)", "");
   need(prompt_BP.size(0) > 0, "prompt", "batch is empty", "");
@@ -152,7 +153,7 @@ DecodeResult llada_generate(MoeDlm& model, const torch::Tensor& prompt_BP, const
     need(prompt_BP.min().item<int64_t>() >= 0 && prompt_BP.max().item<int64_t>() < cfg.vocab_size,
          "prompt", "token id outside [0, vocab_size=" + std::to_string(cfg.vocab_size) + ")", "");
   const auto remasking = parse_remasking(p.remasking);
-  const int64_t mask = cfg.mask_token_id, eos = cfg.eos_token_id;
+  const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id, eos = cfg.eos_token_id;
   const int64_t B = prompt_BP.size(0), P = prompt_BP.size(1), G = p.gen_length, Lb = p.block_length;
   const int64_t num_blocks = G / Lb, steps_per_block = p.steps / num_blocks;
 
@@ -185,6 +186,7 @@ DecodeResult llada_generate(MoeDlm& model, const torch::Tensor& prompt_BP, const
         }
         ForwardOptions opt;
         opt.block_length = p.block_causal;
+        if (p.routing.policy != moe::RoutingPolicy::kToken) opt.routing = &p.routing;
         opt.mask_ratio_B = (ids == mask).to(torch::kFloat32).mean(1);
         const auto t0 = std::chrono::steady_clock::now();
         auto logits = model->forward(ids, opt).logits_BLV.narrow(1, s0, Lb);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ecdlm/model/moe_dlm.h"
+#include "ecdlm/moe/inference_routing.h"
 
 namespace ecdlm::gen {
 
@@ -25,6 +26,8 @@ struct DecodeParams {
   int64_t block_causal = 0;  // > 0: ForwardOptions.block_length (block-causal models); 0 = full
   uint64_t seed = 0;
   bool stop_at_eos = true;   // positions after the first EOS become EOS; stop once all rows ended
+  int64_t mask_id = -1;      // -1: the config's mask_token_id
+  moe::InferenceRouting routing;  // MoE routing policy for every forward
 };
 
 struct StepInfo {

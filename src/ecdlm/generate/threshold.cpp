@@ -71,8 +71,7 @@ void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t pro
   if (mask < 0 || mask >= c.vocab_size)
     fail("config.json", "mask_token_id", "the model has no valid mask token id",
          "set mask_token_id in config.json or pass --mask-id");
-  const int64_t eos = p.eos_id >= 0 ? p.eos_id : c.eos_token_id;
-  need(eos < c.vocab_size, "--eos-id", "outside the vocabulary", "");
+  need(p.eos_id < c.vocab_size, "--eos-id", "outside the vocabulary", "");
   const int64_t total = (prompt_len + p.gen_length + p.block_length - 1) / p.block_length * p.block_length;
   if (c.max_position_embeddings > 0 && total > c.max_position_embeddings)
     fail("", "--gen-length", "prompt (" + std::to_string(prompt_len) + " tokens) + generation (" +
@@ -166,7 +165,7 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
 
   const int64_t L = p.block_length, P = static_cast<int64_t>(prompt.size());
   const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id;
-  const int64_t eos = p.eos_id >= 0 ? p.eos_id : cfg.eos_token_id;
+  const int64_t eos = p.eos_id >= 0 ? p.eos_id : p.eos_id == -1 ? cfg.eos_token_id : -1;
   const int64_t steps = std::max<int64_t>(1, std::min(p.steps, p.gen_length / p.minimal_topk));
   const int64_t NB = (P + p.gen_length + L - 1) / L, total = NB * L;
   auto x = torch::full({1, total}, mask, torch::kInt64);

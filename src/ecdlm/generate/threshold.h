@@ -38,7 +38,7 @@ struct ThresholdParams {
   double top_p = 1.0;
   Confidence confidence = Confidence::kProb;
   bool eos_early_stop = false;      // stop as soon as an EOS is committed with no MASK before it
-  int64_t eos_id = -1;              // -1: the model config's eos_token_id
+  int64_t eos_id = -1;              // -1: the model config's eos_token_id; -2: none (ignore EOS)
   int64_t mask_id = -1;             // -1: the model config's mask_token_id (LLaDA2 configs have
                                     //     none: the CLI takes <|mask|> from the tokenizer)
   bool kv_cache = true;

@@ -219,6 +219,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src,
   get_opt(j, "moe_capacity_k_max", c.moe_capacity_k_max, src);
   get_opt(j, "moe_capacity_gaussian_sigma", c.moe_capacity_gaussian_sigma, src);
   get_opt(j, "mode", c.dmoe_mode, src);
+  c.ecdlm_native = j.contains("moe_router_type");
   get_opt(j, "core_threshold", c.dmoe_core_threshold, src);
   if (unknown) {
     for (auto it = j.begin(); it != j.end(); ++it)

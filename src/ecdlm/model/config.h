@@ -55,6 +55,7 @@ struct ModelConfig {
   double moe_capacity_k_max = 0.0;
   double moe_capacity_gaussian_sigma = 0.22;
   // dMoE checkpoints (config keys "mode", "core_threshold"): block routing is their default.
+  bool ecdlm_native = false;             // written by ecdlm (has moe_router_type): bidirectional training
   std::string dmoe_mode;                 // "aggregate" = dMoE block-coreset routing
   double dmoe_core_threshold = 0.0;      // top-p of the coreset (0 = not set)
 

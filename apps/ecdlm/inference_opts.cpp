@@ -1,0 +1,77 @@
+#include "inference_opts.h"
+
+#include <sstream>
+
+#include "ecdlm/model/checkpoint.h"
+#include "ecdlm/train/retrofit.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm::cli {
+
+void RoutingFlags::add_to(CLI::App* sub) {
+  sub->add_option("--moe-routing", policy,
+                  "token (the model's own), ec (expert choice, capacity k(r) from the masked fraction of the "
+                  "forwarded tokens), block (dMoE coreset per chunk), topk (smaller k); default: token, or block "
+                  "for dMoE checkpoints")
+      ->check(CLI::IsMember({"token", "ec", "block", "topk"}));
+  sub->add_option("--block-top-p", block_top_p, "Block routing: coreset mass p in (0, 1] (default: the "
+                                                "model's core_threshold, else 0.6)");
+  sub->add_option("--block-min-experts", block_min_experts, "Block routing: minimum coreset size G")
+      ->capture_default_str();
+  sub->add_option("--block-chunk", block_chunk, "Block routing: tokens per vote (aligned chunks)")
+      ->capture_default_str();
+  sub->add_option("--moe-topk-cap", topk_cap, "topk routing: experts per token")->capture_default_str();
+  sub->add_option("--moe-capacity-schedule", ec_schedule, "ec routing on a token-choice model: k(r) schedule "
+                                                          "(default static k = the model's top-k)");
+  sub->add_option("--moe-capacity-k-min", ec_k_min, "ec routing: schedule k_min");
+  sub->add_option("--moe-capacity-k-max", ec_k_max, "ec routing: schedule k_max");
+}
+
+moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
+  auto r = moe::InferenceRouting::defaults_for(cfg);
+  if (!policy.empty()) r.policy = moe::parse_routing_policy(policy);
+  // ec is applied at load time; in the layers it is the (converted) model's own routing.
+  if (r.policy == moe::RoutingPolicy::kExpertChoice) r.policy = moe::RoutingPolicy::kToken;
+  if (block_top_p >= 0) r.block_top_p = block_top_p;
+  r.block_min_experts = block_min_experts;
+  r.block_chunk = block_chunk;
+  r.topk_cap = topk_cap;
+  if (r.policy != moe::RoutingPolicy::kToken) r.validate(cfg);
+  if (r.policy == moe::RoutingPolicy::kToken && block_top_p >= 0 && !(block_top_p > 0 && block_top_p <= 1))
+    fail("", "--block-top-p", "must be in (0, 1]", "");
+  return r;
+}
+
+MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f) {
+  if (f.policy != "ec") return load_model(dir);
+  auto cfg = ModelConfig::load(dir);
+  if (cfg.router_type == RouterType::kExpertChoice) return load_model(dir);
+  RetrofitParams rp;
+  if (!f.ec_schedule.empty()) rp.schedule = f.ec_schedule;
+  rp.k_min = f.ec_k_min;
+  rp.k_max = f.ec_k_max;
+  auto ec = retrofit_config(cfg, rp);
+  LOG_INFO("routing: expert choice on a token-choice model (router swap, schedule " << ec.moe_capacity_schedule
+                                                                                     << ", k " << ec.num_experts_per_tok << ")");
+  return load_model(dir, &ec);
+}
+
+std::vector<int64_t> parse_ids(const std::string& s, const std::string& flag) {
+  std::vector<int64_t> ids;
+  std::string tok;
+  std::istringstream in(s);
+  while (std::getline(in, tok, ',')) {
+    std::istringstream ws(tok);
+    std::string part;
+    while (ws >> part) {
+      char* end = nullptr;
+      const long long v = std::strtoll(part.c_str(), &end, 10);
+      if (*end != '\0' || v < 0) fail("", flag, "'" + part + "' is not a token id", "pass ids like 12,7,99");
+      ids.push_back(v);
+    }
+  }
+  return ids;
+}
+
+}  // namespace ecdlm::cli

@@ -1,0 +1,34 @@
+// Inference flags shared by generate, logits and bench generate: routing policy (--moe-*,
+// --block-*) and how a model is loaded for it (expert choice = a router swap at load time).
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "ecdlm/model/moe_dlm.h"
+#include "ecdlm/moe/inference_routing.h"
+
+namespace ecdlm::cli {
+
+struct RoutingFlags {
+  std::string policy;                 // "" = the model's default (block for dMoE checkpoints)
+  double block_top_p = -1;            // < 0: the model's core_threshold, else 0.6
+  int64_t block_min_experts = 16;
+  int64_t block_chunk = 32;
+  int64_t topk_cap = 4;
+  std::string ec_schedule;            // ec on a TC model: capacity schedule (default static)
+  double ec_k_min = 0, ec_k_max = 0;
+
+  void add_to(CLI::App* sub);
+  // The effective routing for `cfg` (validated; UserError naming the flag).
+  moe::InferenceRouting resolve(const ModelConfig& cfg) const;
+};
+
+// Loads a model for a routing policy: `ec` turns a token-choice checkpoint into expert choice
+// (router swap, gate weights reused, capacity k(r) from --moe-capacity-*); others load as is.
+MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f);
+
+// Parses "1,2,3" / "1 2 3" into ids; UserError naming `flag` otherwise.
+std::vector<int64_t> parse_ids(const std::string& s, const std::string& flag);
+
+}  // namespace ecdlm::cli
