@@ -108,8 +108,9 @@ int run_generate(GenerateOptions o) {
   auto model = load_for_routing(o.model_dir, o.routing);
   const auto& cfg = model->config();
   std::unique_ptr<text::Tokenizer> tok;
-  if (o.prompt_ids.empty() || !o.tokenizer.empty()) tok = text::load_tokenizer(o.tokenizer.empty() ? o.model_dir : o.tokenizer);
-  if (!o.prompt_ids.empty() && !o.prompt.empty())
+  const bool by_ids = o.given("--prompt-ids");
+  if (!by_ids || !o.tokenizer.empty()) tok = text::load_tokenizer(o.tokenizer.empty() ? o.model_dir : o.tokenizer);
+  if (by_ids && !o.prompt.empty())
     flag_error("--prompt-ids", "given together with --prompt", "pass one of them");
   if (tok && tok->vocab_size() > cfg.vocab_size)
     throw UserError(format_error(o.model_dir, "vocab_size",
@@ -124,7 +125,7 @@ int run_generate(GenerateOptions o) {
     LOG_WARN("tokenizer mask id " << tok->mask_id() << " != config mask_token_id " << cfg.mask_token_id
                                   << "; using the config's");
   std::vector<int64_t> ids;
-  if (!o.prompt_ids.empty()) {
+  if (by_ids) {
     ids = parse_ids(o.prompt_ids, "--prompt-ids");
   } else {
     for (int32_t id : tok->encode(o.prompt)) ids.push_back(id);

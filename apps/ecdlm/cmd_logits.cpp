@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "commands.h"
+#include "inference_opts.h"
 #include "ecdlm/io/safetensors.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/text/tokenizer.h"
@@ -18,6 +19,7 @@ namespace {
 struct LogitsOptions {
   std::string model_dir, text, input, out, attention = "bidirectional";
   int64_t block_length = 32;
+  RoutingFlags routing;
 };
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -65,7 +67,8 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
     read_input(o.input, ids_BT, ratio_B);  // before loading the model: fail fast on bad input
     source = o.input;
   }
-  auto model = load_model(o.model_dir);
+  auto model = load_for_routing(o.model_dir, o.routing);
+  const auto routing = o.routing.resolve(model->config());
   const auto& cfg = model->config();
   if (has_text) {
     auto tok = text::load_tokenizer(o.model_dir);
@@ -93,6 +96,7 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
                       << (ratio_B.defined() ? ", mask_ratio given" : ""));
   torch::NoGradGuard no_grad;
   model->eval();
+  if (routing.policy != moe::RoutingPolicy::kToken) opt.routing = &routing;
   auto logits = model->forward(ids_BT, opt).logits_BLV.to(torch::kFloat32).contiguous();
 
   const auto parent = std::filesystem::path(o.out).parent_path();
@@ -122,6 +126,7 @@ void register_logits(CLI::App& app) {
   sub->add_option("--attention", o->attention, "Attention mask")
       ->check(CLI::IsMember({"bidirectional", "block-causal"}))
       ->capture_default_str();
+  o->routing.add_to(sub);
   sub->add_option("--block-length", o->block_length,
                   "Block length of block-causal attention (blocks aligned to position 0)")
       ->capture_default_str();

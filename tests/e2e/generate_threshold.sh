@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# `ecdlm generate` (LLaDA2 threshold decoder, KV cache, dMoE block routing) and `ecdlm logits
+# --moe-routing block` on the official golden checkpoints, plus every documented bad-input error.
+set -euo pipefail
+ECDLM="$1"; ROOT="$2"
+G="$ROOT/../shared/golden/tiny-dmoe"
+[ -f "$G/golden.safetensors" ] || { echo "SKIP: golden fixtures missing ($G)"; exit 0; }
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+cat > "$TMP/golden.py" <<'PY'
+import json, struct, sys
+from array import array
+def read(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); data = f.read()
+    out = {}
+    for k, t in h.items():
+        if k == "__metadata__": continue
+        a = array({"F32": "f", "I64": "q"}[t["dtype"]]); b, e = t["data_offsets"]; a.frombytes(data[b:e])
+        out[k] = (t["shape"], a)
+    return out
+if __name__ == "__main__":
+    g = read(sys.argv[1])
+    what = sys.argv[2]
+    print(",".join(str(v) for v in g[what][1]))
+PY
+PROMPT=$(python3 "$TMP/golden.py" "$G/golden.safetensors" gen.dmoe_p0.6.prompt)
+WANT=$(python3 "$TMP/golden.py" "$G/golden.safetensors" gen.dmoe_p0.6.output)
+
+# dMoE block routing p = 0.6, KV cache (the official dMoE generate): same tokens, 13.6 unique experts.
+"$ECDLM" generate -m "$G" --prompt-ids "$PROMPT" -n 56 --diffusion-block-length 32 --diffusion-steps 8 \
+  --diffusion-threshold 0.288067 --moe-routing block --block-top-p 0.6 --block-min-experts 16 \
+  --eos-id 298 --mask-id 299 --json 2> "$TMP/err.txt" > "$TMP/gen.json" || { cat "$TMP/err.txt"; fail "generate"; }
+python3 - "$TMP/gen.json" "$WANT" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); want = [int(x) for x in sys.argv[2].split(",")]
+s = d["samples"][0]
+assert s["tokens"] == want, (s["tokens"], want)
+assert d["kv_cache"] is True and d["routing"] == "block" and d["decoder"] == "llada2"
+assert abs(s["avg_unique_experts_per_layer"] - 13.6) < 1e-9, s["avg_unique_experts_per_layer"]
+assert s["forwards"] == len(s["per_forward"]) and s["cache_forwards"] == 2
+assert all(f["expert_bytes"] > 0 for f in s["per_forward"]) and d["peak_rss_mb"] > 0
+PY
+grep -q "routing block (p 0.6" "$TMP/err.txt" || fail "effective settings not logged"
+
+# Token routing: the KV cache changes nothing (exact prefix cache for block-causal models).
+for kv in true false; do
+  "$ECDLM" -q generate -m "$G" --prompt-ids "$PROMPT" -n 56 --diffusion-block-length 32 --diffusion-steps 8 \
+    --diffusion-threshold 0.345199 --eos-id 298 --mask-id 299 --kv-cache $kv > "$TMP/tok_$kv.txt"
+done
+cmp -s "$TMP/tok_true.txt" "$TMP/tok_false.txt" || fail "KV cache changed the greedy tokens"
+
+# logits with block routing = the dMoE forward.
+"$ECDLM" -q logits -m "$G" --input "$G/golden.safetensors" --attention block-causal --block-length 32 \
+  --moe-routing block --block-top-p 0.6 --out "$TMP/l.safetensors"
+python3 - "$TMP" "$G" <<'PY'
+import sys; sys.path.insert(0, sys.argv[1]); from golden import read
+got = read(sys.argv[1] + "/l.safetensors")["logits"][1]; want = read(sys.argv[2] + "/golden.safetensors")["logits_dmoe_p0.6"][1]
+d = max(abs(a - b) for a, b in zip(got, want)); assert d < 1e-4, d; print("dmoe logits max diff", d)
+PY
+
+# Bad input: clear error, non-zero exit, the flag named.
+bad() {  # expected-text, args...
+  local want="$1"; shift
+  if "$ECDLM" -q generate -m "$G" --mask-id 299 "$@" > /dev/null 2> "$TMP/bad.txt"; then fail "accepted: $*"; fi
+  grep -q -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
+}
+bad "--prompt" --decoder llada2 --prompt-ids "" -n 8
+bad "context" --decoder llada2 --prompt-ids "$PROMPT" -n 100000
+bad "block-chunk" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --diffusion-block-length 24 --moe-routing block
+bad "moe-routing" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --moe-routing blocky
+bad "block-top-p" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --moe-routing block --block-top-p 1.5
+bad "block-min-experts" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --moe-routing block --block-min-experts 65
+bad "diffusion-steps" --decoder fast-dllm --prompt-ids "$PROMPT" -n 8 --diffusion-steps 4
+bad "diffusion-factor" --decoder fast-dllm --prompt-ids "$PROMPT" -n 8 --diffusion-factor 1 --diffusion-threshold 0.9
+bad "prompt-ids" --decoder llada2 --prompt-ids "1,x" -n 8
+echo "generate_threshold e2e OK"
