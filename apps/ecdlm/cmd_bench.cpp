@@ -64,6 +64,7 @@ int run_train(const BenchTrainArgs& a) {
 void register_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks, always side by side with a baseline in one run");
   bench->require_subcommand(1);
+  register_bench_generate(bench);
   auto a = std::make_shared<BenchTrainArgs>();
   auto* tr = bench->add_subcommand("train", "Training throughput: EC vs TC-dropless vs TC-cf1.25");
   tr->add_option("--config", a->config, "Run config JSON (model + batch shape)")->capture_default_str()->check(CLI::ExistingFile);

@@ -105,6 +105,14 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
                   const std::string& decoder);
 
 int run_generate(GenerateOptions o) {
+  // Flags first: a bad combination is reported before anything heavy is loaded.
+  const std::string decoder = resolve_decoder(o, ModelConfig::load(o.model_dir));
+  if (decoder == "llada") {
+    // Unset (0) block length / steps follow the generation length: blocks of 32, one token a step.
+    if (o.p.block_length == 0) o.p.block_length = std::min<int64_t>(32, o.p.gen_length);
+    if (o.p.steps == 0) o.p.steps = o.p.gen_length;
+    validate(o);
+  }
   auto model = load_for_routing(o.model_dir, o.routing);
   const auto& cfg = model->config();
   std::unique_ptr<text::Tokenizer> tok;
@@ -130,16 +138,11 @@ int run_generate(GenerateOptions o) {
   } else {
     for (int32_t id : tok->encode(o.prompt)) ids.push_back(id);
   }
-  const std::string decoder = resolve_decoder(o, cfg);
   if (decoder != "llada") {
     o.tp.mask_id = mask;
     return run_threshold(o, model, tok.get(), ids, decoder);
   }
   if (!tok) flag_error("--prompt-ids", "the llada decoder prints text and needs a tokenizer", "pass --tokenizer FILE");
-  // Unset (0) block length / steps follow the generation length: blocks of 32, one token a step.
-  if (o.p.block_length == 0) o.p.block_length = std::min<int64_t>(32, o.p.gen_length);
-  if (o.p.steps == 0) o.p.steps = o.p.gen_length;
-  validate(o);
   o.p.mask_id = mask;
   o.p.routing = o.routing.resolve(cfg);
   const auto P = static_cast<int64_t>(ids.size());

@@ -146,7 +146,7 @@ EOF
 "$ECDLM" generate --help > /dev/null || fail "generate --help"
 "$ECDLM" logits --help > /dev/null || fail "logits --help"
 "$ECDLM" info --help > /dev/null || fail "info --help"
-expect_rc 2 "$ECDLM" generate -m "$TINY" -n 30 --diffusion-block-length 8
+expect_rc 2 "$ECDLM" generate -m "$TINY" --decoder llada -n 30 --diffusion-block-length 8
 grep -q -- "--gen-length" "$TMP/err.txt" || fail "generate flag validation does not name the flag"
 
 echo "PASS logits_info"

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/profile.h"
 
 namespace ecdlm::gen {
 namespace idx = torch::indexing;
@@ -198,6 +199,7 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
       auto masked_L = (block_x[0] == mask);
       if (!masked_L.any().item<bool>()) break;
       const auto tf = std::chrono::steady_clock::now();
+      const auto prof0 = prof::totals_ms();
       ForwardOptions o;
       o.block_length = L;
       o.routing = routing;
@@ -213,6 +215,10 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
         logits_LV = model->forward(x.narrow(1, 0, lo + L), o).logits_BLV[0];
       }
       ForwardStat st;
+      const auto prof1 = prof::totals_ms();
+      st.attention_ms = prof1[prof::kAttention] - prof0[prof::kAttention];
+      st.router_ms = prof1[prof::kRouter] - prof0[prof::kRouter];
+      st.experts_ms = prof1[prof::kExperts] - prof0[prof::kExperts] + prof1[prof::kShared] - prof0[prof::kShared];
       st.block = b;
       st.step = s;
       st.tokens_in = L_in;

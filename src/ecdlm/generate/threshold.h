@@ -52,6 +52,8 @@ struct ForwardStat {
   double ms = 0.0;
   double unique_experts_per_layer = 0.0;  // distinct experts over the block's positions, mean over MoE layers
   double expert_bytes = 0.0;              // bytes of the routed experts' weights those experts hold, all layers
+  // Time split when profiling is on (util/profile.h): attention, router, routed + shared experts.
+  double attention_ms = 0.0, router_ms = 0.0, experts_ms = 0.0;
 };
 
 struct ThresholdResult {

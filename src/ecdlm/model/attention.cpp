@@ -4,6 +4,7 @@
 
 #include "ecdlm/model/layers.h"
 #include "ecdlm/util/compat.h"
+#include "ecdlm/util/profile.h"
 
 namespace ecdlm {
 
@@ -26,6 +27,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
                                      const torch::Tensor& mask_LS, const LayerKv* past,
                                      LayerKv* present) {
+  prof::Scope ps(prof::kAttention);
   const auto B = x_BLD.size(0), L = x_BLD.size(1);
   auto qkv = query_key_value(x_BLD).view({B, L, n_heads_ + 2 * n_kv_, head_dim_});
   auto parts = qkv.split_with_sizes({n_heads_, n_kv_, n_kv_}, 2);

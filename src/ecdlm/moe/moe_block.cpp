@@ -2,6 +2,7 @@
 
 #include "ecdlm/moe/scaling.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/profile.h"
 
 namespace ecdlm::moe {
 
@@ -38,6 +39,7 @@ MoeBlockImpl::MoeBlockImpl(const ModelConfig& c) : router_type_(c.router_type) {
 }
 
 RoutingPlan MoeBlockImpl::route(const torch::Tensor& x_BLD, const MoeForwardArgs& args) {
+  prof::Scope ps(prof::kRouter);
   const auto B = x_BLD.size(0), L = x_BLD.size(1), D = x_BLD.size(2);
   auto logits_TE = router_logits(x_BLD.reshape({B * L, D}), gate->weight);
   if (router_type_ == RouterType::kExpertChoice) {
@@ -67,11 +69,17 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x_BLD, const MoeForward
   const auto B = x_BLD.size(0), L = x_BLD.size(1), D = x_BLD.size(2);
   auto plan = route(x_BLD, args);
   auto x_TD = x_BLD.reshape({B * L, D});
-  auto y_TD = args.reference ? run_plan_reference(x_TD, plan, experts)
-                             : run_plan(x_TD, plan, experts);
-  // Weighted sum in fp32, cast back, then the shared expert (as the LLaDA2 reference).
-  auto y_BLD = y_TD.to(x_BLD.scalar_type()).view({B, L, D});
-  if (!shared_experts.is_empty()) y_BLD = y_BLD + shared_experts(x_BLD);
+  torch::Tensor y_BLD;
+  {
+    prof::Scope ps(prof::kExperts);
+    auto y_TD = args.reference ? run_plan_reference(x_TD, plan, experts) : run_plan(x_TD, plan, experts);
+    // Weighted sum in fp32, cast back, then the shared expert (as the LLaDA2 reference).
+    y_BLD = y_TD.to(x_BLD.scalar_type()).view({B, L, D});
+  }
+  if (!shared_experts.is_empty()) {
+    prof::Scope ps(prof::kShared);
+    y_BLD = y_BLD + shared_experts(x_BLD);
+  }
   last_stats_ = plan.stats;
   last_aux_loss_ = plan.aux_loss;
   last_plan_ = plan;

@@ -1,0 +1,83 @@
+// `ecdlm bench generate`: decoding speed and expert traffic under each routing policy, with the
+// KV cache on and off, side by side in one run (src/ecdlm/bench/generate_bench.h).
+#include <filesystem>
+#include <iostream>
+
+#include "commands.h"
+#include "ecdlm/bench/generate_bench.h"
+#include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
+#include "ecdlm/util/plot.h"
+
+namespace ecdlm::cli {
+namespace {
+
+struct GenBenchArgs {
+  bench::GenBenchParams p;
+  bool json = false;
+  std::string out_md, plot;
+};
+
+void write_plots(const std::vector<bench::GenBenchRow>& rows, const std::string& png) {
+  std::vector<Series> lines;
+  std::map<std::string, Series> by_model;
+  for (const auto& r : rows) {
+    if (!r.kv_cache) continue;
+    auto& s = by_model[r.model];
+    s.name = r.model + " (x: unique experts/block, y: MoE ms/forward)";
+    s.x.push_back(r.unique_experts_per_block);
+    s.y.push_back(r.moe_ms_per_forward);
+  }
+  for (auto& kv : by_model) lines.push_back(kv.second);
+  const auto parent = std::filesystem::path(png).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  if (plot_lines(png, {"MoE time per forward vs unique experts per block (each routing policy)", "unique experts per block",
+                       "MoE ms per forward", false},
+                 lines))
+    std::cout << png << "\n";
+}
+
+int run(const GenBenchArgs& a) {
+  const auto& p = a.p;
+  LOG_INFO("bench generate: quick " << p.quick << ", brown model '" << p.brown_model << "', synthetic MoE layers "
+                                    << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
+                                    << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps
+                                    << ", seed " << p.seed);
+  auto rows = bench::run_generate_bench(p);
+  const auto md = bench::to_markdown(rows, p);
+  if (!a.out_md.empty()) write_file_atomic(a.out_md, md);
+  if (!a.plot.empty()) write_plots(rows, a.plot);
+  if (a.json)
+    std::cout << bench::to_json(rows).dump(2) << std::endl;
+  else
+    std::cout << md;
+  return 0;
+}
+
+}  // namespace
+
+void register_bench_generate(CLI::App* bench) {
+  auto a = std::make_shared<GenBenchArgs>();
+  auto* sub = bench->add_subcommand(
+      "generate", "Decoding: token vs dMoE block (p 0.5/0.6/0.8) vs top-k vs EC routing, KV cache on/off");
+  sub->add_flag("--quick", a->p.quick, "Reduced run (2 MoE layers, 64 tokens, 1 repetition): under 2 minutes");
+  sub->add_flag("--json", a->json, "Print {\"results\": [...]} as JSON");
+  sub->add_option("--bench-brown-model", a->p.brown_model, "Token-choice Brown model directory (\"\" = skip)")
+      ->capture_default_str();
+  sub->add_option("--bench-synth-layers", a->p.synth_moe_layers, "MoE layers of the synthetic LLaDA2-shaped model")
+      ->capture_default_str()->check(CLI::Range(1, 20));
+  sub->add_option("--bench-synth-vocab", a->p.synth_vocab, "Vocabulary of the synthetic model")
+      ->capture_default_str()->check(CLI::Range(64, 200000));
+  sub->add_option("--bench-prompt-length", a->p.prompt_len, "Prompt tokens")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--bench-gen-length", a->p.gen_length, "Generated tokens")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--bench-reps", a->p.reps, "Repetitions (variants interleaved; medians)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--bench-seed", a->p.seed, "Seed for the synthetic weights and the prompt")->capture_default_str();
+  sub->add_option("--out-md", a->out_md, "Also write the markdown table here");
+  sub->add_option("--plot", a->plot, "PNG: MoE ms per forward against unique experts per block");
+  set_runner(sub, [a] { return run(*a); });
+}
+
+}  // namespace ecdlm::cli

@@ -1,0 +1,264 @@
+#include "ecdlm/bench/generate_bench.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <iomanip>
+#include <sstream>
+
+#include "ecdlm/generate/threshold.h"
+#include "ecdlm/model/checkpoint.h"
+#include "ecdlm/train/retrofit.h"
+#include "ecdlm/util/log.h"
+#include "ecdlm/util/profile.h"
+#include "ecdlm/util/progress.h"
+
+namespace ecdlm::bench {
+namespace {
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct Variant {
+  std::string routing;
+  double top_p = 0.0;
+  bool kv = true;
+};
+
+// Copies every parameter and buffer of `src` into `dst` (same names; a router swap keeps them).
+void copy_weights(MoeDlm& src, MoeDlm& dst) {
+  torch::NoGradGuard ng;
+  auto sp = src->named_parameters(true), dp = dst->named_parameters(true);
+  for (auto& kv : dp) kv.value().copy_(sp[kv.key()]);
+  auto sb = src->named_buffers(true), db = dst->named_buffers(true);
+  for (auto& kv : db)
+    if (sb.contains(kv.key())) kv.value().copy_(sb[kv.key()]);
+}
+
+}  // namespace
+
+ModelConfig synthetic_llada2_config(int64_t moe_layers, int64_t vocab) {
+  ModelConfig c;
+  c.arch = Arch::kLlada2Moe;
+  c.hidden_size = 2048;
+  c.num_attention_heads = 16;
+  c.num_key_value_heads = 4;
+  c.head_dim = 128;
+  c.partial_rotary_factor = 0.5;
+  c.rope_theta = 600000;
+  c.intermediate_size = 5120;
+  c.first_k_dense_replace = 1;
+  c.num_hidden_layers = 1 + moe_layers;
+  c.num_experts = 256;
+  c.num_experts_per_tok = 8;
+  c.moe_intermediate_size = 512;
+  c.shared_expert_intermediate_size = 512;
+  c.n_group = 8;
+  c.topk_group = 4;
+  c.score_function = ScoreFunction::kSigmoid;
+  c.norm_topk_prob = true;
+  c.routed_scaling_factor = 2.5;
+  c.moe_router_enable_expert_bias = true;
+  c.router_type = RouterType::kTokenChoice;
+  c.vocab_size = vocab;
+  c.mask_token_id = vocab - 1;
+  c.eos_token_id = vocab - 2;
+  c.pad_token_id = vocab - 2;
+  c.max_position_embeddings = 8192;
+  c.validate("synthetic LLaDA2.0-mini-shaped model");
+  return c;
+}
+
+MoeDlm make_synthetic_model(const ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  MoeDlm m(c);
+  torch::NoGradGuard ng;
+  const double D = static_cast<double>(c.hidden_size);
+  m->model->word_embeddings->weight.normal_(0.0, 1.0);
+  for (auto& blk : m->moe_blocks()) {
+    // Router: sharp enough that sigmoid scores differ (N(0, 4/D) weights on unit-scale inputs),
+    // plus a selection-only popularity bias -0.06 ln(1 + rank) over shuffled experts. 0.06 was
+    // calibrated on a half-decoded block (16 varied tokens, 16 masks after a prompt): token
+    // routing then uses 69 distinct experts per 32-token block and block routing (p 0.6, G 16)
+    // 14, against 69.5 and 14.6 measured on LLaDA2.0-mini by the dMoE paper.
+    blk->gate->weight.normal_(0.0, 2.0 / std::sqrt(D));
+    auto rank = torch::randperm(c.num_experts, torch::kInt64).to(torch::kFloat32);
+    blk->gate->expert_bias.copy_(-0.06 * torch::log1p(rank));
+  }
+  m->to(torch::kBFloat16);
+  // Router weights and the bias stay f32 as in the reference (router math in fp32).
+  for (auto& blk : m->moe_blocks()) {
+    blk->gate->weight.set_data(blk->gate->weight.to(torch::kFloat32));
+    blk->gate->expert_bias.set_data(blk->gate->expert_bias.to(torch::kFloat32));
+  }
+  m->eval();
+  return m;
+}
+
+std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
+  struct Model {
+    std::string name;
+    MoeDlm model{nullptr}, ec_model{nullptr};
+    int64_t min_experts = 16, topk_cap = 4;
+  };
+  std::vector<Model> models;
+  if (!p.brown_model.empty()) {
+    if (!std::filesystem::exists(std::filesystem::path(p.brown_model) / "config.json")) {
+      LOG_WARN("bench generate: no Brown model at " << p.brown_model << " (train one with ecdlm train "
+                                                    "--config configs/brown-small.json --moe-router tc); skipped");
+    } else {
+      Model mb{"brown-tc", load_model(p.brown_model), nullptr};
+      const auto& c = mb.model->config();
+      if (c.router_type != RouterType::kTokenChoice) {
+        LOG_WARN("bench generate: " << p.brown_model << " is expert choice; block/topk routing need token choice; skipped");
+      } else {
+        auto ec_cfg = retrofit_config(c, RetrofitParams{});
+        mb.ec_model = load_model(p.brown_model, &ec_cfg);
+        mb.min_experts = std::min<int64_t>(2 * c.num_experts_per_tok, c.num_experts);  // dMoE: G = 16 = 2k
+        mb.topk_cap = std::max<int64_t>(1, c.num_experts_per_tok / 2);
+        models.push_back(std::move(mb));
+      }
+    }
+  }
+  {
+    auto cfg = synthetic_llada2_config(p.quick ? 2 : p.synth_moe_layers, p.synth_vocab);
+    Model ms{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
+    auto ec_cfg = retrofit_config(cfg, RetrofitParams{});
+    ms.ec_model = MoeDlm(ec_cfg);
+    copy_weights(ms.model, ms.ec_model);
+    ms.ec_model->to(torch::kBFloat16);
+    ms.ec_model->eval();
+    models.push_back(std::move(ms));
+  }
+  std::vector<Variant> variants = {{"token", 0, true}, {"token", 0, false}, {"block", 0.5, true}, {"block", 0.6, true},
+                                   {"block", 0.6, false}, {"block", 0.8, true}, {"topk", 0, true}, {"ec", 0, true}};
+  if (p.quick) variants = {{"token", 0, true}, {"token", 0, false}, {"block", 0.6, true}, {"topk", 0, true}, {"ec", 0, true}};
+  const int64_t reps = p.quick ? 1 : p.reps;
+  const int64_t gen_length = p.quick ? 64 : p.gen_length, prompt_len = p.quick ? 32 : p.prompt_len;
+
+  std::vector<GenBenchRow> rows;
+  prof::set_enabled(true);
+  ProgressBar bar("bench generate", static_cast<int64_t>(models.size() * variants.size()) * reps, "run");
+  int64_t done = 0;
+  for (auto& m : models) {
+    const auto& cfg = m.model->config();
+    // A fixed pseudo-random prompt of ordinary tokens (specials excluded).
+    auto gen_ids = at::detail::createCPUGenerator(p.seed);
+    auto prompt_t = torch::randint(4, std::min<int64_t>(cfg.vocab_size - 3, 30000), {prompt_len}, gen_ids, torch::kInt64);
+    std::vector<int64_t> prompt(prompt_t.data_ptr<int64_t>(), prompt_t.data_ptr<int64_t>() + prompt_len);
+    std::vector<std::vector<double>> tps(variants.size()), ms(variants.size()), moe(variants.size()), att(variants.size());
+    std::vector<GenBenchRow> mrows(variants.size());
+    // Warm-up (allocator, oneDNN primitives) outside the measurement.
+    {
+      gen::ThresholdParams w;
+      w.gen_length = p.block_length;
+      w.block_length = p.block_length;
+      w.steps = 2;
+      w.eos_id = -2;
+      gen::threshold_generate(m.model, prompt, w);
+    }
+    for (int64_t r = 0; r < reps; ++r) {
+      for (size_t vi = 0; vi < variants.size(); ++vi) {
+        const auto& v = variants[vi];
+        gen::ThresholdParams tp;
+        tp.gen_length = gen_length;
+        tp.block_length = p.block_length;
+        tp.steps = p.block_length;
+        tp.threshold = 0.95;
+        // Sampled at T = 1 so the output tokens are as varied as text (greedy decoding of random
+        // weights repeats one token, which would understate the experts a block touches).
+        tp.temperature = 1.0;
+        tp.eos_id = -2;  // fixed work per variant: never stop early
+        tp.kv_cache = v.kv;
+        tp.seed = p.seed;
+        MoeDlm* model = &m.model;
+        if (v.routing == "block") {
+          tp.routing.policy = moe::RoutingPolicy::kBlock;
+          tp.routing.block_top_p = v.top_p;
+          tp.routing.block_min_experts = m.min_experts;
+          tp.routing.block_chunk = p.block_length;
+        } else if (v.routing == "topk") {
+          tp.routing.policy = moe::RoutingPolicy::kTopK;
+          tp.routing.topk_cap = m.topk_cap;
+        } else if (v.routing == "ec") {
+          model = &m.ec_model;
+        }
+        prof::reset();
+        auto res = gen::threshold_generate(*model, prompt, tp);
+        double fwd_ms = 0, moe_ms = 0, att_ms = 0, bytes = 0;
+        for (const auto& f : res.per_forward) {
+          fwd_ms += f.ms;
+          moe_ms += f.router_ms + f.experts_ms;
+          att_ms += f.attention_ms;
+          bytes += f.expert_bytes;
+        }
+        const double n = std::max<double>(1.0, static_cast<double>(res.per_forward.size()));
+        tps[vi].push_back(static_cast<double>(res.tokens.size()) / res.seconds);
+        ms[vi].push_back(fwd_ms / n);
+        moe[vi].push_back(moe_ms / n);
+        att[vi].push_back(att_ms / n);
+        auto& row = mrows[vi];
+        row.model = m.name;
+        row.routing = v.routing;
+        row.top_p = v.top_p;
+        row.kv_cache = v.kv;
+        row.unique_experts_per_block = res.avg_unique_experts_per_layer;
+        row.expert_bytes_per_forward = bytes / n;
+        row.forwards = res.forwards + res.cache_forwards;
+        row.tokens_per_forward = static_cast<double>(res.tokens.size()) / n;
+        bar.update(++done, m.name + " " + v.routing);
+      }
+    }
+    for (size_t vi = 0; vi < variants.size(); ++vi) {
+      mrows[vi].tokens_per_s = median(tps[vi]);
+      mrows[vi].ms_per_forward = median(ms[vi]);
+      mrows[vi].moe_ms_per_forward = median(moe[vi]);
+      mrows[vi].attention_ms_per_forward = median(att[vi]);
+      rows.push_back(mrows[vi]);
+    }
+  }
+  bar.finish();
+  prof::set_enabled(false);
+  return rows;
+}
+
+nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& r : rows)
+    arr.push_back({{"model", r.model}, {"routing", r.routing}, {"top_p", r.top_p}, {"kv_cache", r.kv_cache},
+                   {"unique_experts_per_block", r.unique_experts_per_block},
+                   {"expert_bytes_per_forward", r.expert_bytes_per_forward}, {"moe_ms_per_forward", r.moe_ms_per_forward},
+                   {"attention_ms_per_forward", r.attention_ms_per_forward}, {"ms_per_forward", r.ms_per_forward},
+                   {"tokens_per_s", r.tokens_per_s}, {"tokens_per_forward", r.tokens_per_forward},
+                   {"forwards", r.forwards}});
+  return {{"results", arr}};
+}
+
+std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p) {
+  std::ostringstream o;
+  o << std::fixed;
+  o << "| model | routing | KV cache | unique experts / block | expert MB / forward | MoE ms / forward | "
+       "attention ms / forward | ms / forward | tokens/s | vs token (cache) |\n|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& r : rows) {
+    double base = 0;
+    for (const auto& b : rows)
+      if (b.model == r.model && b.routing == "token" && b.kv_cache) base = b.tokens_per_s;
+    std::string routing = r.routing;
+    if (r.routing == "block") {
+      std::ostringstream s;
+      s << "block p=" << std::setprecision(1) << r.top_p;
+      routing = s.str();
+    }
+    o << "| " << r.model << " | " << routing << " | " << (r.kv_cache ? "on" : "off") << " | " << std::setprecision(1)
+      << r.unique_experts_per_block << " | " << std::setprecision(1) << r.expert_bytes_per_forward / 1048576.0 << " | "
+      << std::setprecision(2) << r.moe_ms_per_forward << " | " << r.attention_ms_per_forward << " | " << r.ms_per_forward
+      << " | " << std::setprecision(1) << r.tokens_per_s << " | " << std::setprecision(2)
+      << (base > 0 ? r.tokens_per_s / base : 0.0) << "x |\n";
+  }
+  return o.str();
+}
+
+}  // namespace ecdlm::bench

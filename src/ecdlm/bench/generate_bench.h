@@ -1,0 +1,47 @@
+// `ecdlm bench generate`: threshold block decoding side by side under several MoE routing
+// policies (token, dMoE block at several p, top-k cap, expert choice) and with the KV cache on
+// and off, on (1) a trained Brown model and (2) a synthetic model with LLaDA2.0-mini's per-layer
+// shapes (2048 hidden, 256 experts of 512, top-8 in 8 groups / 4, shared expert, bf16).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "ecdlm/model/config.h"
+#include "ecdlm/model/moe_dlm.h"
+
+namespace ecdlm::bench {
+
+struct GenBenchParams {
+  bool quick = false;
+  std::string brown_model = "runs/brown-small-tc/best";  // a token-choice Brown model ("" = skip)
+  int64_t synth_moe_layers = 3;     // + 1 dense layer, as LLaDA2 layer 0
+  int64_t synth_vocab = 32768;      // LLaDA2's 157184 scaled by layers kept / 20 (see .cpp)
+  int64_t prompt_len = 64, gen_length = 128, block_length = 32;
+  int64_t reps = 3;                 // repetitions, variants interleaved; medians reported
+  uint64_t seed = 7;
+};
+
+struct GenBenchRow {
+  std::string model, routing;       // routing: token | block | topk | ec
+  double top_p = 0.0;               // block routing's p (0 otherwise)
+  bool kv_cache = true;
+  double unique_experts_per_block = 0, expert_bytes_per_forward = 0;
+  double moe_ms_per_forward = 0, attention_ms_per_forward = 0, ms_per_forward = 0, tokens_per_s = 0;
+  double tokens_per_forward = 0;
+  int64_t forwards = 0;
+};
+
+// The synthetic LLaDA2.0-mini-shaped config (per-layer shapes exact, fewer layers, smaller vocab).
+ModelConfig synthetic_llada2_config(int64_t moe_layers, int64_t vocab);
+// Random bf16 weights with an expert-popularity bias calibrated so token routing touches about
+// as many experts per 32-token block as LLaDA2.0-mini (paper: 69.5).
+MoeDlm make_synthetic_model(const ModelConfig& c, uint64_t seed);
+
+std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p);
+
+nlohmann::json to_json(const std::vector<GenBenchRow>& rows);
+std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p);
+
+}  // namespace ecdlm::bench
