@@ -17,7 +17,9 @@ struct ExperimentArgs {
 };
 
 std::string command_line(const ExperimentArgs& a) {
-  std::string c = "build/ecdlm experiment " + a.spec;
+  const int threads = global_options().threads;
+  std::string c = "build/ecdlm " + (threads > 0 ? "--threads " + std::to_string(threads) + " " : std::string()) +
+                  "experiment " + a.spec;
   if (a.quick) c += " --quick";
   if (!a.data.empty()) c += " --data " + a.data;
   return c;

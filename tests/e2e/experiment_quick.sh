@@ -25,11 +25,10 @@ python3 - <<'PY'
 import json
 r = json.load(open("ec-vs-tc.json"))
 v = {x["variant"]: x for x in r["variants"]}
-assert set(v) == {"ec", "tc-dropless", "tc-cf1.25"}, v.keys()
+assert set(v) == {"ec", "tc-dropless"}, v.keys()
 assert v["ec"]["seeds"] == 2 and v["ec"]["final_val_loss"]["n"] == 2
 assert v["ec"]["load_cv"]["mean"] == 0.0, "EC is balanced by construction"
 assert v["tc-dropless"]["load_cv"]["mean"] > 0.0
-assert v["tc-cf1.25"]["drop_rate"]["mean"] > 0.0
 assert abs(r["target_loss"] - v["tc-dropless"]["final_val_loss"]["mean"]) < 1e-12
 for x in v.values():
     assert x["final_val_ppl"]["mean"] > 1 and x["tokens_per_s"]["mean"] > 0
