@@ -10,7 +10,7 @@ APT_PKGS=(
   nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
-  libpcre2-dev gnuplot-nox
+  libpcre2-dev libicu-dev gnuplot-nox
 )
 # node/npm: use the machine's own if present (Debian's npm conflicts with a newer node)
 command -v npm >/dev/null 2>&1 || APT_PKGS+=(nodejs npm)
