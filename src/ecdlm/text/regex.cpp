@@ -12,9 +12,10 @@ namespace ecdlm::text {
 namespace {
 
 constexpr const char* kSpace = "\\t-\\r\\x{85}\\p{Z}";
-// Oniguruma's word class: letters, marks, Nd, Nl, Pc, and in Latin-1 also the superscript
-// digits and vulgar fractions (its Latin-1 ctype table marks them as word characters).
-constexpr const char* kWord = "\\p{L}\\p{M}\\p{Nd}\\p{Nl}\\p{Pc}\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
+// Oniguruma's word class: letters, marks, Nd, Nl, Pc. Outside brackets its Latin-1 ctype table
+// also makes the superscript digits and vulgar fractions word characters; inside brackets not.
+constexpr const char* kWord = "\\p{L}\\p{M}\\p{Nd}\\p{Nl}\\p{Pc}";
+constexpr const char* kWordLatin1 = "\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
 
 // Per-thread match state: one ovector pair and a JIT stack big enough for long whitespace runs.
 struct MatchState {
@@ -50,11 +51,12 @@ std::string onig_to_pcre2(const std::string& p) {
     if (c == '\\' && i + 1 < p.size()) {
       const char n = p[i + 1];
       const bool in_class = class_depth > 0;
+      const std::string word_outside = std::string(kWord) + kWordLatin1;
       if (n == 's' || n == 'w') {
-        const char* body = n == 's' ? kSpace : kWord;
-        out += in_class ? std::string(body) : "[" + std::string(body) + "]";
+        const std::string body = n == 's' ? kSpace : in_class ? kWord : word_outside;
+        out += in_class ? body : "[" + body + "]";
       } else if ((n == 'S' || n == 'W') && !in_class) {
-        out += "[^" + std::string(n == 'S' ? kSpace : kWord) + "]";
+        out += "[^" + (n == 'S' ? std::string(kSpace) : word_outside) + "]";
       } else {
         out += c;
         out += n;
