@@ -155,7 +155,11 @@ void read_merges(JsonScanner& sc, PendingMerges& pm, const std::string& path) {
 }  // namespace
 
 std::unique_ptr<HfTokenizer> HfTokenizer::load_json(const std::string& path) {
-  const std::string text = slurp(path);
+  return load_json_text(slurp(path), path, fs::path(path).parent_path().string());
+}
+
+std::unique_ptr<HfTokenizer> HfTokenizer::load_json_text(std::string_view text, const std::string& path,
+                                                         const std::string& config_dir) {
   JsonScanner sc(text, path);
   const hf::Src root{path, ""};
   BpeModel::Options opt;
@@ -234,7 +238,7 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load_json(const std::string& path) {
   tok->post_ = hf::make_post_processor(post, root.at("post_processor"));
   tok->decoder_ = hf::make_decoder(decoder, root.at("decoder"));
   tok->added_ = assign_added_ids(parse_added_tokens(added, root.at("added_tokens")), m, path);
-  tok->finish(path);
+  tok->finish(config_dir);
   return tok;
 }
 
@@ -290,11 +294,11 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load_vocab_merges(const std::string& v
     });
     sc.finish();
   }
-  tok->finish(vocab_json);
+  tok->finish(dir.string());
   return tok;
 }
 
-void HfTokenizer::finish(const std::string& file) {
+void HfTokenizer::finish(const std::string& config_dir) {
   vocab_size_ = model_.max_id_plus_one();
   for (const auto& a : added_) vocab_size_ = std::max<int64_t>(vocab_size_, a.id + 1);
   added_index_.assign(static_cast<size_t>(vocab_size_), -1);
@@ -314,7 +318,7 @@ void HfTokenizer::finish(const std::string& file) {
   }
   raw_matcher_.build(raw, raw_p);
   norm_matcher_.build(norm, norm_p);
-  resolve_special_ids(fs::path(file).parent_path().string());
+  resolve_special_ids(config_dir);
 }
 
 void HfTokenizer::resolve_special_ids(const std::string& dir) {
@@ -327,8 +331,9 @@ void HfTokenizer::resolve_special_ids(const std::string& dir) {
       fail(p.string(), "", std::string("invalid JSON: ") + e.what(), "fix or remove the file");
     }
   };
-  const json cfg = read_opt(fs::path(dir) / "config.json");
-  const json tcfg = read_opt(fs::path(dir) / "tokenizer_config.json");
+  // An empty dir means "no config files" (not the current directory).
+  const json cfg = dir.empty() ? json() : read_opt(fs::path(dir) / "config.json");
+  const json tcfg = dir.empty() ? json() : read_opt(fs::path(dir) / "tokenizer_config.json");
   auto from_config = [&](const char* key) -> int32_t {
     if (!cfg.is_object() || !cfg.contains(key)) return -1;
     json v = cfg[key];

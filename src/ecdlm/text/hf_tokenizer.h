@@ -46,6 +46,10 @@ class HfTokenizer : public Tokenizer {
   // present (eos_token_id, pad_token_id, mask_token_id), else from the pieces
   // <|endoftext|> / <|mask|>. Errors: UserError naming the file and JSON path.
   static std::unique_ptr<HfTokenizer> load_json(const std::string& path);
+  // The same from memory; `name` is used in errors, config files are read from `config_dir`
+  // (none if empty).
+  static std::unique_ptr<HfTokenizer> load_json_text(std::string_view text, const std::string& name,
+                                                     const std::string& config_dir = "");
   // GPT-2 style vocab.json + merges.txt (ByteLevel pre-tokenizer and decoder; the tokens of an
   // added_tokens.json beside them and <|endoftext|> are special).
   static std::unique_ptr<HfTokenizer> load_vocab_merges(const std::string& vocab_json, const std::string& merges_txt);
@@ -66,7 +70,7 @@ class HfTokenizer : public Tokenizer {
 
  private:
   explicit HfTokenizer(BpeModel::Options o) : model_(std::move(o)) {}
-  void finish(const std::string& file);  // matchers, vocab size, special ids
+  void finish(const std::string& config_dir);  // matchers, vocab size, special ids
   void encode_text(std::string_view text, std::vector<int32_t>& ids) const;
   void encode_normalized(std::string_view text, std::vector<int32_t>& ids) const;
   void resolve_special_ids(const std::string& dir);
