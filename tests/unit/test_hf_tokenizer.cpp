@@ -204,6 +204,11 @@ TEST(HfTokenizer, CorruptedFilesGiveUserErrorNeverCrash) {
     for (int k = 0; k < 1 + static_cast<int>(rng() % 4); ++k) s[rng() % s.size()] = junk[rng() % sizeof(junk)];
     check(s);
   }
+  // Fuzzer find: a token "" sharing an id with "the" made decode of that id throw.
+  json dup = tiny_json();
+  dup["model"]["vocab"][""] = 259;
+  auto tok = load_text(dup.dump());
+  EXPECT_EQ(tok->decode(tok->encode("the")), "");
   for (const std::string& s : std::vector<std::string>{"", "null", "[]", "{}", "{\"model\": 1}", "{\"model\": {\"vocab\": []}}",
                               std::string(5000, '['), "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 99999999999}}}",
                               "{\"model\": {\"vocab\": {\"a\": -1}}}", "{\"a\": \"\\ud800\"}", "{\"model\":{\"vocab\":{}}} x"})

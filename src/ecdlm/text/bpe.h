@@ -53,7 +53,10 @@ class BpeModel {
   void tokenize(std::string_view piece, bool byte_mode, std::vector<int32_t>& out) const;
 
   int32_t token_to_id(std::string_view token) const { return vocab_.find(token); }
-  // Empty view for an id that has no token.
+  bool has_id(int32_t id) const {
+    return id >= 0 && static_cast<size_t>(id) < id_off_.size() && id_off_[static_cast<size_t>(id)] != ~uint64_t{0};
+  }
+  // Empty view for an id that has no token (check has_id: a token may be "").
   std::string_view id_to_token(int32_t id) const;
   int64_t max_id_plus_one() const { return static_cast<int64_t>(id_off_.size()); }
   size_t num_tokens() const { return vocab_.size(); }

@@ -121,11 +121,10 @@ const AddedToken* HfTokenizer::added_by_id(int32_t id) const {
 
 std::string HfTokenizer::id_to_piece(int32_t id) const {
   if (const AddedToken* a = added_by_id(id)) return a->content;
-  const std::string_view t = model_.id_to_token(id);
-  if (t.empty())
+  if (!model_.has_id(id))
     throw std::out_of_range("token id " + std::to_string(id) + " is not in the vocabulary of " + path_ +
                             " (size " + std::to_string(vocab_size_) + ")");
-  return std::string(t);
+  return std::string(model_.id_to_token(id));
 }
 
 int32_t HfTokenizer::piece_to_id(const std::string& piece) const {
