@@ -3,7 +3,8 @@
 # scripts/setup.sh under data/npm-tok) encodes a fixed text set with 11 tokenizer.json files
 # (GPT-2, GPT-2 as vocab.json+merges.txt, Ling/LLaDA2 regex + specials, Qwen3, Llama-3 with and
 # without BOS template, DeepSeek-V3, and synthetic ones covering every supported component);
-# `ecdlm tokenize` must reproduce every id (with and without special tokens) and every decode.
+# ecdlm must reproduce every id (with and without special tokens) and every decode: all of them
+# in one ecdlm_tests process, and three through `ecdlm tokenize`.
 # Skips (exit 77) when node or the packages are missing, except under CI=true where it fails.
 # Usage: bash tokenizer_conformance.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
@@ -30,9 +31,12 @@ fi
 
 rm -rf "$OUT"
 node "$ORACLE" gen "$MODULES" "$BROWN" "$OUT"
+# All tokenizers in one process (gtest TokenizerConformance.MatchesHfOracle)...
 status=0
-while read -r name; do
-  [ -n "$name" ] || continue
+ECDLM_TOK_CONFORMANCE_DIR="$OUT" "$(dirname "$ECDLM")/ecdlm_tests" --gtest_filter='TokenizerConformance.*' \
+  --gtest_brief=1 || status=1
+# ...and the real files through the CLI too.
+for name in qwen3 gpt2-files ling; do
   dir="$OUT/$name"
   src=(--tokenizer "$dir/tokenizer.json")
   [ -f "$dir/tokenizer.json" ] || src=(-m "$dir")
@@ -40,6 +44,6 @@ while read -r name; do
   "$ECDLM" -q tokenize "${src[@]}" --input "$dir/input.jsonl" --output "$dir/got_plain.jsonl" --add-special-tokens=false
   "$ECDLM" -q tokenize "${src[@]}" --decode --input "$dir/special.jsonl" --output "$dir/got_decoded.jsonl"
   node "$ORACLE" compare "$OUT" "$name" || status=1
-done < "$OUT/names.txt"
+done
 [ "$status" -eq 0 ] && echo "PASS: all tokenizers match the oracle" || echo "FAIL: mismatches above" >&2
 exit "$status"
