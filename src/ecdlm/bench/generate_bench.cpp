@@ -11,16 +11,10 @@
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/profile.h"
 #include "ecdlm/util/progress.h"
+#include "ecdlm/util/stats.h"
 
 namespace ecdlm::bench {
 namespace {
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 struct Variant {
   std::string routing;

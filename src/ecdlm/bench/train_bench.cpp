@@ -15,18 +15,12 @@
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/stats.h"
 
 namespace ecdlm::bench {
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 ModelConfig variant_config(const ModelConfig& base, const std::string& v) {
   ModelConfig c = base;
