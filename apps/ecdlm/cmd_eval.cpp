@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "inference_opts.h"
 #include "ecdlm/data/batcher.h"
 #include "ecdlm/data/shards.h"
 #include "ecdlm/eval/elbo.h"
@@ -19,12 +20,14 @@ struct EvalArgs {
   int64_t seq_len = 256, windows = 64, samples = 4, batch = 16;
   uint64_t seed = EvalParams{}.seed;
   std::vector<int64_t> bins = {4, 10};
+  int64_t cloze_span = 0;
   bool json = false;
+  RoutingFlags routing;
 };
 
 int run(const EvalArgs& a) {
   if (a.bf16 != "true" && a.bf16 != "false") fail("", "--eval-bf16", "expects true or false", "");
-  auto model = load_model(a.model);
+  auto model = load_for_routing(a.model, a.routing);
   auto shard = data::TokenShard::open(a.data, a.split);
   if (shard.vocab_size() != model->config().vocab_size)
     fail(a.data, "vocab_size",
@@ -39,17 +42,32 @@ int run(const EvalArgs& a) {
   p.seed = a.seed;
   p.bins = a.bins;
   p.bf16 = a.bf16 == "true";
+  p.routing = a.routing.resolve(model->config());
   LOG_INFO("eval: model " << a.model << ", data " << a.data << "/" << a.split << ", "
                           << windows.size() << " windows x " << a.seq_len << " tokens, "
                           << p.mask_samples << " mask samples, seed " << p.seed
-                          << ", bf16 " << (p.bf16 ? "on" : "off"));
+                          << ", bf16 " << (p.bf16 ? "on" : "off") << ", routing "
+                          << moe::routing_policy_name(p.routing.policy)
+                          << (p.routing.policy == moe::RoutingPolicy::kBlock
+                                  ? " (p " + std::to_string(p.routing.block_top_p) + ", G " +
+                                        std::to_string(p.routing.block_min_experts) + ")"
+                                  : std::string())
+                          << (a.cloze_span > 0 ? ", cloze span " + std::to_string(a.cloze_span) : std::string()));
   ProgressBar bar("eval", windows.size() * p.mask_samples, "seq");
   auto res = evaluate_elbo(model, windows, p, [&](int64_t d, int64_t) { bar.update(d); });
   bar.finish();
+  ClozeResult cloze;
+  if (a.cloze_span > 0) cloze = evaluate_cloze(model, windows, a.cloze_span, p);
   if (a.json) {
-    std::cout << res.to_json().dump(2) << std::endl;
+    auto j = res.to_json();
+    j["routing_policy"] = moe::routing_policy_name(p.routing.policy);
+    if (a.cloze_span > 0) j["cloze"] = {{"span", a.cloze_span}, {"accuracy", cloze.accuracy}, {"tokens", cloze.tokens}};
+    std::cout << j.dump(2) << std::endl;
     return 0;
   }
+  if (a.cloze_span > 0)
+    std::cout << "cloze accuracy (span " << a.cloze_span << ", " << cloze.tokens << " tokens) " << std::fixed
+              << std::setprecision(4) << cloze.accuracy << "\n";
   std::cout << "ELBO loss " << std::fixed << std::setprecision(4) << res.loss << "   perplexity "
             << std::setprecision(2) << res.ppl << "   (" << res.sequences << " sequences, "
             << std::setprecision(1) << res.seconds << " s)\n";
@@ -80,6 +98,10 @@ void register_eval(CLI::App& app) {
   sub->add_option("--eval-bins", a->bins, "Mask-ratio bin counts (e.g. 4 10)")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--eval-bf16", a->bf16, "true|false")->capture_default_str();
   sub->add_flag("--json", a->json, "Print JSON");
+  sub->add_option("--eval-cloze-span", a->cloze_span,
+                  "Also report cloze accuracy: mask this many tokens mid-window, predict them in one forward (0 = off)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  a->routing.add_to(sub);
   set_runner(sub, [a] { return run(*a); });
 }
 

@@ -19,13 +19,14 @@ namespace fs = std::filesystem;
 namespace {
 
 struct TrainArgs {
-  std::string config, out, data, time_budget, lr_schedule, router, schedule, init_from;
+  std::string config, out, data, time_budget, lr_schedule, router, schedule, init_from, loss_norm, moe_routing;
   int64_t steps = 0, batch = 0, seq_len = 0, warmup = -1, grad_accum = 0, eval_every = -1,
           save_every = -1, keep_last = 0, log_every = 0, halt_at = 0, experts = 0, top_k = 0, eval_windows = 0,
           eval_samples = 0, samples = 3, sample_length = 64, threads = 0;
   uint64_t seed = 0;
   double lr = 0, grad_clip = -1, capacity_factor = -1, aux_coeff = -1, z_coeff = -1,
-         bias_rate = -1, k_min = -1, k_max = -1;
+         bias_rate = -1, k_min = -1, k_max = -1, mask_min = -1, mask_max = -1, block_top_p = -1;
+  int64_t block_min_experts = 0, block_chunk = 0;
   bool resume = false, json = false, no_inverse_r = false;
   std::string bf16;
   std::map<std::string, CLI::Option*> opt;
@@ -53,6 +54,8 @@ int run(TrainArgs& a) {
   RunConfig rc;
   if (!a.config.empty()) rc = load_run_config(a.config);
   ModelConfig cfg = rc.model;
+  // Fine-tuning a checkpoint without a --config: its own architecture.
+  if (a.config.empty() && given(a, "--train-init-from")) cfg = ModelConfig::load(a.init_from);
   TrainParams p;
   p.update_from_json(rc.train, a.config.empty() ? "defaults" : a.config);
   if (given(a, "--out")) p.out_dir = a.out;
@@ -81,6 +84,13 @@ int run(TrainArgs& a) {
   if (given(a, "--eval-windows")) p.eval.max_windows = a.eval_windows;
   if (given(a, "--eval-mask-samples")) p.eval.mask_samples = a.eval_samples;
   if (a.no_inverse_r) p.inverse_r = false;
+  if (given(a, "--diffusion-mask-ratio-min")) p.mask_ratio_min = a.mask_min;
+  if (given(a, "--diffusion-mask-ratio-max")) p.mask_ratio_max = a.mask_max;
+  if (given(a, "--train-loss-norm")) p.loss_norm = a.loss_norm;
+  if (given(a, "--moe-routing")) p.moe_routing = a.moe_routing;
+  if (given(a, "--block-top-p")) p.block_top_p = a.block_top_p;
+  if (given(a, "--block-min-experts")) p.block_min_experts = a.block_min_experts;
+  if (given(a, "--block-chunk")) p.block_chunk = a.block_chunk;
   if (given(a, "--moe-router")) {
     if (a.router == "ec" || a.router == "expert_choice") cfg.router_type = RouterType::kExpertChoice;
     else if (a.router == "tc" || a.router == "token_choice") cfg.router_type = RouterType::kTokenChoice;
@@ -194,6 +204,14 @@ void register_train(CLI::App& app) {
   add("--moe-capacity-k-min", a->k_min, "EC schedule k_min");
   add("--moe-capacity-k-max", a->k_max, "EC schedule k_max");
   sub->add_flag("--diffusion-no-inverse-r", a->no_inverse_r, "Drop the 1/r ELBO weight in the training loss");
+  add("--diffusion-mask-ratio-min", a->mask_min, "Noise level t ~ U[min, max) (dMoE fine-tune: 0.3)");
+  add("--diffusion-mask-ratio-max", a->mask_max, "Noise level upper bound (dMoE fine-tune: 0.8)");
+  add("--train-loss-norm", a->loss_norm, "elbo (1/r-weighted, / B*L) or masked (mean CE over masked tokens)");
+  add("--moe-routing", a->moe_routing, "token or block: dMoE block-coreset routing in every forward (learnable "
+                                       "block experts), also used by the evaluations");
+  add("--block-top-p", a->block_top_p, "Block routing: coreset mass p");
+  add("--block-min-experts", a->block_min_experts, "Block routing: minimum coreset size G");
+  add("--block-chunk", a->block_chunk, "Block routing: tokens per vote");
   add("--samples", a->samples, "Samples to generate from the final model")->check(CLI::NonNegativeNumber);
   add("--sample-length", a->sample_length, "Tokens per sample")->check(CLI::PositiveNumber);
   set_runner(sub, [a] { return run(*a); });

@@ -77,6 +77,7 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
       ForwardOptions opt;
       opt.mask_ratio_B = noised.r_B;
       opt.skip_lm_head = true;
+      if (p.routing.policy != moe::RoutingPolicy::kToken) opt.routing = &p.routing;
       DiffusionLoss dl;
       {
         compat::CpuAutocast ac(p.bf16);
@@ -103,6 +104,33 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (was_training) model->train();
   return res;
+}
+
+ClozeResult evaluate_cloze(MoeDlm& model, const data::EvalWindows& windows, int64_t span, const EvalParams& p) {
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard ng;
+  const int64_t L = windows.seq_len(), mask_id = model->config().mask_token_id;
+  const int64_t lo = std::max<int64_t>(0, L / 2 - span / 2), n = std::min(span, L - lo);
+  int64_t correct = 0, total = 0;
+  for (int64_t first = 0; first < windows.size(); first += p.batch_size) {
+    const int64_t count = std::min(p.batch_size, windows.size() - first);
+    auto x0 = windows.batch(first, count);
+    auto x = x0.clone();
+    x.narrow(1, lo, n).fill_(mask_id);
+    ForwardOptions opt;
+    if (p.routing.policy != moe::RoutingPolicy::kToken) opt.routing = &p.routing;
+    torch::Tensor logits;
+    {
+      compat::CpuAutocast ac(p.bf16);
+      logits = model->forward(x, opt).logits_BLV;
+    }
+    auto pred = logits.narrow(1, lo, n).argmax(-1);
+    correct += (pred == x0.narrow(1, lo, n)).sum().item<int64_t>();
+    total += count * n;
+  }
+  if (was_training) model->train();
+  return {total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0, total};
 }
 
 }  // namespace ecdlm

@@ -8,6 +8,7 @@
 
 #include "ecdlm/data/batcher.h"
 #include "ecdlm/model/moe_dlm.h"
+#include "ecdlm/moe/inference_routing.h"
 #include "ecdlm/moe/routing_stats.h"
 #include "ecdlm/train/diffusion.h"
 
@@ -20,6 +21,7 @@ struct EvalParams {
   uint64_t seed = 20260401;
   std::vector<int64_t> bins = {4, 10};
   bool bf16 = true;              // autocast matmuls to bf16 (fp32 router/softmax/loss)
+  moe::InferenceRouting routing; // MoE routing policy of the eval forwards (token = the model's own)
 };
 
 struct EvalResult {
@@ -35,6 +37,14 @@ struct EvalResult {
   double seconds = 0.0;
   nlohmann::json to_json() const;
 };
+
+// Cloze accuracy: in each window a span of `span` tokens starting at the middle is masked and
+// predicted in one forward (argmax); accuracy over all span tokens.
+struct ClozeResult {
+  double accuracy = 0.0;
+  int64_t tokens = 0;
+};
+ClozeResult evaluate_cloze(MoeDlm& model, const data::EvalWindows& windows, int64_t span, const EvalParams& p);
 
 // `progress(done, total)` is called after each batch (may be empty).
 EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const EvalParams& p,

@@ -34,21 +34,23 @@ InferenceRouting InferenceRouting::defaults_for(const ModelConfig& c) {
 }
 
 void InferenceRouting::validate(const ModelConfig& c) const {
+  if (policy == RoutingPolicy::kBlock) validate_block(c);
+  if (policy == RoutingPolicy::kTopK && (topk_cap < 1 || topk_cap > c.num_experts_per_tok))
+    fail("", "--moe-topk-cap", "must be in [1, " + std::to_string(c.num_experts_per_tok) + "] (the model's k)",
+         "e.g. " + std::to_string(std::max<int64_t>(1, c.num_experts_per_tok / 2)));
+  if ((policy == RoutingPolicy::kBlock || policy == RoutingPolicy::kTopK) &&
+      c.router_type == RouterType::kExpertChoice)
+    fail("", "--moe-routing", routing_policy_name(policy) + " routing needs a token-choice model; this one is expert choice",
+         "use token (its own EC routing)");
+}
+
+void InferenceRouting::validate_block(const ModelConfig& c) const {
   if (!(block_top_p > 0.0 && block_top_p <= 1.0))
     fail("", "--block-top-p", "must be in (0, 1], got " + std::to_string(block_top_p), "e.g. 0.6");
   if (block_min_experts < 1 || block_min_experts > c.num_experts)
     fail("", "--block-min-experts", "G = " + std::to_string(block_min_experts) + " outside [1, " +
                                         std::to_string(c.num_experts) + "] (the model's experts)", "e.g. 16");
   if (block_chunk < 1) fail("", "--block-chunk", "must be >= 1", "dMoE uses 32");
-  if (topk_cap < 1 || topk_cap > c.num_experts_per_tok)
-    fail("", "--moe-topk-cap", "must be in [1, " + std::to_string(c.num_experts_per_tok) + "] (the model's k)",
-         "e.g. 4");
-  if ((policy == RoutingPolicy::kBlock || policy == RoutingPolicy::kTopK) &&
-      c.router_type == RouterType::kExpertChoice)
-    fail("", "--moe-routing", routing_policy_name(policy) + " routing needs a token-choice model; this one is expert choice",
-         "use token (its own EC routing)");
-  if (policy == RoutingPolicy::kBlock && c.num_moe_layers() > 0 && c.num_experts_per_tok > c.num_experts)
-    fail("", "--moe-routing", "k exceeds the number of experts", "");
 }
 
 torch::Tensor block_coreset(const torch::Tensor& biased_BLE, int64_t k, double top_p, int64_t min_experts,

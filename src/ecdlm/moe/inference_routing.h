@@ -33,6 +33,7 @@ struct InferenceRouting {
   // UserError naming the flag: p outside (0, 1], G outside [1, E], chunk < 1, cap outside [1, k],
   // block/topk on an expert-choice model.
   void validate(const ModelConfig& c) const;
+  void validate_block(const ModelConfig& c) const;  // p, G and chunk only
 };
 
 // dMoE coreset (§1.2 steps 3-7). biased_BLE f32 [B, L, E] (sigmoid/softmax scores + expert_bias).

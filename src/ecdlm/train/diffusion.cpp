@@ -16,10 +16,12 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
   return sm(sm(sm(a) ^ b) ^ c);
 }
 
-NoisedBatch noise_batch(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t seed) {
+NoisedBatch noise_batch(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t seed, double t_min,
+                        double t_max) {
   const auto B = x0_BL.size(0), L = x0_BL.size(1);
   auto gen = at::detail::createCPUGenerator(seed);
   auto t_B = torch::rand({B}, gen);
+  if (t_min != 0.0 || t_max != 1.0) t_B = t_min + (t_max - t_min) * t_B;
   auto u_BL = torch::rand({B, L}, gen);
   auto masked = u_BL < t_B.unsqueeze(1);
   // Rows without a mask get one uniformly random masked position.
@@ -35,7 +37,8 @@ NoisedBatch noise_batch(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t se
 }
 
 DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
-                             const torch::Tensor& x0_BL, const NoisedBatch& nb, bool inverse_r) {
+                             const torch::Tensor& x0_BL, const NoisedBatch& nb, bool inverse_r,
+                             bool per_masked_token) {
   const auto B = x0_BL.size(0), L = x0_BL.size(1), D = hidden_BLD.size(2);
   auto flat_mask = nb.masked_BL.reshape({-1});
   auto rows = flat_mask.nonzero().squeeze(1);
@@ -48,7 +51,8 @@ DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
   auto w_B = inverse_r ? 1.0 / nb.r_B : torch::ones_like(nb.r_B);
   auto weighted_M = ce_M * w_B.index_select(0, seq_M);
   DiffusionLoss out;
-  out.loss = weighted_M.sum() / static_cast<double>(B * L);
+  out.loss = per_masked_token ? ce_M.sum() / static_cast<double>(std::max<int64_t>(1, rows.size(0)))
+                              : weighted_M.sum() / static_cast<double>(B * L);
   auto ce_sum_B = torch::zeros({B}, torch::kFloat32).index_add(0, seq_M, ce_M.detach());
   out.seq_loss_B = ce_sum_B / nb.r_B / static_cast<double>(L);
   out.masked_tokens = rows.size(0);

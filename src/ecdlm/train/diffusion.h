@@ -18,7 +18,9 @@ struct NoisedBatch {
 
 // t_b ~ U[0,1) per sequence, each position masked with probability t_b, at least one mask per
 // row. Fully determined by `seed` (callers derive it from (run seed, step, micro-batch)).
-NoisedBatch noise_batch(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t seed);
+// t_min/t_max narrow t to U[t_min, t_max) (the dMoE fine-tune uses [0.3, 0.8)).
+NoisedBatch noise_batch(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t seed, double t_min = 0.0,
+                        double t_max = 1.0);
 // Deterministic mixing of several integers into one seed (splitmix64).
 uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
 
@@ -29,9 +31,11 @@ struct DiffusionLoss {
 };
 
 // Projects only the masked rows through the LM head (cheaper than full logits).
-// inverse_r = false drops the 1/r weight (the "stable training" variant).
+// inverse_r = false drops the 1/r weight (the "stable training" variant). per_masked_token: the
+// loss is the plain mean CE over masked tokens (dMoE's fine-tune), ignoring inverse_r.
 DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
-                             const torch::Tensor& x0_BL, const NoisedBatch& nb, bool inverse_r);
+                             const torch::Tensor& x0_BL, const NoisedBatch& nb, bool inverse_r,
+                             bool per_masked_token = false);
 
 // Per-mask-ratio-bin accumulator: bin loss = sum of sequence losses / #sequences in the bin.
 class BinnedLoss {

@@ -19,7 +19,10 @@ json TrainParams::to_json() const {
           {"save_every", save_every}, {"keep_last", keep_last},
           {"eval_windows", eval.max_windows}, {"eval_mask_samples", eval.mask_samples},
           {"eval_batch_size", eval.batch_size}, {"eval_seed", eval.seed}, {"eval_bins", eval.bins},
-          {"final_eval_windows", final_eval_windows}, {"halt_at_step", halt_at_step}};
+          {"final_eval_windows", final_eval_windows}, {"halt_at_step", halt_at_step},
+          {"mask_ratio_min", mask_ratio_min}, {"mask_ratio_max", mask_ratio_max}, {"loss_norm", loss_norm},
+          {"moe_routing", moe_routing}, {"block_top_p", block_top_p}, {"block_min_experts", block_min_experts},
+          {"block_chunk", block_chunk}};
 }
 
 void TrainParams::update_from_json(const json& j, const std::string& src) {
@@ -61,6 +64,13 @@ void TrainParams::update_from_json(const json& j, const std::string& src) {
       else if (k == "eval_bins") eval.bins = v.get<std::vector<int64_t>>();
       else if (k == "final_eval_windows") final_eval_windows = v.get<int64_t>();
       else if (k == "halt_at_step") halt_at_step = v.get<int64_t>();
+      else if (k == "mask_ratio_min") mask_ratio_min = v.get<double>();
+      else if (k == "mask_ratio_max") mask_ratio_max = v.get<double>();
+      else if (k == "loss_norm") loss_norm = v.get<std::string>();
+      else if (k == "moe_routing") moe_routing = v.get<std::string>();
+      else if (k == "block_top_p") block_top_p = v.get<double>();
+      else if (k == "block_min_experts") block_min_experts = v.get<int64_t>();
+      else if (k == "block_chunk") block_chunk = v.get<int64_t>();
       else fail(src, "train." + k, "unknown key", "see `ecdlm train --help` for the settings");
     } catch (const json::exception& e) {
       fail(src, "train." + k, std::string("wrong type: ") + e.what(), "fix the value's type");
@@ -91,6 +101,21 @@ void TrainParams::validate() const {
   need(eval.max_windows > 0 && eval.mask_samples > 0 && eval.batch_size > 0, "eval_windows",
        "eval sizes must be > 0", "");
   for (auto b : eval.bins) need(b > 0, "eval_bins", "bin counts must be > 0", "");
+  need(mask_ratio_min >= 0 && mask_ratio_max <= 1 && mask_ratio_min < mask_ratio_max, "--diffusion-mask-ratio-min",
+       "need 0 <= min < max <= 1", "dMoE fine-tuning uses 0.3 and 0.8");
+  need(loss_norm == "elbo" || loss_norm == "masked", "--train-loss-norm", "unknown '" + loss_norm + "'",
+       "use elbo or masked");
+  need(moe_routing == "token" || moe_routing == "block", "--moe-routing", "training supports token or block, got '" +
+       moe_routing + "'", "");
+}
+
+moe::InferenceRouting TrainParams::routing() const {
+  moe::InferenceRouting r;
+  r.policy = moe_routing == "block" ? moe::RoutingPolicy::kBlock : moe::RoutingPolicy::kToken;
+  r.block_top_p = block_top_p;
+  r.block_min_experts = block_min_experts;
+  r.block_chunk = block_chunk;
+  return r;
 }
 
 double TrainParams::lr_at(int64_t step, double progress) const {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "ecdlm/eval/elbo.h"
+#include "ecdlm/moe/inference_routing.h"
 
 namespace ecdlm {
 
@@ -28,6 +29,14 @@ struct TrainParams {
   double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   double grad_clip = 1.0;
   bool inverse_r = true;                   // 1/r ELBO weight (false: "stable training")
+  // dMoE "learnable block experts" fine-tune (dmoe-llada2.md §1.4): t ~ U[mask_ratio_min,
+  // mask_ratio_max), loss = CE over masked tokens / their count, block routing in the forward.
+  double mask_ratio_min = 0.0, mask_ratio_max = 1.0;
+  std::string loss_norm = "elbo";          // elbo (1/r-weighted, / B*L) | masked (/ #masked, no 1/r)
+  std::string moe_routing = "token";       // token | block (also used by the periodic evals)
+  double block_top_p = 0.6;
+  int64_t block_min_experts = 16;
+  int64_t block_chunk = 32;
   bool bf16 = true;                        // CPU autocast: bf16 matmuls, fp32 master weights
   uint64_t seed = 1234;
   int64_t log_every = 10;
@@ -45,6 +54,8 @@ struct TrainParams {
   void validate() const;
   // Learning rate at `progress` in [0, 1] of the run after `step` steps.
   double lr_at(int64_t step, double progress) const;
+  // The MoE routing policy the forwards use (token = the model's own).
+  moe::InferenceRouting routing() const;
 };
 
 }  // namespace ecdlm

@@ -76,17 +76,20 @@ StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& mic
   const auto& cfg = model->config();
   StepOutput out;
   const double n = static_cast<double>(micro_x0.size());
+  const auto routing_policy = p.routing();
   for (size_t micro = 0; micro < micro_x0.size(); ++micro) {
     const auto& x0 = micro_x0[micro];
-    auto nb = noise_batch(x0, cfg.mask_token_id, mix_seed(p.seed, static_cast<uint64_t>(step), micro));
+    auto nb = noise_batch(x0, cfg.mask_token_id, mix_seed(p.seed, static_cast<uint64_t>(step), micro),
+                          p.mask_ratio_min, p.mask_ratio_max);
     ForwardOptions fo;
     fo.mask_ratio_B = nb.r_B;
     fo.skip_lm_head = true;
+    if (routing_policy.policy != moe::RoutingPolicy::kToken) fo.routing = &routing_policy;
     torch::Tensor total;
     {
       compat::CpuAutocast ac(p.bf16);
       auto fwd = model->forward(nb.x_t_BL, fo);
-      auto dl = diffusion_loss(model, fwd.hidden_BLD, x0, nb, p.inverse_r);
+      auto dl = diffusion_loss(model, fwd.hidden_BLD, x0, nb, p.inverse_r, p.loss_norm == "masked");
       total = dl.loss + fwd.aux_loss;
       out.loss += dl.loss.item<double>() / n;
       out.aux_loss += fwd.aux_loss.item<double>() / n;
@@ -154,6 +157,9 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   data::BatchSampler sampler(train_shard, p.batch_size, p.seq_len, p.seed);
   data::EvalWindows val_windows(val_shard, p.seq_len, p.eval.max_windows);
   const int64_t final_windows = p.final_eval_windows > 0 ? p.final_eval_windows : p.eval.max_windows;
+  // Validation routes as training does (a block-routing fine-tune is judged under block routing).
+  EvalParams eval_params = p.eval;
+  eval_params.routing = p.routing();
 
   torch::manual_seed(p.seed);
   MoeDlm model(cfg);
@@ -162,6 +168,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     load_weights(model, st);
     LOG_INFO("initialized weights from " << p.init_from);
   }
+  if (p.moe_routing != "token") p.routing().validate(cfg);
   const int64_t n_trainable = set_trainable(model, p.trainable);
   if (p.trainable != "all") LOG_INFO("training " << p.trainable << " only: " << n_trainable << " parameters");
   auto opt = make_optimizer(model, p);
@@ -316,7 +323,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     const double cpu_overhead_start = cpu_now();
     const double train_s_now = train_s(), cpu_s_now = cpu_s();
     if ((p.eval_every > 0 && step % p.eval_every == 0) || last) {
-      auto ev = evaluate_elbo(model, val_windows, p.eval);
+      auto ev = evaluate_elbo(model, val_windows, eval_params);
       json line = {{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s_now},
                    {"cpu_s", cpu_s_now}};
       auto evj = ev.to_json();
@@ -358,7 +365,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   for (const auto& f : plot_run(p.out_dir)) LOG_INFO("plot: " << f);
   if (final_windows != p.eval.max_windows && !res.diverged) {
     data::EvalWindows final_val(val_shard, p.seq_len, final_windows);
-    auto ev = evaluate_elbo(model, final_val, p.eval);
+    auto ev = evaluate_elbo(model, final_val, eval_params);
     res.final_val_loss = ev.loss;
     res.final_val_ppl = ev.ppl;
   }
