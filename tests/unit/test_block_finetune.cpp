@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "../test_models.h"
 #include "ecdlm/train/diffusion.h"
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
@@ -10,24 +11,7 @@
 using namespace ecdlm;
 
 namespace {
-ModelConfig tc_config() {
-  ModelConfig c;
-  c.vocab_size = 50;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 4;
-  c.head_dim = 8;
-  c.num_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.moe_intermediate_size = 16;
-  c.shared_expert_intermediate_size = 16;
-  c.mask_token_id = 49;
-  c.eos_token_id = 48;
-  c.router_type = RouterType::kTokenChoice;
-  c.validate("test");
-  return c;
-}
+ModelConfig tc_config() { return test::small_tc_config(50, 16); }
 }  // namespace
 
 TEST(BlockFinetune, NoiseRangeIsRespected) {

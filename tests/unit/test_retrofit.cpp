@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "../test_models.h"
 #include "../test_util.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/train/retrofit.h"
@@ -12,19 +13,7 @@ using namespace ecdlm;
 namespace {
 
 ModelConfig tc_config() {
-  ModelConfig c;
-  c.vocab_size = 48;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 4;
-  c.head_dim = 8;
-  c.num_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.moe_intermediate_size = 16;
-  c.shared_expert_intermediate_size = 32;
-  c.mask_token_id = 47;
-  c.router_type = RouterType::kTokenChoice;
+  ModelConfig c = test::small_tc_config(48, 32);
   c.moe_aux_loss_coeff = 0.01;
   return c;
 }
