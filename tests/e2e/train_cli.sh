@@ -4,15 +4,7 @@ set -euo pipefail
 ECDLM="$1"; ROOT="$2"
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 cd "$TMP"
-python3 - <<'PY'
-import json, random
-random.seed(3)
-words = "the a cat dog sat ran on under mat tree quickly slowly big small red green".split()
-with open("corpus.jsonl", "w") as f:
-    for d in range(80):
-        sents = [" ".join(random.choice(words) for _ in range(random.randint(4, 9))).capitalize() + "." for _ in range(6)]
-        f.write(json.dumps({"id": f"doc{d}", "text": " ".join(sents)}) + "\n")
-PY
+python3 "$ROOT/tests/e2e/toy_corpus.py" 3 80 corpus.jsonl
 "$ECDLM" -q prepare-data --source jsonl --input corpus.jsonl --out data --vocab-size 300 --val-fraction 0.1
 test -f data/meta.json
 

@@ -234,7 +234,9 @@ ModelConfig ModelConfig::load(const std::string& path) {
   json j = read_json_file(file);
   std::vector<std::string> unknown;
   ModelConfig c = from_json(j, file, &unknown);
-  if (!unknown.empty()) {
+  // Commands may read one config more than once (flag checks, then the model): warn once per file.
+  static std::set<std::string> warned;
+  if (!unknown.empty() && warned.insert(file).second) {
     std::string list;
     for (const auto& k : unknown) list += (list.empty() ? "" : ", ") + k;
     LOG_WARN(file << ": keys not used by ecdlm: " << list);
