@@ -18,6 +18,18 @@ double parse_duration(const std::string& s, const std::string& flag) {
   return v * mult;
 }
 
+uint64_t parse_size(const std::string& s, const std::string& flag) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  const std::string unit(end);
+  const std::pair<const char*, double> units[] = {{"", 1.0},       {"B", 1.0},        {"KB", 1e3},
+                                                  {"MB", 1e6},     {"GB", 1e9},       {"KiB", 1024.0},
+                                                  {"MiB", 1048576.0}, {"GiB", 1073741824.0}};
+  for (const auto& [u, mult] : units)
+    if (unit == u && end != s.c_str() && v > 0) return static_cast<uint64_t>(v * mult);
+  fail("", flag, "cannot parse size '" + s + "'", "use e.g. 5GB, 500MB or 2GiB");
+}
+
 RunConfig load_run_config(const std::string& path) {
   RunConfig rc;
   rc.source = path;

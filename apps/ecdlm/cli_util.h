@@ -1,5 +1,6 @@
 // Small helpers shared by the subcommands.
 #pragma once
+#include <cstdint>
 #include <string>
 
 #include "ecdlm/model/config.h"
@@ -8,6 +9,9 @@ namespace ecdlm::cli {
 
 // "90", "90s", "20m", "1.5h" -> seconds; UserError naming `flag` otherwise.
 double parse_duration(const std::string& s, const std::string& flag);
+
+// "5GB", "500MB", "2GiB", "1048576" -> bytes; UserError naming `flag` otherwise.
+uint64_t parse_size(const std::string& s, const std::string& flag);
 
 // Reads {"model": {...}, "train": {...}} (either part optional) from a JSON file.
 struct RunConfig {

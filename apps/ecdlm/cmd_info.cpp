@@ -1,4 +1,5 @@
 // `ecdlm info`: architecture, parameter counts, expert layout and checkpoint files of a model dir.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -83,6 +84,42 @@ std::string human_bytes(double b) {
   char buf[48];
   std::snprintf(buf, sizeof(buf), i ? "%.2f %s" : "%.0f %s", b, suffix[i]);
   return buf;
+}
+
+// What each inference routing policy needs resident, per MoE layer and per forward of one decoding
+// block (32 tokens): the non-expert weights are always read; routed experts only when routed to.
+// The mapped loader never pages in the rest, so these are the working sets, not the file size.
+json memory_json(const ModelConfig& c, const ParamCounts& n, const json& ck) {
+  // The checkpoint's main weight dtype (most elements; small f32 buffers do not count), else bf16.
+  int64_t bytes_per = ck.value("present", false) && ck.value("main_dtype", "BF16") == "F32" ? 4 : 2;
+  const int64_t block = 32, E = c.num_experts, L = c.num_moe_layers();
+  const int64_t expert_bytes = n.per_expert * bytes_per;
+  const int64_t always = (n.total - n.experts) * bytes_per;
+  auto policy = [&](const std::string& rule, int64_t lo, int64_t hi) {
+    lo = std::min(lo, E);
+    hi = std::min(hi, E);
+    return json{{"rule", rule},
+                {"experts_per_layer_min", lo},
+                {"experts_per_layer_max", hi},
+                {"bytes_per_forward_min", always + L * lo * expert_bytes},
+                {"bytes_per_forward_max", always + L * hi * expert_bytes}};
+  };
+  json m;
+  m["bytes_per_weight"] = bytes_per;
+  m["weights_total_bytes"] = n.total * bytes_per;
+  m["non_expert_bytes"] = always;
+  m["bytes_per_expert"] = expert_bytes;
+  m["block_tokens"] = block;
+  m["kv_cache_bytes_per_token"] =
+      c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * bytes_per;
+  json p;
+  p["token"] = policy("each token's top-k: k to min(E, block * k) experts", c.num_experts_per_tok,
+                      block * c.num_experts_per_tok);
+  p["topk"] = policy("top-4 cap: 4 to min(E, block * 4) experts", 4, block * 4);
+  p["block"] = policy("dMoE coreset: G (16) to E experts; 14.6 of 256 on LLaDA2.0-mini in the paper", 16, E);
+  p["ec"] = policy("expert choice: every expert takes C tokens, so all E", E, E);
+  m["per_policy"] = p;
+  return m;
 }
 
 json build_info(const std::string& dir) {
@@ -193,13 +230,17 @@ json build_info(const std::string& dir) {
     json files = json::array();
     for (const auto& f : st.files())
       files.push_back({{"path", f->path()}, {"bytes", fs::file_size(f->path())}});
-    std::map<std::string, int64_t> dtypes;
+    std::map<std::string, int64_t> dtypes, elements;
     int64_t numel = 0;
     for (const auto& name : st.names()) {
       const auto& t = st.info(name);
       dtypes[io::dtype_name(t.dtype)] += 1;
+      elements[io::dtype_name(t.dtype)] += t.numel();
       numel += t.numel();
     }
+    ck["main_dtype"] = std::max_element(elements.begin(), elements.end(), [](const auto& a, const auto& b) {
+                         return a.second < b.second;
+                       })->first;
     ck["source"] = st.source();
     ck["files"] = files;
     ck["tensor_bytes"] = st.total_bytes();
@@ -209,6 +250,7 @@ json build_info(const std::string& dir) {
   }
   if (fs::is_directory(dir)) ck["tokenizer"] = fs::exists(fs::path(dir) / "tokenizer.model");
   j["checkpoint"] = ck;
+  j["memory"] = memory_json(c, n, ck);
   return j;
 }
 
@@ -286,6 +328,19 @@ void print_human(const json& j) {
   }
   if (ck.contains("tokenizer"))
     row("tokenizer.model", ck["tokenizer"].get<bool>() ? "present" : "missing");
+  const auto& m = j["memory"];
+  std::printf("memory (%s weights, mapped: only what a forward reads is paged in)\n",
+              m["bytes_per_weight"].get<int>() == 2 ? "bf16" : "f32");
+  row("all weights", human_bytes(m["weights_total_bytes"].get<double>()));
+  row("non-expert (always read)", human_bytes(m["non_expert_bytes"].get<double>()));
+  row("KV cache per token", human_bytes(m["kv_cache_bytes_per_token"].get<double>()));
+  for (const char* pol : {"token", "topk", "block", "ec"}) {
+    const auto& q = m["per_policy"][pol];
+    row(std::string("--moe-routing ") + pol,
+        human_bytes(q["bytes_per_forward_min"].get<double>()) + " .. " +
+            human_bytes(q["bytes_per_forward_max"].get<double>()) + " per 32-token forward (" +
+            s(q["experts_per_layer_min"]) + ".." + s(q["experts_per_layer_max"]) + " experts/layer)");
+  }
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/profile.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
 
@@ -20,6 +21,7 @@ struct LogitsOptions {
   std::string model_dir, text, input, out, attention = "bidirectional";
   int64_t block_length = 32;
   RoutingFlags routing;
+  bool json = false;
 };
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -67,7 +69,8 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
     read_input(o.input, ids_BT, ratio_B);  // before loading the model: fail fast on bad input
     source = o.input;
   }
-  auto model = load_for_routing(o.model_dir, o.routing);
+  LoadStats load_stats;
+  auto model = load_for_routing(o.model_dir, o.routing, &load_stats);
   const auto routing = o.routing.resolve(model->config());
   const auto& cfg = model->config();
   if (has_text) {
@@ -105,7 +108,24 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
                        {{"model", o.model_dir},
                         {"attention", o.attention},
                         {"block_length", std::to_string(opt.block_length)}});
-  std::cout << "wrote " << o.out << ": logits " << shape_str(logits.sizes().vec()) << " f32\n";
+  if (!o.json) {
+    std::cout << "wrote " << o.out << ": logits " << shape_str(logits.sizes().vec()) << " f32\n";
+    return 0;
+  }
+  int64_t experts_used = 0;
+  for (auto& blk : model->moe_blocks()) experts_used += blk->experts->num_touched();
+  nlohmann::json j = {{"out", o.out},
+                      {"shape", logits.sizes().vec()},
+                      {"dtype", o.routing.dtype},
+                      {"routing", moe::routing_policy_name(routing.policy)},
+                      {"weights", {{"mapped_bytes", load_stats.mapped_bytes},
+                                   {"copied_bytes", load_stats.copied_bytes},
+                                   {"touched_bytes", weight_bytes_touched(model, std::get<0>(at::_unique(ids_BT)).numel())},
+                                   {"stacked_experts", load_stats.stacked_experts},
+                                   {"experts_used", experts_used},
+                                   {"experts_total", cfg.num_experts * cfg.num_moe_layers()}}},
+                      {"peak_rss_bytes", prof::peak_rss_bytes()}};
+  std::cout << j.dump(2) << "\n";
   return 0;
 }
 
@@ -127,6 +147,7 @@ void register_logits(CLI::App& app) {
       ->check(CLI::IsMember({"bidirectional", "block-causal"}))
       ->capture_default_str();
   o->routing.add_to(sub);
+  sub->add_flag("--json", o->json, "Print a JSON report: weights mapped / copied / read, experts used, peak RSS");
   sub->add_option("--block-length", o->block_length,
                   "Block length of block-causal attention (blocks aligned to position 0)")
       ->capture_default_str();

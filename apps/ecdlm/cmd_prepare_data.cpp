@@ -28,8 +28,8 @@ void register_prepare_data(CLI::App& app) {
       ->check(CLI::Range(300, 1 << 20))
       ->capture_default_str();
   sub->add_option("--tokenizer", p->tokenizer_path,
-                  "Existing SentencePiece model (file or dir with tokenizer.model) to use "
-                  "instead of training one; it is copied into --out");
+                  "Existing tokenizer to use instead of training one: a SentencePiece model, a "
+                  "tokenizer.json, or a model directory (e.g. a pretrained checkpoint's); copied into --out");
   sub->add_option("--val-fraction", p->val_fraction, "Fraction of documents held out for val")
       ->check(CLI::Range(0.0, 0.999))
       ->capture_default_str();

@@ -28,6 +28,7 @@ void register_retrofit(CLI::App& app);
 void register_experiment(CLI::App& app);
 void register_bench_generate(CLI::App* bench);  // under `bench`
 void register_tokenize(CLI::App& app);
+void register_convert(CLI::App& app);  // convert, export, init
 
 // Common set-up for every command: threads, BLAS check, log level.
 struct GlobalOptions {

@@ -26,6 +26,16 @@ void RoutingFlags::add_to(CLI::App* sub) {
                                                           "(default static k = the model's top-k)");
   sub->add_option("--moe-capacity-k-min", ec_k_min, "ec routing: schedule k_min");
   sub->add_option("--moe-capacity-k-max", ec_k_max, "ec routing: schedule k_max");
+  sub->add_option("--dtype", dtype, "Weight dtype: f32, or bf16 (router, norms, softmax, MoE sum and logits "
+                                    "stay f32; weights already in this dtype are used in place from the mmap)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+}
+
+torch::ScalarType parse_dtype(const std::string& s) {
+  if (s == "f32" || s == "float32") return torch::kFloat32;
+  if (s == "bf16" || s == "bfloat16") return torch::kBFloat16;
+  fail("", "--dtype", "unknown dtype '" + s + "'", "use f32 or bf16");
 }
 
 moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
@@ -43,10 +53,13 @@ moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
   return r;
 }
 
-MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f) {
-  if (f.policy != "ec") return load_model(dir);
+MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats) {
+  LoadOptions lo;
+  lo.dtype = parse_dtype(f.dtype);
+  lo.map_weights = true;
+  if (f.policy != "ec") return load_model(dir, nullptr, lo, stats);
   auto cfg = ModelConfig::load(dir);
-  if (cfg.router_type == RouterType::kExpertChoice) return load_model(dir);
+  if (cfg.router_type == RouterType::kExpertChoice) return load_model(dir, nullptr, lo, stats);
   RetrofitParams rp;
   if (!f.ec_schedule.empty()) rp.schedule = f.ec_schedule;
   rp.k_min = f.ec_k_min;
@@ -54,7 +67,7 @@ MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f) {
   auto ec = retrofit_config(cfg, rp);
   LOG_INFO("routing: expert choice on a token-choice model (router swap, schedule " << ec.moe_capacity_schedule
                                                                                      << ", k " << ec.num_experts_per_tok << ")");
-  return load_model(dir, &ec);
+  return load_model(dir, &ec, lo, stats);
 }
 
 std::vector<int64_t> parse_ids(const std::string& s, const std::string& flag) {

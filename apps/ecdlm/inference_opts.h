@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/moe/inference_routing.h"
 
@@ -18,15 +19,21 @@ struct RoutingFlags {
   int64_t topk_cap = 4;
   std::string ec_schedule;            // ec on a TC model: capacity schedule (default static)
   double ec_k_min = 0, ec_k_max = 0;
+  std::string dtype = "f32";          // --dtype: weight storage / compute type (f32 | bf16)
 
   void add_to(CLI::App* sub);
   // The effective routing for `cfg` (validated; UserError naming the flag).
   moe::InferenceRouting resolve(const ModelConfig& cfg) const;
 };
 
-// Loads a model for a routing policy: `ec` turns a token-choice checkpoint into expert choice
-// (router swap, gate weights reused, capacity k(r) from --moe-capacity-*); others load as is.
-MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f);
+// Loads a model for inference with a routing policy: weights mapped from the checkpoint in --dtype
+// (experts bound per expert, so unrouted experts are never read). `ec` turns a token-choice
+// checkpoint into expert choice (router swap, gate weights reused, capacity k(r) from
+// --moe-capacity-*); others load as is.
+MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats = nullptr);
+
+// "f32" / "bf16" -> dtype; UserError naming --dtype otherwise.
+torch::ScalarType parse_dtype(const std::string& s);
 
 // Parses "1,2,3" / "1 2 3" into ids; UserError naming `flag` otherwise.
 std::vector<int64_t> parse_ids(const std::string& s, const std::string& flag);

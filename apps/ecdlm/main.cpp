@@ -78,11 +78,13 @@ int main(int argc, char** argv) {
   register_retrofit(app);
   register_experiment(app);
   register_tokenize(app);
+  register_convert(app);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // Help/version exit 0; every bad flag exits 2, like every other bad input.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   try {
     apply_global_options();

@@ -11,6 +11,7 @@
 #include "ecdlm/data/shards.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/strings.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
 
@@ -122,29 +123,43 @@ nlohmann::json prepare_data(const PrepareParams& p) {
   LOG_INFO("read " << docs.size() << " documents (" << total_bytes(docs) << " bytes): "
            << split.train.size() << " train, " << split.val.size() << " val");
 
-  const std::string model_path = (fs::path(p.out_dir) / "tokenizer.model").string();
   const auto t_tok = Clock::now();
+  std::unique_ptr<text::Tokenizer> tok;
+  std::string tok_path;
   if (train_tokenizer) {
     // Train on the train split only, so validation text stays unseen by every learned part.
+    tok_path = (fs::path(p.out_dir) / "tokenizer.model").string();
     std::vector<std::string> texts;
     texts.reserve(split.train.size());
     for (const auto& d : split.train) texts.push_back(d.text);
     LOG_INFO("training SentencePiece BPE tokenizer (vocab " << p.vocab_size << ")");
-    text::SpmTokenizer::train(texts, p.vocab_size, model_path, p.seed);
+    text::SpmTokenizer::train(texts, p.vocab_size, tok_path, p.seed);
+    tok = text::SpmTokenizer::load(tok_path);
   } else {
+    // Any tokenizer ecdlm reads (SentencePiece, tokenizer.json, vocab.json + merges.txt), e.g. a
+    // pretrained checkpoint's own, so the shards carry that model's ids. Its files are copied.
+    tok = text::load_tokenizer(p.tokenizer_path);  // validate before copying
     std::error_code ec;
-    std::string src = p.tokenizer_path;
-    if (fs::is_directory(src, ec)) src = (fs::path(src) / "tokenizer.model").string();
-    text::SpmTokenizer::load(src);  // validate before copying
-    if (!fs::exists(model_path, ec) || !fs::equivalent(src, model_path, ec)) {
-      fs::copy_file(src, model_path, fs::copy_options::overwrite_existing, ec);
-      if (ec) fail(model_path, "", "cannot copy tokenizer: " + ec.message(),
-                   "choose a writable --out directory");
+    const bool is_dir = fs::is_directory(p.tokenizer_path, ec);
+    const fs::path dir = is_dir ? fs::path(p.tokenizer_path) : fs::path(p.tokenizer_path).parent_path();
+    std::vector<std::string> files;
+    if (is_dir) {
+      for (const char* f : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model",
+                            "tokenizer_config.json", "special_tokens_map.json"})
+        if (fs::exists(dir / f, ec)) files.push_back(f);
+    } else {
+      files.push_back(fs::path(p.tokenizer_path).filename().string());
     }
+    for (const auto& f : files) {
+      const fs::path dst = fs::path(p.out_dir) / f;
+      if (fs::exists(dst, ec) && fs::equivalent(dir / f, dst, ec)) continue;
+      fs::copy_file(dir / f, dst, fs::copy_options::overwrite_existing, ec);
+      if (ec) fail(dst.string(), "", "cannot copy tokenizer: " + ec.message(), "choose a writable --out directory");
+    }
+    tok_path = (fs::path(p.out_dir) / files.front()).string();
   }
   const double tok_seconds = seconds_since(t_tok);
-  auto tok = text::SpmTokenizer::load(model_path);
-  LOG_INFO("tokenizer " << model_path << ": vocab " << tok->vocab_size() << ", eos "
+  LOG_INFO("tokenizer " << tok_path << ": vocab " << tok->vocab_size() << ", eos "
            << tok->eos_id() << ", mask " << tok->mask_id() << ", pad " << tok->pad_id() << " ("
            << (train_tokenizer ? "trained" : "loaded") << " in " << tok_seconds << " s)");
 
@@ -181,8 +196,8 @@ nlohmann::json prepare_data(const PrepareParams& p) {
                          {"mask_token_id", tok->mask_id()},
                          {"eos_token_id", tok->eos_id()},
                          {"pad_token_id", tok->pad_id()},
-                         {"tokenizer", "tokenizer.model"},
-                         {"tokenizer_type", "sentencepiece"},
+                         {"tokenizer", fs::path(tok_path).filename().string()},
+                         {"tokenizer_type", ends_with(tok_path, ".model") ? "sentencepiece" : "huggingface-bpe"},
                          {"tokenizer_trained", train_tokenizer},
                          {"splits", splits}};
   if (p.source == "brown" && p.inputs.empty()) meta["inputs"] = {default_brown_dir()};
@@ -198,7 +213,7 @@ nlohmann::json prepare_data(const PrepareParams& p) {
           {"mask_token_id", tok->mask_id()},
           {"eos_token_id", tok->eos_id()},
           {"pad_token_id", tok->pad_id()},
-          {"tokenizer", model_path},
+          {"tokenizer", tok_path},
           {"tokenizer_trained", train_tokenizer},
           {"seconds", {{"tokenizer", tok_seconds}, {"encode", enc_seconds}, {"total", total}}}};
 }

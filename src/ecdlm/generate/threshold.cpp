@@ -29,9 +29,7 @@ void expert_stats(MoeDlm& model, int64_t L_in, int64_t row0, int64_t n, ForwardS
     if (!plan.idx_TK.defined() && !plan.token_EN.defined()) continue;
     const double u = moe::unique_experts(plan, 1, L_in, row0, n);
     const auto& ex = blk->experts;
-    const double per_expert =
-        static_cast<double>((ex->gate_proj.numel() + ex->up_proj.numel() + ex->down_proj.numel()) /
-                            ex->gate_proj.size(0) * ex->gate_proj.element_size());
+    const double per_expert = static_cast<double>(ex->bytes_per_expert());
     uniq += u;
     bytes += u * per_expert;
     ++layers;

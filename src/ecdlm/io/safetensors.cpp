@@ -166,61 +166,12 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
   return t;
 }
 
-// Writes a file via `path.tmp.<pid>` + fsync + rename so readers never see a partial file.
-void write_atomic(const std::string& path, const std::vector<std::pair<const void*, size_t>>& chunks) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    fail(path, "", "cannot create " + tmp + ": " + errno_str(),
-         "check that the directory exists and is writable");
-  auto abort_write = [&](const std::string& what) {
-    std::string err = errno_str();
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    fail(path, "", what + ": " + err, "check free disk space and permissions");
-  };
-  for (const auto& [ptr, len] : chunks) {
-    const char* p = static_cast<const char*>(ptr);
-    size_t left = len;
-    while (left > 0) {
-      // Linux caps a single write at ~2 GiB; loop for partial writes and EINTR.
-      ssize_t n = ::write(fd, p, std::min<size_t>(left, 1u << 30));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) abort_write("write to " + tmp + " failed");
-      p += n;
-      left -= static_cast<size_t>(n);
-    }
-  }
-  if (::fsync(fd) != 0) abort_write("fsync of " + tmp + " failed");
-  if (::close(fd) != 0) {
-    std::string err = errno_str();
-    ::unlink(tmp.c_str());
-    fail(path, "", "close of " + tmp + " failed: " + err, "check free disk space");
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string err = errno_str();
-    ::unlink(tmp.c_str());
-    fail(path, "", "rename from " + tmp + " failed: " + err, "check directory permissions");
-  }
-  // Persist the rename itself; best effort (some filesystems refuse fsync on directories).
-  std::string dir = fs::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "", "cannot open: " + errno_str(), "check the path and permissions");
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-uint64_t tensor_nbytes(const torch::Tensor& t) {
-  return static_cast<uint64_t>(t.numel()) * static_cast<uint64_t>(t.element_size());
 }
 
 }  // namespace
@@ -488,106 +439,6 @@ uint64_t SafetensorsSet::total_bytes() const {
   uint64_t total = 0;
   for (const auto& [name, id] : where_) total += files_[id]->find(name)->nbytes();
   return total;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Writers
-
-void save_safetensors(const std::string& path,
-                      const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
-  json header = json::object();  // std::map-backed: keys come out sorted
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<torch::Tensor> contiguous;
-  contiguous.reserve(tensors.size());
-  uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    const std::string field = tensor_field(name);
-    if (name == "__metadata__") fail(path, field, "name is reserved", "rename the tensor");
-    if (header.contains(name)) fail(path, field, "duplicate tensor name", "rename the tensor");
-    if (!t.defined()) fail(path, field, "tensor is undefined", "pass a real tensor");
-    if (!t.device().is_cpu())
-      fail(path, field, "tensor is on " + t.device().str() + ", not CPU", "call .cpu() first");
-    if (t.layout() != torch::kStrided)
-      fail(path, field, "sparse tensors are not supported", "call .to_dense() first");
-    DType d;
-    if (!try_from_torch(t.scalar_type(), &d))
-      fail(path, field, std::string("dtype ") + c10::toString(t.scalar_type()) + " unsupported",
-           "convert to float32, bfloat16, float16 or an integer type first");
-    torch::Tensor c = t.detach().resolve_conj().resolve_neg().contiguous();
-    const uint64_t nbytes = tensor_nbytes(c);
-    header[name] = {{"dtype", dtype_name(d)},
-                    {"shape", c.sizes().vec()},
-                    {"data_offsets", json::array({offset, offset + nbytes})}};
-    offset += nbytes;
-    contiguous.push_back(std::move(c));
-  }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const json::exception& e) {
-    fail(path, "header", std::string("cannot encode header: ") + e.what(),
-         "use valid UTF-8 tensor names and metadata");
-  }
-  text.append((8 - text.size() % 8) % 8, ' ');  // data section starts 8-byte aligned
-  uint8_t len_le[8];
-  for (int i = 0; i < 8; ++i) len_le[i] = static_cast<uint8_t>(uint64_t(text.size()) >> (8 * i));
-
-  std::vector<std::pair<const void*, size_t>> chunks = {{len_le, 8}, {text.data(), text.size()}};
-  for (const torch::Tensor& c : contiguous)
-    if (c.numel() > 0) chunks.emplace_back(c.data_ptr(), tensor_nbytes(c));
-  write_atomic(path, chunks);
-}
-
-void save_safetensors_sharded(const std::string& dir,
-                              const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                              uint64_t max_shard_bytes,
-                              const std::map<std::string, std::string>& metadata) {
-  if (max_shard_bytes == 0) fail(dir, "max_shard_bytes", "must be positive", "pass a shard size");
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail(dir, "", "cannot create directory: " + ec.message(), "check permissions");
-
-  // Greedy packing in order, as HF does; a tensor larger than the cap gets a shard of its own.
-  std::vector<std::vector<std::pair<std::string, torch::Tensor>>> shards;
-  uint64_t current = 0, total = 0;
-  for (const auto& item : tensors) {
-    const uint64_t nbytes = item.second.defined() ? tensor_nbytes(item.second) : 0;
-    if (shards.empty() || (current > 0 && current + nbytes > max_shard_bytes)) {
-      shards.emplace_back();
-      current = 0;
-    }
-    shards.back().push_back(item);
-    current += nbytes;
-    total += nbytes;
-  }
-
-  const fs::path d(dir);
-  if (shards.size() <= 1) {
-    save_safetensors((d / kSingleName).string(), tensors, metadata);
-    // A leftover index would shadow the new single file on open.
-    if (fs::exists(d / kIndexName, ec)) {
-      LOG_WARN("removing stale " << (d / kIndexName).string());
-      fs::remove(d / kIndexName, ec);
-    }
-    return;
-  }
-  if (fs::exists(d / kSingleName, ec))
-    LOG_WARN((d / kSingleName).string() << " is stale: the index written next takes precedence");
-
-  json weight_map = json::object();
-  for (size_t i = 0; i < shards.size(); ++i) {
-    char name[64];
-    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-    save_safetensors((d / name).string(), shards[i], metadata);
-    for (const auto& item : shards[i]) weight_map[item.first] = name;
-  }
-  json meta = json::object();
-  for (const auto& [k, v] : metadata) meta[k] = v;
-  meta["total_size"] = total;
-  // Index last: a crash mid-save never leaves an index pointing at missing shards.
-  const std::string text = json{{"metadata", meta}, {"weight_map", weight_map}}.dump(2) + "\n";
-  write_atomic((d / kIndexName).string(), {{text.data(), text.size()}});
 }
 
 }  // namespace ecdlm::io

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -92,12 +93,25 @@ class SafetensorsSet {
   std::map<std::string, size_t> where_;  // name -> index into files_
 };
 
+// A tensor written later: `make` runs when its bytes are due and must return exactly `dtype` and
+// `shape`, so a writer holds one tensor in memory at a time (conversions of models bigger than RAM).
+struct PendingTensor {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::function<torch::Tensor()> make;
+  uint64_t nbytes() const;
+};
+PendingTensor pending(const std::string& name, const torch::Tensor& t);  // wraps a ready tensor
+
 // Writes tensors (CPU, any DType above; made contiguous) atomically: `path.tmp.<pid>`, fsync,
 // rename. Header keys sorted, header padded with spaces so the data starts 8-byte aligned,
 // data packed contiguously in the given order. Metadata goes to "__metadata__".
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+void save_safetensors_streamed(const std::string& path, const std::vector<PendingTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
 
 // HF-style sharding into `dir`: model-00001-of-0000N.safetensors shards of at most
 // max_shard_bytes of tensor data each (a single larger tensor gets its own shard) plus
@@ -106,5 +120,8 @@ void save_safetensors_sharded(const std::string& dir,
                               const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                               uint64_t max_shard_bytes,
                               const std::map<std::string, std::string>& metadata = {});
+void save_safetensors_sharded_streamed(const std::string& dir, const std::vector<PendingTensor>& tensors,
+                                       uint64_t max_shard_bytes,
+                                       const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace ecdlm::io

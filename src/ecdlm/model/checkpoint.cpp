@@ -2,9 +2,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <map>
+#include <regex>
 #include <set>
 
+#include "ecdlm/model/init.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/strings.h"
 #include "ecdlm/util/fs.h"
@@ -17,12 +22,14 @@ namespace idx = torch::indexing;
 namespace {
 
 
-// One checkpoint tensor and where it lives inside a model tensor: `rows` selects a slice of
-// dim 0 (fused QKV parts), `expert` selects one expert of a stacked tensor.
+// One checkpoint tensor and where it lives inside a model tensor: a slice of dim 0 (fused QKV
+// parts) or one expert of a stacked tensor.
 struct Slot {
   std::string hf_name;
   torch::Tensor target;  // view into the model tensor
 };
+
+const char* const kProjs[] = {"gate_proj", "up_proj", "down_proj"};
 
 // LLaDA-MoE names for our llada2-style internal names.
 std::string llada_moe_name(const std::string& n) {
@@ -42,20 +49,40 @@ std::string llada_moe_name(const std::string& n) {
   return out;
 }
 
+// Expert modules by their module path ("model.layers.3.mlp.experts").
+std::map<std::string, moe::Experts> expert_modules(MoeDlm& model) {
+  std::map<std::string, moe::Experts> out;
+  for (const auto& m : model->named_modules())
+    if (auto ex = std::dynamic_pointer_cast<moe::ExpertsImpl>(m.value())) out.emplace(m.key(), moe::Experts(ex));
+  return out;
+}
+
+// "<prefix>.gate_proj" of a stacked expert parameter -> (prefix, proj index); proj -1 otherwise.
+std::pair<std::string, int> stacked_expert_param(const std::string& name) {
+  for (int p = 0; p < 3; ++p) {
+    const std::string suf = std::string("mlp.experts.") + kProjs[p];
+    if (ends_with(name, suf)) return {name.substr(0, name.size() - std::strlen(kProjs[p]) - 1), p};
+  }
+  return {"", -1};
+}
+
+torch::Tensor expert_matrix(const moe::Experts& ex, int proj, int64_t e) {
+  return proj == 0 ? ex->gate_w(e) : proj == 1 ? ex->up_w(e) : ex->down_w(e);
+}
+
 std::vector<Slot> checkpoint_slots(MoeDlm& model) {
   const auto& c = model->config();
   const bool llada = c.arch == Arch::kLladaMoe;
+  const auto experts = expert_modules(model);
   std::vector<Slot> slots;
   auto add = [&](const std::string& name, const torch::Tensor& t) {
-    // Stacked experts: "...mlp.experts.<proj>" (no ".weight") -> one tensor per expert.
-    for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
-      std::string suf = std::string("mlp.experts.") + proj;
-      if (ends_with(name, suf)) {
-        std::string prefix = name.substr(0, name.size() - std::strlen(proj));
-        for (int64_t e = 0; e < t.size(0); ++e)
-          slots.push_back({prefix + std::to_string(e) + "." + proj + ".weight", t[e]});
-        return;
-      }
+    auto [prefix, proj] = stacked_expert_param(name);
+    if (proj >= 0) {  // stacked experts -> one tensor per expert
+      const auto& ex = experts.at(prefix);
+      for (int64_t e = 0; e < ex->num_experts(); ++e)
+        slots.push_back({prefix + "." + std::to_string(e) + "." + kProjs[proj] + ".weight",
+                         expert_matrix(ex, proj, e)});
+      return;
     }
     if (llada && ends_with(name, ".attention.query_key_value.weight")) {
       std::string base = name.substr(0, name.size() - std::strlen("attention.query_key_value.weight"));
@@ -72,6 +99,100 @@ std::vector<Slot> checkpoint_slots(MoeDlm& model) {
   return slots;
 }
 
+int64_t nbytes(const torch::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
+
+// Reads checkpoint tensors into a model: a view of the mapping or a (converted) copy.
+class WeightLoader {
+ public:
+  WeightLoader(const io::SafetensorsSet& st, const LoadOptions& opt) : st_(st), opt_(opt) {}
+
+  torch::Tensor source(const std::string& name, const std::vector<int64_t>& shape) {
+    if (!st_.has(name)) {
+      std::smatch m;
+      static const std::regex expert_re(R"(\.mlp\.experts\.(\d+)\.)");
+      if (std::regex_search(name, m, expert_re))
+        fail(st_.source(), name, "tensor missing: the checkpoint has no expert " + m[1].str(),
+             "num_experts in config.json must equal the experts stored in the checkpoint");
+      fail(st_.source(), name, "tensor missing from the checkpoint",
+           "check config.json matches the weights (layers, experts, first_k_dense_replace)");
+    }
+    const auto d = st_.info(name).dtype;
+    if (d != io::DType::F32 && d != io::DType::BF16 && d != io::DType::F16)
+      fail(st_.where(name), name, "weights stored as " + io::dtype_name(d) + " are not supported",
+           "store weights as F32, BF16 or F16");
+    used_.insert(name);
+    return st_.get(name, shape);
+  }
+
+  // A whole parameter or buffer. Mapped when the dtype already matches (the mapping is shared and
+  // read-only); buffers are always private f32 copies (tiny, and training updates them in place).
+  void assign(torch::Tensor& target, const torch::Tensor& src, bool is_buffer) {
+    if (!opt_.map_weights) {
+      target.copy_(src);
+      stats.copied_bytes += nbytes(src);
+    } else if (is_buffer) {
+      target.set_data(src.to(torch::kFloat32).clone());
+      stats.copied_bytes += nbytes(target);
+    } else if (src.scalar_type() == opt_.dtype) {
+      target.set_data(src);
+      stats.mapped_bytes += nbytes(src);
+    } else {
+      target.set_data(src.to(opt_.dtype));
+      stats.copied_bytes += nbytes(target);
+    }
+  }
+
+  // Part of a parameter that the file stores split (LLaDA-MoE q/k/v into the fused QKV).
+  void assign_part(const torch::Tensor& part_view, const torch::Tensor& src) {
+    part_view.copy_(src);
+    stats.copied_bytes += nbytes(part_view);
+  }
+
+  torch::Tensor as_expert_weight(const torch::Tensor& src) {
+    if (src.scalar_type() == opt_.dtype) {
+      stats.mapped_bytes += nbytes(src);
+      return src;
+    }
+    auto t = src.to(opt_.dtype);
+    stats.copied_bytes += nbytes(t);
+    return t;
+  }
+
+  const std::set<std::string>& used() const { return used_; }
+  LoadStats stats;
+
+ private:
+  const io::SafetensorsSet& st_;
+  const LoadOptions& opt_;
+  std::set<std::string> used_;
+};
+
+void load_experts(WeightLoader& ld, const io::SafetensorsSet& st, const std::string& prefix,
+                  moe::Experts& ex, const LoadOptions& opt) {
+  torch::Tensor* stacked[3] = {&ex->gate_proj, &ex->up_proj, &ex->down_proj};
+  if (st.has(prefix + ".gate_proj")) {  // stacked layout: one tensor per projection
+    ld.stats.stacked_experts = true;
+    for (int p = 0; p < 3; ++p)
+      ld.assign(*stacked[p], ld.source(prefix + "." + kProjs[p], stacked[p]->sizes().vec()), false);
+    return;
+  }
+  const int64_t E = ex->num_experts();
+  std::vector<torch::Tensor> per[3];
+  for (int p = 0; p < 3; ++p) {
+    const auto shape = stacked[p]->sizes().slice(1).vec();
+    for (int64_t e = 0; e < E; ++e) {
+      auto src = ld.source(prefix + "." + std::to_string(e) + "." + kProjs[p] + ".weight", shape);
+      if (opt.map_weights) {
+        per[p].push_back(ld.as_expert_weight(src));
+      } else {
+        (*stacked[p])[e].copy_(src);  // one expert slice at a time: no second full copy
+        ld.stats.copied_bytes += nbytes(src);
+      }
+    }
+  }
+  if (opt.map_weights) ex->bind_per_expert(std::move(per[0]), std::move(per[1]), std::move(per[2]));
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, torch::Tensor>> export_tensors(MoeDlm& model) {
@@ -80,36 +201,98 @@ std::vector<std::pair<std::string, torch::Tensor>> export_tensors(MoeDlm& model)
   return out;
 }
 
-std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& st) {
+std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& st,
+                                      const LoadOptions& opt, LoadStats* stats) {
   torch::NoGradGuard ng;
-  std::set<std::string> used;
-  for (auto& s : checkpoint_slots(model)) {
-    if (!st.has(s.hf_name)) {
-      fail(st.source(), s.hf_name, "tensor missing from the checkpoint",
-           "check config.json matches the weights (layers, experts, first_k_dense_replace)");
-    }
-    auto src = st.get(s.hf_name, s.target.sizes().vec());
-    s.target.copy_(src);  // converts dtype; experts are copied one slice at a time
-    used.insert(s.hf_name);
+  const auto& c = model->config();
+  const bool llada = c.arch == Arch::kLladaMoe;
+  // The router's rows say how many experts the file holds: name num_experts, not a tensor shape.
+  for (int64_t l = c.first_k_dense_replace; l < c.num_hidden_layers; ++l) {
+    const std::string gate = "model.layers." + std::to_string(l) + ".mlp.gate.weight";
+    if (st.has(gate) && !st.info(gate).shape.empty() && st.info(gate).shape[0] != c.num_experts)
+      fail(st.where(gate), gate, "the checkpoint has " + std::to_string(st.info(gate).shape[0]) +
+                                     " experts but config.json num_experts is " + std::to_string(c.num_experts),
+           "set num_experts in config.json to the number of experts stored in the checkpoint");
   }
+  WeightLoader ld(st, opt);
+  for (auto& [prefix, ex] : expert_modules(model)) load_experts(ld, st, prefix, ex, opt);
+  auto load_one = [&](const std::string& name, torch::Tensor& t, bool is_buffer) {
+    if (stacked_expert_param(name).second >= 0) return;
+    if (llada && ends_with(name, ".attention.query_key_value.weight")) {
+      const std::string base = name.substr(0, name.size() - std::strlen("attention.query_key_value.weight"));
+      const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+      if (opt.map_weights) t.set_data(torch::empty(t.sizes(), t.options().dtype(opt.dtype)));
+      const std::pair<const char*, std::pair<int64_t, int64_t>> parts[] = {
+          {"self_attn.q_proj.weight", {0, q}}, {"self_attn.k_proj.weight", {q, kv}},
+          {"self_attn.v_proj.weight", {q + kv, kv}}};
+      for (const auto& [hf, range] : parts) {
+        auto view = t.narrow(0, range.first, range.second);
+        ld.assign_part(view, ld.source(base + hf, view.sizes().vec()));
+      }
+      return;
+    }
+    ld.assign(t, ld.source(llada ? llada_moe_name(name) : name, t.sizes().vec()), is_buffer);
+  };
+  for (auto& p : model->named_parameters()) load_one(p.key(), p.value(), false);
+  for (auto& b : model->named_buffers()) load_one(b.key(), b.value(), true);
+  if (opt.map_weights)
+    for (auto& p : model->parameters()) p.set_requires_grad(false);
+
   std::vector<std::string> unused;
-  for (const auto& n : st.names())
-    if (!used.count(n)) unused.push_back(n);
+  static const std::regex expert_re(R"(\.mlp\.experts\.(\d+)\.)");
+  for (const auto& n : st.names()) {
+    if (ld.used().count(n)) continue;
+    std::smatch m;
+    if (std::regex_search(n, m, expert_re))
+      fail(st.where(n), n, "the checkpoint has expert " + m[1].str() + " but config.json num_experts is " +
+                               std::to_string(c.num_experts),
+           "set num_experts in config.json to the number of experts stored in the checkpoint");
+    unused.push_back(n);
+  }
+  if (stats) *stats = ld.stats;
   return unused;
 }
 
-MoeDlm load_model(const std::string& dir, const ModelConfig* cfg_override) {
+MoeDlm load_model(const std::string& dir, const ModelConfig* cfg_override, const LoadOptions& opt,
+                  LoadStats* stats) {
+  if (opt.dtype != torch::kFloat32 && opt.dtype != torch::kBFloat16)
+    fail(dir, "--dtype", "unsupported compute dtype", "use f32 or bf16");
   std::string cfg_path = (fs::path(dir) / "config.json").string();
   if (!fs::exists(cfg_path))
     fail(dir, "config.json", "not found", "pass a model directory (config.json + model.safetensors)");
   ModelConfig cfg = cfg_override ? *cfg_override : ModelConfig::load(cfg_path);
-  MoeDlm model(cfg);
   auto st = io::SafetensorsSet::open(dir);
-  auto unused = load_weights(model, st);
+  auto build = [&] {
+    if (!opt.map_weights) return MoeDlm(cfg);
+    SkipWeightInit skip;  // every tensor is replaced below; never touch the placeholders
+    return MoeDlm(cfg);
+  };
+  MoeDlm model = build();
+  auto unused = load_weights(model, st, opt, stats);
+  if (!opt.map_weights && opt.dtype != torch::kFloat32) model->to(opt.dtype);
   if (!unused.empty())
     LOG_WARN(st.source() << ": " << unused.size() << " tensors not used by the model, e.g. "
                          << unused.front());
   return model;
+}
+
+int64_t weight_bytes_touched(MoeDlm& model, int64_t embedding_rows) {
+  int64_t total = 0;
+  for (const auto& p : model->named_parameters()) {
+    if (stacked_expert_param(p.key()).second >= 0) continue;
+    const auto& t = p.value();
+    if (embedding_rows >= 0 && p.key() == "model.word_embeddings.weight")
+      total += std::min(embedding_rows, t.size(0)) * t.size(1) * static_cast<int64_t>(t.element_size());
+    else
+      total += nbytes(t);
+  }
+  for (const auto& b : model->named_buffers()) total += nbytes(b.value());
+  for (const auto& [prefix, ex] : expert_modules(model)) total += ex->num_touched() * ex->bytes_per_expert();
+  return total;
+}
+
+void reset_touched_experts(MoeDlm& model) {
+  for (auto& [prefix, ex] : expert_modules(model)) ex->reset_touched();
 }
 
 void commit_dir(const std::string& tmp_dir, const std::string& dir) {

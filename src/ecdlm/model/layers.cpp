@@ -1,7 +1,17 @@
 #include "ecdlm/model/layers.h"
 
+#include "ecdlm/model/init.h"
+
 namespace ecdlm {
 namespace idx = torch::indexing;
+
+namespace {
+thread_local bool g_init_enabled = true;
+}
+
+bool weight_init_enabled() { return g_init_enabled; }
+SkipWeightInit::SkipWeightInit() : prev_(g_init_enabled) { g_init_enabled = false; }
+SkipWeightInit::~SkipWeightInit() { g_init_enabled = prev_; }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
@@ -15,7 +25,7 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
 
 LinearNoBiasImpl::LinearNoBiasImpl(int64_t in, int64_t out) {
   weight = register_parameter("weight", torch::empty({out, in}));
-  torch::nn::init::normal_(weight, 0.0, 0.02);
+  if (weight_init_enabled()) torch::nn::init::normal_(weight, 0.0, 0.02);
 }
 
 SwiGluMlpImpl::SwiGluMlpImpl(int64_t hidden, int64_t inter) {

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ecdlm/model/init.h"
+
 namespace ecdlm {
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
@@ -26,8 +28,10 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BLD, const torch:
 }
 
 BackboneImpl::BackboneImpl(const ModelConfig& c) {
-  word_embeddings = register_module(
-      "word_embeddings", torch::nn::Embedding(torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size)));
+  auto emb = torch::nn::EmbeddingOptions(c.vocab_size, c.hidden_size);
+  // torch's Embedding always initializes unless handed a weight; an empty one stays untouched.
+  if (!weight_init_enabled()) emb._weight(torch::empty({c.vocab_size, c.hidden_size}));
+  word_embeddings = register_module("word_embeddings", torch::nn::Embedding(emb));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i));
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -44,6 +48,7 @@ moe::CapacitySchedule make_schedule(const ModelConfig& c) {
 MoeDlmImpl::MoeDlmImpl(const ModelConfig& c) : cfg_(c), schedule_(make_schedule(c)) {
   model = register_module("model", Backbone(c));
   lm_head = register_module("lm_head", LinearNoBias(c.hidden_size, c.vocab_size));
+  if (!weight_init_enabled()) return;
   // Megatron-style init: N(0, 0.02), output projections scaled by 1/sqrt(2 * layers).
   torch::NoGradGuard ng;
   model->word_embeddings->weight.normal_(0.0, 0.02);

@@ -1,15 +1,19 @@
 #include "ecdlm/moe/experts.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "ecdlm/model/init.h"
 #include "ecdlm/model/layers.h"
 
 namespace ecdlm::moe {
 
-ExpertsImpl::ExpertsImpl(int64_t E, int64_t D, int64_t F) {
+ExpertsImpl::ExpertsImpl(int64_t E, int64_t D, int64_t F)
+    : num_experts_(E), touched_E_(static_cast<size_t>(E), 0) {
   gate_proj = register_parameter("gate_proj", torch::empty({E, F, D}));
   up_proj = register_parameter("up_proj", torch::empty({E, F, D}));
   down_proj = register_parameter("down_proj", torch::empty({E, D, F}));
+  if (!weight_init_enabled()) return;
   torch::NoGradGuard ng;
   gate_proj.normal_(0.0, 0.02);
   up_proj.normal_(0.0, 0.02);
@@ -17,6 +21,13 @@ ExpertsImpl::ExpertsImpl(int64_t E, int64_t D, int64_t F) {
 }
 
 torch::Tensor ExpertsImpl::forward_slots(const torch::Tensor& x_END) {
+  std::fill(touched_E_.begin(), touched_E_.end(), 1);
+  if (per_expert_bound()) {
+    std::vector<torch::Tensor> y;
+    y.reserve(static_cast<size_t>(num_experts_));
+    for (int64_t e = 0; e < num_experts_; ++e) y.push_back(forward_one(e, x_END[e]));
+    return torch::stack(y, 0);
+  }
   auto h_ENF = torch::silu(torch::bmm(x_END, gate_proj.transpose(1, 2))) *
                torch::bmm(x_END, up_proj.transpose(1, 2));
   return torch::bmm(h_ENF, down_proj.transpose(1, 2));
@@ -24,9 +35,37 @@ torch::Tensor ExpertsImpl::forward_slots(const torch::Tensor& x_END) {
 
 torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
   namespace F = torch::nn::functional;
-  auto h = torch::silu(F::linear(x_ND, gate_proj[e])) * F::linear(x_ND, up_proj[e]);
-  return F::linear(h, down_proj[e]);
+  touched_E_[static_cast<size_t>(e)] = 1;
+  auto h = torch::silu(F::linear(x_ND, gate_w(e))) * F::linear(x_ND, up_w(e));
+  return F::linear(h, down_w(e));
 }
+
+void ExpertsImpl::bind_per_expert(std::vector<torch::Tensor> gate_FD, std::vector<torch::Tensor> up_FD,
+                                  std::vector<torch::Tensor> down_DF) {
+  const auto E = static_cast<size_t>(num_experts_);
+  TORCH_CHECK(gate_FD.size() == E && up_FD.size() == E && down_DF.size() == E,
+              "bind_per_expert: expected ", E, " experts");
+  gate_e_ = std::move(gate_FD);
+  up_e_ = std::move(up_FD);
+  down_e_ = std::move(down_DF);
+  torch::NoGradGuard ng;
+  const auto opt = gate_e_[0].options();
+  gate_proj.set_data(torch::empty({0, gate_proj.size(1), gate_proj.size(2)}, opt));
+  up_proj.set_data(torch::empty({0, up_proj.size(1), up_proj.size(2)}, opt));
+  down_proj.set_data(torch::empty({0, down_proj.size(1), down_proj.size(2)}, opt));
+}
+
+int64_t ExpertsImpl::bytes_per_expert() const {
+  if (num_experts_ == 0) return 0;
+  const auto g = gate_w(0), u = up_w(0), d = down_w(0);
+  return (g.numel() + u.numel() + d.numel()) * static_cast<int64_t>(g.element_size());
+}
+
+int64_t ExpertsImpl::num_touched() const {
+  return std::count(touched_E_.begin(), touched_E_.end(), uint8_t{1});
+}
+
+void ExpertsImpl::reset_touched() { std::fill(touched_E_.begin(), touched_E_.end(), 0); }
 
 torch::Tensor dispatch_slots(const torch::Tensor& x_TD, const torch::Tensor& token_EN) {
   const auto E = token_EN.size(0), N = token_EN.size(1);

@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "ecdlm/moe/moe.h"
 
 namespace ecdlm::moe {
@@ -10,13 +12,34 @@ namespace ecdlm::moe {
 class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int64_t num_experts, int64_t hidden, int64_t inter);
-  // All experts at once over fixed-size slots: x_END [E, N, D] -> [E, N, D] (one bmm per matrix).
+  // All experts at once over fixed-size slots: x_END [E, N, D] -> [E, N, D] (one bmm per matrix;
+  // one GEMM chain per expert once bound per expert).
   torch::Tensor forward_slots(const torch::Tensor& x_END);
   // One expert: x_ND [N, D] -> [N, D].
   torch::Tensor forward_one(int64_t e, const torch::Tensor& x_ND);
-  int64_t num_experts() const { return gate_proj.size(0); }
+  int64_t num_experts() const { return num_experts_; }
+
+  // Inference only: per-expert weights (zero-copy views into a mapped checkpoint, or one
+  // converted copy each) replace the stacked parameters, which shrink to [0, ...]. Each matrix
+  // of an expert stays one contiguous slice, so an expert never routed to is never read.
+  void bind_per_expert(std::vector<torch::Tensor> gate_FD, std::vector<torch::Tensor> up_FD,
+                       std::vector<torch::Tensor> down_DF);
+  bool per_expert_bound() const { return !gate_e_.empty(); }
+  // Expert e's matrices: gate / up [F, D], down [D, F] (views; stacked or bound).
+  torch::Tensor gate_w(int64_t e) const { return gate_e_.empty() ? gate_proj[e] : gate_e_[size_t(e)]; }
+  torch::Tensor up_w(int64_t e) const { return up_e_.empty() ? up_proj[e] : up_e_[size_t(e)]; }
+  torch::Tensor down_w(int64_t e) const { return down_e_.empty() ? down_proj[e] : down_e_[size_t(e)]; }
+  int64_t bytes_per_expert() const;
+  // Experts computed since the last reset_touched(): the routed weights a run actually read.
+  int64_t num_touched() const;
+  void reset_touched();
 
   torch::Tensor gate_proj, up_proj, down_proj;
+
+ private:
+  int64_t num_experts_;
+  std::vector<torch::Tensor> gate_e_, up_e_, down_e_;
+  std::vector<uint8_t> touched_E_;
 };
 TORCH_MODULE(Experts);
 

@@ -1,5 +1,6 @@
 #include "ecdlm/moe/moe_block.h"
 
+#include "ecdlm/model/init.h"
 #include "ecdlm/moe/scaling.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
@@ -9,7 +10,7 @@ namespace ecdlm::moe {
 RouterGateImpl::RouterGateImpl(int64_t E, int64_t D, bool with_bias) {
   weight = register_parameter("weight", torch::empty({E, D}));
   torch::NoGradGuard ng;
-  weight.normal_(0.0, 0.02);
+  if (weight_init_enabled()) weight.normal_(0.0, 0.02);
   if (with_bias) expert_bias = register_buffer("expert_bias", torch::zeros({E}));
 }
 

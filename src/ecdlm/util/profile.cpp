@@ -1,6 +1,14 @@
 #include "ecdlm/util/profile.h"
 
+#include <sys/resource.h>
+
 namespace ecdlm::prof {
+
+double peak_rss_bytes() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) * 1024.0;  // Linux reports KiB
+}
 namespace {
 bool g_enabled = false;
 std::array<double, kParts> g_ms{};

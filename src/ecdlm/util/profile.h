@@ -10,6 +10,9 @@ namespace ecdlm::prof {
 enum Part : int { kAttention = 0, kRouter = 1, kExperts = 2, kShared = 3, kParts = 4 };
 const char* part_name(Part p);
 
+// Peak resident set size of this process so far (getrusage), in bytes.
+double peak_rss_bytes();
+
 void set_enabled(bool on);
 bool enabled();
 void reset();
