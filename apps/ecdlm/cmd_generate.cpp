@@ -1,10 +1,12 @@
 // `ecdlm generate`: masked-diffusion decoding from a prompt. Decoders: LLaDA semi-autoregressive
 // low-confidence remasking (bidirectional models, ecdlm's own), LLaDA2 threshold block decoding
 // with the exact KV cache (block-causal LLaDA2 checkpoints), Fast-dLLM threshold/factor rules.
+// --chat wraps the prompt in the LLaDA2 chat template and stops at <|role_end|> / EOS / pad.
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -14,6 +16,7 @@
 #include "ecdlm/generate/threshold.h"
 #include "inference_opts.h"
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/text/chat.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
@@ -23,13 +26,15 @@ namespace ecdlm::cli {
 namespace {
 
 struct GenerateOptions {
-  std::string model_dir, prompt, prompt_ids, tokenizer, decoder = "auto";
+  std::string model_dir, prompt, prompt_ids, tokenizer, decoder = "auto", system;
   gen::DecodeParams p;
   gen::ThresholdParams tp;
   std::string rule = "llada2", confidence = "prob", kv_cache = "true";
   RoutingFlags routing;
   int64_t num_samples = 1, mask_id = -1;
-  bool ignore_eos = false, json = false, canvas = false;
+  bool ignore_eos = false, json = false, canvas = false, chat = false;
+  std::string chat_text;              // --chat: the rendered template
+  std::vector<int64_t> stop_ids;      // --chat: ids that end the answer (role_end, eos, pad)
   CLI::App* sub = nullptr;
   bool given(const std::string& flag) const { return sub->get_option(flag)->count() > 0; }
 };
@@ -73,6 +78,69 @@ void validate(const GenerateOptions& o) {
   if (o.num_samples < 1) flag_error("--num-samples", "must be >= 1", "");
 }
 
+// Flag combinations that cannot work: a flag the chosen decoder would ignore (an error rather than a
+// silent no-op), and --chat / --system misuse.
+void check_flag_combinations(const GenerateOptions& o, const std::string& decoder) {
+  if (decoder == "llada") {
+    for (const char* f : {"--diffusion-threshold", "--diffusion-factor", "--diffusion-minimal-topk",
+                          "--diffusion-confidence", "--diffusion-eos-early-stop", "--kv-cache", "--eos-id"})
+      if (o.given(f))
+        flag_error(f, "is a threshold-decoder setting and --decoder llada does not use it",
+                   "use --decoder llada2 or fast-dllm, or drop " + std::string(f));
+  } else {
+    for (const char* f : {"--diffusion-remasking", "--cfg-scale", "--block-causal"})
+      if (o.given(f))
+        flag_error(f, "is a --decoder llada setting and --decoder " + decoder + " does not use it",
+                   "use --decoder llada, or drop " + std::string(f));
+  }
+  if (o.chat && o.given("--prompt-ids"))
+    flag_error("--prompt-ids", "conflicts with --chat (the template is applied to text)", "pass the message with -p");
+  if (o.chat && o.prompt.empty())
+    flag_error("--prompt", "is empty", "--chat needs the user's message: pass -p \"...\"");
+  if (o.given("--system") && !o.chat)
+    flag_error("--system", "only applies to --chat", "add --chat, or drop --system");
+}
+
+bool has_tokenizer_file(const std::string& dir) {
+  std::error_code ec;
+  for (const char* f : {"tokenizer.json", "vocab.json", "tokenizer.model"})
+    if (std::filesystem::exists(std::filesystem::path(dir) / f, ec)) return true;
+  return false;
+}
+
+// --chat: renders the LLaDA2 template around -p (and --system) and sets the stop ids.
+std::vector<int64_t> chat_prompt(GenerateOptions& o, const text::Tokenizer& tok, const ModelConfig& cfg) {
+  if (!text::is_llada2_chat_tokenizer(tok))
+    flag_error("--chat", "the tokenizer (" + (o.tokenizer.empty() ? o.model_dir : o.tokenizer) +
+                             ") has no <role>, </role> and <|role_end|> tokens, so it cannot encode the LLaDA2 chat template",
+               "use a LLaDA2 checkpoint with its tokenizer.json (or pass --tokenizer), or drop --chat to continue "
+               "plain text");
+  std::vector<text::ChatMessage> messages;
+  if (!o.system.empty()) messages.push_back({"system", o.system});
+  messages.push_back({"user", o.prompt});
+  o.chat_text = text::apply_llada2_chat(messages, /*add_generation_prompt=*/true);
+  std::vector<int64_t> ids;
+  for (int32_t id : tok.encode(o.chat_text, /*add_special_tokens=*/false)) ids.push_back(id);  // as apply_chat_template
+  for (int32_t id : text::llada2_stop_ids(tok, o.model_dir, cfg.vocab_size)) o.stop_ids.push_back(id);
+  if (o.tp.eos_id >= 0 && std::find(o.stop_ids.begin(), o.stop_ids.end(), o.tp.eos_id) == o.stop_ids.end())
+    o.stop_ids.push_back(o.tp.eos_id);
+  std::ostringstream os;
+  for (size_t i = 0; i < o.stop_ids.size(); ++i) os << (i ? "," : "") << o.stop_ids[i];
+  LOG_INFO("generate: chat template, " << ids.size() << " prompt tokens" << (o.system.empty() ? "" : " (with system turn)")
+                                       << ", stop ids " << os.str());
+  return ids;
+}
+
+// Cuts a generation at its first stop id; `body` gets the tokens before it, `kept` up to and including it.
+void cut_at_stop(const std::vector<int64_t>& stops, std::vector<int32_t>& body, std::vector<int64_t>& kept) {
+  for (size_t j = 0; j < body.size(); ++j)
+    if (std::find(stops.begin(), stops.end(), body[j]) != stops.end()) {
+      body.resize(j);
+      kept.resize(std::min(kept.size(), j + 1));
+      return;
+    }
+}
+
 // The generated part of one row with runs of real tokens decoded and each MASK shown as ░.
 std::string render_canvas(const text::Tokenizer& tok, const torch::Tensor& row_G, int64_t mask) {
   std::string out;
@@ -107,6 +175,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
 int run_generate(GenerateOptions o) {
   // Flags first: a bad combination is reported before anything heavy is loaded.
   const std::string decoder = resolve_decoder(o, ModelConfig::load(o.model_dir));
+  check_flag_combinations(o, decoder);
   if (decoder == "llada") {
     // Unset (0) block length / steps follow the generation length: blocks of 32, one token a step.
     if (o.p.block_length == 0) o.p.block_length = std::min<int64_t>(32, o.p.gen_length);
@@ -117,6 +186,9 @@ int run_generate(GenerateOptions o) {
   const auto& cfg = model->config();
   std::unique_ptr<text::Tokenizer> tok;
   const bool by_ids = o.given("--prompt-ids");
+  if (o.chat && o.tokenizer.empty() && !has_tokenizer_file(o.model_dir))
+    flag_error("--chat", "needs the model's tokenizer, and " + o.model_dir + " has none",
+               "copy LLaDA2's tokenizer.json (and tokenizer_config.json) into the model directory, or pass --tokenizer");
   if (!by_ids || !o.tokenizer.empty()) tok = text::load_tokenizer(o.tokenizer.empty() ? o.model_dir : o.tokenizer);
   if (by_ids && !o.prompt.empty())
     flag_error("--prompt-ids", "given together with --prompt", "pass one of them");
@@ -135,6 +207,8 @@ int run_generate(GenerateOptions o) {
   std::vector<int64_t> ids;
   if (by_ids) {
     ids = parse_ids(o.prompt_ids, "--prompt-ids");
+  } else if (o.chat) {
+    ids = chat_prompt(o, *tok, cfg);
   } else {
     for (int32_t id : tok->encode(o.prompt)) ids.push_back(id);
   }
@@ -148,8 +222,10 @@ int run_generate(GenerateOptions o) {
   const auto P = static_cast<int64_t>(ids.size());
   auto prompt_BP = torch::tensor(ids, torch::kInt64).view({1, P}).repeat({o.num_samples, 1});
   if (P + o.p.gen_length > cfg.max_position_embeddings)
-    LOG_WARN("prompt (" << P << ") + generation (" << o.p.gen_length
-                        << ") exceeds max_position_embeddings " << cfg.max_position_embeddings);
+    flag_error("--gen-length", "prompt (" + std::to_string(P) + " tokens) + generation (" +
+                                   std::to_string(o.p.gen_length) + ") exceeds the model's context of " +
+                                   std::to_string(cfg.max_position_embeddings) + " (max_position_embeddings)",
+               "shorten the prompt or lower --gen-length");
 
   gen::DecodeParams p = o.p;
   p.stop_at_eos = !o.ignore_eos;
@@ -207,6 +283,7 @@ int run_generate(GenerateOptions o) {
       if (j < len) body.push_back(static_cast<int32_t>(t));
       if (j <= len || !p.stop_at_eos) kept.push_back(t);
     }
+    if (p.stop_at_eos) cut_at_stop(o.stop_ids, body, kept);
     texts.push_back(tok->decode(body));
     tokens.push_back(std::move(kept));
   }
@@ -216,6 +293,7 @@ int run_generate(GenerateOptions o) {
     for (size_t i = 0; i < texts.size(); ++i)
       j["samples"].push_back({{"text", texts[i]}, {"tokens", tokens[i]}});
     j["prompt_tokens"] = ids;
+    if (o.chat) j["chat"] = {{"template", o.chat_text}, {"stop_ids", o.stop_ids}};
     j["forwards"] = res.forwards;
     j["seconds"] = res.seconds;
     j["tokens_per_s"] = tps;
@@ -243,6 +321,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
   tp.top_k = o.p.top_k;
   tp.top_p = o.p.top_p;
   tp.seed = o.p.seed;
+  tp.stop_ids = o.stop_ids;
   if (decoder == "fast-dllm") {
     if (o.given("--diffusion-steps"))
       flag_error("--diffusion-steps", "conflicts with --decoder fast-dllm, which commits by threshold until a block is done",
@@ -253,6 +332,10 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
   } else if (decoder == "llada2") {
     tp.rule = gen::ThresholdRule::kLlada2;
     if (o.given("--diffusion-factor")) flag_error("--diffusion-factor", "is a Fast-dLLM setting", "use --decoder fast-dllm");
+    if (tp.steps > tp.block_length)
+      flag_error("--diffusion-steps", std::to_string(tp.steps) + " steps per block exceed the block length " +
+                                          std::to_string(tp.block_length) + " (the extra steps would commit nothing)",
+                 "use at most --diffusion-steps " + std::to_string(tp.block_length) + " (LLaDA2: 32 = the block length)");
   } else {
     flag_error("--decoder", "unknown decoder '" + decoder + "'", "use auto, llada, llada2 or fast-dllm");
   }
@@ -296,13 +379,15 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
   std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(o.num_samples), ids);
   auto results = gen::threshold_generate_batch(model, prompts, tp, cb);
   bar.finish();
-  const int64_t eos = tp.eos_id >= 0 ? tp.eos_id : cfg.eos_token_id;
+  // The decoder cut each output after its first stop token (EOS, or a --chat stop id): leave it out of the text.
+  std::vector<int64_t> stops = o.stop_ids;
+  stops.push_back(tp.eos_id >= 0 ? tp.eos_id : cfg.eos_token_id);
   nlohmann::json js = nlohmann::json::array();
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
-    std::vector<int32_t> body;
-    for (auto t : r.tokens)
-      if (!(t == eos && !o.ignore_eos)) body.push_back(static_cast<int32_t>(t));
+    std::vector<int32_t> body(r.tokens.begin(), r.tokens.end());
+    if (!o.ignore_eos && !body.empty() && std::find(stops.begin(), stops.end(), body.back()) != stops.end())
+      body.pop_back();
     const std::string text = tok ? tok->decode(body) : std::string();
     const double tps = r.seconds > 0 ? static_cast<double>(r.tokens.size()) / r.seconds : 0.0;
     LOG_INFO("sample " << i << ": " << r.tokens.size() << " tokens, " << r.forwards << " denoising + "
@@ -329,12 +414,13 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
       }
     }
   }
-  if (o.json)
-    std::cout << nlohmann::json({{"decoder", decoder}, {"routing", moe::routing_policy_name(tp.routing.policy)},
-                                 {"kv_cache", tp.kv_cache}, {"prompt_tokens", ids}, {"samples", js},
-                                 {"peak_rss_mb", peak_rss_mb()}})
-                     .dump(2)
-              << "\n";
+  if (o.json) {
+    nlohmann::json out = {{"decoder", decoder}, {"routing", moe::routing_policy_name(tp.routing.policy)},
+                          {"kv_cache", tp.kv_cache}, {"prompt_tokens", ids}, {"samples", js},
+                          {"peak_rss_mb", peak_rss_mb()}};
+    if (o.chat) out["chat"] = {{"template", o.chat_text}, {"stop_ids", o.stop_ids}};
+    std::cout << out.dump(2) << "\n";
+  }
   return 0;
 }
 
@@ -342,23 +428,37 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
 
 void register_generate(CLI::App& app) {
   auto* sub = app.add_subcommand(
-      "generate", "Generate text with a masked-diffusion model (LLaDA semi-autoregressive "
-                  "low-confidence remasking)");
+      "generate", "Generate text with a masked-diffusion model (LLaDA semi-autoregressive low-confidence "
+                  "remasking, LLaDA2 / Fast-dLLM threshold decoding; --chat for LLaDA2 chat models). A flag the "
+                  "chosen decoder does not use is an error: --diffusion-threshold/-factor/-minimal-topk/-confidence/"
+                  "-eos-early-stop, --kv-cache and --eos-id need llada2 or fast-dllm; --diffusion-remasking, "
+                  "--cfg-scale and --block-causal need llada");
   auto o = std::make_shared<GenerateOptions>();
   auto& p = o->p;
   sub->add_option("-m,--model", o->model_dir,
-                  "Model directory (config.json, model.safetensors, tokenizer.model)")
+                  "Model directory (config.json, model.safetensors, tokenizer.json or tokenizer.model)")
       ->required();
-  sub->add_option("-p,--prompt", o->prompt, "Prompt text (default: empty, all masks)");
+  sub->add_option("-p,--prompt", o->prompt,
+                  "Prompt text (with --chat: the user's message). llada may leave it out (all masks); llada2, "
+                  "fast-dllm and --chat need one");
+  sub->add_flag("--chat", o->chat,
+                "Wrap -p in the LLaDA2 chat template (<role>HUMAN</role>...<|role_end|><role>ASSISTANT</role>), "
+                "stop at <|role_end|> and at the eos/pad ids of config.json, generation_config.json and the "
+                "tokenizer, and print only the answer. Needs a tokenizer with those role tokens");
+  sub->add_option("--system", o->system,
+                  "With --chat: a system turn first (default: none; dInfer's benchmarks use "
+                  "\"detailed thinking off\")");
   sub->add_option("-n,--gen-length", p.gen_length, "Tokens to generate")->capture_default_str();
   p.block_length = 0;
   p.steps = 0;
   sub->add_option("--diffusion-block-length", p.block_length,
-                  "Semi-autoregressive block length, divides --gen-length (default: 32, or the "
-                  "gen length if shorter)");
+                  "Block length (default 32). llada: divides --gen-length (default: the gen length if "
+                  "shorter); llada2 / fast-dllm: blocks start at position 0, a multiple of --block-chunk "
+                  "under --moe-routing block with the KV cache");
   sub->add_option("--diffusion-steps", p.steps,
-                  "Denoising steps in total, a multiple of the number of blocks (default: the gen "
-                  "length, one token per step)");
+                  "llada: steps in total, a multiple of the number of blocks and at most --gen-length "
+                  "(default: the gen length, one token a step). llada2: steps per block, at most the block "
+                  "length (default: the block length). fast-dllm: not allowed (it steps until a block is done)");
   sub->add_option("--diffusion-remasking", p.remasking,
                   "Which masked positions to commit first: low_confidence (p of the token), "
                   "random, margin (p1 - p2) or entropy (-H)")
@@ -394,7 +494,8 @@ void register_generate(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--diffusion-threshold", o->tp.threshold, "llada2 / fast-dllm: commit masked positions above this confidence")
       ->capture_default_str();
-  sub->add_option("--diffusion-factor", o->tp.factor, "fast-dllm factor rule f (thresholds 1 - f/(k+2))");
+  sub->add_option("--diffusion-factor", o->tp.factor,
+                  "fast-dllm factor rule f (thresholds 1 - f/(k+2)); not with --diffusion-threshold");
   sub->add_option("--diffusion-minimal-topk", o->tp.minimal_topk, "llada2: steps = min(steps, gen_length / this)")
       ->capture_default_str();
   sub->add_option("--diffusion-confidence", o->confidence, "llada2 / fast-dllm confidence: prob, margin, entropy, random")
@@ -404,7 +505,9 @@ void register_generate(CLI::App& app) {
                 "llada2 / fast-dllm: stop as soon as EOS is committed with nothing masked before it");
   sub->add_option("--kv-cache", o->kv_cache, "llada2 / fast-dllm: true|false (exact for block-causal models)")
       ->capture_default_str();
-  sub->add_option("--eos-id", o->tp.eos_id, "EOS token id (default: the config's eos_token_id)");
+  sub->add_option("--eos-id", o->tp.eos_id,
+                  "llada2 / fast-dllm: EOS token id (default: the config's eos_token_id, else pad_token_id); "
+                  "with --chat one more stop id");
   sub->add_option("--mask-id", o->mask_id, "Mask token id (default: the config's, else the tokenizer's <|mask|>)");
   o->routing.add_to(sub);
   o->sub = sub;

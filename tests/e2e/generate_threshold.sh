@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `ecdlm generate` (LLaDA2 threshold decoder, KV cache, dMoE block routing) and `ecdlm logits
-# --moe-routing block` on the official golden checkpoints, plus every documented bad-input error.
+# --moe-routing block` on the official golden checkpoints, plus every documented bad-input error
+# (issue 4: empty prompt, prompt past the context, block length that does not divide, unknown policy,
+# p outside (0, 1], G > E, threshold/steps conflicts).
 set -euo pipefail
 ECDLM="$1"; ROOT="$2"
 G="$ROOT/../shared/golden/tiny-dmoe"
@@ -60,19 +62,35 @@ got = read(sys.argv[1] + "/l.safetensors")["logits"][1]; want = read(sys.argv[2]
 d = max(abs(a - b) for a, b in zip(got, want)); assert d < 1e-4, d; print("dmoe logits max diff", d)
 PY
 
-# Bad input: clear error, non-zero exit, the flag named.
+# Bad input (issue 4): non-zero exit, an error that names the flag and says the fix.
 bad() {  # expected-text, args...
   local want="$1"; shift
   if "$ECDLM" -q generate -m "$G" --mask-id 299 "$@" > /dev/null 2> "$TMP/bad.txt"; then fail "accepted: $*"; fi
   grep -q -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
+  grep -q -- "fix:\|not in {" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' gives no fix"; }
 }
+# 1. an empty prompt
 bad "--prompt" --decoder llada2 --prompt-ids "" -n 8
+# 2. a prompt (+ generation) longer than the context (max_position_embeddings 16384)
 bad "context" --decoder llada2 --prompt-ids "$PROMPT" -n 100000
+# 3. a block length that does not divide: the vote chunk (block routing), the gen length (llada)
 bad "block-chunk" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --diffusion-block-length 24 --moe-routing block
+bad "--gen-length" --decoder llada --prompt-ids "$PROMPT" -n 30 --diffusion-block-length 8
+# 4. an unknown routing policy
 bad "moe-routing" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --moe-routing blocky
+# 5. p outside (0, 1]
 bad "block-top-p" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --moe-routing block --block-top-p 1.5
+bad "block-top-p" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --moe-routing block --block-top-p 0
+# 6. G > E (64 experts)
 bad "block-min-experts" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --moe-routing block --block-min-experts 65
+# 7. threshold / steps conflicts
 bad "diffusion-steps" --decoder fast-dllm --prompt-ids "$PROMPT" -n 8 --diffusion-steps 4
+bad "diffusion-steps" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --diffusion-steps 64
 bad "diffusion-factor" --decoder fast-dllm --prompt-ids "$PROMPT" -n 8 --diffusion-factor 1 --diffusion-threshold 0.9
+bad "diffusion-threshold" --decoder llada --prompt-ids "$PROMPT" -n 32 --diffusion-threshold 0.9
+bad "kv-cache" --decoder llada --prompt-ids "$PROMPT" -n 32 --kv-cache false
+bad "cfg-scale" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --cfg-scale 1
+bad "diffusion-steps" --decoder llada --prompt-ids "$PROMPT" -n 32 --diffusion-block-length 16 --diffusion-steps 3
+bad "diffusion-steps" --decoder llada --prompt-ids "$PROMPT" -n 16 --diffusion-steps 32
 bad "prompt-ids" --decoder llada2 --prompt-ids "1,x" -n 8
 echo "generate_threshold e2e OK"

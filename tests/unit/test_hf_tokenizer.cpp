@@ -243,5 +243,28 @@ TEST(Llada2Chat, Format) {
   EXPECT_EQ(text::llada2_stop_ids(*tok), (std::vector<int32_t>{264, 260}));
 }
 
+TEST(Llada2Chat, StopIdsFromModelFiles) {
+  const std::string dir = test::temp_dir("chatstops");
+  auto tok = load_text(tiny_json().dump());  // eos = pad = 260 (<|endoftext|>), role_end 264
+  EXPECT_TRUE(text::is_llada2_chat_tokenizer(*tok));
+  // No files: the tokenizer's own ids.
+  EXPECT_EQ(text::llada2_stop_ids(*tok, dir, 265), (std::vector<int32_t>{264, 260}));
+  std::ofstream(dir + "/config.json") << R"({"pad_token_id": 5, "eos_token_id": null})";
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": [260, 7], "pad_token_id": 5})";
+  EXPECT_EQ(text::llada2_stop_ids(*tok, dir, 265), (std::vector<int32_t>{264, 260, 5, 7}));
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 999})";
+  const std::string err = user_error_of([&] { text::llada2_stop_ids(*tok, dir, 265); });
+  EXPECT_NE(err.find("generation_config.json"), std::string::npos) << err;
+  EXPECT_NE(err.find("eos_token_id"), std::string::npos) << err;
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": [1, "x"]})";
+  EXPECT_NE(user_error_of([&] { text::llada2_stop_ids(*tok, dir, 265); }).find("eos_token_id[1]"), std::string::npos);
+  std::ofstream(dir + "/generation_config.json") << "{";
+  EXPECT_THROW(text::llada2_stop_ids(*tok, dir, 265), UserError);
+  // Without the role tokens as added tokens, the template's markers would be split into bytes.
+  json plain = tiny_json();
+  plain["added_tokens"] = json::array({plain["added_tokens"][0], plain["added_tokens"][1]});
+  EXPECT_FALSE(text::is_llada2_chat_tokenizer(*load_text(plain.dump())));
+}
+
 }  // namespace
 }  // namespace ecdlm

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "../test_util.h"
@@ -127,5 +128,35 @@ TEST(ThresholdGenerate, SeededSamplingIsReproducibleAndBadParamsAreRefused) {
   p.top_p = 1.0;
   p.routing.policy = moe::RoutingPolicy::kBlock;
   p.routing.block_min_experts = 17;  // tiny has 16 experts
+  EXPECT_THROW(gen::threshold_generate(model, prompt, p), UserError);
+}
+
+// Chat stop ids (<|role_end|>, pad) end the output exactly as EOS does, early stop included.
+TEST(ThresholdGenerate, StopIdsEndTheOutputLikeEos) {
+  if (!test::has_golden("tiny")) GTEST_SKIP();
+  auto model = load_model(test::golden_dir("tiny"));
+  gen::ThresholdParams p;
+  p.gen_length = 24;
+  p.block_length = 8;
+  p.steps = 8;
+  p.mask_id = 299;
+  p.eos_id = -2;
+  const std::vector<int64_t> prompt = {3, 17, 42};
+  const auto full = gen::threshold_generate(model, prompt, p).tokens;
+  ASSERT_EQ(full.size(), 24u);
+  // A stand-in stop id: the first token that shows up for the first time at position >= 2.
+  size_t k = 2;
+  while (k < full.size() && std::find(full.begin(), full.begin() + static_cast<long>(k), full[k]) != full.begin() + static_cast<long>(k))
+    ++k;
+  ASSERT_LT(k, full.size());
+  const std::vector<int64_t> want(full.begin(), full.begin() + static_cast<long>(k) + 1);
+  p.stop_ids = {full[k]};
+  EXPECT_EQ(gen::threshold_generate(model, prompt, p).tokens, full);  // eos_id -2 ignores every stop
+  p.eos_id = 298;
+  ASSERT_EQ(std::find(want.begin(), want.end(), 298), want.end());
+  EXPECT_EQ(gen::threshold_generate(model, prompt, p).tokens, want);
+  p.eos_early_stop = true;  // may or may not fire mid-block (a position before the stop can still be masked)
+  EXPECT_EQ(gen::threshold_generate(model, prompt, p).tokens, want);
+  p.stop_ids = {300};
   EXPECT_THROW(gen::threshold_generate(model, prompt, p), UserError);
 }

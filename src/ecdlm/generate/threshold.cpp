@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -71,6 +72,9 @@ void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t pro
     fail("config.json", "mask_token_id", "the model has no valid mask token id",
          "set mask_token_id in config.json or pass --mask-id");
   need(p.eos_id < c.vocab_size, "--eos-id", "outside the vocabulary", "");
+  for (auto id : p.stop_ids)
+    need(id >= 0 && id < c.vocab_size, "stop ids", "id " + std::to_string(id) + " outside the vocabulary",
+         "check eos_token_id / pad_token_id in config.json and generation_config.json");
   const int64_t total = (prompt_len + p.gen_length + p.block_length - 1) / p.block_length * p.block_length;
   if (c.max_position_embeddings > 0 && total > c.max_position_embeddings)
     fail("", "--gen-length", "prompt (" + std::to_string(prompt_len) + " tokens) + generation (" +
@@ -165,6 +169,14 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
   const int64_t L = p.block_length, P = static_cast<int64_t>(prompt.size());
   const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id;
   const int64_t eos = p.eos_id >= 0 ? p.eos_id : p.eos_id == -1 ? cfg.eos_token_id : -1;
+  // Every id that ends the output (EOS and the extra stop ids) acts the same way.
+  std::vector<int64_t> stops;
+  if (eos >= 0) stops.push_back(eos);
+  if (p.eos_id != -2)
+    for (auto id : p.stop_ids)
+      if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
+  const auto stops_S = torch::tensor(stops, torch::kInt64);
+  auto is_stop = [&](const torch::Tensor& t) { return torch::isin(t, stops_S); };
   const int64_t steps = std::max<int64_t>(1, std::min(p.steps, p.gen_length / p.minimal_topk));
   const int64_t NB = (P + p.gen_length + L - 1) / L, total = NB * L;
   auto x = torch::full({1, total}, mask, torch::kInt64);
@@ -238,10 +250,10 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
         }
       }
       ++step_global;
-      if (p.eos_early_stop && eos >= 0 && commit_L.logical_and(cand.token_N == eos).any().item<bool>()) {
+      if (p.eos_early_stop && !stops.empty() && commit_L.logical_and(is_stop(cand.token_N)).any().item<bool>()) {
         // The first EOS after the prompt ends the output if nothing before it is still masked.
         auto gen_part = x[0].narrow(0, P, total - P);
-        const int64_t e = (gen_part == eos).nonzero().min().item<int64_t>();
+        const int64_t e = is_stop(gen_part).nonzero().min().item<int64_t>();
         if (!(gen_part.narrow(0, 0, e) == mask).any().item<bool>()) {
           cut = P + e;
           res.eos_stopped = true;
@@ -251,18 +263,14 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
     }
     if (cut >= 0 || res.cancelled) break;
     // A block with EOS after the prompt ends generation.
-    if (eos >= 0 && (x[0].narrow(0, P, lo + L - P) == eos).any().item<bool>()) break;
+    if (!stops.empty() && is_stop(x[0].narrow(0, P, lo + L - P)).any().item<bool>()) break;
     if (p.kv_cache && b + 1 < NB) cache_forward(lo, L);
   }
   auto out = x[0].narrow(0, P, std::min(p.gen_length, total - P));
   std::vector<int64_t> toks(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
   if (cut >= 0) toks.resize(static_cast<size_t>(std::min<int64_t>(cut - P + 1, static_cast<int64_t>(toks.size()))));
-  if (eos >= 0)
-    for (size_t i = 0; i < toks.size(); ++i)
-      if (toks[i] == eos) {
-        toks.resize(i + 1);
-        break;
-      }
+  const auto first_stop = std::find_first_of(toks.begin(), toks.end(), stops.begin(), stops.end());
+  if (first_stop != toks.end()) toks.erase(first_stop + 1, toks.end());
   res.tokens = std::move(toks);
   double u = 0.0;
   for (const auto& f : res.per_forward) u += f.unique_experts_per_layer;

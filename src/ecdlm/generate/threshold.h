@@ -39,6 +39,8 @@ struct ThresholdParams {
   Confidence confidence = Confidence::kProb;
   bool eos_early_stop = false;      // stop as soon as an EOS is committed with no MASK before it
   int64_t eos_id = -1;              // -1: the model config's eos_token_id; -2: none (ignore EOS)
+  std::vector<int64_t> stop_ids;    // more ids that end the output as EOS does (chat: <|role_end|>,
+                                    // pad); ignored with eos_id -2
   int64_t mask_id = -1;             // -1: the model config's mask_token_id (LLaDA2 configs have
                                     //     none: the CLI takes <|mask|> from the tokenizer)
   bool kv_cache = true;
@@ -57,7 +59,7 @@ struct ForwardStat {
 };
 
 struct ThresholdResult {
-  std::vector<int64_t> tokens;      // generated tokens, cut after the first EOS (inclusive)
+  std::vector<int64_t> tokens;      // generated tokens, cut after the first EOS / stop id (inclusive)
   int64_t forwards = 0;             // denoising forwards
   int64_t cache_forwards = 0;       // prefill + block-commit forwards
   double seconds = 0.0;
