@@ -1,5 +1,6 @@
 """Report of scripts/study_block_finetune.sh: RESULTS/README.md and RESULTS/results.json from the
-fine-tune runs (RUNS/{block,token}-ft/seed-S/train_result.json) and evals (RUNS/evals/*.json)."""
+fine-tune runs (RUNS/{block,token}-ft/seed-S/train_result.json) and evals (RUNS/evals/*.json);
+RESULTS/notes.md, if present, is included as the "Reading" section."""
 import argparse, json, math, os, statistics
 
 ap = argparse.ArgumentParser()
@@ -151,6 +152,11 @@ for r in ratios:
 L += ["", f"Acceptance (issue 4, block fine-tune G={G} against the equal-budget token fine-tune): PPL kept "
       f"{pct(acceptance['ppl_kept'])}, accuracy kept {pct(acceptance['acc_kept'])}: "
       f"{'met' if out['acceptance']['met'] else 'not met'}.", ""]
+# Hand-written reading of the numbers, kept across regenerations.
+notes = os.path.join(a.results, "notes.md")
+if os.path.exists(notes):
+    with open(notes) as f:
+        L += ["## Reading", "", f.read().strip(), ""]
 L += ["## Fine-tune runs", "", "| arm | seed | steps | tokens | seconds |", "|---|---|---|---|---|"]
 for r in ft_runs:
     L.append(f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['tokens']} | {r['seconds']:.0f} |")
