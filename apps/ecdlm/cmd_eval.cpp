@@ -20,7 +20,8 @@ struct EvalArgs {
   int64_t seq_len = 256, windows = 64, samples = 4, batch = 16;
   uint64_t seed = EvalParams{}.seed;
   std::vector<int64_t> bins = {4, 10};
-  int64_t cloze_span = 0;
+  int64_t cloze_span = 0, block_length = 32;
+  std::string mask_mode = "uniform";
   bool json = false;
   RoutingFlags routing;
 };
@@ -43,9 +44,15 @@ int run(const EvalArgs& a) {
   p.bins = a.bins;
   p.bf16 = a.bf16 == "true";
   p.routing = a.routing.resolve(model->config());
+  p.mask_mode = a.mask_mode;
+  p.block_length = a.block_length;
+  if (p.routing.policy == moe::RoutingPolicy::kBlock && p.routing.block_chunk != a.block_length)
+    LOG_WARN("eval: --block-chunk " << p.routing.block_chunk << " differs from --diffusion-block-length "
+                                    << a.block_length << "; the block decoder votes one coreset per block");
   LOG_INFO("eval: model " << a.model << ", data " << a.data << "/" << a.split << ", "
                           << windows.size() << " windows x " << a.seq_len << " tokens, "
-                          << p.mask_samples << " mask samples, seed " << p.seed
+                          << p.mask_samples << " mask samples (" << p.mask_mode << ", block " << p.block_length
+                          << "), seed " << p.seed
                           << ", bf16 " << (p.bf16 ? "on" : "off") << ", routing "
                           << moe::routing_policy_name(p.routing.policy)
                           << (p.routing.policy == moe::RoutingPolicy::kBlock
@@ -72,7 +79,9 @@ int run(const EvalArgs& a) {
             << std::setprecision(2) << res.ppl << "   (" << res.sequences << " sequences, "
             << std::setprecision(1) << res.seconds << " s)\n";
   std::cout << "routing: load CV " << std::setprecision(3) << res.routing.load_cv << ", drop rate "
-            << res.routing.drop_rate << ", zero-expert tokens " << res.routing.zero_expert_rate << "\n";
+            << res.routing.drop_rate << ", zero-expert tokens " << res.routing.zero_expert_rate
+            << ", unique experts per block of " << res.block_length << " " << std::setprecision(2)
+            << res.unique_experts_per_block << "\n";
   for (const auto& b : res.per_bin) {
     std::cout << "\n| r bin | sequences | loss |\n|---|---|---|\n";
     for (int64_t i = 0; i < b.bins(); ++i)
@@ -98,6 +107,13 @@ void register_eval(CLI::App& app) {
   sub->add_option("--eval-bins", a->bins, "Mask-ratio bin counts (e.g. 4 10)")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--eval-bf16", a->bf16, "true|false")->capture_default_str();
   sub->add_flag("--json", a->json, "Print JSON");
+  sub->add_option("--eval-mask-mode", a->mask_mode,
+                  "uniform (mask each token with prob. t, as training) or semi-ar (as the block decoder sees "
+                  "the model: earlier blocks clean, one block noised, later blocks masked)")
+      ->check(CLI::IsMember({"uniform", "semi-ar"}))->capture_default_str();
+  sub->add_option("--diffusion-block-length", a->block_length,
+                  "Decoding block length: the semi-ar block and the unit of unique experts per block")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--eval-cloze-span", a->cloze_span,
                   "Also report cloze accuracy: mask this many tokens mid-window, predict them in one forward (0 = off)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);

@@ -1,9 +1,13 @@
 // The dMoE "learnable block experts" fine-tune pieces: a narrowed noise range, the per-masked-token
-// loss, and block routing inside training forwards (and evaluations).
+// loss, block routing inside training forwards (and evaluations), and the semi-autoregressive
+// evaluation that judges it as the block decoder sees the model.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "../test_models.h"
+#include "../test_util.h"
+#include "ecdlm/data/shards.h"
+#include "ecdlm/eval/elbo.h"
 #include "ecdlm/train/diffusion.h"
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
@@ -72,4 +76,42 @@ TEST(BlockFinetune, TrainingForwardsRouteInsideTheCoreset) {
   p.mask_ratio_min = 0.3;
   p.moe_routing = "topk";
   EXPECT_THROW(p.validate(), UserError);
+}
+
+TEST(BlockFinetune, SemiArEvalScoresOneBlockAsTheDecoderSees) {
+  torch::manual_seed(3);
+  MoeDlm m(tc_config());
+  const auto dir = test::temp_dir("semi-ar-eval");
+  std::vector<int32_t> ids(6 * 32);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7 + i / 5) % 48);
+  data::write_token_shard(dir, "val", ids, 50);
+  data::EvalWindows windows(data::TokenShard::open(dir, "val"), 32, 0);
+  EvalParams p;
+  p.bf16 = false;
+  p.mask_samples = 2;
+  p.batch_size = 4;
+  const auto uniform = evaluate_elbo(m, windows, p);
+  // One block spanning the window: the same draws, so exactly the uniform ELBO.
+  p.mask_mode = "semi-ar";
+  p.block_length = 32;
+  EXPECT_NEAR(evaluate_elbo(m, windows, p).loss, uniform.loss, 1e-9);
+  p.block_length = 8;
+  const auto semi = evaluate_elbo(m, windows, p);
+  EXPECT_TRUE(std::isfinite(semi.loss));
+  EXPECT_NE(semi.loss, uniform.loss);
+  EXPECT_EQ(semi.to_json()["mask_mode"], "semi-ar");
+  // Block routing with a coreset of exactly G = 3 per chunk of 8 uses at most 3 experts a block.
+  p.routing.policy = moe::RoutingPolicy::kBlock;
+  p.routing.block_top_p = 0.01;
+  p.routing.block_min_experts = 3;
+  p.routing.block_chunk = 8;
+  const auto blocked = evaluate_elbo(m, windows, p);
+  EXPECT_GT(blocked.unique_experts_per_block, 0.0);
+  EXPECT_LE(blocked.unique_experts_per_block, 3.0 + 1e-9);
+  EXPECT_GT(semi.unique_experts_per_block, 3.0);  // token routing: 16 picks over 8 experts
+  p.block_length = 5;  // does not divide the window
+  EXPECT_THROW(evaluate_elbo(m, windows, p), UserError);
+  p.block_length = 8;
+  p.mask_mode = "causal";
+  EXPECT_THROW(evaluate_elbo(m, windows, p), UserError);
 }

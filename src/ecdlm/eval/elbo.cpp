@@ -1,15 +1,20 @@
 #include "ecdlm/eval/elbo.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <chrono>
 #include <cmath>
 
+#include "ecdlm/moe/moe_block.h"
 #include "ecdlm/util/compat.h"
+#include "ecdlm/util/error.h"
 
 namespace ecdlm {
 
 nlohmann::json EvalResult::to_json() const {
   nlohmann::json j = {{"loss", loss}, {"ppl", ppl}, {"sequences", sequences}, {"seconds", seconds},
-                      {"routing", routing.to_json()}};
+                      {"routing", routing.to_json()}, {"mask_mode", mask_mode}, {"block_length", block_length},
+                      {"unique_experts_per_block", unique_experts_per_block}};
   for (size_t n = 0; n < per_bin.size(); ++n) {
     const auto& b = per_bin[n];
     nlohmann::json arr = nlohmann::json::array();
@@ -41,6 +46,46 @@ NoisedBatch noise_rows(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t see
   }
   return {torch::cat(xt), torch::cat(m), torch::cat(r)};
 }
+// Semi-autoregressive noising (EvalParams::mask_mode "semi-ar"): per row one block b drawn
+// uniformly, positions before it clean, the block noised as in training, positions after it masked.
+// masked_BL marks the scored (block) positions and r_B is the block's realized ratio; the input's
+// masked fraction, which EC capacity follows, goes to *input_r_B.
+NoisedBatch noise_rows_semi_ar(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t seed, int64_t first,
+                               int64_t sample, int64_t block, torch::Tensor* input_r_B) {
+  const int64_t L = x0_BL.size(1), blocks = L / block;
+  std::vector<torch::Tensor> xt, m, r;
+  for (int64_t i = 0; i < x0_BL.size(0); ++i) {
+    const uint64_t s = mix_seed(seed, static_cast<uint64_t>(first + i), static_cast<uint64_t>(sample));
+    auto gen = at::detail::createCPUGenerator(mix_seed(s, 0x5e4a));
+    const int64_t b = torch::randint(blocks, {1}, gen, torch::kInt64).item<int64_t>();
+    auto nb = noise_batch(x0_BL.narrow(0, i, 1).narrow(1, b * block, block), mask_id, s);
+    auto x_t = x0_BL.narrow(0, i, 1).clone();
+    auto scored = torch::zeros({1, L}, torch::kBool);
+    x_t.narrow(1, b * block, block).copy_(nb.x_t_BL);
+    x_t.narrow(1, (b + 1) * block, L - (b + 1) * block).fill_(mask_id);
+    scored.narrow(1, b * block, block).copy_(nb.masked_BL);
+    xt.push_back(x_t);
+    m.push_back(scored);
+    r.push_back(nb.r_B);
+  }
+  NoisedBatch out{torch::cat(xt), torch::cat(m), torch::cat(r)};
+  *input_r_B = (out.x_t_BL == mask_id).sum(1).to(torch::kFloat32) / static_cast<double>(L);
+  return out;
+}
+// Sum over MoE layers, aligned blocks and the batch's B sequences of the distinct experts a block
+// uses; `count` gets the (layer, block, sequence) triples added.
+double sum_unique_experts(MoeDlm& model, int64_t B, int64_t L, int64_t block, int64_t& count) {
+  double sum = 0.0;
+  for (auto& blk : model->moe_blocks()) {
+    const auto& plan = blk->last_plan();
+    if (!plan.idx_TK.defined() && !plan.token_EN.defined()) continue;
+    for (int64_t row0 = 0; row0 < L; row0 += block) {
+      sum += moe::unique_experts(plan, B, L, row0, std::min(block, L - row0)) * static_cast<double>(B);
+      count += B;
+    }
+  }
+  return sum;
+}
 // f32 [B]: EC capacity per sequence averaged over the MoE layers; undefined for TC / dense.
 torch::Tensor mean_capacity_B(const std::vector<moe::RoutingStats>& layers) {
   torch::Tensor sum;
@@ -65,17 +110,30 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
   for (auto nb : p.bins) res.per_bin.emplace_back(nb);
   res.num_experts = model->config().num_experts;
   res.seq_len = windows.seq_len();
+  res.mask_mode = p.mask_mode;
+  res.block_length = p.block_length;
+  const bool semi_ar = p.mask_mode == "semi-ar";
+  if (!semi_ar && p.mask_mode != "uniform")
+    fail("", "--eval-mask-mode", "unknown mode '" + p.mask_mode + "'", "use uniform or semi-ar");
+  if (p.block_length < 1) fail("", "--diffusion-block-length", "must be >= 1", "the decoder's block length, e.g. 32");
+  if (semi_ar && windows.seq_len() % p.block_length != 0)
+    fail("", "--diffusion-block-length",
+         std::to_string(p.block_length) + " does not divide the window length " + std::to_string(windows.seq_len()),
+         "pick --eval-seq-len as a multiple of the block length");
+  const int64_t blocks = windows.seq_len() / p.block_length;
   const int64_t mask_id = model->config().mask_token_id;
   const int64_t total = windows.size() * p.mask_samples;
-  double sum = 0.0;
-  int64_t done = 0;
+  double sum = 0.0, uniq_sum = 0.0;
+  int64_t done = 0, uniq_count = 0;
   for (int64_t s = 0; s < p.mask_samples; ++s) {
     for (int64_t first = 0; first < windows.size(); first += p.batch_size) {
       const int64_t count = std::min(p.batch_size, windows.size() - first);
       auto x0 = windows.batch(first, count);
-      auto noised = noise_rows(x0, mask_id, p.seed, first, s);
+      torch::Tensor input_r_B;
+      auto noised = semi_ar ? noise_rows_semi_ar(x0, mask_id, p.seed, first, s, p.block_length, &input_r_B)
+                            : noise_rows(x0, mask_id, p.seed, first, s);
       ForwardOptions opt;
-      opt.mask_ratio_B = noised.r_B;
+      opt.mask_ratio_B = semi_ar ? input_r_B : noised.r_B;
       opt.skip_lm_head = true;
       if (p.routing.policy != moe::RoutingPolicy::kToken) opt.routing = &p.routing;
       DiffusionLoss dl;
@@ -84,8 +142,11 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
         auto fwd = model->forward(noised.x_t_BL, opt);
         dl = diffusion_loss(model, fwd.hidden_BLD, x0, noised, /*inverse_r=*/true);
       }
+      // Semi-ar scores one block of `blocks`: scale to the whole window's per-token NELBO.
+      if (semi_ar) dl.seq_loss_B = dl.seq_loss_B * static_cast<double>(blocks);
       const auto& layers = model->last_routing_stats();
       res.routing.add(layers);
+      uniq_sum += sum_unique_experts(model, count, windows.seq_len(), p.block_length, uniq_count);
       sum += dl.seq_loss_B.sum().item<double>();
       for (auto& b : res.per_bin) b.add(noised.r_B, dl.seq_loss_B);
       if (auto cap_B = mean_capacity_B(layers); cap_B.defined()) {
@@ -101,6 +162,7 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
   res.loss = res.sequences ? sum / static_cast<double>(res.sequences) : 0.0;
   res.ppl = std::exp(std::min(20.0, res.loss));
   res.routing = res.routing.averaged();
+  res.unique_experts_per_block = uniq_count ? uniq_sum / static_cast<double>(uniq_count) : 0.0;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (was_training) model->train();
   return res;

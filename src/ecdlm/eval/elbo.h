@@ -22,6 +22,13 @@ struct EvalParams {
   std::vector<int64_t> bins = {4, 10};
   bool bf16 = true;              // autocast matmuls to bf16 (fp32 router/softmax/loss)
   moe::InferenceRouting routing; // MoE routing policy of the eval forwards (token = the model's own)
+  // uniform: every position masked with probability t (the training objective). semi-ar: as the
+  // block decoder sees the model while it decodes one block: the blocks before it clean, the block
+  // noised with t, the blocks after it fully masked (input only, not scored). One block per
+  // (window, sample), drawn uniformly; the loss is scaled by the block count, so it estimates the
+  // same per-token NELBO of the semi-autoregressive factorization.
+  std::string mask_mode = "uniform";
+  int64_t block_length = 32;     // semi-ar block; also the unit of unique_experts_per_block
 };
 
 struct EvalResult {
@@ -34,6 +41,11 @@ struct EvalResult {
   std::vector<BinnedLoss> capacity_per_bin;
   int64_t num_experts = 0, seq_len = 0;
   moe::RoutingSummary routing;
+  // Distinct routed experts per aligned block of block_length tokens (what a block must load),
+  // mean over blocks, sequences and MoE layers; 0 for a dense model.
+  double unique_experts_per_block = 0.0;
+  std::string mask_mode;
+  int64_t block_length = 0;
   double seconds = 0.0;
   nlohmann::json to_json() const;
 };
