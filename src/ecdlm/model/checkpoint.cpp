@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "ecdlm/util/error.h"
@@ -72,6 +73,36 @@ std::vector<Slot> checkpoint_slots(MoeDlm& model) {
   return slots;
 }
 
+// Per-expert names "<layer>.mlp.experts.<e>.<proj>": a config whose num_experts disagrees with
+// the checkpoint would otherwise surface as a router shape error or as silently unused experts.
+void check_expert_count(const ModelConfig& c, const io::SafetensorsSet& st) {
+  const std::string key = ".mlp.experts.";
+  std::map<std::string, std::pair<int64_t, std::string>> experts;  // layer -> (1 + max index, a name)
+  for (const auto& name : st.names()) {
+    const size_t at = name.find(key);
+    if (at == std::string::npos) continue;
+    const size_t b = at + key.size(), e = name.find('.', b);
+    // Up to 9 digits: an index a config could hold (and std::stoll cannot overflow).
+    if (e == std::string::npos || e == b || e - b > 9 ||
+        name.find_first_not_of("0123456789", b) != e)
+      continue;
+    auto& [n, example] = experts[name.substr(0, b - 1)];
+    const int64_t id = std::stoll(name.substr(b, e - b));
+    if (id + 1 > n) {
+      n = id + 1;
+      example = name;
+    }
+  }
+  for (const auto& [layer, found] : experts) {
+    if (found.first == c.num_experts) continue;
+    fail(st.where(found.second), layer,
+         "the checkpoint has " + std::to_string(found.first) + " experts but config num_experts = " +
+             std::to_string(c.num_experts),
+         "set \"num_experts\": " + std::to_string(found.first) +
+             " in config.json, or use the checkpoint this config was written for");
+  }
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, torch::Tensor>> export_tensors(MoeDlm& model) {
@@ -83,11 +114,18 @@ std::vector<std::pair<std::string, torch::Tensor>> export_tensors(MoeDlm& model)
 std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& st) {
   torch::NoGradGuard ng;
   std::set<std::string> used;
+  check_expert_count(model->config(), st);
   for (auto& s : checkpoint_slots(model)) {
     if (!st.has(s.hf_name)) {
       fail(st.source(), s.hf_name, "tensor missing from the checkpoint",
            "check config.json matches the weights (layers, experts, first_k_dense_replace)");
     }
+    // copy_ would turn integer (e.g. quantised) weights into floats without their scales.
+    const io::DType dt = st.info(s.hf_name).dtype;
+    if (s.target.is_floating_point() && !torch::isFloatingType(io::dtype_to_torch(dt)))
+      fail(st.where(s.hf_name), s.hf_name,
+           "dtype " + io::dtype_name(dt) + " cannot be loaded into a floating-point parameter",
+           "store the weights as F32, BF16 or F16 (quantised checkpoints are not supported)");
     auto src = st.get(s.hf_name, s.target.sizes().vec());
     s.target.copy_(src);  // converts dtype; experts are copied one slice at a time
     used.insert(s.hf_name);
