@@ -8,6 +8,12 @@
 
 #include "ecdlm/text/hf_tokenizer.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/log.h"
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  ecdlm::set_log_level(ecdlm::LogLevel::kError);  // "ignored setting" warnings would flood
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);

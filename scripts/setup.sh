@@ -11,6 +11,7 @@ APT_PKGS=(
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev gnuplot-nox
+  clang libclang-rt-dev   # libFuzzer + ASan/UBSan runtimes for the fuzz targets (ctest fuzz.smoke)
 )
 # node/npm: use the machine's own if present (Debian's npm conflicts with a newer node)
 command -v npm >/dev/null 2>&1 || APT_PKGS+=(nodejs npm)
