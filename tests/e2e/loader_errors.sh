@@ -154,9 +154,9 @@ c = json.load(open(sys.argv[1])); c["num_experts"] = 8
 json.dump(c, open(sys.argv[1], "w"), indent=2)
 EOF
 logits 2 "$TMP/experts"
-expect_err "$TMP/experts/model.safetensors" "model.layers.1.mlp.experts" "16 experts" \
-  "num_experts = 8" "config.json"
+expect_err "$TMP/experts/model.safetensors" "model.layers.1.mlp.gate.weight" "16 experts" \
+  "num_experts is 8" "config.json"
 expect_rc 2 "$ECDLM" generate -m "$TMP/experts" "${IDS[@]}"
-expect_err "model.layers.1.mlp.experts" "num_experts = 8"
+expect_err "model.layers.1.mlp.gate.weight" "num_experts is 8"
 
 echo "PASS loader_errors"

@@ -65,10 +65,10 @@ TEST_F(CheckpointErrors, ExpertCountDisagreeingWithConfigNamesLayerAndBothCounts
   with4.validate("test");
   // Checkpoint with more experts than the config: the extra experts must not go unused silently.
   expect_has(load_error(with4, exported(with8)),
-             {file_, "model.layers.0.mlp.experts", "8 experts", "num_experts = 4", "config.json"});
+             {file_, "model.layers.0.mlp.gate.weight", "8 experts", "num_experts is 4", "config.json"});
   // Fewer: reported as a count mismatch, not as a missing expert tensor or router shape.
   expect_has(load_error(with8, exported(with4)),
-             {file_, "model.layers.0.mlp.experts", "4 experts", "num_experts = 8"});
+             {file_, "model.layers.0.mlp.gate.weight", "4 experts", "num_experts is 8"});
 }
 
 TEST_F(CheckpointErrors, IntegerWeightIsRejectedNotConverted) {
@@ -83,7 +83,7 @@ TEST_F(CheckpointErrors, IntegerWeightIsRejectedNotConverted) {
     }
   }
   ASSERT_FALSE(name.empty());
-  expect_has(load_error(cfg, tensors), {file_, name, "I8", "floating-point"});
+  expect_has(load_error(cfg, tensors), {file_, name, "I8", "not supported"});
 }
 
 TEST_F(CheckpointErrors, WrongShapeNamesTensorAndBothShapes) {
