@@ -29,6 +29,9 @@ struct EvalArgs {
 int run(const EvalArgs& a) {
   if (a.bf16 != "true" && a.bf16 != "false") fail("", "--eval-bf16", "expects true or false", "");
   auto model = load_for_routing(a.model, a.routing);
+  if (model->config().mask_token_id < 0)
+    fail(a.model + "/config.json", "mask_token_id", "the model has no mask token id (and no tokenizer with <|mask|>)",
+         "add \"mask_token_id\" to config.json or put the model's tokenizer.json next to it");
   auto shard = data::TokenShard::open(a.data, a.split);
   if (shard.vocab_size() != model->config().vocab_size)
     fail(a.data, "vocab_size",
