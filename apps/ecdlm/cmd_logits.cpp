@@ -1,5 +1,6 @@
 // `ecdlm logits`: dump the f32 logits of one forward pass, for comparisons with other
 // implementations (the golden fixtures, the official Python code).
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -70,7 +71,9 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
     source = o.input;
   }
   LoadStats load_stats;
+  const auto t_load = std::chrono::steady_clock::now();
   auto model = load_for_routing(o.model_dir, o.routing, &load_stats);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const auto routing = o.routing.resolve(model->config());
   const auto& cfg = model->config();
   if (has_text) {
@@ -124,6 +127,7 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
                                    {"stacked_experts", load_stats.stacked_experts},
                                    {"experts_used", experts_used},
                                    {"experts_total", cfg.num_experts * cfg.num_moe_layers()}}},
+                      {"load_s", load_s},
                       {"peak_rss_bytes", prof::peak_rss_bytes()}};
   std::cout << j.dump(2) << "\n";
   return 0;
