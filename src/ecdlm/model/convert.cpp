@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -101,16 +102,25 @@ void copy_side_files(const std::string& src, const std::string& dst, const std::
   }
 }
 
-std::string make_tmp_dir(const std::string& src, const std::string& dst) {
+// Runs `write(tmp)` on a fresh sibling temp dir of `dst`, then renames it into place: a failure
+// leaves no partial output. `src`, if given, must not be `dst`.
+void write_dir_atomically(const std::string& src, const std::string& dst,
+                          const std::function<void(const std::string&)>& write) {
   std::error_code ec;
-  if (fs::exists(dst) && fs::equivalent(src, dst, ec))
+  if (!src.empty() && fs::exists(dst) && fs::equivalent(src, dst, ec))
     fail(dst, "", "the output is the input directory", "write to another directory");
   fs::path target(dst);
   ensure_writable_dir(target.has_parent_path() ? target.parent_path().string() : ".");
   const std::string tmp = dst + ".tmp." + std::to_string(::getpid());
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
-  return tmp;
+  try {
+    write(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  commit_dir(tmp, dst);
 }
 
 // The output tensors of a checkpoint in `layout`, in the file's name order.
@@ -216,16 +226,10 @@ ConvertReport convert_checkpoint(const std::string& src, const std::string& dst,
   ModelConfig::load(src);  // a readable config, or a clear error before any writing
   ConvertReport rep;
   auto tensors = relayout(st, p.layout, want, rep);
-  const std::string tmp = make_tmp_dir(src, dst);
-  try {
+  write_dir_atomically(src, dst, [&](const std::string& tmp) {
     finish(tensors, tmp, p.max_shard_bytes, rep);
     copy_side_files(src, tmp, want);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-  commit_dir(tmp, dst);
+  });
   return rep;
 }
 
@@ -329,8 +333,7 @@ ConvertReport export_llada2(const std::string& src, const std::string& dst, cons
     const std::string name = "model.layers." + std::to_string(l) + ".mlp.gate.expert_bias";
     if (!st->has(name)) tensors.push_back(io::pending(name, torch::zeros({c.num_experts}, torch::kFloat32)));
   }
-  const std::string tmp = make_tmp_dir(src, dst);
-  try {
+  write_dir_atomically(src, dst, [&](const std::string& tmp) {
     finish(tensors, tmp, p.max_shard_bytes, rep);
     write_file_atomic((fs::path(tmp) / "config.json").string(),
                       llada2_config_json(c, torch_dtype_name(*want)).dump(2) + "\n");
@@ -339,12 +342,7 @@ ConvertReport export_llada2(const std::string& src, const std::string& dst, cons
       auto from = fs::path(src) / f;
       if (fs::exists(from)) fs::copy_file(from, fs::path(tmp) / f, fs::copy_options::overwrite_existing);
     }
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-  commit_dir(tmp, dst);
+  });
   return rep;
 }
 
@@ -381,22 +379,12 @@ ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, co
   }
   ConvertReport rep;
   rep.tensors_in = static_cast<int64_t>(tensors.size());
-  fs::path target(dst);
-  ensure_writable_dir(target.has_parent_path() ? target.parent_path().string() : ".");
-  const std::string tmp = dst + ".tmp." + std::to_string(::getpid());
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  write_dir_atomically("", dst, [&](const std::string& tmp) {
     finish(tensors, tmp, max_shard_bytes, rep);
     json j = raw_config ? *raw_config : cfg.to_json();
     j["torch_dtype"] = torch_dtype_name(*want);
     write_file_atomic((fs::path(tmp) / "config.json").string(), j.dump(2) + "\n");
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-  commit_dir(tmp, dst);
+  });
   return rep;
 }
 
