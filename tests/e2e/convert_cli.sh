@@ -9,17 +9,9 @@ GOLDEN="$ROOT/../shared/golden"
 TINY="$GOLDEN/tiny-dmoe"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 [ -f "$TINY/golden.safetensors" ] || { echo "SKIP: golden fixtures missing ($TINY)"; exit 0; }
 cp "$ROOT/tests/e2e/st.py" "$TMP/st.py"
-expect_rc() {
-  local want="$1"; shift
-  set +e
-  "$@" > "$TMP/out.txt" 2> "$TMP/err.txt"
-  local rc=$?
-  set -e
-  [ "$rc" -eq "$want" ] || { cat "$TMP/err.txt" >&2; fail "exit $rc (want $want): $*"; }
-}
 jq_py() { python3 -c "import json,sys; j=json.load(open('$1')); $2"; }
 
 # --- convert: stacked + bf16, logits through the mapped loader ------------------------------------

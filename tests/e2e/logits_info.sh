@@ -9,20 +9,11 @@ GOLDEN="$ROOT/../shared/golden"
 TINY="$GOLDEN/tiny"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
+source "$ROOT/tests/e2e/lib.bash"
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 [ -f "$TINY/golden.safetensors" ] || { echo "SKIP: golden fixtures missing ($TINY)"; exit 0; }
 
-# Expects exit code $1 from the rest of the command line; stderr goes to $TMP/err.txt.
-expect_rc() {
-  local want="$1"; shift
-  set +e
-  "$@" > "$TMP/out.txt" 2> "$TMP/err.txt"
-  local rc=$?
-  set -e
-  [ "$rc" -eq "$want" ] || { cat "$TMP/err.txt" >&2; fail "exit $rc (want $want): $*"; }
-}
 
 # --- info ---------------------------------------------------------------------------------------
 "$ECDLM" info -m "$TINY" --json > "$TMP/info.json" || fail "info --json failed"
