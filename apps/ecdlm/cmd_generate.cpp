@@ -2,6 +2,8 @@
 // low-confidence remasking (bidirectional models, ecdlm's own), LLaDA2 threshold block decoding
 // with the exact KV cache (block-causal LLaDA2 checkpoints), Fast-dLLM threshold/factor rules.
 // --chat wraps the prompt in the LLaDA2 chat template and stops at <|role_end|> / EOS / pad.
+#include <atomic>
+#include <csignal>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -172,7 +174,16 @@ std::string resolve_decoder(const GenerateOptions& o, const ModelConfig& cfg) {
 int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok, const std::vector<int64_t>& ids,
                   const std::string& decoder);
 
+// Ctrl-C cancels at the next step: the decoders return what they have, which is printed (masks
+// shown) and the command exits 130. A second Ctrl-C kills as usual.
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_sigint(int) {
+  g_interrupted.store(true);
+  std::signal(SIGINT, SIG_DFL);
+}
+
 int run_generate(GenerateOptions o) {
+  std::signal(SIGINT, on_sigint);
   // Flags first: a bad combination is reported before anything heavy is loaded.
   const std::string decoder = resolve_decoder(o, ModelConfig::load(o.model_dir));
   check_flag_combinations(o, decoder);
@@ -262,10 +273,11 @@ int run_generate(GenerateOptions o) {
            << "\n";
       std::cerr << os.str() << std::flush;
     }
-    return true;
+    return !g_interrupted.load();
   };
   auto res = gen::llada_generate(model, prompt_BP, p, cb);
   bar.finish();
+  if (res.cancelled) LOG_WARN("generate: interrupted; printing the partial canvas");
   const double tps = res.seconds > 0 ? static_cast<double>(committed) / res.seconds : 0.0;
   LOG_INFO("generate: " << res.forwards << " forwards in " << res.seconds << " s ("
                         << committed << " tokens, " << tps << " tokens/s)");
@@ -298,14 +310,15 @@ int run_generate(GenerateOptions o) {
     j["seconds"] = res.seconds;
     j["tokens_per_s"] = tps;
     j["forward_ms"] = res.forward_ms;
+    j["cancelled"] = res.cancelled;
     std::cout << j.dump(2) << "\n";
-    return 0;
+    return res.cancelled ? 130 : 0;
   }
   for (size_t i = 0; i < texts.size(); ++i) {
     if (texts.size() > 1) std::cout << "=== sample " << i + 1 << " ===\n";
     std::cout << texts[i] << "\n";
   }
-  return 0;
+  return res.cancelled ? 130 : 0;
 }
 
 
@@ -374,11 +387,12 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
       std::cerr << (::isatty(2) ? "\033[H\033[2J" : "") << "[block " << s.block << ", step " << s.step << "]\n"
                 << render_canvas(*tok, torch::tensor(row, torch::kInt64), tp.mask_id) << "\n" << std::flush;
     }
-    return true;
+    return !g_interrupted.load();
   };
   std::vector<std::vector<int64_t>> prompts(static_cast<size_t>(o.num_samples), ids);
   auto results = gen::threshold_generate_batch(model, prompts, tp, cb);
   bar.finish();
+  if (g_interrupted.load()) LOG_WARN("generate: interrupted; printing what was decoded");
   // The decoder cut each output after its first stop token (EOS, or a --chat stop id): leave it out of the text.
   std::vector<int64_t> stops = o.stop_ids;
   stops.push_back(tp.eos_id >= 0 ? tp.eos_id : cfg.eos_token_id);
@@ -419,9 +433,10 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
                           {"kv_cache", tp.kv_cache}, {"prompt_tokens", ids}, {"samples", js},
                           {"peak_rss_mb", peak_rss_mb()}};
     if (o.chat) out["chat"] = {{"template", o.chat_text}, {"stop_ids", o.stop_ids}};
+    out["cancelled"] = g_interrupted.load();
     std::cout << out.dump(2) << "\n";
   }
-  return 0;
+  return g_interrupted.load() ? 130 : 0;
 }
 
 }  // namespace
