@@ -59,7 +59,8 @@ int run(const GenBenchArgs& a) {
 void register_bench_generate(CLI::App* bench) {
   auto a = std::make_shared<GenBenchArgs>();
   auto* sub = bench->add_subcommand(
-      "generate", "Decoding: token vs dMoE block (p 0.5/0.6/0.8) vs top-k vs EC routing, KV cache on/off");
+      "generate", "Decoding: token vs dMoE block (p 0.5/0.6/0.8) vs top-k vs DES-S / DES-V (our interpretation) vs "
+                  "EC routing, KV cache on/off");
   sub->add_flag("--quick", a->p.quick, "Reduced run (2 MoE layers, 64 tokens, 1 repetition): under 2 minutes");
   sub->add_flag("--json", a->json, "Print {\"results\": [...]} as JSON");
   sub->add_option("--bench-brown-model", a->p.brown_model, "Token-choice Brown model directory (\"\" = skip)")
@@ -69,7 +70,12 @@ void register_bench_generate(CLI::App* bench) {
   sub->add_option("--bench-synth-vocab", a->p.synth_vocab, "Vocabulary of the synthetic model")
       ->capture_default_str()->check(CLI::Range(64, 200000));
   sub->add_option("--bench-prompt-length", a->p.prompt_len, "Prompt tokens")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--bench-gen-length", a->p.gen_length, "Generated tokens")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--bench-gen-length", a->p.gen_length, "Generated tokens (the KV cache on/off comparison too)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--bench-policies", a->p.policies,
+                  "Only these routing policies (comma list; default all): token, block, topk, des-s, des-v, ec")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"token", "block", "topk", "des-s", "des-v", "ec"}));
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--bench-reps", a->p.reps, "Repetitions (variants interleaved; medians)")

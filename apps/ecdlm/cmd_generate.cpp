@@ -376,7 +376,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
   if (o.canvas || log_level() >= LogLevel::kWarn) ProgressBar::set_enabled(false);
   const int64_t blocks = (static_cast<int64_t>(ids.size()) + tp.gen_length + tp.block_length - 1) / tp.block_length -
                          static_cast<int64_t>(ids.size()) / tp.block_length;
-  ProgressBar bar("generate", blocks * o.num_samples, "tok");
+  ProgressBar bar("generate", blocks, "tok");  // the samples decode as one batch, block by block
   int64_t committed = 0, done_blocks = 0, last_block = -1;
   auto cb = [&](const gen::StepInfo& s) {
     committed += s.committed;

@@ -12,9 +12,10 @@ namespace ecdlm::cli {
 void RoutingFlags::add_to(CLI::App* sub) {
   sub->add_option("--moe-routing", policy,
                   "token (the model's own), ec (expert choice, capacity k(r) from the masked fraction of the "
-                  "forwarded tokens), block (dMoE coreset per chunk), topk (smaller k); default: token, or block "
-                  "for dMoE checkpoints")
-      ->check(CLI::IsMember({"token", "ec", "block", "topk"}));
+                  "forwarded tokens), block (dMoE coreset per chunk), topk (smaller k), des-s / des-v (our "
+                  "interpretation of the dMoE paper's DES-S / DES-V baselines); default: token, or block for dMoE "
+                  "checkpoints")
+      ->check(CLI::IsMember({"token", "ec", "block", "topk", "des-s", "des-v"}));
   sub->add_option("--block-top-p", block_top_p, "Block routing: coreset mass p in (0, 1] (default: the "
                                                 "model's core_threshold, else 0.6)");
   sub->add_option("--block-min-experts", block_min_experts, "Block routing: minimum coreset size G")
@@ -22,6 +23,18 @@ void RoutingFlags::add_to(CLI::App* sub) {
   sub->add_option("--block-chunk", block_chunk, "Block routing: tokens per vote (aligned chunks)")
       ->capture_default_str();
   sub->add_option("--moe-topk-cap", topk_cap, "topk routing: experts per token")->capture_default_str();
+  des_opts.clear();
+  des_opts.push_back(sub->add_option("--moe-des-s-ratio", des_s_ratio,
+                  "des-s routing: (token, expert) pairs kept per chunk, as a fraction of tokens x k")
+      ->capture_default_str());
+  des_opts.push_back(sub->add_option("--moe-des-v-threshold", des_v_threshold,
+                  "des-v routing: keep experts whose summed vote is >= this x the best expert's, in [0, 1]")
+      ->capture_default_str());
+  des_opts.push_back(sub->add_option("--moe-des-min-experts", des_min_experts,
+                                     "des-s / des-v: minimum coreset size (0 = the model's k)")
+      ->capture_default_str());
+  des_opts.push_back(sub->add_option("--moe-des-chunk", des_chunk, "des-s / des-v: tokens per coreset (aligned chunks)")
+      ->capture_default_str());
   sub->add_option("--moe-capacity-schedule", ec_schedule, "ec routing on a token-choice model: k(r) schedule "
                                                           "(default static k = the model's top-k)");
   sub->add_option("--moe-capacity-k-min", ec_k_min, "ec routing: schedule k_min");
@@ -47,6 +60,15 @@ moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
   r.block_min_experts = block_min_experts;
   r.block_chunk = block_chunk;
   r.topk_cap = topk_cap;
+  r.des_s_ratio = des_s_ratio;
+  r.des_v_threshold = des_v_threshold;
+  r.des_min_experts = des_min_experts;
+  r.des_chunk = des_chunk;
+  const bool des = r.policy == moe::RoutingPolicy::kDesS || r.policy == moe::RoutingPolicy::kDesV;
+  for (const auto* o : des_opts)
+    if (!des && o->count() > 0)
+      LOG_WARN(o->get_name() << " has no effect: routing is " << moe::routing_policy_name(r.policy)
+                             << " (it applies to --moe-routing des-s / des-v)");
   if (r.policy != moe::RoutingPolicy::kToken) r.validate(cfg);
   if (r.policy == moe::RoutingPolicy::kToken && block_top_p >= 0 && !(block_top_p > 0 && block_top_p <= 1))
     fail("", "--block-top-p", "must be in (0, 1]", "");

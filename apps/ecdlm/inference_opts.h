@@ -1,9 +1,10 @@
-// Inference flags shared by generate, logits and bench generate: routing policy (--moe-*,
-// --block-*) and how a model is loaded for it (expert choice = a router swap at load time).
+// Inference flags shared by generate, logits, eval and bench generate: routing policy (--moe-*,
+// --block-*, --moe-des-*) and how a model is loaded for it (expert choice = a router swap at load time).
 #pragma once
 #include <CLI/CLI.hpp>
 
 #include <string>
+#include <vector>
 
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/moe_dlm.h"
@@ -17,6 +18,9 @@ struct RoutingFlags {
   int64_t block_min_experts = 16;
   int64_t block_chunk = 32;
   int64_t topk_cap = 4;
+  double des_s_ratio = 0.5, des_v_threshold = 0.1;
+  int64_t des_min_experts = 0, des_chunk = 32;
+  std::vector<CLI::Option*> des_opts;  // to warn when given without a DES policy
   std::string ec_schedule;            // ec on a TC model: capacity schedule (default static)
   double ec_k_min = 0, ec_k_max = 0;
   std::string dtype = "f32";          // --dtype: weight storage / compute type (f32 | bf16)

@@ -1,6 +1,7 @@
 #include "ecdlm/bench/generate_bench.h"
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <iomanip>
 #include <sstream>
@@ -127,9 +128,19 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     ms.ec_model->eval();
     models.push_back(std::move(ms));
   }
-  std::vector<Variant> variants = {{"token", 0, true}, {"token", 0, false}, {"block", 0.5, true}, {"block", 0.6, true},
-                                   {"block", 0.6, false}, {"block", 0.8, true}, {"topk", 0, true}, {"ec", 0, true}};
-  if (p.quick) variants = {{"token", 0, true}, {"token", 0, false}, {"block", 0.6, true}, {"topk", 0, true}, {"ec", 0, true}};
+  std::vector<Variant> variants = {{"token", 0, true},  {"token", 0, false}, {"block", 0.5, true},
+                                   {"block", 0.6, true}, {"block", 0.6, false}, {"block", 0.8, true},
+                                   {"topk", 0, true},   {"des-s", 0, true},   {"des-v", 0, true},
+                                   {"ec", 0, true}};
+  if (p.quick)
+    variants = {{"token", 0, true}, {"token", 0, false}, {"block", 0.6, true}, {"topk", 0, true},
+                {"des-s", 0, true}, {"des-v", 0, true},  {"ec", 0, true}};
+  if (!p.policies.empty()) {
+    std::vector<Variant> keep;
+    for (const auto& v : variants)
+      if (std::find(p.policies.begin(), p.policies.end(), v.routing) != p.policies.end()) keep.push_back(v);
+    variants = keep;
+  }
   const int64_t reps = p.quick ? 1 : p.reps;
   const int64_t gen_length = p.quick ? 64 : p.gen_length, prompt_len = p.quick ? 32 : p.prompt_len;
 
@@ -143,7 +154,8 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     auto gen_ids = at::detail::createCPUGenerator(p.seed);
     auto prompt_t = torch::randint(4, std::min<int64_t>(cfg.vocab_size - 3, 30000), {prompt_len}, gen_ids, torch::kInt64);
     std::vector<int64_t> prompt(prompt_t.data_ptr<int64_t>(), prompt_t.data_ptr<int64_t>() + prompt_len);
-    std::vector<std::vector<double>> tps(variants.size()), ms(variants.size()), moe(variants.size()), att(variants.size());
+    enum Col { kMs, kMoe, kAtt, kDense, kHead, kOther, kCols };
+    std::vector<std::array<std::vector<double>, kCols>> cols(variants.size());
     std::vector<GenBenchRow> mrows(variants.size());
     // Warm-up (allocator, oneDNN primitives) outside the measurement.
     {
@@ -169,49 +181,55 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         tp.kv_cache = v.kv;
         tp.seed = p.seed;
         MoeDlm* model = &m.model;
-        if (v.routing == "block") {
-          tp.routing.policy = moe::RoutingPolicy::kBlock;
-          tp.routing.block_top_p = v.top_p;
+        if (v.routing == "ec") {
+          model = &m.ec_model;
+        } else {
+          tp.routing.policy = moe::parse_routing_policy(v.routing);
+          tp.routing.block_top_p = v.top_p > 0 ? v.top_p : tp.routing.block_top_p;
           tp.routing.block_min_experts = m.min_experts;
           tp.routing.block_chunk = p.block_length;
-        } else if (v.routing == "topk") {
-          tp.routing.policy = moe::RoutingPolicy::kTopK;
           tp.routing.topk_cap = m.topk_cap;
-        } else if (v.routing == "ec") {
-          model = &m.ec_model;
+          tp.routing.des_chunk = p.block_length;  // DES-S / DES-V: their default knobs (inference_routing.h)
         }
         prof::reset();
         auto res = gen::threshold_generate(*model, prompt, tp);
-        double fwd_ms = 0, moe_ms = 0, att_ms = 0, bytes = 0;
+        std::array<double, kCols> sum{};
+        double bytes = 0;
         for (const auto& f : res.per_forward) {
-          fwd_ms += f.ms;
-          moe_ms += f.router_ms + f.experts_ms;
-          att_ms += f.attention_ms;
+          sum[kMs] += f.ms;
+          sum[kMoe] += f.router_ms + f.experts_ms;
+          sum[kAtt] += f.attention_ms;
+          sum[kDense] += f.dense_ms;
+          sum[kHead] += f.head_ms;
+          sum[kOther] += f.ms - f.router_ms - f.experts_ms - f.attention_ms - f.dense_ms - f.head_ms;
           bytes += f.expert_bytes;
         }
         const double n = std::max<double>(1.0, static_cast<double>(res.per_forward.size()));
-        tps[vi].push_back(static_cast<double>(res.tokens.size()) / res.seconds);
-        ms[vi].push_back(fwd_ms / n);
-        moe[vi].push_back(moe_ms / n);
-        att[vi].push_back(att_ms / n);
+        for (int c = 0; c < kCols; ++c) cols[vi][static_cast<size_t>(c)].push_back(sum[static_cast<size_t>(c)] / n);
         auto& row = mrows[vi];
         row.model = m.name;
         row.routing = v.routing;
         row.top_p = v.top_p;
         row.kv_cache = v.kv;
+        row.gen_length = gen_length;
         row.unique_experts_per_block = res.avg_unique_experts_per_layer;
         row.expert_bytes_per_forward = bytes / n;
         row.forwards = res.forwards + res.cache_forwards;
         row.tokens_per_forward = static_cast<double>(res.tokens.size()) / n;
-        bar.update(++done, m.name + " " + v.routing);
+        row.tokens_per_s_reps.push_back(static_cast<double>(res.tokens.size()) / res.seconds);
+        bar.update(++done, m.name + " " + v.routing + (v.kv ? "" : " (no cache)"));
       }
     }
     for (size_t vi = 0; vi < variants.size(); ++vi) {
-      mrows[vi].tokens_per_s = median(tps[vi]);
-      mrows[vi].ms_per_forward = median(ms[vi]);
-      mrows[vi].moe_ms_per_forward = median(moe[vi]);
-      mrows[vi].attention_ms_per_forward = median(att[vi]);
-      rows.push_back(mrows[vi]);
+      auto& row = mrows[vi];
+      row.tokens_per_s = median(row.tokens_per_s_reps);
+      row.ms_per_forward = median(cols[vi][kMs]);
+      row.moe_ms_per_forward = median(cols[vi][kMoe]);
+      row.attention_ms_per_forward = median(cols[vi][kAtt]);
+      row.dense_ms_per_forward = median(cols[vi][kDense]);
+      row.head_ms_per_forward = median(cols[vi][kHead]);
+      row.other_ms_per_forward = median(cols[vi][kOther]);
+      rows.push_back(row);
     }
   }
   bar.finish();
@@ -219,39 +237,76 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   return rows;
 }
 
+std::vector<GenBenchCacheRatio> cache_ratios(const std::vector<GenBenchRow>& rows) {
+  std::vector<GenBenchCacheRatio> out;
+  for (const auto& off : rows) {
+    if (off.kv_cache) continue;
+    for (const auto& on : rows) {
+      if (!on.kv_cache || on.model != off.model || on.routing != off.routing || on.top_p != off.top_p) continue;
+      GenBenchCacheRatio c{off.model, off.routing, off.top_p, off.gen_length, {}, 0};
+      for (size_t r = 0; r < std::min(on.tokens_per_s_reps.size(), off.tokens_per_s_reps.size()); ++r)
+        c.ratios.push_back(on.tokens_per_s_reps[r] / off.tokens_per_s_reps[r]);
+      c.median = median(c.ratios);
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
-  nlohmann::json arr = nlohmann::json::array();
+  nlohmann::json arr = nlohmann::json::array(), kv = nlohmann::json::array();
   for (const auto& r : rows)
     arr.push_back({{"model", r.model}, {"routing", r.routing}, {"top_p", r.top_p}, {"kv_cache", r.kv_cache},
-                   {"unique_experts_per_block", r.unique_experts_per_block},
-                   {"expert_bytes_per_forward", r.expert_bytes_per_forward}, {"moe_ms_per_forward", r.moe_ms_per_forward},
-                   {"attention_ms_per_forward", r.attention_ms_per_forward}, {"ms_per_forward", r.ms_per_forward},
-                   {"tokens_per_s", r.tokens_per_s}, {"tokens_per_forward", r.tokens_per_forward},
+                   {"gen_length", r.gen_length}, {"unique_experts_per_block", r.unique_experts_per_block},
+                   {"expert_bytes_per_forward", r.expert_bytes_per_forward}, {"ms_per_forward", r.ms_per_forward},
+                   {"moe_ms_per_forward", r.moe_ms_per_forward}, {"attention_ms_per_forward", r.attention_ms_per_forward},
+                   {"dense_ms_per_forward", r.dense_ms_per_forward}, {"head_ms_per_forward", r.head_ms_per_forward},
+                   {"other_ms_per_forward", r.other_ms_per_forward}, {"tokens_per_s", r.tokens_per_s},
+                   {"tokens_per_s_reps", r.tokens_per_s_reps}, {"tokens_per_forward", r.tokens_per_forward},
                    {"forwards", r.forwards}});
-  return {{"results", arr}};
+  for (const auto& c : cache_ratios(rows))
+    kv.push_back({{"model", c.model}, {"routing", c.routing}, {"top_p", c.top_p}, {"gen_length", c.gen_length},
+                  {"speedup_median", c.median}, {"speedup_reps", c.ratios}});
+  return {{"results", arr}, {"kv_cache_speedup", kv}};
 }
 
 std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p) {
   std::ostringstream o;
   o << std::fixed;
-  o << "| model | routing | KV cache | unique experts / block | expert MB / forward | MoE ms / forward | "
-       "attention ms / forward | ms / forward | tokens/s | vs token (cache) |\n|---|---|---|---|---|---|---|---|---|---|\n";
+  o << "| model | routing | KV cache | unique experts / block | expert MB / forward | ms / forward | MoE | attention | "
+       "dense | LM head | other | tokens/s | vs token (cache) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  auto name = [](const std::string& routing, double top_p) {
+    if (routing != "block") return routing;
+    std::ostringstream s;
+    s << "block p=" << std::fixed << std::setprecision(1) << top_p;
+    return s.str();
+  };
   for (const auto& r : rows) {
     double base = 0;
     for (const auto& b : rows)
       if (b.model == r.model && b.routing == "token" && b.kv_cache) base = b.tokens_per_s;
-    std::string routing = r.routing;
-    if (r.routing == "block") {
-      std::ostringstream s;
-      s << "block p=" << std::setprecision(1) << r.top_p;
-      routing = s.str();
-    }
-    o << "| " << r.model << " | " << routing << " | " << (r.kv_cache ? "on" : "off") << " | " << std::setprecision(1)
-      << r.unique_experts_per_block << " | " << std::setprecision(1) << r.expert_bytes_per_forward / 1048576.0 << " | "
-      << std::setprecision(2) << r.moe_ms_per_forward << " | " << r.attention_ms_per_forward << " | " << r.ms_per_forward
-      << " | " << std::setprecision(1) << r.tokens_per_s << " | " << std::setprecision(2)
-      << (base > 0 ? r.tokens_per_s / base : 0.0) << "x |\n";
+    o << "| " << r.model << " | " << name(r.routing, r.top_p) << " | " << (r.kv_cache ? "on" : "off") << " | "
+      << std::setprecision(1) << r.unique_experts_per_block << " | " << r.expert_bytes_per_forward / 1048576.0 << " | "
+      << std::setprecision(2) << r.ms_per_forward << " | " << r.moe_ms_per_forward << " | "
+      << r.attention_ms_per_forward << " | " << r.dense_ms_per_forward << " | " << r.head_ms_per_forward << " | "
+      << r.other_ms_per_forward << " | " << std::setprecision(1) << r.tokens_per_s << " | ";
+    if (base > 0)
+      o << std::setprecision(2) << r.tokens_per_s / base << "x |\n";
+    else
+      o << "- |\n";
   }
+  const auto kv = cache_ratios(rows);
+  if (!kv.empty()) {
+    o << "\nKV cache speedup (tokens/s on / off, paired per repetition):\n\n| model | routing | generated tokens | "
+         "speedup (median) | per repetition |\n|---|---|---|---|---|\n";
+    for (const auto& c : kv) {
+      o << "| " << c.model << " | " << name(c.routing, c.top_p) << " | " << c.gen_length << " | " << std::setprecision(2)
+        << c.median << "x |";
+      for (size_t i = 0; i < c.ratios.size(); ++i) o << (i ? ", " : " ") << c.ratios[i];
+      o << " |\n";
+    }
+  }
+  (void)p;
   return o.str();
 }
 

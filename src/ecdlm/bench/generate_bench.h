@@ -1,6 +1,6 @@
 // `ecdlm bench generate`: threshold block decoding side by side under several MoE routing
-// policies (token, dMoE block at several p, top-k cap, expert choice) and with the KV cache on
-// and off, on (1) a trained Brown model and (2) a synthetic model with LLaDA2.0-mini's per-layer
+// policies (token, dMoE block at several p, top-k cap, DES-S / DES-V as we interpret them, expert
+// choice) and with the KV cache on and off (256-token generation by default), on (1) a trained Brown model and (2) a synthetic model with LLaDA2.0-mini's per-layer
 // shapes (2048 hidden, 256 experts of 512, top-8 in 8 groups / 4, shared expert, bf16).
 #pragma once
 #include <nlohmann/json.hpp>
@@ -18,20 +18,37 @@ struct GenBenchParams {
   std::string brown_model = "runs/brown-small-tc/best";  // a token-choice Brown model ("" = skip)
   int64_t synth_moe_layers = 3;     // + 1 dense layer, as LLaDA2 layer 0
   int64_t synth_vocab = 32768;      // LLaDA2's 157184 scaled by layers kept / 20 (see .cpp)
-  int64_t prompt_len = 64, gen_length = 128, block_length = 32;
+  int64_t prompt_len = 64, gen_length = 256, block_length = 32;
   int64_t reps = 3;                 // repetitions, variants interleaved; medians reported
   uint64_t seed = 7;
+  std::vector<std::string> policies;  // routing policies to run (empty = all): token block topk des-s des-v ec
 };
 
 struct GenBenchRow {
-  std::string model, routing;       // routing: token | block | topk | ec
+  std::string model, routing;       // routing: token | block | topk | des-s | des-v | ec
   double top_p = 0.0;               // block routing's p (0 otherwise)
   bool kv_cache = true;
+  int64_t gen_length = 0;
   double unique_experts_per_block = 0, expert_bytes_per_forward = 0;
-  double moe_ms_per_forward = 0, attention_ms_per_forward = 0, ms_per_forward = 0, tokens_per_s = 0;
-  double tokens_per_forward = 0;
+  // Per denoising forward (medians over repetitions): the whole step (forward, sampling, commit)
+  // and its profiled parts; other = the step minus the parts.
+  double ms_per_forward = 0, moe_ms_per_forward = 0, attention_ms_per_forward = 0, dense_ms_per_forward = 0,
+         head_ms_per_forward = 0, other_ms_per_forward = 0;
+  double tokens_per_s = 0, tokens_per_forward = 0;
   int64_t forwards = 0;
+  std::vector<double> tokens_per_s_reps;  // one per repetition, in order
 };
+
+// KV cache on vs off for one model and routing: tokens/s ratio per repetition (both runs of a
+// pair come from the same repetition round), and their median.
+struct GenBenchCacheRatio {
+  std::string model, routing;
+  double top_p = 0.0;
+  int64_t gen_length = 0;
+  std::vector<double> ratios;
+  double median = 0;
+};
+std::vector<GenBenchCacheRatio> cache_ratios(const std::vector<GenBenchRow>& rows);
 
 // The synthetic LLaDA2.0-mini-shaped config (per-layer shapes exact, fewer layers, smaller vocab).
 ModelConfig synthetic_llada2_config(int64_t moe_layers, int64_t vocab);

@@ -20,26 +20,38 @@ void need(bool ok, const std::string& field, const std::string& problem, const s
   if (!ok) fail("", field, problem, fix);
 }
 
-// Mean over MoE layers of the distinct experts used by input rows [row0, row0 + n), and the
-// bytes of those experts' weights.
-void expert_stats(MoeDlm& model, int64_t L_in, int64_t row0, int64_t n, ForwardStat& st) {
-  double uniq = 0.0, bytes = 0.0;
+}  // namespace
+
+ExpertStats last_forward_expert_stats(MoeDlm& model, int64_t B, int64_t L_in, int64_t row0, int64_t n) {
+  ExpertStats st{torch::zeros({B}, torch::kFloat64), torch::zeros({B}, torch::kFloat64)};
   int64_t layers = 0;
   for (auto& blk : model->moe_blocks()) {
     const auto& plan = blk->last_plan();
     if (!plan.idx_TK.defined() && !plan.token_EN.defined()) continue;
-    const double u = moe::unique_experts(plan, 1, L_in, row0, n);
+    const auto u_B = moe::unique_experts_B(plan, B, L_in, row0, n);
     const auto& ex = blk->experts;
     const double per_expert = static_cast<double>(ex->bytes_per_expert());
-    uniq += u;
-    bytes += u * per_expert;
+    st.unique_B += u_B;
+    st.bytes_B += u_B * per_expert;
     ++layers;
   }
-  st.unique_experts_per_layer = layers ? uniq / static_cast<double>(layers) : 0.0;
-  st.expert_bytes = bytes;
+  if (layers) st.unique_B /= static_cast<double>(layers);
+  return st;
 }
 
-}  // namespace
+torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND) {
+  prof::Scope ps(prof::kHead);
+  return to_f32_or_wider(model->lm_head(hidden_ND));
+}
+
+Candidates block_candidates(const torch::Tensor& logits_NV, const torch::Tensor& rows_N, int64_t L,
+                            const ThresholdParams& p, at::Generator& gen) {
+  auto c = sample_threshold(logits_NV, p.temperature, p.top_k, p.top_p, p.confidence, gen);
+  Candidates out;
+  out.conf_N = torch::full({L}, kNegInf, torch::kFloat64).index_put_({rows_N}, c.conf_N);
+  out.token_N = torch::zeros({L}, torch::kInt64).index_put_({rows_N}, c.token_N);
+  return out;
+}
 
 ThresholdRule parse_threshold_rule(const std::string& name) {
   if (name == "llada2") return ThresholdRule::kLlada2;
@@ -81,11 +93,13 @@ void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t pro
                                  std::to_string(p.gen_length) + "), rounded up to whole blocks (" + std::to_string(total) +
                                  "), exceeds the model's context of " + std::to_string(c.max_position_embeddings),
          "shorten the prompt or lower --gen-length");
-  if (p.routing.policy == moe::RoutingPolicy::kBlock && p.kv_cache && p.block_length % p.routing.block_chunk != 0)
+  if (p.routing.uses_coreset() && p.kv_cache && p.block_length % p.routing.coreset_chunk() != 0) {
+    const std::string flag = p.routing.policy == moe::RoutingPolicy::kBlock ? "--block-chunk" : "--moe-des-chunk";
     fail("", "--diffusion-block-length",
-         "block length " + std::to_string(p.block_length) + " is not a multiple of --block-chunk " +
-             std::to_string(p.routing.block_chunk) + " (with the KV cache each step forwards one block, cut into chunks)",
-         "use --block-chunk " + std::to_string(p.block_length) + " or a block length that is a multiple of it");
+         "block length " + std::to_string(p.block_length) + " is not a multiple of " + flag + " " +
+             std::to_string(p.routing.coreset_chunk()) + " (with the KV cache each step forwards one block, cut into chunks)",
+         "use " + flag + " " + std::to_string(p.block_length) + " or a block length that is a multiple of it");
+  }
   p.routing.validate(c);
 }
 
@@ -213,28 +227,34 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
       ForwardOptions o;
       o.block_length = L;
       o.routing = routing;
-      o.logits_last_n = L;
-      torch::Tensor logits_LV;
+      o.skip_lm_head = true;  // the head runs on the block's masked positions only
+      torch::Tensor hidden_LD;
       int64_t L_in;
       if (p.kv_cache) {
         o.kv_cache = &kv;
         L_in = L;
-        logits_LV = model->forward(block_x, o).logits_BLV[0];
+        hidden_LD = model->forward(block_x, o).hidden_BLD[0];
       } else {
         L_in = lo + L;
-        logits_LV = model->forward(x.narrow(1, 0, lo + L), o).logits_BLV[0];
+        hidden_LD = model->forward(x.narrow(1, 0, lo + L), o).hidden_BLD[0].narrow(0, lo, L);
       }
+      const auto rows_N = masked_L.nonzero().squeeze(1);
+      const auto logits_NV = head_logits(model, hidden_LD.index_select(0, rows_N));
       ForwardStat st;
       const auto prof1 = prof::totals_ms();
       st.attention_ms = prof1[prof::kAttention] - prof0[prof::kAttention];
       st.router_ms = prof1[prof::kRouter] - prof0[prof::kRouter];
       st.experts_ms = prof1[prof::kExperts] - prof0[prof::kExperts] + prof1[prof::kShared] - prof0[prof::kShared];
+      st.dense_ms = prof1[prof::kDense] - prof0[prof::kDense];
+      st.head_ms = prof1[prof::kHead] - prof0[prof::kHead];
       st.block = b;
       st.step = s;
       st.tokens_in = L_in;
-      expert_stats(model, L_in, L_in - L, L, st);
-      auto cand = sample_threshold(logits_LV, p.temperature, p.top_k, p.top_p, p.confidence, gen);
-      auto conf_L = torch::where(masked_L, cand.conf_N, torch::full_like(cand.conf_N, kNegInf));
+      const auto es = last_forward_expert_stats(model, 1, L_in, L_in - L, L);
+      st.unique_experts_per_layer = es.unique_B[0].item<double>();
+      st.expert_bytes = es.bytes_B[0].item<double>();
+      auto cand = block_candidates(logits_NV, rows_N, L, p, gen);
+      const auto& conf_L = cand.conf_N;
       const int64_t n = p.rule == ThresholdRule::kLlada2 ? schedule[static_cast<size_t>(s)] : 1;
       auto commit_L = threshold_commit(conf_L, p.rule, p.threshold, p.factor, n).logical_and(masked_L);
       block_x[0].copy_(torch::where(commit_L, cand.token_N, block_x[0]));
@@ -278,18 +298,6 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (was_training) model->train();
   return res;
-}
-
-std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::vector<std::vector<int64_t>>& prompts,
-                                                      const ThresholdParams& p, const StepCallback& cb) {
-  std::vector<ThresholdResult> out;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ThresholdParams pi = p;
-    pi.seed = p.seed + i;  // independent, reproducible streams per row
-    out.push_back(threshold_generate(model, prompts[i], pi, cb));
-    if (out.back().cancelled) break;
-  }
-  return out;
 }
 
 }  // namespace ecdlm::gen

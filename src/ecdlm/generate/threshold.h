@@ -54,8 +54,9 @@ struct ForwardStat {
   double ms = 0.0;
   double unique_experts_per_layer = 0.0;  // distinct experts over the block's positions, mean over MoE layers
   double expert_bytes = 0.0;              // bytes of the routed experts' weights those experts hold, all layers
-  // Time split when profiling is on (util/profile.h): attention, router, routed + shared experts.
-  double attention_ms = 0.0, router_ms = 0.0, experts_ms = 0.0;
+  // Time split when profiling is on (util/profile.h): attention, router, routed + shared experts,
+  // dense MLP layers, LM head (the rest of ms: embeddings, norms, sampling and the commit).
+  double attention_ms = 0.0, router_ms = 0.0, experts_ms = 0.0, dense_ms = 0.0, head_ms = 0.0;
 };
 
 struct ThresholdResult {
@@ -74,9 +75,27 @@ struct ThresholdResult {
 ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& prompt, const ThresholdParams& p,
                                    const StepCallback& cb = {});
 
-// Per-sequence loop over a batch (each row keeps its own state and EOS).
+// Batched decoding (threshold_batch.cpp): one forward per step for every row still working on the
+// current block, per-row state (committed positions, EOS / early stop, forwards, RNG seeded
+// p.seed + row index), rows that finish leave the batch and the KV cache. Blocks are aligned to
+// absolute position 0 and the cache must hold the same positions for every row, so rows are
+// grouped by their number of whole prompt blocks (prompt length / block length); each group is
+// decoded as one batch, groups one after another (left padding would shift the block grid).
+// Inside a group, rows may differ in prompt length: the first block holds each row's own
+// prompt tail. Output equals threshold_generate row by row (tests), except on token-choice models
+// with a capacity factor, whose capacity pool is the whole forward batch (as in training).
+// ForwardStat.ms is the shared batched forward's time; seconds run from the group's start to the
+// row's end. The callback runs once per batched forward: x_BL is the group's canvas [rows, len],
+// committed the sum over its rows. A cancel marks every unfinished row cancelled.
 std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::vector<std::vector<int64_t>>& prompts,
                                                       const ThresholdParams& p, const StepCallback& cb = {});
+
+// Unique experts (mean over MoE layers) and the bytes those experts' weights hold (all layers),
+// per input sequence, over rows [row0, row0 + n) of the last forward's B sequences of L_in tokens.
+struct ExpertStats {
+  torch::Tensor unique_B, bytes_B;  // f64 [B]
+};
+ExpertStats last_forward_expert_stats(MoeDlm& model, int64_t B, int64_t L_in, int64_t row0, int64_t n);
 
 void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t prompt_len);
 
@@ -84,6 +103,16 @@ void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t pro
 // bool mask of positions to commit. n = the LLaDA2 schedule's count for this step.
 torch::Tensor threshold_commit(const torch::Tensor& conf_L, ThresholdRule rule, double threshold, double factor,
                                int64_t n);
+
+// The LM head on final hidden states [N, D] (timed as prof::kHead): f32 (or wider) logits [N, V].
+torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND);
+
+// Candidates over a block of L positions from the logits of its masked positions only (rows_N:
+// their indices, in order): conf_N [L] f64 (-inf at unmasked positions), token_N [L] int64.
+// Sampling the masked positions alone gives the same greedy decisions as sampling all of them
+// and skips the LM head and softmax on committed positions.
+Candidates block_candidates(const torch::Tensor& logits_NV, const torch::Tensor& rows_N, int64_t L,
+                            const ThresholdParams& p, at::Generator& gen);
 
 // Candidate tokens and confidences for logits_LV (f32): argmax at T = 0, else a multinomial
 // draw from softmax(filtered(l / T)); confidence from the same distribution.

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ecdlm/model/init.h"
+#include "ecdlm/util/profile.h"
 
 namespace ecdlm {
 
@@ -24,7 +25,9 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BLD, const torch:
                                         LayerKv* present) {
   auto h = x_BLD + attention(input_layernorm(x_BLD), pos_L, mask_LS, past, present);
   auto n = post_attention_layernorm(h);
-  return h + (moe_mlp.is_empty() ? dense_mlp(n) : moe_mlp(n, moe_args));
+  if (!moe_mlp.is_empty()) return h + moe_mlp(n, moe_args);
+  prof::Scope ps(prof::kDense);
+  return h + dense_mlp(n);
 }
 
 BackboneImpl::BackboneImpl(const ModelConfig& c) {
@@ -115,6 +118,7 @@ ForwardResult MoeDlmImpl::forward(const torch::Tensor& ids_BL, const ForwardOpti
   ForwardResult r;
   r.hidden_BLD = x;
   if (!opt.skip_lm_head) {
+    prof::Scope ps(prof::kHead);
     auto h = opt.logits_last_n > 0 && opt.logits_last_n < L ? x.narrow(1, L - opt.logits_last_n, opt.logits_last_n) : x;
     r.logits_BLV = to_f32_or_wider(lm_head(h));
   }

@@ -11,7 +11,9 @@ RoutingPolicy parse_routing_policy(const std::string& name) {
   if (name == "ec") return RoutingPolicy::kExpertChoice;
   if (name == "block") return RoutingPolicy::kBlock;
   if (name == "topk") return RoutingPolicy::kTopK;
-  fail("", "--moe-routing", "unknown routing policy '" + name + "'", "use token, ec, block or topk");
+  if (name == "des-s") return RoutingPolicy::kDesS;
+  if (name == "des-v") return RoutingPolicy::kDesV;
+  fail("", "--moe-routing", "unknown routing policy '" + name + "'", "use token, ec, block, topk, des-s or des-v");
 }
 
 std::string routing_policy_name(RoutingPolicy p) {
@@ -20,6 +22,8 @@ std::string routing_policy_name(RoutingPolicy p) {
     case RoutingPolicy::kExpertChoice: return "ec";
     case RoutingPolicy::kBlock: return "block";
     case RoutingPolicy::kTopK: return "topk";
+    case RoutingPolicy::kDesS: return "des-s";
+    case RoutingPolicy::kDesV: return "des-v";
   }
   return "?";
 }
@@ -38,7 +42,20 @@ void InferenceRouting::validate(const ModelConfig& c) const {
   if (policy == RoutingPolicy::kTopK && (topk_cap < 1 || topk_cap > c.num_experts_per_tok))
     fail("", "--moe-topk-cap", "must be in [1, " + std::to_string(c.num_experts_per_tok) + "] (the model's k)",
          "e.g. " + std::to_string(std::max<int64_t>(1, c.num_experts_per_tok / 2)));
-  if ((policy == RoutingPolicy::kBlock || policy == RoutingPolicy::kTopK) &&
+  if (policy == RoutingPolicy::kDesS || policy == RoutingPolicy::kDesV) {
+    if (policy == RoutingPolicy::kDesS && !(des_s_ratio > 0.0))
+      fail("", "--moe-des-s-ratio", "must be > 0, got " + std::to_string(des_s_ratio),
+           "e.g. 0.5 (1 = the chunk's token-routing pair budget)");
+    if (policy == RoutingPolicy::kDesV && !(des_v_threshold >= 0.0 && des_v_threshold <= 1.0))
+      fail("", "--moe-des-v-threshold", "must be in [0, 1], got " + std::to_string(des_v_threshold),
+           "e.g. 0.1 (0 keeps every expert a token picked)");
+    if (des_min_experts < 0 || des_min_experts > c.num_experts)
+      fail("", "--moe-des-min-experts", std::to_string(des_min_experts) + " outside [0, " +
+                                            std::to_string(c.num_experts) + "] (the model's experts)",
+           "0 = the model's k");
+    if (des_chunk < 1) fail("", "--moe-des-chunk", "must be >= 1", "32 (the decoding block)");
+  }
+  if (policy != RoutingPolicy::kToken && policy != RoutingPolicy::kExpertChoice &&
       c.router_type == RouterType::kExpertChoice)
     fail("", "--moe-routing", routing_policy_name(policy) + " routing needs a token-choice model; this one is expert choice",
          "use token (its own EC routing)");
@@ -87,6 +104,11 @@ torch::Tensor coreset_per_token(const torch::Tensor& coreset_BCE, int64_t L, int
 
 double unique_experts(const RoutingPlan& plan, int64_t B, int64_t L, int64_t row0, int64_t n) {
   if (B == 0 || n <= 0) return 0.0;
+  return unique_experts_B(plan, B, L, row0, n).mean().item<double>();
+}
+
+torch::Tensor unique_experts_B(const RoutingPlan& plan, int64_t B, int64_t L, int64_t row0, int64_t n) {
+  if (B == 0 || n <= 0) return torch::zeros({B}, torch::kFloat64);
   torch::Tensor used_BE;
   if (!plan.expert_major) {
     const auto K = plan.idx_TK.size(1);
@@ -105,7 +127,7 @@ double unique_experts(const RoutingPlan& plan, int64_t B, int64_t L, int64_t row
                   .index_put_({b_EN.reshape({-1}), torch::arange(E, torch::kInt64).view({E, 1}).expand_as(tok).reshape({-1})},
                               in_window.reshape({-1}).to(torch::kInt64), /*accumulate=*/true) > 0;
   }
-  return used_BE.sum(1).to(torch::kFloat64).mean().item<double>();
+  return used_BE.sum(1).to(torch::kFloat64);
 }
 
 }  // namespace ecdlm::moe

@@ -4,6 +4,8 @@
 //          normalized biased top-k scores, at least G experts); each token then runs the model's
 //          group-limited top-k restricted to its chunk's coreset, gates from the unbiased scores;
 //   topk   token choice with a smaller k (the "top-4" baseline), same renormalization and scale;
+//   des-s, des-v  OUR INTERPRETATION of the paper's DES-S / DES-V baselines (no code released):
+//          per-chunk coresets from sequence-level top pairs / saliency-weighted votes, see des_routing.h;
 //   ec     expert choice with capacity k(r): applied when the model is loaded (a TC checkpoint is
 //          converted by a router swap, see train/retrofit.h), so MoE layers only see token/block/topk.
 #pragma once
@@ -16,7 +18,7 @@
 
 namespace ecdlm::moe {
 
-enum class RoutingPolicy { kToken, kExpertChoice, kBlock, kTopK };
+enum class RoutingPolicy { kToken, kExpertChoice, kBlock, kTopK, kDesS, kDesV };
 RoutingPolicy parse_routing_policy(const std::string& name);  // UserError listing the names
 std::string routing_policy_name(RoutingPolicy p);
 
@@ -26,12 +28,24 @@ struct InferenceRouting {
   int64_t block_min_experts = 16;  // G: the coreset never has fewer experts (dMoE eval gate)
   int64_t block_chunk = 32;        // tokens per vote, aligned to the start of the forward's input
   int64_t topk_cap = 4;            // k of the topk policy
+  // DES baselines (des_routing.h). Defaults: on the synthetic LLaDA2.0-mini-shaped bench model they
+  // land near the paper's DES-S / DES-V expert counts (about 59% / 53% of token routing's).
+  double des_s_ratio = 0.5;        // DES-S: kept (token, expert) pairs per chunk / (tokens * k)
+  double des_v_threshold = 0.1;    // DES-V: keep experts with a summed vote >= this x the best one
+  int64_t des_min_experts = 0;     // both: minimum coreset size (0 = the model's k)
+  int64_t des_chunk = 32;          // both: tokens per coreset, aligned to the forward's input
+
+  bool uses_coreset() const {
+    return policy == RoutingPolicy::kBlock || policy == RoutingPolicy::kDesS || policy == RoutingPolicy::kDesV;
+  }
+  int64_t coreset_chunk() const { return policy == RoutingPolicy::kBlock ? block_chunk : des_chunk; }
 
   // The policy a config asks for by default: block for dMoE checkpoints (mode "aggregate", with
   // their core_threshold), else token.
   static InferenceRouting defaults_for(const ModelConfig& c);
   // UserError naming the flag: p outside (0, 1], G outside [1, E], chunk < 1, cap outside [1, k],
-  // block/topk on an expert-choice model.
+  // DES ratio <= 0, threshold outside [0, 1], min experts outside [0, E], block/topk/des on an
+  // expert-choice model.
   void validate(const ModelConfig& c) const;
   void validate_block(const ModelConfig& c) const;  // p, G and chunk only
 };
@@ -48,7 +62,8 @@ torch::Tensor block_coreset(const torch::Tensor& biased_BLE, int64_t k, double t
 torch::Tensor coreset_per_token(const torch::Tensor& coreset_BCE, int64_t L, int64_t chunk);
 
 // Distinct experts (with a non-zero gate) used by rows [row0, row0 + n) of each sequence of a
-// plan over B sequences of L tokens, averaged over the sequences.
+// plan over B sequences of L tokens: f64 [B], and averaged over the sequences.
+torch::Tensor unique_experts_B(const RoutingPlan& plan, int64_t B, int64_t L, int64_t row0, int64_t n);
 double unique_experts(const RoutingPlan& plan, int64_t B, int64_t L, int64_t row0, int64_t n);
 
 }  // namespace ecdlm::moe

@@ -1,6 +1,7 @@
 #include "ecdlm/moe/moe_block.h"
 
 #include "ecdlm/model/init.h"
+#include "ecdlm/moe/des_routing.h"
 #include "ecdlm/moe/scaling.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
@@ -60,6 +61,23 @@ RoutingPlan MoeBlockImpl::route(const torch::Tensor& x_BLD, const MoeForwardArgs
     auto coreset_BCE = block_coreset(biased_TE.view({B, L, -1}), p.k, ir->block_top_p, ir->block_min_experts,
                                      ir->block_chunk);
     auto plan = route_token_choice(logits_TE, gate->expert_bias, p, coreset_per_token(coreset_BCE, L, ir->block_chunk));
+    plan.coreset_BCE = coreset_BCE;
+    return plan;
+  }
+  if (ir && (ir->policy == RoutingPolicy::kDesS || ir->policy == RoutingPolicy::kDesV)) {
+    const int64_t min_experts = ir->des_min_experts > 0 ? ir->des_min_experts : p.k;
+    auto biased_TE = biased_scores(logits_TE, gate->expert_bias, p.score);
+    torch::Tensor coreset_BCE;
+    if (ir->policy == RoutingPolicy::kDesS) {
+      coreset_BCE = des_seq_coreset(biased_TE.view({B, L, -1}), p.k, ir->des_s_ratio, min_experts, ir->des_chunk);
+    } else {
+      // Votes: each token's own routing choice, weighted by the scores its gates come from.
+      auto idx_TK = select_topk_grouped(biased_TE, p.k, p.n_group, p.topk_group);
+      auto w_TE = p.bias_in_gate ? biased_TE : biased_scores(logits_TE, torch::Tensor(), p.score);
+      auto vote_TE = torch::zeros_like(w_TE).scatter(1, idx_TK, w_TE.gather(1, idx_TK));
+      coreset_BCE = des_vote_coreset(vote_TE.view({B, L, -1}), ir->des_v_threshold, min_experts, ir->des_chunk);
+    }
+    auto plan = route_token_choice(logits_TE, gate->expert_bias, p, coreset_per_token(coreset_BCE, L, ir->des_chunk));
     plan.coreset_BCE = coreset_BCE;
     return plan;
   }

@@ -15,7 +15,7 @@ std::array<double, kParts> g_ms{};
 }  // namespace
 
 const char* part_name(Part p) {
-  static const char* names[] = {"attention", "router", "experts", "shared"};
+  static const char* names[] = {"attention", "router", "experts", "shared", "dense", "head"};
   return names[p];
 }
 void set_enabled(bool on) { g_enabled = on; }

@@ -1,5 +1,5 @@
 // Wall-clock split of model forwards into parts (attention, router, routed experts, shared
-// expert), for `bench generate` and per-forward stats. Off by default: a disabled Scope costs one
+// expert, dense MLP layers, LM head), for `bench generate` and per-forward stats. Off by default: a disabled Scope costs one
 // branch. CPU libtorch ops are synchronous, so host timers measure the work itself.
 #pragma once
 #include <array>
@@ -7,7 +7,7 @@
 
 namespace ecdlm::prof {
 
-enum Part : int { kAttention = 0, kRouter = 1, kExperts = 2, kShared = 3, kParts = 4 };
+enum Part : int { kAttention = 0, kRouter = 1, kExperts = 2, kShared = 3, kDense = 4, kHead = 5, kParts = 6 };
 const char* part_name(Part p);
 
 // Peak resident set size of this process so far (getrusage), in bytes.
