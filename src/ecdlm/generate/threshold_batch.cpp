@@ -1,6 +1,7 @@
 // Batched threshold block decoding (threshold.h, threshold_generate_batch). The per-row decisions
 // are those of threshold_generate; what is batched is the forward: every step runs the model once
 // on the rows that still have masks in the current block.
+#include <algorithm>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
@@ -43,16 +44,16 @@ struct Row {
 };
 
 // Generated tokens of a finished (or cancelled) row, cut as threshold_generate cuts them.
-void finish_row(Row& r, const torch::Tensor& x_T, int64_t gen_length, int64_t eos, Clock::time_point t0) {
+void finish_row(Row& r, const torch::Tensor& x_T, int64_t gen_length, const std::vector<int64_t>& stops,
+                Clock::time_point t0) {
   auto out = x_T.narrow(0, r.P, std::min(gen_length, r.total - r.P)).contiguous();
   std::vector<int64_t> toks(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());
   if (r.cut >= 0) toks.resize(static_cast<size_t>(std::min<int64_t>(r.cut - r.P + 1, static_cast<int64_t>(toks.size()))));
-  if (eos >= 0)
-    for (size_t i = 0; i < toks.size(); ++i)
-      if (toks[i] == eos) {
-        toks.resize(i + 1);
-        break;
-      }
+  for (size_t i = 0; i < toks.size(); ++i)
+    if (std::find(stops.begin(), stops.end(), toks[i]) != stops.end()) {
+      toks.resize(i + 1);
+      break;
+    }
   r.res.tokens = std::move(toks);
   double u = 0.0;
   for (const auto& f : r.res.per_forward) u += f.unique_experts_per_layer;
@@ -64,8 +65,10 @@ void finish_row(Row& r, const torch::Tensor& x_T, int64_t gen_length, int64_t eo
 
 // Decodes rows sharing the same number of whole prompt blocks as one batch. Returns false when
 // the callback cancelled (every unfinished row is then marked cancelled).
-bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams& p, int64_t mask, int64_t eos,
-                  const StepCallback& cb, Clock::time_point t0) {
+bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams& p, int64_t mask,
+                  const std::vector<int64_t>& stops, const StepCallback& cb, Clock::time_point t0) {
+  const auto stops_S = torch::tensor(stops, torch::kInt64);
+  auto is_stop = [&](const torch::Tensor& t) { return torch::isin(t, stops_S); };
   const int64_t L = p.block_length, G = static_cast<int64_t>(rows.size());
   const int64_t first_block = rows[0]->P / L;
   const int64_t steps = std::max<int64_t>(1, std::min(p.steps, p.gen_length / p.minimal_topk));
@@ -174,14 +177,14 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
         r.res.per_forward.push_back(st);
         ++r.res.forwards;
         committed_all += st.committed;
-        if (p.eos_early_stop && eos >= 0 && commit_L.logical_and(cand.token_N == eos).any().item<bool>()) {
-          // The first EOS after the prompt ends the output if nothing before it is still masked.
+        if (p.eos_early_stop && !stops.empty() && commit_L.logical_and(is_stop(cand.token_N)).any().item<bool>()) {
+          // The first stop id after the prompt ends the output if nothing before it is still masked.
           auto gen_part = row_x.narrow(0, r.P, r.total - r.P);
-          const int64_t e = (gen_part == eos).nonzero().min().item<int64_t>();
+          const int64_t e = is_stop(gen_part).nonzero().min().item<int64_t>();
           if (!(gen_part.narrow(0, 0, e) == mask).any().item<bool>()) {
             r.cut = r.P + e;
             r.res.eos_stopped = true;
-            finish_row(r, row_x, p.gen_length, eos, t0);
+            finish_row(r, row_x, p.gen_length, stops, t0);
           }
         }
       }
@@ -190,7 +193,7 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
           Row& r = *rows[static_cast<size_t>(g)];
           if (r.done) continue;
           r.res.cancelled = true;
-          finish_row(r, x[g], p.gen_length, eos, t0);
+          finish_row(r, x[g], p.gen_length, stops, t0);
         }
         return false;
       }
@@ -200,8 +203,8 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
     for (auto g : work) {
       Row& r = *rows[static_cast<size_t>(g)];
       if (r.done) continue;
-      if ((eos >= 0 && (x[g].narrow(0, r.P, lo + L - r.P) == eos).any().item<bool>()) || b + 1 >= r.NB)
-        finish_row(r, x[g], p.gen_length, eos, t0);
+      if ((!stops.empty() && is_stop(x[g].narrow(0, r.P, lo + L - r.P)).any().item<bool>()) || b + 1 >= r.NB)
+        finish_row(r, x[g], p.gen_length, stops, t0);
     }
     if (!p.kv_cache) continue;
     // Finished rows leave the cache; the others append the final block's K/V.
@@ -236,6 +239,12 @@ std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::
   const int64_t L = p.block_length;
   const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id;
   const int64_t eos = p.eos_id >= 0 ? p.eos_id : p.eos_id == -1 ? cfg.eos_token_id : -1;
+  // Every id that ends the output (EOS and the extra stop ids, e.g. chat's <|role_end|>) acts alike.
+  std::vector<int64_t> stops;
+  if (eos >= 0) stops.push_back(eos);
+  if (p.eos_id != -2)
+    for (auto id : p.stop_ids)
+      if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
 
   std::vector<Row> rows(prompts.size());
   std::map<int64_t, std::vector<Row*>> groups;  // by whole prompt blocks
@@ -254,7 +263,7 @@ std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::
       for (auto* r : kv.second) r->res.cancelled = true, r->done = true;
       continue;
     }
-    cancelled = !decode_group(model, kv.second, p, mask, eos, cb, t0);
+    cancelled = !decode_group(model, kv.second, p, mask, stops, cb, t0);
   }
   if (was_training) model->train();
   std::vector<ThresholdResult> out;
