@@ -18,7 +18,7 @@ struct RoutingFlags {
   int64_t block_min_experts = 16;
   int64_t block_chunk = 32;
   int64_t topk_cap = 4;
-  double des_s_ratio = 0.5, des_v_threshold = 0.1;
+  double des_s_ratio = 0.65, des_v_threshold = 0.07;  // as moe::InferenceRouting
   int64_t des_min_experts = 0, des_chunk = 32;
   std::vector<CLI::Option*> des_opts;  // to warn when given without a DES policy
   std::string ec_schedule;            // ec on a TC model: capacity schedule (default static)

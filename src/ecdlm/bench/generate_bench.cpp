@@ -99,35 +99,6 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     MoeDlm model{nullptr}, ec_model{nullptr};
     int64_t min_experts = 16, topk_cap = 4;
   };
-  std::vector<Model> models;
-  if (!p.brown_model.empty()) {
-    if (!std::filesystem::exists(std::filesystem::path(p.brown_model) / "config.json")) {
-      LOG_WARN("bench generate: no Brown model at " << p.brown_model << " (train one with ecdlm train "
-                                                    "--config configs/brown-small.json --moe-router tc); skipped");
-    } else {
-      Model mb{"brown-tc", load_model(p.brown_model), nullptr};
-      const auto& c = mb.model->config();
-      if (c.router_type != RouterType::kTokenChoice) {
-        LOG_WARN("bench generate: " << p.brown_model << " is expert choice; block/topk routing need token choice; skipped");
-      } else {
-        auto ec_cfg = retrofit_config(c, RetrofitParams{});
-        mb.ec_model = load_model(p.brown_model, &ec_cfg);
-        mb.min_experts = std::min<int64_t>(2 * c.num_experts_per_tok, c.num_experts);  // dMoE: G = 16 = 2k
-        mb.topk_cap = std::max<int64_t>(1, c.num_experts_per_tok / 2);
-        models.push_back(std::move(mb));
-      }
-    }
-  }
-  {
-    auto cfg = synthetic_llada2_config(p.quick ? 2 : p.synth_moe_layers, p.synth_vocab);
-    Model ms{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
-    auto ec_cfg = retrofit_config(cfg, RetrofitParams{});
-    ms.ec_model = MoeDlm(ec_cfg);
-    copy_weights(ms.model, ms.ec_model);
-    ms.ec_model->to(torch::kBFloat16);
-    ms.ec_model->eval();
-    models.push_back(std::move(ms));
-  }
   std::vector<Variant> variants = {{"token", 0, true},  {"token", 0, false}, {"block", 0.5, true},
                                    {"block", 0.6, true}, {"block", 0.6, false}, {"block", 0.8, true},
                                    {"topk", 0, true},   {"des-s", 0, true},   {"des-v", 0, true},
@@ -140,6 +111,41 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     for (const auto& v : variants)
       if (std::find(p.policies.begin(), p.policies.end(), v.routing) != p.policies.end()) keep.push_back(v);
     variants = keep;
+  }
+  // Expert-choice copies only when measured (the synthetic one needs a transient f32 model).
+  const bool need_ec = std::any_of(variants.begin(), variants.end(), [](const Variant& v) { return v.routing == "ec"; });
+  std::vector<Model> models;
+  if (!p.brown_model.empty()) {
+    if (!std::filesystem::exists(std::filesystem::path(p.brown_model) / "config.json")) {
+      LOG_WARN("bench generate: no Brown model at " << p.brown_model << " (train one with ecdlm train "
+                                                    "--config configs/brown-small.json --moe-router tc); skipped");
+    } else {
+      Model mb{"brown-tc", load_model(p.brown_model), nullptr};
+      const auto& c = mb.model->config();
+      if (c.router_type != RouterType::kTokenChoice) {
+        LOG_WARN("bench generate: " << p.brown_model << " is expert choice; block/topk routing need token choice; skipped");
+      } else {
+        if (need_ec) {
+          auto ec_cfg = retrofit_config(c, RetrofitParams{});
+          mb.ec_model = load_model(p.brown_model, &ec_cfg);
+        }
+        mb.min_experts = std::min<int64_t>(2 * c.num_experts_per_tok, c.num_experts);  // dMoE: G = 16 = 2k
+        mb.topk_cap = std::max<int64_t>(1, c.num_experts_per_tok / 2);
+        models.push_back(std::move(mb));
+      }
+    }
+  }
+  {
+    auto cfg = synthetic_llada2_config(p.quick ? 2 : p.synth_moe_layers, p.synth_vocab);
+    Model ms{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
+    if (need_ec) {
+      auto ec_cfg = retrofit_config(cfg, RetrofitParams{});
+      ms.ec_model = MoeDlm(ec_cfg);
+      copy_weights(ms.model, ms.ec_model);
+      ms.ec_model->to(torch::kBFloat16);
+      ms.ec_model->eval();
+    }
+    models.push_back(std::move(ms));
   }
   const int64_t reps = p.quick ? 1 : p.reps;
   const int64_t gen_length = p.quick ? 64 : p.gen_length, prompt_len = p.quick ? 32 : p.prompt_len;

@@ -84,8 +84,8 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
 // Inside a group, rows may differ in prompt length: the first block holds each row's own
 // prompt tail. Output equals threshold_generate row by row (tests), except on token-choice models
 // with a capacity factor, whose capacity pool is the whole forward batch (as in training).
-// ForwardStat.ms is the shared batched forward's time; seconds run from the group's start to the
-// row's end. The callback runs once per batched forward: x_BL is the group's canvas [rows, len],
+// ForwardStat.ms is the shared batched forward's time (sampling excluded); seconds run from the
+// call's start to the row's end. The callback runs once per batched forward: x_BL is the group's canvas [rows, len],
 // committed the sum over its rows. A cancel marks every unfinished row cancelled.
 std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::vector<std::vector<int64_t>>& prompts,
                                                       const ThresholdParams& p, const StepCallback& cb = {});

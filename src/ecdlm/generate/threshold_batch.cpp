@@ -5,7 +5,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
-#include <limits>
 #include <map>
 
 #include "ecdlm/generate/threshold.h"
@@ -15,7 +14,6 @@
 namespace ecdlm::gen {
 namespace {
 
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }

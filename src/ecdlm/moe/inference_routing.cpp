@@ -45,10 +45,10 @@ void InferenceRouting::validate(const ModelConfig& c) const {
   if (policy == RoutingPolicy::kDesS || policy == RoutingPolicy::kDesV) {
     if (policy == RoutingPolicy::kDesS && !(des_s_ratio > 0.0))
       fail("", "--moe-des-s-ratio", "must be > 0, got " + std::to_string(des_s_ratio),
-           "e.g. 0.5 (1 = the chunk's token-routing pair budget)");
+           "e.g. 0.65 (1 = the chunk's token-routing pair budget)");
     if (policy == RoutingPolicy::kDesV && !(des_v_threshold >= 0.0 && des_v_threshold <= 1.0))
       fail("", "--moe-des-v-threshold", "must be in [0, 1], got " + std::to_string(des_v_threshold),
-           "e.g. 0.1 (0 keeps every expert a token picked)");
+           "e.g. 0.07 (0 keeps every expert a token picked)");
     if (des_min_experts < 0 || des_min_experts > c.num_experts)
       fail("", "--moe-des-min-experts", std::to_string(des_min_experts) + " outside [0, " +
                                             std::to_string(c.num_experts) + "] (the model's experts)",
