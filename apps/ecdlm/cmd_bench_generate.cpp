@@ -39,10 +39,13 @@ void write_plots(const std::vector<bench::GenBenchRow>& rows, const std::string&
 
 int run(const GenBenchArgs& a) {
   const auto& p = a.p;
+  std::string policies = p.policies.empty() ? "all" : "";
+  for (const auto& name : p.policies) policies += (policies.empty() ? "" : ",") + name;
   LOG_INFO("bench generate: quick " << p.quick << ", brown model '" << p.brown_model << "', synthetic MoE layers "
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
                                     << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps
-                                    << ", seed " << p.seed);
+                                    << ", seed " << p.seed << ", policies "
+                                    << policies);
   auto rows = bench::run_generate_bench(p);
   const auto md = bench::to_markdown(rows, p);
   if (!a.out_md.empty()) write_file_atomic(a.out_md, md);

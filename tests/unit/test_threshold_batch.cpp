@@ -25,6 +25,9 @@ struct BatchCase {
   double temperature;
   bool eos;  // use a frequent output token as EOS (rows stop at different blocks), early stop on
 };
+void PrintTo(const BatchCase& c, std::ostream* os) {
+  *os << c.model << " " << c.routing << " kv=" << c.kv_cache << " T=" << c.temperature << " eos=" << c.eos;
+}
 
 // Prompts of 0..33 tokens: with 16-token blocks they form three groups (0, 1 and 2 whole
 // blocks), and rows of one group differ in length.
