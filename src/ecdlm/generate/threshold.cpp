@@ -68,6 +68,16 @@ Confidence parse_confidence(const std::string& name) {
   fail("", "--diffusion-confidence", "unknown confidence '" + name + "'", "use prob, margin, entropy or random");
 }
 
+std::vector<int64_t> output_stop_ids(const ThresholdParams& p, const ModelConfig& c) {
+  const int64_t eos = p.eos_id >= 0 ? p.eos_id : p.eos_id == -1 ? c.eos_token_id : -1;
+  std::vector<int64_t> stops;
+  if (eos >= 0) stops.push_back(eos);
+  if (p.eos_id != -2)
+    for (auto id : p.stop_ids)
+      if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
+  return stops;
+}
+
 void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t prompt_len) {
   need(p.gen_length > 0, "--gen-length", "must be > 0", "e.g. -n 256");
   need(p.block_length > 0, "--diffusion-block-length", "must be > 0", "LLaDA2 uses 32");
@@ -182,13 +192,8 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
 
   const int64_t L = p.block_length, P = static_cast<int64_t>(prompt.size());
   const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id;
-  const int64_t eos = p.eos_id >= 0 ? p.eos_id : p.eos_id == -1 ? cfg.eos_token_id : -1;
   // Every id that ends the output (EOS and the extra stop ids) acts the same way.
-  std::vector<int64_t> stops;
-  if (eos >= 0) stops.push_back(eos);
-  if (p.eos_id != -2)
-    for (auto id : p.stop_ids)
-      if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
+  const std::vector<int64_t> stops = output_stop_ids(p, cfg);
   const auto stops_S = torch::tensor(stops, torch::kInt64);
   auto is_stop = [&](const torch::Tensor& t) { return torch::isin(t, stops_S); };
   const int64_t steps = std::max<int64_t>(1, std::min(p.steps, p.gen_length / p.minimal_topk));

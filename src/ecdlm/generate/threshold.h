@@ -99,6 +99,10 @@ ExpertStats last_forward_expert_stats(MoeDlm& model, int64_t B, int64_t L_in, in
 
 void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t prompt_len);
 
+// Every id that ends the output, EOS first (eos_id -1: the config's; -2: none, which also drops
+// stop_ids), then the extra stop ids; duplicates removed.
+std::vector<int64_t> output_stop_ids(const ThresholdParams& p, const ModelConfig& c);
+
 // The commit decision of one step over the block's candidates (conf -inf = not a candidate):
 // bool mask of positions to commit. n = the LLaDA2 schedule's count for this step.
 torch::Tensor threshold_commit(const torch::Tensor& conf_L, ThresholdRule rule, double threshold, double factor,

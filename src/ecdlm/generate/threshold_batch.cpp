@@ -236,13 +236,8 @@ std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::
   const auto t0 = Clock::now();
   const int64_t L = p.block_length;
   const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id;
-  const int64_t eos = p.eos_id >= 0 ? p.eos_id : p.eos_id == -1 ? cfg.eos_token_id : -1;
   // Every id that ends the output (EOS and the extra stop ids, e.g. chat's <|role_end|>) acts alike.
-  std::vector<int64_t> stops;
-  if (eos >= 0) stops.push_back(eos);
-  if (p.eos_id != -2)
-    for (auto id : p.stop_ids)
-      if (std::find(stops.begin(), stops.end(), id) == stops.end()) stops.push_back(id);
+  const std::vector<int64_t> stops = output_stop_ids(p, cfg);
 
   std::vector<Row> rows(prompts.size());
   std::map<int64_t, std::vector<Row*>> groups;  // by whole prompt blocks
