@@ -4,7 +4,6 @@
 // --chat wraps the prompt in the LLaDA2 chat template and stops at <|role_end|> / EOS / pad.
 #include <atomic>
 #include <csignal>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +21,7 @@
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/profile.h"
 #include "ecdlm/util/progress.h"
 
 namespace ecdlm::cli {
@@ -40,12 +40,6 @@ struct GenerateOptions {
   CLI::App* sub = nullptr;
   bool given(const std::string& flag) const { return sub->get_option(flag)->count() > 0; }
 };
-
-double peak_rss_mb() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
-}
 
 void flag_error(const std::string& flag, const std::string& problem, const std::string& fix) {
   throw UserError(format_error("", flag, problem, fix));
@@ -431,7 +425,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
   if (o.json) {
     nlohmann::json out = {{"decoder", decoder}, {"routing", moe::routing_policy_name(tp.routing.policy)},
                           {"kv_cache", tp.kv_cache}, {"prompt_tokens", ids}, {"samples", js},
-                          {"peak_rss_mb", peak_rss_mb()}};
+                          {"peak_rss_mb", prof::peak_rss_bytes() / 1048576.0}};
     if (o.chat) out["chat"] = {{"template", o.chat_text}, {"stop_ids", o.stop_ids}};
     out["cancelled"] = g_interrupted.load();
     std::cout << out.dump(2) << "\n";

@@ -71,6 +71,17 @@ torch::Tensor expert_matrix(const moe::Experts& ex, int proj, int64_t e) {
   return proj == 0 ? ex->gate_w(e) : proj == 1 ? ex->up_w(e) : ex->down_w(e);
 }
 
+// LLaDA-MoE stores q/k/v separately; our fused QKV rows are [Q heads | K heads | V heads].
+// For a fused "<base>attention.query_key_value.weight" tensor: (file name, view of its rows).
+std::vector<std::pair<std::string, torch::Tensor>> llada_qkv_parts(const ModelConfig& c, const std::string& name,
+                                                                    const torch::Tensor& fused) {
+  const std::string base = name.substr(0, name.size() - std::strlen("attention.query_key_value.weight"));
+  const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  return {{base + "self_attn.q_proj.weight", fused.narrow(0, 0, q)},
+          {base + "self_attn.k_proj.weight", fused.narrow(0, q, kv)},
+          {base + "self_attn.v_proj.weight", fused.narrow(0, q + kv, kv)}};
+}
+
 std::vector<Slot> checkpoint_slots(MoeDlm& model) {
   const auto& c = model->config();
   const bool llada = c.arch == Arch::kLladaMoe;
@@ -86,11 +97,7 @@ std::vector<Slot> checkpoint_slots(MoeDlm& model) {
       return;
     }
     if (llada && ends_with(name, ".attention.query_key_value.weight")) {
-      std::string base = name.substr(0, name.size() - std::strlen("attention.query_key_value.weight"));
-      const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
-      slots.push_back({base + "self_attn.q_proj.weight", t.narrow(0, 0, q)});
-      slots.push_back({base + "self_attn.k_proj.weight", t.narrow(0, q, kv)});
-      slots.push_back({base + "self_attn.v_proj.weight", t.narrow(0, q + kv, kv)});
+      for (auto& [hf, view] : llada_qkv_parts(c, name, t)) slots.push_back({hf, view});
       return;
     }
     slots.push_back({llada ? llada_moe_name(name) : name, t});
@@ -102,6 +109,13 @@ std::vector<Slot> checkpoint_slots(MoeDlm& model) {
 
 int64_t nbytes(const torch::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
 
+// The expert index of a per-expert tensor name ("...mlp.experts.<e>.<proj>..."), or "".
+std::string expert_index(const std::string& name) {
+  static const std::regex expert_re(R"(\.mlp\.experts\.(\d+)\.)");
+  std::smatch m;
+  return std::regex_search(name, m, expert_re) ? m[1].str() : std::string();
+}
+
 // Reads checkpoint tensors into a model: a view of the mapping or a (converted) copy.
 class WeightLoader {
  public:
@@ -109,10 +123,9 @@ class WeightLoader {
 
   torch::Tensor source(const std::string& name, const std::vector<int64_t>& shape) {
     if (!st_.has(name)) {
-      std::smatch m;
-      static const std::regex expert_re(R"(\.mlp\.experts\.(\d+)\.)");
-      if (std::regex_search(name, m, expert_re))
-        fail(st_.source(), name, "tensor missing: the checkpoint has no expert " + m[1].str(),
+      const std::string e = expert_index(name);
+      if (!e.empty())
+        fail(st_.source(), name, "tensor missing: the checkpoint has no expert " + e,
              "num_experts in config.json must equal the experts stored in the checkpoint");
       fail(st_.source(), name, "tensor missing from the checkpoint",
            "check config.json matches the weights (layers, experts, first_k_dense_replace)");
@@ -220,16 +233,8 @@ std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& s
   auto load_one = [&](const std::string& name, torch::Tensor& t, bool is_buffer) {
     if (stacked_expert_param(name).second >= 0) return;
     if (llada && ends_with(name, ".attention.query_key_value.weight")) {
-      const std::string base = name.substr(0, name.size() - std::strlen("attention.query_key_value.weight"));
-      const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
       if (opt.map_weights) t.set_data(torch::empty(t.sizes(), t.options().dtype(opt.dtype)));
-      const std::pair<const char*, std::pair<int64_t, int64_t>> parts[] = {
-          {"self_attn.q_proj.weight", {0, q}}, {"self_attn.k_proj.weight", {q, kv}},
-          {"self_attn.v_proj.weight", {q + kv, kv}}};
-      for (const auto& [hf, range] : parts) {
-        auto view = t.narrow(0, range.first, range.second);
-        ld.assign_part(view, ld.source(base + hf, view.sizes().vec()));
-      }
+      for (auto& [hf, view] : llada_qkv_parts(c, name, t)) ld.assign_part(view, ld.source(hf, view.sizes().vec()));
       return;
     }
     ld.assign(t, ld.source(llada ? llada_moe_name(name) : name, t.sizes().vec()), is_buffer);
@@ -240,12 +245,11 @@ std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& s
     for (auto& p : model->parameters()) p.set_requires_grad(false);
 
   std::vector<std::string> unused;
-  static const std::regex expert_re(R"(\.mlp\.experts\.(\d+)\.)");
   for (const auto& n : st.names()) {
     if (ld.used().count(n)) continue;
-    std::smatch m;
-    if (std::regex_search(n, m, expert_re))
-      fail(st.where(n), n, "the checkpoint has expert " + m[1].str() + " but config.json num_experts is " +
+    const std::string e = expert_index(n);
+    if (!e.empty())
+      fail(st.where(n), n, "the checkpoint has expert " + e + " but config.json num_experts is " +
                                std::to_string(c.num_experts),
            "set num_experts in config.json to the number of experts stored in the checkpoint");
     unused.push_back(n);

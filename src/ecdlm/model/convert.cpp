@@ -251,59 +251,28 @@ std::vector<std::string> llada2_export_mismatches(const ModelConfig& c) {
 }
 
 json llada2_config_json(const ModelConfig& c, const std::string& torch_dtype) {
-  json j;
-  j["architectures"] = {"LLaDA2MoeModelLM"};
+  // Our llada2 config minus the ecdlm-only router keys, plus the keys LLaDA2's config class has.
+  json j = c.to_json();
+  for (const char* k : {"moe_router_type", "moe_capacity_factor", "moe_aux_loss_coeff", "moe_z_loss_coeff",
+                        "moe_loss_free_bias_rate", "moe_enable_scaling_factor", "moe_capacity_schedule",
+                        "moe_capacity_k_min", "moe_capacity_k_max", "moe_capacity_gaussian_sigma"})
+    j.erase(k);
   j["auto_map"] = {{"AutoConfig", "configuration_llada2_moe.LLaDA2MoeConfig"},
                    {"AutoModel", "modeling_llada2_moe.LLaDA2MoeModel"},
                    {"AutoModelForCausalLM", "modeling_llada2_moe.LLaDA2MoeModelLM"}};
-  j["model_type"] = "llada2_moe";
   for (const char* k : {"attention_dropout", "embedding_dropout", "output_dropout"}) j[k] = 0.0;
-  j["first_k_dense_replace"] = c.first_k_dense_replace;
-  j["head_dim"] = c.head_dim;
-  j["hidden_act"] = "silu";
-  j["hidden_size"] = c.hidden_size;
   j["initializer_range"] = 0.02;
-  j["intermediate_size"] = c.intermediate_size;
-  j["max_position_embeddings"] = c.max_position_embeddings;
   j["max_window_layers"] = c.num_hidden_layers;
-  j["moe_intermediate_size"] = c.moe_intermediate_size;
   j["moe_router_enable_expert_bias"] = true;  // the export always writes expert_bias (zeros if unused)
-  j["n_group"] = c.n_group;
-  j["topk_group"] = c.topk_group;
-  j["norm_head"] = false;
-  j["norm_softmax"] = false;
-  j["norm_topk_prob"] = c.norm_topk_prob;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["num_key_value_heads"] = c.num_key_value_heads;
-  j["num_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["num_hidden_layers"] = c.num_hidden_layers;
-  j["num_shared_experts"] =
-      c.moe_intermediate_size > 0 ? c.shared_expert_intermediate_size / c.moe_intermediate_size : 0;
-  j["output_router_logits"] = false;
-  j["partial_rotary_factor"] = c.partial_rotary_factor;
-  j["rms_norm_eps"] = c.rms_norm_eps;
-  j["rope_scaling"] = nullptr;
-  j["rope_theta"] = c.rope_theta;
-  j["rotary_dim"] = c.rotary_dim();
-  j["routed_scaling_factor"] = c.routed_scaling_factor;
-  j["router_dtype"] = "fp32";
-  j["score_function"] = "sigmoid";
-  j["tie_word_embeddings"] = c.tie_word_embeddings;
-  j["torch_dtype"] = torch_dtype;
-  for (const char* k : {"use_bias", "use_cache", "use_qkv_bias", "use_sliding_window",
+  for (const char* k : {"norm_head", "norm_softmax", "output_router_logits", "use_cache", "use_sliding_window",
                         "using_split_qkv_in_self_attention"})
     j[k] = false;
-  j["use_qk_norm"] = c.use_qk_norm;
   j["use_rmsnorm"] = true;
-  j["vocab_size"] = c.vocab_size;
-  if (c.eos_token_id >= 0) j["eos_token_id"] = c.eos_token_id;
+  j["score_function"] = "sigmoid";  // what LLaDA2's code computes whatever the key says
+  j["torch_dtype"] = torch_dtype;
   // LLaDA2's generate() stops on pad_token_id (pad = EOS there).
   if (c.pad_token_id >= 0 || c.eos_token_id >= 0)
     j["pad_token_id"] = c.pad_token_id >= 0 ? c.pad_token_id : c.eos_token_id;
-  if (c.mask_token_id >= 0) j["mask_token_id"] = c.mask_token_id;
-  if (!c.dmoe_mode.empty()) j["mode"] = c.dmoe_mode;
-  if (c.dmoe_core_threshold > 0) j["core_threshold"] = c.dmoe_core_threshold;
   return j;
 }
 
