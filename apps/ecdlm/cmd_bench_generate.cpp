@@ -41,11 +41,13 @@ int run(const GenBenchArgs& a) {
   const auto& p = a.p;
   std::string policies = p.policies.empty() ? "all" : "";
   for (const auto& name : p.policies) policies += (policies.empty() ? "" : ",") + name;
+  std::string kernels;
+  for (const auto& k : p.expert_kernels) kernels += (kernels.empty() ? "" : ",") + k;
   LOG_INFO("bench generate: quick " << p.quick << ", brown model '" << p.brown_model << "', synthetic MoE layers "
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
                                     << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps
-                                    << ", seed " << p.seed << ", policies "
-                                    << policies);
+                                    << ", seed " << p.seed << ", policies " << policies << ", expert kernels "
+                                    << kernels);
   auto rows = bench::run_generate_bench(p);
   const auto md = bench::to_markdown(rows, p);
   if (!a.out_md.empty()) write_file_atomic(a.out_md, md);
@@ -79,6 +81,11 @@ void register_bench_generate(CLI::App* bench) {
                   "Only these routing policies (comma list; default all): token, block, topk, des-s, des-v, ec")
       ->delimiter(',')
       ->check(CLI::IsMember({"token", "block", "topk", "des-s", "des-v", "ec"}));
+  sub->add_option("--bench-expert-kernels", a->p.expert_kernels,
+                  "Expert kernels to compare (comma list): auto (small-M AVX512-BF16 kernel where it applies), torch")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"auto", "torch"}))
+      ->capture_default_str();
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--bench-reps", a->p.reps, "Repetitions (variants interleaved; medians)")

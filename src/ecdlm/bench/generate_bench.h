@@ -22,12 +22,16 @@ struct GenBenchParams {
   int64_t reps = 3;                 // repetitions, variants interleaved; medians reported
   uint64_t seed = 7;
   std::vector<std::string> policies;  // routing policies to run (empty = all): token block topk des-s des-v ec
+  // Expert kernels to compare (moe::ExpertKernel names): auto = the small-M bf16 kernel where it
+  // applies; torch = torch's linear only. Every routing variant runs once per kernel.
+  std::vector<std::string> expert_kernels = {"auto"};
 };
 
 struct GenBenchRow {
   std::string model, routing;       // routing: token | block | topk | des-s | des-v | ec
   double top_p = 0.0;               // block routing's p (0 otherwise)
   bool kv_cache = true;
+  std::string expert_kernel = "auto";
   int64_t gen_length = 0;
   double unique_experts_per_block = 0, expert_bytes_per_forward = 0;
   // Per denoising forward (medians over repetitions): the whole step (forward, sampling, commit)
@@ -42,7 +46,7 @@ struct GenBenchRow {
 // KV cache on vs off for one model and routing: tokens/s ratio per repetition (both runs of a
 // pair come from the same repetition round), and their median.
 struct GenBenchCacheRatio {
-  std::string model, routing;
+  std::string model, routing, expert_kernel;
   double top_p = 0.0;
   int64_t gen_length = 0;
   std::vector<double> ratios;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ecdlm/moe/expert_kernel.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
 
@@ -41,6 +42,10 @@ ExpertStats last_forward_expert_stats(MoeDlm& model, int64_t B, int64_t L_in, in
 
 torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND) {
   prof::Scope ps(prof::kHead);
+  // Late in a block only a few positions are still masked: the head then streams its whole
+  // [V, D] matrix for a few rows, the small-M kernel's case (f32 logits, no bf16 rounding).
+  const auto& w_VD = model->lm_head->weight;
+  if (moe::small_m_kernel_applies(hidden_ND, w_VD)) return moe::small_m_linear_bf16(hidden_ND, w_VD);
   return to_f32_or_wider(model->lm_head(hidden_ND));
 }
 
