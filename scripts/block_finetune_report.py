@@ -1,6 +1,6 @@
 """Report of scripts/study_block_finetune.sh: RESULTS/README.md and RESULTS/results.json from the
-fine-tune runs (RUNS/{block,token}-ft/seed-S/train_result.json) and evals (RUNS/evals/*.json);
-RESULTS/notes.md, if present, is included as the "Reading" section."""
+fine-tune runs (RUNS/{block,token}-ft/seed-S/train_result.json, RUNS/distill-*/...) and evals
+(RUNS/evals/*.json); RESULTS/notes.md, if present, is included as the "Reading" section."""
 import argparse, json, math, os, statistics
 
 ap = argparse.ArgumentParser()
@@ -9,9 +9,14 @@ for k in ["runs", "results", "seeds", "model", "lr"]:
 for k in ["g-ft", "g-big", "block", "steps", "batch", "seq", "quick"]:
     ap.add_argument("--" + k, type=int, required=True)
 ap.add_argument("--p", type=float, required=True)
+ap.add_argument("--distill", default="", help="self-distillation arms, 'STEPS:LR ...' as the study script")
+ap.add_argument("--distill-weight", type=float, default=1.0)
 a = ap.parse_args()
 seeds = [int(s) for s in a.seeds.split()]
 G, GB = a.g_ft, a.g_big
+# Self-distillation arms: (run dir name, steps, lr), named as the study script names them.
+DISTILL = [(f"distill-{v.split(':')[0]}s-lr{v.split(':')[1]}", int(v.split(":")[0]), v.split(":")[1])
+           for v in a.distill.split()]
 
 
 def load(name):
@@ -40,6 +45,12 @@ ARMS = [  # name, model, routing, what it is
     ("tokenft-token", "token-ft", "token", "control: equal-budget token-routing fine-tune, token routing"),
     (f"tokenft-block-G{G}", "token-ft", f"block-G{G}", f"control fine-tune, then block routing G={G}"),
 ]
+W = a.distill_weight
+distill_what = "KL to the token model" if W == 1 else f"{W:g} KL + {1 - W:g} CE"
+for d, steps, lr in DISTILL:
+    ARMS += [(f"{d}-block-G{G}", d, f"block-G{G}",
+              f"self-distillation ({distill_what}, {steps} steps, lr {lr}, G={G}), block routing G={G}"),
+             (f"{d}-token", d, "token", f"self-distillation ({steps} steps, lr {lr}, G={G}), token routing")]
 arms, by_name = [], {}
 for name, model, routing, what in ARMS:
     ev = arm_evals(model, routing)
@@ -82,18 +93,34 @@ ratios = [
     ratio(f"blockft-block-G{GB}", "tokenft-token", f"block fine-tune, evaluated at G={GB}, vs token fine-tune"),
     ratio(f"tokenft-block-G{G}", "tokenft-token", f"token fine-tune only, then block G={G} (control)"),
 ]
+for d, steps, lr in DISTILL:
+    ratios.append(ratio(f"{d}-block-G{G}", "token",
+                        f"self-distillation ({steps} steps, lr {lr}) G={G} vs the untouched token model (teacher)"))
 acceptance = ratios[2]
 tokens_ft = a.steps * a.batch * a.seq
 ft_runs = []
-for arm in ["block", "token"]:
+for arm in ["block-ft", "token-ft"] + [d for d, _, _ in DISTILL]:
     for s in seeds:
-        with open(os.path.join(a.runs, f"{arm}-ft", f"seed-{s}", "train_result.json")) as f:
+        with open(os.path.join(a.runs, arm, f"seed-{s}", "train_result.json")) as f:
             tr = json.load(f)
-        ft_runs.append({"arm": arm, "seed": s, "steps": tr.get("steps"), "tokens": tr.get("tokens"),
-                        "seconds": tr.get("seconds"), "last_checkpoint": tr.get("last_checkpoint")})
+        ft_runs.append({"arm": arm.removesuffix("-ft"), "seed": s, "steps": tr.get("steps"),
+                        "tokens": tr.get("tokens"), "seconds": tr.get("seconds"),
+                        "last_checkpoint": tr.get("last_checkpoint")})
 with open(os.path.join(a.results, "commands.txt")) as f:
     commands = [line.rstrip("\n") for line in f if line.strip()]
 first = by_name["token"][1][0]
+
+
+def train_kl(arm):
+    """Logged training KL per seed: [first, last] window means (metrics.jsonl "distill_kl")."""
+    out = []
+    for s in seeds:
+        path = os.path.join(a.runs, arm, f"seed-{s}", "metrics.jsonl")
+        kl = [j["distill_kl"] for j in map(json.loads, open(path)) if "distill_kl" in j] if os.path.exists(path) else []
+        out.append([kl[0], kl[-1]] if kl else [])
+    return out
+
+
 out = {
     "name": "block-finetune" + ("-quick" if a.quick else ""), "quick": bool(a.quick), "model": a.model,
     "conditions": {"mask_mode": first["mask_mode"], "block_length": first["block_length"], "block_chunk": a.block,
@@ -102,6 +129,9 @@ out = {
                    "cloze_span": first["cloze"]["span"]},
     "finetune": {"g": G, "top_p": a.p, "chunk": a.block, "mask_ratio": [0.3, 0.8], "loss_norm": "masked",
                  "lr": float(a.lr), "steps": a.steps, "tokens": tokens_ft, "seeds": seeds, "runs": ft_runs},
+    "distill": [{"arm": d, "steps": steps, "lr": float(lr), "lr_text": lr, "weight": W, "temperature": 1.0,
+                 "teacher": a.model, "teacher_routing": "token", "train_kl": train_kl(d),
+                 "ratio": next(r for r in ratios if r["block_arm"] == f"{d}-block-G{G}")} for d, steps, lr in DISTILL],
     "arms": arms, "ratios": ratios,
     "acceptance": {"criterion": "block routing after the fine-tune keeps >= 99% of token routing's quality",
                    "ppl_kept": acceptance["ppl_kept"], "acc_kept": acceptance["acc_kept"],
@@ -136,6 +166,12 @@ L += ["## Method", "",
       f"{a.lr} (warmup, cosine), t ~ U[0.3, 0.8), mean CE over masked tokens, no new parameters. Block arm: block "
       f"routing p={a.p}, G={G}, chunk {a.block} in every forward. Control: the same recipe with token routing. "
       f"Seeds: {', '.join(map(str, seeds))}; fine-tuned arms are means over seeds, ratios are paired per seed.",
+      *([f"- Self-distillation (the paper's learnable fine-tune): the block arm's recipe (G={G}), but the loss is "
+         f"{'the mean KL(teacher || student)' if W == 1 else f'{W:g} x mean KL(teacher || student) + {1 - W:g} x CE'} "
+         f"over masked tokens, full vocabulary, temperature 1; the teacher is the untouched model (`{a.model}`, "
+         f"frozen, its own token routing) on the same noised input. Its control is the untouched token model itself: "
+         f"a token-routed self-distillation starts at, and stays at, zero loss. Variants (steps, lr): "
+         f"{', '.join(f'{st}, {lr}' for _, st, lr in DISTILL)}."] if DISTILL else []),
       f"- Unique experts per block: distinct routed experts per aligned {first['block_length']}-token block, mean "
       f"over blocks and MoE layers (of {json.load(open(os.path.join(a.model, 'config.json')))['num_experts']}).", ""]
 L += ["## Arms", "", "| arm | what | ELBO PPL (semi-ar) | cloze acc ± se | unique experts / block |",
@@ -152,6 +188,13 @@ for r in ratios:
 L += ["", f"Acceptance (issue 4, block fine-tune G={G} against the equal-budget token fine-tune): PPL kept "
       f"{pct(acceptance['ppl_kept'])}, accuracy kept {pct(acceptance['acc_kept'])}: "
       f"{'met' if out['acceptance']['met'] else 'not met'}.", ""]
+for d in out["distill"]:
+    r = d["ratio"]
+    kl = "; ".join(f"{k[0]:.4f} -> {k[1]:.4f}" for k in d["train_kl"] if k)
+    L += [f"Self-distillation {d['steps']} steps, lr {d['lr_text']} (training KL, first -> last logged window: "
+          f"{kl or 'n/a'}; block routing G={G} against its teacher, the "
+          f"untouched token model): PPL kept {pct(r['ppl_kept'])}, accuracy kept {pct(r['acc_kept'])}: "
+          f"{'>= 99% on both' if r['keeps_99_ppl'] and r['keeps_99_acc'] else 'below 99% on ' + ' and '.join(k for k, ok in [('PPL', r['keeps_99_ppl']), ('accuracy', r['keeps_99_acc'])] if not ok)}.", ""]
 # Hand-written reading of the numbers, kept across regenerations.
 notes = os.path.join(a.results, "notes.md")
 if os.path.exists(notes):

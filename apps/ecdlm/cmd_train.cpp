@@ -19,13 +19,15 @@ namespace fs = std::filesystem;
 namespace {
 
 struct TrainArgs {
-  std::string config, out, data, time_budget, lr_schedule, router, schedule, init_from, loss_norm, moe_routing;
+  std::string config, out, data, time_budget, lr_schedule, router, schedule, init_from, loss_norm, moe_routing,
+      distill_from;
   int64_t steps = 0, batch = 0, seq_len = 0, warmup = -1, grad_accum = 0, eval_every = -1,
           save_every = -1, keep_last = 0, log_every = 0, halt_at = 0, experts = 0, top_k = 0, eval_windows = 0,
           eval_samples = 0, samples = 3, sample_length = 64, threads = 0;
   uint64_t seed = 0;
   double lr = 0, grad_clip = -1, capacity_factor = -1, aux_coeff = -1, z_coeff = -1,
-         bias_rate = -1, k_min = -1, k_max = -1, mask_min = -1, mask_max = -1, block_top_p = -1;
+         bias_rate = -1, k_min = -1, k_max = -1, mask_min = -1, mask_max = -1, block_top_p = -1,
+         distill_weight = -1, distill_temperature = -1;
   int64_t block_min_experts = 0, block_chunk = 0;
   bool resume = false, json = false, no_inverse_r = false;
   std::string bf16;
@@ -91,6 +93,9 @@ int run(TrainArgs& a) {
   if (given(a, "--block-top-p")) p.block_top_p = a.block_top_p;
   if (given(a, "--block-min-experts")) p.block_min_experts = a.block_min_experts;
   if (given(a, "--block-chunk")) p.block_chunk = a.block_chunk;
+  if (given(a, "--train-distill-from")) p.distill_from = a.distill_from;
+  if (given(a, "--train-distill-weight")) p.distill_weight = a.distill_weight;
+  if (given(a, "--train-distill-temperature")) p.distill_temperature = a.distill_temperature;
   if (given(a, "--moe-router")) {
     if (a.router == "ec" || a.router == "expert_choice") cfg.router_type = RouterType::kExpertChoice;
     else if (a.router == "tc" || a.router == "token_choice") cfg.router_type = RouterType::kTokenChoice;
@@ -212,6 +217,12 @@ void register_train(CLI::App& app) {
   add("--block-top-p", a->block_top_p, "Block routing: coreset mass p");
   add("--block-min-experts", a->block_min_experts, "Block routing: minimum coreset size G");
   add("--block-chunk", a->block_chunk, "Block routing: tokens per vote");
+  add("--train-distill-from", a->distill_from, "Self-distillation teacher: a model dir of the same architecture "
+                                               "(e.g. the token-routed original); it runs token routing on the same "
+                                               "noised input");
+  add("--train-distill-weight", a->distill_weight, "Loss = w * KL(teacher || student) + (1 - w) * CE (default 1)");
+  add("--train-distill-temperature", a->distill_temperature, "Distillation softmax temperature T (KL scaled by "
+                                                             "T^2; default 1)");
   add("--samples", a->samples, "Samples to generate from the final model")->check(CLI::NonNegativeNumber);
   add("--sample-length", a->sample_length, "Tokens per sample")->check(CLI::PositiveNumber);
   set_runner(sub, [a] { return run(*a); });

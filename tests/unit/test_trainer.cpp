@@ -1,5 +1,5 @@
 // Trainer: resume == uninterrupted (bit for bit), the stored loss curve, NaN handling,
-// and the objective's invariants.
+// the objective's invariants, and self-distillation from a frozen token-routed teacher.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -239,6 +239,119 @@ TEST(DiffusionObjective, LossIsWeightedMaskedCrossEntropyOverAllTokens) {
   EXPECT_NEAR(dl.loss.item<double>(), want, 1e-5);
   auto no_r = diffusion_loss(model, fwd.hidden_BLD, x0, nb, false);
   EXPECT_LT(no_r.loss.item<double>(), dl.loss.item<double>());
+}
+
+// A model dir with the data's special ids, as the trainer would build the student.
+std::string save_tiny_model(const std::string& tag, ModelConfig cfg, uint64_t seed) {
+  cfg.mask_token_id = 2;
+  cfg.eos_token_id = 1;
+  cfg.pad_token_id = 3;
+  torch::manual_seed(seed);
+  MoeDlm m(cfg);
+  auto dir = test::temp_dir(tag) + "/model";
+  save_model_dir(m, dir);
+  return dir;
+}
+
+TEST(TrainerDistill, SelfDistillationWithTokenRoutingIsExactlyZero) {
+  auto cfg = tiny_config(RouterType::kTokenChoice);
+  cfg.moe_aux_loss_coeff = 0;  // only the distillation term drives the gradient
+  cfg.moe_z_loss_coeff = 0;
+  const auto dir = save_tiny_model("distill-zero", cfg, 5);
+  auto teacher = load_distill_teacher(dir, ModelConfig::load(dir));
+  for (bool bf16 : {false, true}) {
+    auto student = load_model(dir);
+    student->train();
+    TrainParams p;
+    p.distill_from = dir;
+    p.bf16 = bf16;
+    p.loss_norm = "masked";
+    p.mask_ratio_min = 0.3;
+    p.mask_ratio_max = 0.8;
+    p.grad_clip = 1e30;  // report the norm, never clip
+    auto x0 = torch::randint(4, 60, {2, 32}, torch::kInt64);
+    auto out = forward_backward(student, {x0}, 0, p, nullptr, &teacher);
+    EXPECT_EQ(out.distill_kl, 0.0) << "bf16 " << bf16;
+    EXPECT_GT(out.loss, 0.0);  // the CE is still reported
+    // d KL / d logits_s = p_s - p_t = 0 (up to sum(p_t) - 1 rounding).
+    EXPECT_LT(out.grad_norm, 1e-6) << "bf16 " << bf16;
+  }
+}
+
+TEST(TrainerDistill, BlockRoutedStudentApproachesTheTeacherAndResumesExactly) {
+  auto data = make_data("distill-data");
+  const auto teacher = save_tiny_model("distill-teacher", tiny_config(RouterType::kTokenChoice), 6);
+  auto params = [&](const std::string& out) {
+    auto p = tiny_params(data, out);
+    p.init_from = teacher;
+    p.distill_from = teacher;
+    p.moe_routing = "block";
+    p.block_top_p = 0.01;  // exactly G experts per chunk
+    p.block_min_experts = 2;
+    p.block_chunk = 8;
+    p.mask_ratio_min = 0.3;
+    p.mask_ratio_max = 0.8;
+    p.loss_norm = "masked";
+    p.max_steps = 12;
+    p.warmup_steps = 0;
+    p.lr = 1e-2;
+    p.eval_every = 0;
+    return p;
+  };
+  const auto full = test::temp_dir("distill-full"), parts = test::temp_dir("distill-parts");
+  auto r = run_training(ModelConfig::load(teacher), params(full), false);
+  ASSERT_FALSE(r.diverged);
+  std::vector<double> kl;
+  for (const auto& j : read_metrics(full + "/metrics.jsonl"))
+    if (j.contains("distill_kl")) kl.push_back(j["distill_kl"].get<double>());
+  ASSERT_EQ(kl.size(), 12u);
+  EXPECT_GT(kl.front(), 0.0);  // block routing changes the student's logits
+  EXPECT_LT((kl[9] + kl[10] + kl[11]) / 3, 0.7 * (kl[0] + kl[1] + kl[2]) / 3);
+  EXPECT_EQ(read_json_file(full + "/train_config.json")["train"]["distill_from"], teacher);
+
+  // The teacher is stateless: halt + resume continues exactly.
+  auto q = params(parts);
+  q.halt_at_step = 5;
+  run_training(ModelConfig::load(teacher), q, false);
+  q.halt_at_step = 0;
+  auto r2 = run_training(ModelConfig::load(teacher), q, true);
+  expect_same_weights(r.last_checkpoint, r2.last_checkpoint);
+  EXPECT_EQ(losses(full), losses(parts));
+}
+
+TEST(TrainerDistill, MismatchedTeacherAndBadSettingsAreClearErrors) {
+  auto cfg = tiny_config(RouterType::kTokenChoice);
+  const auto student = save_tiny_model("distill-student", cfg, 7);
+  auto expect_field = [&](ModelConfig other, const std::string& field) {
+    const auto dir = save_tiny_model("distill-bad-" + field, other, 8);
+    try {
+      load_distill_teacher(dir, ModelConfig::load(student));
+      FAIL() << "expected UserError for " << field;
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  };
+  auto other = cfg;
+  other.vocab_size = kVocab + 8;
+  expect_field(other, "vocab_size");
+  other = cfg;
+  other.hidden_size = 64;
+  expect_field(other, "hidden_size");
+  EXPECT_THROW(load_distill_teacher(test::temp_dir("distill-empty"), cfg), UserError);
+
+  TrainParams p;
+  p.max_steps = 1;
+  p.distill_weight = 1.5;
+  EXPECT_THROW(p.validate(), UserError);
+  p.distill_weight = 0.5;
+  p.distill_temperature = 0;
+  EXPECT_THROW(p.validate(), UserError);
+  p.distill_temperature = 2;
+  p.distill_from = student;
+  EXPECT_NO_THROW(p.validate());
+  TrainParams back;
+  back.update_from_json(p.to_json(), "test");  // config-file round trip
+  EXPECT_EQ(back.to_json(), p.to_json());
 }
 
 }  // namespace

@@ -36,14 +36,31 @@ NoisedBatch noise_batch(const torch::Tensor& x0_BL, int64_t mask_id, uint64_t se
   return nb;
 }
 
+torch::Tensor masked_rows(const torch::Tensor& masked_BL) { return masked_BL.reshape({-1}).nonzero().squeeze(1); }
+
+torch::Tensor masked_logits(MoeDlm& model, const torch::Tensor& hidden_BLD, const torch::Tensor& rows_M) {
+  const auto D = hidden_BLD.size(2);
+  auto h_MD = hidden_BLD.reshape({-1, D}).index_select(0, rows_M);
+  return model->lm_head(h_MD).to(torch::kFloat32);
+}
+
+torch::Tensor distill_kl(const torch::Tensor& teacher_logits_MV, const torch::Tensor& student_logits_MV,
+                         double temperature) {
+  const double inv_t = 1.0 / temperature;
+  auto logp_t_MV = torch::log_softmax(teacher_logits_MV.detach().to(torch::kFloat32) * inv_t, -1);
+  auto logp_s_MV = torch::log_softmax(student_logits_MV.to(torch::kFloat32) * inv_t, -1);
+  // Written out (not kl_div) so identical logits give exactly 0.
+  auto kl_M = (logp_t_MV.exp() * (logp_t_MV - logp_s_MV)).sum(-1);
+  const auto M = std::max<int64_t>(1, kl_M.size(0));
+  return kl_M.sum() * (temperature * temperature / static_cast<double>(M));
+}
+
 DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
                              const torch::Tensor& x0_BL, const NoisedBatch& nb, bool inverse_r,
                              bool per_masked_token) {
-  const auto B = x0_BL.size(0), L = x0_BL.size(1), D = hidden_BLD.size(2);
-  auto flat_mask = nb.masked_BL.reshape({-1});
-  auto rows = flat_mask.nonzero().squeeze(1);
-  auto h_MD = hidden_BLD.reshape({B * L, D}).index_select(0, rows);
-  auto logits_MV = model->lm_head(h_MD).to(torch::kFloat32);
+  const auto B = x0_BL.size(0), L = x0_BL.size(1);
+  auto rows = masked_rows(nb.masked_BL);
+  auto logits_MV = masked_logits(model, hidden_BLD, rows);
   auto target_M = x0_BL.reshape({-1}).index_select(0, rows);
   auto ce_M = torch::nn::functional::cross_entropy(
       logits_MV, target_M, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
@@ -55,6 +72,7 @@ DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
                               : weighted_M.sum() / static_cast<double>(B * L);
   auto ce_sum_B = torch::zeros({B}, torch::kFloat32).index_add(0, seq_M, ce_M.detach());
   out.seq_loss_B = ce_sum_B / nb.r_B / static_cast<double>(L);
+  out.logits_MV = logits_MV;
   out.masked_tokens = rows.size(0);
   return out;
 }

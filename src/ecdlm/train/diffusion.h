@@ -27,8 +27,14 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
 struct DiffusionLoss {
   torch::Tensor loss;         // f32 scalar: (1/(B*L)) sum_b w_b sum_i masked * CE (w = 1/r or 1)
   torch::Tensor seq_loss_B;   // f32 [B] (detached): per-sequence (1/L) * (1/r_b) * sum_i masked*CE
+  torch::Tensor logits_MV;    // f32 [M, V]: the masked rows' logits (a distillation term reuses them)
   int64_t masked_tokens = 0;
 };
+
+// Flat indices (into B*L, ascending) of the masked positions: int64 [M].
+torch::Tensor masked_rows(const torch::Tensor& masked_BL);
+// The LM head on those rows only (cheaper than full logits), in f32: [M, V].
+torch::Tensor masked_logits(MoeDlm& model, const torch::Tensor& hidden_BLD, const torch::Tensor& rows_M);
 
 // Projects only the masked rows through the LM head (cheaper than full logits).
 // inverse_r = false drops the 1/r weight (the "stable training" variant). per_masked_token: the
@@ -36,6 +42,11 @@ struct DiffusionLoss {
 DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
                              const torch::Tensor& x0_BL, const NoisedBatch& nb, bool inverse_r,
                              bool per_masked_token = false);
+
+// Self-distillation term: T^2 * mean over rows of KL(softmax(teacher/T) || softmax(student/T)),
+// full vocabulary, f32. Gradients flow into the student logits only.
+torch::Tensor distill_kl(const torch::Tensor& teacher_logits_MV, const torch::Tensor& student_logits_MV,
+                         double temperature = 1.0);
 
 // Per-mask-ratio-bin accumulator: bin loss = sum of sequence losses / #sequences in the bin.
 class BinnedLoss {

@@ -22,7 +22,8 @@ json TrainParams::to_json() const {
           {"final_eval_windows", final_eval_windows}, {"halt_at_step", halt_at_step},
           {"mask_ratio_min", mask_ratio_min}, {"mask_ratio_max", mask_ratio_max}, {"loss_norm", loss_norm},
           {"moe_routing", moe_routing}, {"block_top_p", block_top_p}, {"block_min_experts", block_min_experts},
-          {"block_chunk", block_chunk}};
+          {"block_chunk", block_chunk}, {"distill_from", distill_from}, {"distill_weight", distill_weight},
+          {"distill_temperature", distill_temperature}};
 }
 
 void TrainParams::update_from_json(const json& j, const std::string& src) {
@@ -71,6 +72,9 @@ void TrainParams::update_from_json(const json& j, const std::string& src) {
       else if (k == "block_top_p") block_top_p = v.get<double>();
       else if (k == "block_min_experts") block_min_experts = v.get<int64_t>();
       else if (k == "block_chunk") block_chunk = v.get<int64_t>();
+      else if (k == "distill_from") distill_from = v.get<std::string>();
+      else if (k == "distill_weight") distill_weight = v.get<double>();
+      else if (k == "distill_temperature") distill_temperature = v.get<double>();
       else fail(src, "train." + k, "unknown key", "see `ecdlm train --help` for the settings");
     } catch (const json::exception& e) {
       fail(src, "train." + k, std::string("wrong type: ") + e.what(), "fix the value's type");
@@ -107,6 +111,10 @@ void TrainParams::validate() const {
        "use elbo or masked");
   need(moe_routing == "token" || moe_routing == "block", "--moe-routing", "training supports token or block, got '" +
        moe_routing + "'", "");
+  need(distill_weight >= 0 && distill_weight <= 1, "--train-distill-weight", "must be in [0, 1]",
+       "1 = pure distillation, 0 = plain CE (the KL is still logged)");
+  need(distill_temperature > 0 && std::isfinite(distill_temperature), "--train-distill-temperature",
+       "must be a positive number", "1 is the usual choice");
 }
 
 moe::InferenceRouting TrainParams::routing() const {

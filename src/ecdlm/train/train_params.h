@@ -37,6 +37,12 @@ struct TrainParams {
   double block_top_p = 0.6;
   int64_t block_min_experts = 16;
   int64_t block_chunk = 32;
+  // Self-distillation (dMoE's learnable fine-tune): a frozen teacher model dir (same architecture
+  // and vocabulary) runs its own token routing on the same x_t; loss = w * T^2 * KL(teacher ||
+  // student) over masked tokens + (1 - w) * CE. Empty: plain CE.
+  std::string distill_from;
+  double distill_weight = 1.0;
+  double distill_temperature = 1.0;
   bool bf16 = true;                        // CPU autocast: bf16 matmuls, fp32 master weights
   uint64_t seed = 1234;
   int64_t log_every = 10;

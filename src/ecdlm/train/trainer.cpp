@@ -71,8 +71,28 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(MoeDlm& model, const TrainPa
   return std::make_unique<torch::optim::AdamW>(groups, opts);
 }
 
+MoeDlm load_distill_teacher(const std::string& dir, const ModelConfig& student) {
+  if (!fs::exists(fs::path(dir) / "config.json"))
+    fail(dir, "--train-distill-from", "not a model directory (no config.json)", "pass a checkpoint or best/ dir");
+  const auto tc = ModelConfig::load(dir);
+  // Everything that shapes the logits or what x_t means; router settings may differ.
+  const auto tj = tc.to_json(), sj = student.to_json();
+  for (const char* k : {"vocab_size", "mask_token_id", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim", "num_experts", "num_experts_per_tok"}) {
+    const auto tv = tj.value(k, nlohmann::json()), sv = sj.value(k, nlohmann::json());
+    if (tv != sv)
+      fail((fs::path(dir) / "config.json").string(), k,
+           "teacher " + tv.dump() + " differs from the student's " + sv.dump(),
+           "distill from a model of the student's architecture and vocabulary");
+  }
+  auto teacher = load_model(dir);
+  teacher->eval();
+  for (auto& w : teacher->parameters()) w.set_requires_grad(false);
+  return teacher;
+}
+
 StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& micro_x0, int64_t step,
-                            const TrainParams& p, moe::RoutingSummary* routing) {
+                            const TrainParams& p, moe::RoutingSummary* routing, MoeDlm* teacher) {
   const auto& cfg = model->config();
   StepOutput out;
   const double n = static_cast<double>(micro_x0.size());
@@ -91,6 +111,22 @@ StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& mic
       auto fwd = model->forward(nb.x_t_BL, fo);
       auto dl = diffusion_loss(model, fwd.hidden_BLD, x0, nb, p.inverse_r, p.loss_norm == "masked");
       total = dl.loss + fwd.aux_loss;
+      if (teacher) {
+        // Same x_t, same autocast as the student, the teacher's own token routing: with token
+        // routing and equal weights the two logits match bit for bit (KL exactly 0).
+        torch::Tensor teacher_MV;
+        {
+          torch::NoGradGuard no_grad;
+          ForwardOptions tfo;
+          tfo.mask_ratio_B = nb.r_B;
+          tfo.skip_lm_head = true;
+          auto tf = (*teacher)->forward(nb.x_t_BL, tfo);
+          teacher_MV = masked_logits(*teacher, tf.hidden_BLD, masked_rows(nb.masked_BL));
+        }
+        auto kl = distill_kl(teacher_MV, dl.logits_MV, p.distill_temperature);
+        total = p.distill_weight * kl + (1.0 - p.distill_weight) * dl.loss + fwd.aux_loss;
+        out.distill_kl += kl.item<double>() / n;
+      }
       out.loss += dl.loss.item<double>() / n;
       out.aux_loss += fwd.aux_loss.item<double>() / n;
     }
@@ -161,6 +197,13 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   EvalParams eval_params = p.eval;
   eval_params.routing = p.routing();
 
+  // Loaded before the seeded init, so the student starts exactly as without a teacher.
+  MoeDlm teacher{nullptr};
+  if (!p.distill_from.empty()) {
+    teacher = load_distill_teacher(p.distill_from, cfg);
+    LOG_INFO("distilling from " << p.distill_from << " (token routing, weight " << p.distill_weight
+                                << ", temperature " << p.distill_temperature << ")");
+  }
   torch::manual_seed(p.seed);
   MoeDlm model(cfg);
   if (!p.init_from.empty()) {
@@ -259,7 +302,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   TrainResult res;
   model->train();
   moe::RoutingSummary routing;
-  double loss_acc = 0.0;
+  double loss_acc = 0.0, kl_acc = 0.0;
   int64_t loss_n = 0, step = start_step;
   auto window_start = Clock::now();
   int64_t window_tokens = 0;
@@ -272,11 +315,12 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     opt->zero_grad();
     std::vector<torch::Tensor> micro;
     for (int64_t m = 0; m < p.grad_accum; ++m) micro.push_back(sampler.next());
-    auto so = forward_backward(model, micro, step, p, &routing);
+    auto so = forward_backward(model, micro, step, p, &routing, teacher ? &teacher : nullptr);
     const double step_loss = so.loss, step_aux = so.aux_loss, gnorm = so.grad_norm;
-    if (!std::isfinite(step_loss) || !std::isfinite(gnorm)) {
+    if (!std::isfinite(step_loss) || !std::isfinite(so.distill_kl) || !std::isfinite(gnorm)) {
       bar.finish();
-      LOG_WARN("training stopped: non-finite " << (std::isfinite(step_loss) ? "gradient norm" : "loss")
+      LOG_WARN("training stopped: non-finite "
+               << (!std::isfinite(step_loss) ? "loss" : !std::isfinite(so.distill_kl) ? "distillation KL" : "gradient norm")
                << " at step " << step << " (loss " << step_loss << ", grad-norm " << gnorm
                << "); the last good checkpoint is "
                << (last_ckpt.empty() ? std::string("(none saved yet)") : last_ckpt)
@@ -291,9 +335,11 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     tokens += tokens_per_step;
     window_tokens += tokens_per_step;
     loss_acc += step_loss;
+    kl_acc += so.distill_kl;
     ++loss_n;
     std::ostringstream extra;
     extra << "loss " << std::fixed << std::setprecision(3) << step_loss;
+    if (teacher) extra << " kl " << so.distill_kl;
     if (p.max_steps > 0)
       bar.update(step, extra.str(), static_cast<double>(tokens - start_step * tokens_per_step));
     else {
@@ -305,13 +351,16 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     if (step % p.log_every == 0) {
       double dt = std::chrono::duration<double>(Clock::now() - window_start).count();
       double tps = dt > 0 ? window_tokens / dt : 0.0;
-      metrics.write({{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s()},
-                     {"cpu_s", cpu_s()}, {"loss", loss_acc / loss_n}, {"aux_loss", step_aux}, {"lr", lr},
-                     {"grad_norm", gnorm}, {"tokens_per_s", tps},
-                     {"model_flops_per_s", tps * flops_per_token},
-                     {"routing", routing.averaged().to_json()}});
+      json line = {{"step", step}, {"tokens", tokens}, {"elapsed_s", elapsed()}, {"train_s", train_s()},
+                   {"cpu_s", cpu_s()}, {"loss", loss_acc / loss_n}, {"aux_loss", step_aux}, {"lr", lr},
+                   {"grad_norm", gnorm}, {"tokens_per_s", tps},
+                   {"model_flops_per_s", tps * flops_per_token},
+                   {"routing", routing.averaged().to_json()}};
+      if (teacher) line["distill_kl"] = kl_acc / loss_n;
+      metrics.write(line);
       routing = moe::RoutingSummary();
       loss_acc = 0.0;
+      kl_acc = 0.0;
       loss_n = 0;
       window_start = Clock::now();
       window_tokens = 0;

@@ -37,13 +37,21 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume);
 std::unique_ptr<torch::optim::AdamW> make_optimizer(MoeDlm& model, const TrainParams& p);
 
 struct StepOutput {
-  double loss = 0.0, aux_loss = 0.0, grad_norm = 0.0;
+  double loss = 0.0, aux_loss = 0.0, grad_norm = 0.0;  // loss: the CE, whatever is optimized
+  double distill_kl = 0.0;                              // with a teacher: T^2 * mean KL per masked token
 };
 // One optimizer step over grad_accum micro-batches (x0 int64 [B, L] each): noising seeded by
 // (p.seed, step, micro), forward under bf16 autocast if p.bf16, backward, clip. The optimizer
 // is NOT stepped when the loss or gradient norm is non-finite (the caller decides).
+// `teacher` (see load_distill_teacher): the objective becomes p.distill_weight * KL +
+// (1 - p.distill_weight) * CE (+ aux losses), the teacher running its own token routing.
 StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& micro_x0, int64_t step,
-                            const TrainParams& p, moe::RoutingSummary* routing = nullptr);
+                            const TrainParams& p, moe::RoutingSummary* routing = nullptr,
+                            MoeDlm* teacher = nullptr);
+
+// The frozen self-distillation teacher from model dir `dir` (f32, eval, no gradients). UserError
+// naming the config field when its architecture or vocabulary differs from `student`.
+MoeDlm load_distill_teacher(const std::string& dir, const ModelConfig& student);
 
 // Newest `checkpoints/step-*` directory under out_dir, or "" if none.
 std::string latest_checkpoint(const std::string& out_dir);
