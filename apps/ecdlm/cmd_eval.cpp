@@ -20,7 +20,7 @@ struct EvalArgs {
   int64_t seq_len = 256, windows = 64, samples = 4, batch = 16;
   uint64_t seed = EvalParams{}.seed;
   std::vector<int64_t> bins = {4, 10};
-  int64_t cloze_span = 0, block_length = 32;
+  int64_t cloze_span = 0, cloze_positions = 1, block_length = 32;
   std::string mask_mode = "uniform";
   bool json = false;
   RoutingFlags routing;
@@ -62,16 +62,21 @@ int run(const EvalArgs& a) {
                                   ? " (p " + std::to_string(p.routing.block_top_p) + ", G " +
                                         std::to_string(p.routing.block_min_experts) + ")"
                                   : std::string())
-                          << (a.cloze_span > 0 ? ", cloze span " + std::to_string(a.cloze_span) : std::string()));
+                          << (a.cloze_span > 0 ? ", cloze span " + std::to_string(a.cloze_span) + " at " +
+                                                  std::to_string(a.cloze_positions) + " position(s)"
+                                            : std::string()));
   ProgressBar bar("eval", windows.size() * p.mask_samples, "seq");
   auto res = evaluate_elbo(model, windows, p, [&](int64_t d, int64_t) { bar.update(d); });
   bar.finish();
   ClozeResult cloze;
-  if (a.cloze_span > 0) cloze = evaluate_cloze(model, windows, a.cloze_span, p);
+  if (a.cloze_span > 0) cloze = evaluate_cloze(model, windows, a.cloze_span, p, a.cloze_positions);
   if (a.json) {
     auto j = res.to_json();
     j["routing_policy"] = moe::routing_policy_name(p.routing.policy);
-    if (a.cloze_span > 0) j["cloze"] = {{"span", a.cloze_span}, {"accuracy", cloze.accuracy}, {"tokens", cloze.tokens}};
+    if (a.cloze_span > 0)
+      j["cloze"] = {{"span", a.cloze_span},           {"positions", a.cloze_positions},
+                    {"accuracy", cloze.accuracy},     {"tokens", cloze.tokens},
+                    {"correct_per_window", cloze.correct_per_window}};
     std::cout << j.dump(2) << std::endl;
     return 0;
   }
@@ -120,6 +125,9 @@ void register_eval(CLI::App& app) {
   sub->add_option("--eval-cloze-span", a->cloze_span,
                   "Also report cloze accuracy: mask this many tokens mid-window, predict them in one forward (0 = off)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
+  sub->add_option("--eval-cloze-positions", a->cloze_positions,
+                  "Cloze spans per window, evenly spaced, one forward each (1 = mid-window)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   a->routing.add_to(sub);
   set_runner(sub, [a] { return run(*a); });
 }

@@ -115,3 +115,37 @@ TEST(BlockFinetune, SemiArEvalScoresOneBlockAsTheDecoderSees) {
   p.mask_mode = "causal";
   EXPECT_THROW(evaluate_elbo(m, windows, p), UserError);
 }
+
+TEST(BlockFinetune, ClozeAtSeveralPositionsCountsEverySpan) {
+  torch::manual_seed(4);
+  MoeDlm m(tc_config());
+  m->eval();
+  const auto dir = test::temp_dir("cloze-positions");
+  std::vector<int32_t> ids(5 * 32);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 11 + i / 3) % 48);
+  data::write_token_shard(dir, "val", ids, 50);
+  data::EvalWindows windows(data::TokenShard::open(dir, "val"), 32, 0);
+  EvalParams p;
+  p.bf16 = false;
+  p.batch_size = 2;
+  // One position: the mid-window span [12, 20), checked against a direct argmax.
+  const auto one = evaluate_cloze(m, windows, 8, p);
+  auto x0 = windows.batch(0, windows.size());
+  auto x = x0.clone();
+  x.narrow(1, 12, 8).fill_(m->config().mask_token_id);
+  torch::NoGradGuard ng;
+  auto hits_B = (m->forward(x).logits_BLV.narrow(1, 12, 8).argmax(-1) == x0.narrow(1, 12, 8)).sum(1);
+  ASSERT_EQ(one.correct_per_window.size(), 5U);
+  for (int64_t b = 0; b < 5; ++b) EXPECT_EQ(one.correct_per_window[size_t(b)], hits_B[b].item<int64_t>());
+  EXPECT_EQ(one.tokens, 5 * 8);
+  // Four positions (spans centred at 4, 12, 20, 28, clamped into the window): 4x the tokens, and
+  // the accuracy is the per-window counts' total.
+  const auto four = evaluate_cloze(m, windows, 8, p, 4);
+  EXPECT_EQ(four.tokens, 4 * 5 * 8);
+  int64_t total = 0;
+  for (auto c : four.correct_per_window) {
+    EXPECT_LE(c, 4 * 8);
+    total += c;
+  }
+  EXPECT_DOUBLE_EQ(four.accuracy, static_cast<double>(total) / static_cast<double>(four.tokens));
+}

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -168,31 +169,41 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
   return res;
 }
 
-ClozeResult evaluate_cloze(MoeDlm& model, const data::EvalWindows& windows, int64_t span, const EvalParams& p) {
+ClozeResult evaluate_cloze(MoeDlm& model, const data::EvalWindows& windows, int64_t span, const EvalParams& p,
+                           int64_t positions) {
   const bool was_training = model->is_training();
   model->eval();
   torch::NoGradGuard ng;
   const int64_t L = windows.seq_len(), mask_id = model->config().mask_token_id;
-  const int64_t lo = std::max<int64_t>(0, L / 2 - span / 2), n = std::min(span, L - lo);
-  int64_t correct = 0, total = 0;
-  for (int64_t first = 0; first < windows.size(); first += p.batch_size) {
-    const int64_t count = std::min(p.batch_size, windows.size() - first);
-    auto x0 = windows.batch(first, count);
-    auto x = x0.clone();
-    x.narrow(1, lo, n).fill_(mask_id);
-    ForwardOptions opt;
-    if (p.routing.policy != moe::RoutingPolicy::kToken) opt.routing = &p.routing;
-    torch::Tensor logits;
-    {
-      compat::CpuAutocast ac(p.bf16);
-      logits = model->forward(x, opt).logits_BLV;
+  ClozeResult res;
+  res.correct_per_window.assign(static_cast<size_t>(windows.size()), 0);
+  for (int64_t pos = 0; pos < positions; ++pos) {
+    const int64_t centre = (2 * pos + 1) * L / (2 * positions);
+    const int64_t lo = std::clamp<int64_t>(centre - span / 2, 0, std::max<int64_t>(0, L - span));
+    const int64_t n = std::min(span, L - lo);
+    for (int64_t first = 0; first < windows.size(); first += p.batch_size) {
+      const int64_t count = std::min(p.batch_size, windows.size() - first);
+      auto x0 = windows.batch(first, count);
+      auto x = x0.clone();
+      x.narrow(1, lo, n).fill_(mask_id);
+      ForwardOptions opt;
+      if (p.routing.policy != moe::RoutingPolicy::kToken) opt.routing = &p.routing;
+      torch::Tensor logits;
+      {
+        compat::CpuAutocast ac(p.bf16);
+        logits = model->forward(x, opt).logits_BLV;
+      }
+      auto hit_B = (logits.narrow(1, lo, n).argmax(-1) == x0.narrow(1, lo, n)).sum(1).contiguous();
+      const int64_t* h = hit_B.data_ptr<int64_t>();
+      for (int64_t b = 0; b < count; ++b) res.correct_per_window[static_cast<size_t>(first + b)] += h[b];
+      res.tokens += count * n;
     }
-    auto pred = logits.narrow(1, lo, n).argmax(-1);
-    correct += (pred == x0.narrow(1, lo, n)).sum().item<int64_t>();
-    total += count * n;
   }
+  int64_t correct = 0;
+  for (auto c : res.correct_per_window) correct += c;
+  res.accuracy = res.tokens ? static_cast<double>(correct) / static_cast<double>(res.tokens) : 0.0;
   if (was_training) model->train();
-  return {total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0, total};
+  return res;
 }
 
 }  // namespace ecdlm

@@ -55,8 +55,13 @@ struct EvalResult {
 struct ClozeResult {
   double accuracy = 0.0;
   int64_t tokens = 0;
+  std::vector<int64_t> correct_per_window;  // summed over positions: paired comparisons between models
 };
-ClozeResult evaluate_cloze(MoeDlm& model, const data::EvalWindows& windows, int64_t span, const EvalParams& p);
+// Masks `span` tokens of every window and predicts them in one forward (argmax). `positions`
+// spans per window, one forward each, centred at (i + 1/2)·L/positions: 1 = mid-window; more
+// positions give a larger, lower-noise cloze set from the same held-out windows.
+ClozeResult evaluate_cloze(MoeDlm& model, const data::EvalWindows& windows, int64_t span, const EvalParams& p,
+                           int64_t positions = 1);
 
 // `progress(done, total)` is called after each batch (may be empty).
 EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const EvalParams& p,
