@@ -39,10 +39,12 @@ void write_plots(const std::vector<bench::GenBenchRow>& rows, const std::string&
 
 int run(const GenBenchArgs& a) {
   const auto& p = a.p;
-  std::string policies = p.policies.empty() ? "all" : "";
-  for (const auto& name : p.policies) policies += (policies.empty() ? "" : ",") + name;
-  std::string kernels;
-  for (const auto& k : p.expert_kernels) kernels += (kernels.empty() ? "" : ",") + k;
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
+    return s;
+  };
+  const std::string policies = p.policies.empty() ? "all" : join(p.policies), kernels = join(p.expert_kernels);
   LOG_INFO("bench generate: quick " << p.quick << ", brown model '" << p.brown_model << "', synthetic MoE layers "
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
                                     << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps

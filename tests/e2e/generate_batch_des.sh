@@ -7,7 +7,7 @@ ECDLM="$1"; ROOT="$2"
 G="$ROOT/../shared/golden/tiny-dmoe"
 [ -f "$G/golden.safetensors" ] || { echo "SKIP: golden fixtures missing ($G)"; exit 0; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 ids() {  # tensor name -> comma list
   python3 - "$G/golden.safetensors" "$1" <<'PY'
 import json, struct, sys
@@ -62,11 +62,7 @@ PY
 # A DES flag without a DES policy warns; bad values name the flag.
 "$ECDLM" generate "${COMMON[@]}" --moe-des-s-ratio 0.3 > /dev/null 2> "$TMP/warn.txt"
 grep -q -- "--moe-des-s-ratio has no effect" "$TMP/warn.txt" || { cat "$TMP/warn.txt"; fail "no warning"; }
-bad() {  # expected-text, args...
-  local want="$1"; shift
-  if "$ECDLM" -q generate "${COMMON[@]}" "$@" > /dev/null 2> "$TMP/bad.txt"; then fail "accepted: $*"; fi
-  grep -q -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
-}
+bad() { expect_fail "$1" "$ECDLM" -q generate "${COMMON[@]}" "${@:2}"; }  # expected-text, args...
 bad "moe-des-v-threshold" --moe-routing des-v --moe-des-v-threshold 1.5
 bad "moe-des-s-ratio" --moe-routing des-s --moe-des-s-ratio 0
 bad "moe-des-min-experts" --moe-routing des-s --moe-des-min-experts 65

@@ -9,7 +9,7 @@ ECDLM="$1"; ROOT="$2"
 G="$ROOT/../shared/golden/tiny-dmoe"
 [ -f "$G/model.safetensors" ] || { echo "SKIP: golden fixtures missing ($G)"; exit 0; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 FIX="$ROOT/tests/e2e/llada2_fixture.py"
 M="$TMP/llada2"
 mkdir "$M"
@@ -93,11 +93,7 @@ assert len(full) == 64 and full[:len(cut)] == cut, (full, cut)
 PY
 
 # Errors: no tokenizer, a tokenizer without the role tokens, --chat with ids, no message, --system alone.
-bad() {  # expected-text, args...
-  local want="$1"; shift
-  if "$ECDLM" -q generate "$@" > /dev/null 2> "$TMP/bad.txt"; then fail "accepted: $*"; fi
-  grep -q -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
-}
+bad() { expect_fail "$1" "$ECDLM" -q generate "${@:2}"; }  # expected-text, args...
 bad "--chat" -m "$G" --chat -p "hello"
 mkdir "$TMP/plain_tok"
 python3 - "$M/tokenizer.json" "$TMP/plain_tok/tokenizer.json" <<'PY'

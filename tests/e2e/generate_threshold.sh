@@ -8,7 +8,7 @@ ECDLM="$1"; ROOT="$2"
 G="$ROOT/../shared/golden/tiny-dmoe"
 [ -f "$G/golden.safetensors" ] || { echo "SKIP: golden fixtures missing ($G)"; exit 0; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 
 cat > "$TMP/golden.py" <<'PY'
 import json, struct, sys
@@ -64,9 +64,7 @@ PY
 
 # Bad input (issue 4): non-zero exit, an error that names the flag and says the fix.
 bad() {  # expected-text, args...
-  local want="$1"; shift
-  if "$ECDLM" -q generate -m "$G" --mask-id 299 "$@" > /dev/null 2> "$TMP/bad.txt"; then fail "accepted: $*"; fi
-  grep -q -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
+  expect_fail "$1" "$ECDLM" -q generate -m "$G" --mask-id 299 "${@:2}"
   grep -q -- "fix:\|not in {" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' gives no fix"; }
 }
 # 1. an empty prompt

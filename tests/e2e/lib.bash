@@ -11,3 +11,11 @@ expect_rc() {
   set -e
   [ "$rc" -eq "$want" ] || { cat "$TMP/err.txt" >&2; fail "exit $rc (want $want): $*"; }
 }
+
+# Runs the rest of the command line expecting it to fail with $1 (fixed text) in its stderr,
+# which stays in $TMP/bad.txt.
+expect_fail() {
+  local want="$1"; shift
+  if "$@" > /dev/null 2> "$TMP/bad.txt"; then fail "accepted: $*"; fi
+  grep -qF -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
+}

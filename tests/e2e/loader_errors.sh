@@ -12,7 +12,7 @@ TINY="$ROOT/../shared/golden/tiny"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 
 [ -f "$TINY/model.safetensors" ] || { echo "SKIP: golden fixtures missing ($TINY)"; exit 0; }
 

@@ -8,7 +8,7 @@ cd "$ROOT"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 
 # ~200 varied documents so a 500-piece BPE vocab can be filled.
 python3 - "$TMP/corpus.jsonl" <<'EOF'

@@ -8,7 +8,7 @@ ROOT="$2"
 SRC="$ROOT/../shared/golden/tiny-lladamoe"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 [ -f "$SRC/model.safetensors" ] || { echo "SKIP: golden fixtures missing ($SRC)"; exit 0; }
 E=("$ECDLM" --threads 1)
 

@@ -5,9 +5,10 @@
 # Usage: bash tokenize_cli.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
 ECDLM="$1"
+ROOT="$2"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$ROOT/tests/e2e/lib.bash"
 
 # Byte-level alphabet (ids 0..255 in byte order), merges h+e, Ġ+t, Ġt+he, t+he, a BOS/EOS template.
 python3 - "$TMP/tokenizer.json" <<'PY'
@@ -34,11 +35,6 @@ json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens"
 PY
 TOK=(--tokenizer "$TMP/tokenizer.json")
 
-expect_rc() {  # expect_rc CODE cmd...; stderr in $TMP/err.txt
-  local want="$1"; shift
-  set +e; "$@" > "$TMP/out.txt" 2> "$TMP/err.txt"; local rc=$?; set -e
-  [ "$rc" -eq "$want" ] || { cat "$TMP/err.txt" >&2; fail "exit $rc (want $want): $*"; }
-}
 expect_err() { grep -qF -- "$1" "$TMP/err.txt" || { cat "$TMP/err.txt" >&2; fail "stderr lacks: $1"; }; }
 
 # --text, default add_special_tokens=true, --show-tokens

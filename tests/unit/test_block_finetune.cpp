@@ -16,6 +16,15 @@ using namespace ecdlm;
 
 namespace {
 ModelConfig tc_config() { return test::small_tc_config(50, 16); }
+
+// `n` validation windows of 32 tokens (ids (i * a + i / b) mod 48, vocabulary 50) in a fresh shard.
+data::EvalWindows val_windows(const std::string& name, int64_t n, size_t a, size_t b) {
+  const auto dir = test::temp_dir(name);
+  std::vector<int32_t> ids(static_cast<size_t>(n) * 32);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * a + i / b) % 48);
+  data::write_token_shard(dir, "val", ids, 50);
+  return data::EvalWindows(data::TokenShard::open(dir, "val"), 32, 0);
+}
 }  // namespace
 
 TEST(BlockFinetune, NoiseRangeIsRespected) {
@@ -81,11 +90,7 @@ TEST(BlockFinetune, TrainingForwardsRouteInsideTheCoreset) {
 TEST(BlockFinetune, SemiArEvalScoresOneBlockAsTheDecoderSees) {
   torch::manual_seed(3);
   MoeDlm m(tc_config());
-  const auto dir = test::temp_dir("semi-ar-eval");
-  std::vector<int32_t> ids(6 * 32);
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7 + i / 5) % 48);
-  data::write_token_shard(dir, "val", ids, 50);
-  data::EvalWindows windows(data::TokenShard::open(dir, "val"), 32, 0);
+  const auto windows = val_windows("semi-ar-eval", 6, 7, 5);
   EvalParams p;
   p.bf16 = false;
   p.mask_samples = 2;
@@ -120,11 +125,7 @@ TEST(BlockFinetune, ClozeAtSeveralPositionsCountsEverySpan) {
   torch::manual_seed(4);
   MoeDlm m(tc_config());
   m->eval();
-  const auto dir = test::temp_dir("cloze-positions");
-  std::vector<int32_t> ids(5 * 32);
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 11 + i / 3) % 48);
-  data::write_token_shard(dir, "val", ids, 50);
-  data::EvalWindows windows(data::TokenShard::open(dir, "val"), 32, 0);
+  const auto windows = val_windows("cloze-positions", 5, 11, 3);
   EvalParams p;
   p.bf16 = false;
   p.batch_size = 2;

@@ -22,7 +22,7 @@ struct Variant {
   std::string routing;
   double top_p = 0.0;
   bool kv = true;
-  std::string kernel = "auto";
+  moe::ExpertKernel kernel = moe::ExpertKernel::kAuto;
 };
 
 // Copies every parameter and buffer of `src` into `dst` (same names; a router swap keeps them).
@@ -117,9 +117,9 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   {
     std::vector<Variant> crossed;
     for (const auto& k : p.expert_kernels) {
-      moe::parse_expert_kernel(k, "--bench-expert-kernels");
+      const auto kernel = moe::parse_expert_kernel(k, "--bench-expert-kernels");
       for (auto v : variants) {
-        v.kernel = k;
+        v.kernel = kernel;
         crossed.push_back(v);
       }
     }
@@ -210,7 +210,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
           tp.routing.topk_cap = m.topk_cap;
           tp.routing.des_chunk = p.block_length;  // DES-S / DES-V: their default knobs (inference_routing.h)
         }
-        moe::set_expert_kernel(moe::parse_expert_kernel(v.kernel, "--bench-expert-kernels"));
+        moe::set_expert_kernel(v.kernel);
         prof::reset();
         auto res = gen::threshold_generate(*model, prompt, tp);
         std::array<double, kCols> sum{};
@@ -231,7 +231,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         row.routing = v.routing;
         row.top_p = v.top_p;
         row.kv_cache = v.kv;
-        row.expert_kernel = v.kernel;
+        row.expert_kernel = moe::expert_kernel_name(v.kernel);
         row.gen_length = gen_length;
         row.unique_experts_per_block = res.avg_unique_experts_per_layer;
         row.expert_bytes_per_forward = bytes / n;
@@ -239,7 +239,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         row.tokens_per_forward = static_cast<double>(res.tokens.size()) / n;
         row.tokens_per_s_reps.push_back(static_cast<double>(res.tokens.size()) / res.seconds);
         bar.update(++done, m.name + " " + v.routing + (v.kv ? "" : " (no cache)") +
-                               (p.expert_kernels.size() > 1 ? " " + v.kernel : ""));
+                               (p.expert_kernels.size() > 1 ? std::string(" ") + moe::expert_kernel_name(v.kernel) : ""));
       }
     }
     for (size_t vi = 0; vi < variants.size(); ++vi) {

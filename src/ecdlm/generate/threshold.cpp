@@ -40,6 +40,16 @@ ExpertStats last_forward_expert_stats(MoeDlm& model, int64_t B, int64_t L_in, in
   return st;
 }
 
+ForwardOptions block_step_options(int64_t L, const moe::InferenceRouting* routing, KvCache* kv, bool kv_append) {
+  ForwardOptions o;
+  o.block_length = L;
+  o.routing = routing;
+  o.skip_lm_head = true;
+  o.kv_cache = kv;
+  o.kv_append = kv_append;
+  return o;
+}
+
 torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND) {
   prof::Scope ps(prof::kHead);
   // Late in a block only a few positions are still masked: the head then streams its whole
@@ -212,13 +222,7 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
   KvCache kv;
   const int64_t first_block = P / L;
   auto cache_forward = [&](int64_t from, int64_t len) {
-    ForwardOptions o;
-    o.block_length = L;
-    o.kv_cache = &kv;
-    o.kv_append = true;
-    o.skip_lm_head = true;
-    o.routing = routing;
-    model->forward(x.narrow(1, from, len), o);
+    model->forward(x.narrow(1, from, len), block_step_options(L, routing, &kv, /*kv_append=*/true));
     ++res.cache_forwards;
   };
   if (p.kv_cache && first_block > 0) cache_forward(0, first_block * L);
@@ -234,10 +238,7 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
       if (!masked_L.any().item<bool>()) break;
       const auto tf = std::chrono::steady_clock::now();
       const auto prof0 = prof::totals_ms();
-      ForwardOptions o;
-      o.block_length = L;
-      o.routing = routing;
-      o.skip_lm_head = true;  // the head runs on the block's masked positions only
+      auto o = block_step_options(L, routing);
       torch::Tensor hidden_LD;
       int64_t L_in;
       if (p.kv_cache) {

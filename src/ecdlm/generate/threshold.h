@@ -108,6 +108,12 @@ std::vector<int64_t> output_stop_ids(const ThresholdParams& p, const ModelConfig
 torch::Tensor threshold_commit(const torch::Tensor& conf_L, ThresholdRule rule, double threshold, double factor,
                                int64_t n);
 
+// Forward options of a block-decoding step: block-causal over blocks of L, the given routing, no LM
+// head (it runs on the still-masked positions only). With kv_append, the forward appends its K/V to
+// `kv` (prefill and the pass that commits a finished block).
+ForwardOptions block_step_options(int64_t L, const moe::InferenceRouting* routing, KvCache* kv = nullptr,
+                                  bool kv_append = false);
+
 // The LM head on final hidden states [N, D] (timed as prof::kHead): f32 (or wider) logits [N, V].
 torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND);
 

@@ -84,13 +84,8 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
   KvCache kv;
   std::vector<int64_t> kv_rows;  // group rows held by the cache, in its batch order
   auto append_blocks = [&](const std::vector<int64_t>& which, int64_t from, int64_t len) {
-    ForwardOptions o;
-    o.block_length = L;
-    o.kv_cache = &kv;
-    o.kv_append = true;
-    o.skip_lm_head = true;
-    o.routing = routing;
-    model->forward(x.index_select(0, index_tensor(which)).narrow(1, from, len), o);
+    model->forward(x.index_select(0, index_tensor(which)).narrow(1, from, len),
+                   block_step_options(L, routing, &kv, /*kv_append=*/true));
     for (auto g : which) ++rows[static_cast<size_t>(g)]->res.cache_forwards;
   };
   if (p.kv_cache) {
@@ -116,10 +111,7 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
       const auto idx = index_tensor(active);
       const auto tf = Clock::now();
       const auto prof0 = prof::totals_ms();
-      ForwardOptions o;
-      o.block_length = L;
-      o.routing = routing;
-      o.skip_lm_head = true;  // the head runs on the masked positions only, all rows in one call
+      auto o = block_step_options(L, routing);  // the head runs later, all rows in one call
       torch::Tensor hidden_BLD;
       int64_t L_in;
       if (p.kv_cache) {

@@ -152,6 +152,14 @@ bool small_m_kernel_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK
          cpu_has_avx512_bf16();
 }
 
+bool small_m_expert_applies(const torch::Tensor& x_MD, const torch::Tensor& gate_FD, const torch::Tensor& up_FD,
+                            const torch::Tensor& down_DF) {
+  // The down projection's input is the kernel's own bf16 h, so only its weight needs checking.
+  return small_m_kernel_applies(x_MD, gate_FD) && small_m_kernel_applies(x_MD, up_FD) &&
+         down_DF.scalar_type() == torch::kBFloat16 && down_DF.is_contiguous() &&
+         !(torch::GradMode::is_enabled() && down_DF.requires_grad());
+}
+
 torch::Tensor small_m_linear_bf16(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
   TORCH_CHECK(cpu_has_avx512_bf16(), "small_m_linear_bf16: this CPU has no AVX512-BF16");
   const auto x = x_MK.contiguous(), w = w_NK.contiguous();

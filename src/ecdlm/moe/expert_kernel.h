@@ -30,6 +30,10 @@ bool cpu_has_avx512_bf16();
 // the CPU has AVX512-BF16 and the process choice is kAuto.
 bool small_m_kernel_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
 
+// small_m_kernel_applies for all three matrices of an expert.
+bool small_m_expert_applies(const torch::Tensor& x_MD, const torch::Tensor& gate_FD, const torch::Tensor& up_FD,
+                            const torch::Tensor& down_DF);
+
 // y_MN (f32) = x_MK · w_NKᵀ, bf16 inputs, f32 accumulation. Any M, N, K (tails masked).
 torch::Tensor small_m_linear_bf16(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
 

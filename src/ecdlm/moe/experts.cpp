@@ -37,11 +37,10 @@ torch::Tensor ExpertsImpl::forward_slots(const torch::Tensor& x_END) {
 torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
   namespace F = torch::nn::functional;
   touched_E_[static_cast<size_t>(e)] = 1;
-  if (small_m_kernel_applies(x_ND, gate_w(e)) && small_m_kernel_applies(x_ND, up_w(e)) &&
-      down_w(e).scalar_type() == torch::kBFloat16 && down_w(e).is_contiguous())
-    return small_m_expert_bf16(x_ND, gate_w(e), up_w(e), down_w(e));
-  auto h = torch::silu(F::linear(x_ND, gate_w(e))) * F::linear(x_ND, up_w(e));
-  return F::linear(h, down_w(e));
+  const auto g = gate_w(e), u = up_w(e), d = down_w(e);
+  if (small_m_expert_applies(x_ND, g, u, d)) return small_m_expert_bf16(x_ND, g, u, d);
+  auto h = torch::silu(F::linear(x_ND, g)) * F::linear(x_ND, u);
+  return F::linear(h, d);
 }
 
 void ExpertsImpl::bind_per_expert(std::vector<torch::Tensor> gate_FD, std::vector<torch::Tensor> up_FD,
