@@ -73,6 +73,7 @@ DiffusionLoss diffusion_loss(MoeDlm& model, const torch::Tensor& hidden_BLD,
   auto ce_sum_B = torch::zeros({B}, torch::kFloat32).index_add(0, seq_M, ce_M.detach());
   out.seq_loss_B = ce_sum_B / nb.r_B / static_cast<double>(L);
   out.logits_MV = logits_MV;
+  out.rows_M = rows;
   out.masked_tokens = rows.size(0);
   return out;
 }

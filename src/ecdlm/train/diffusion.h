@@ -28,6 +28,7 @@ struct DiffusionLoss {
   torch::Tensor loss;         // f32 scalar: (1/(B*L)) sum_b w_b sum_i masked * CE (w = 1/r or 1)
   torch::Tensor seq_loss_B;   // f32 [B] (detached): per-sequence (1/L) * (1/r_b) * sum_i masked*CE
   torch::Tensor logits_MV;    // f32 [M, V]: the masked rows' logits (a distillation term reuses them)
+  torch::Tensor rows_M;       // int64 [M]: those rows' flat indices into B*L
   int64_t masked_tokens = 0;
 };
 

@@ -121,7 +121,7 @@ StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& mic
           tfo.mask_ratio_B = nb.r_B;
           tfo.skip_lm_head = true;
           auto tf = (*teacher)->forward(nb.x_t_BL, tfo);
-          teacher_MV = masked_logits(*teacher, tf.hidden_BLD, masked_rows(nb.masked_BL));
+          teacher_MV = masked_logits(*teacher, tf.hidden_BLD, dl.rows_M);
         }
         auto kl = distill_kl(teacher_MV, dl.logits_MV, p.distill_temperature);
         total = p.distill_weight * kl + (1.0 - p.distill_weight) * dl.loss + fwd.aux_loss;
