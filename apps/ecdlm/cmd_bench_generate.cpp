@@ -44,11 +44,11 @@ int run(const GenBenchArgs& a) {
     for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
     return s;
   };
-  const std::string policies = p.policies.empty() ? "all" : join(p.policies), kernels = join(p.expert_kernels);
+  const std::string policies = p.policies.empty() ? "all" : join(p.policies), kernels = join(p.kernels);
   LOG_INFO("bench generate: quick " << p.quick << ", brown model '" << p.brown_model << "', synthetic MoE layers "
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
                                     << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps
-                                    << ", seed " << p.seed << ", policies " << policies << ", expert kernels "
+                                    << ", seed " << p.seed << ", policies " << policies << ", kernels "
                                     << kernels);
   auto rows = bench::run_generate_bench(p);
   const auto md = bench::to_markdown(rows, p);
@@ -83,10 +83,10 @@ void register_bench_generate(CLI::App* bench) {
                   "Only these routing policies (comma list; default all): token, block, topk, des-s, des-v, ec")
       ->delimiter(',')
       ->check(CLI::IsMember({"token", "block", "topk", "des-s", "des-v", "ec"}));
-  sub->add_option("--bench-expert-kernels", a->p.expert_kernels,
-                  "Expert kernels to compare (comma list): auto (small-M AVX512-BF16 kernel where it applies), torch")
+  sub->add_option("--bench-kernels", a->p.kernels,
+                  "Small-M kernels to compare (comma list): auto, amx, avx512, torch (kernels/small_m.h)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "torch"}))
+      ->check(CLI::IsMember({"auto", "amx", "avx512", "torch"}))
       ->capture_default_str();
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);

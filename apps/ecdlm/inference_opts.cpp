@@ -3,7 +3,7 @@
 #include <sstream>
 
 #include "ecdlm/model/checkpoint.h"
-#include "ecdlm/moe/expert_kernel.h"
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
@@ -44,10 +44,11 @@ void RoutingFlags::add_to(CLI::App* sub) {
                                     "stay f32; weights already in this dtype are used in place from the mmap)")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
-  sub->add_option("--moe-expert-kernel", expert_kernel,
-                  "auto: bf16 experts with at most 16 routed tokens run the AVX512-BF16 small-M kernel (when the "
-                  "CPU has it), others torch's linear; torch: torch's linear always")
-      ->check(CLI::IsMember({"auto", "torch"}))
+  sub->add_option("--kernel", kernel,
+                  "bf16 products with few token rows (KV-cached decoding: experts, projections, LM head): auto "
+                  "(best this CPU has), amx (AMX-BF16, up to 64 rows), avx512 (AVX512-BF16, up to 16 rows), "
+                  "torch (torch's linear always)")
+      ->check(CLI::IsMember({"auto", "amx", "avx512", "torch"}))
       ->capture_default_str();
 }
 
@@ -84,10 +85,10 @@ moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
 MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats) {
   LoadOptions lo;
   lo.dtype = parse_dtype(f.dtype);
-  moe::set_expert_kernel(moe::parse_expert_kernel(f.expert_kernel, "--moe-expert-kernel"));
+  kernels::set_small_m(kernels::parse_small_m(f.kernel, "--kernel"));
   if (lo.dtype == torch::kBFloat16)
-    LOG_INFO("expert kernel: " << f.expert_kernel
-                               << (moe::cpu_has_avx512_bf16() ? "" : " (this CPU has no AVX512-BF16: torch's linear)"));
+    LOG_INFO("small-M kernel: " << f.kernel << " -> " << kernels::small_m_name(kernels::small_m_backend())
+                                << " (up to " << kernels::small_m_max_rows() << " token rows)");
   lo.map_weights = true;
   if (f.policy != "ec") return load_model(dir, nullptr, lo, stats);
   auto cfg = ModelConfig::load(dir);

@@ -24,7 +24,7 @@ struct RoutingFlags {
   std::string ec_schedule;            // ec on a TC model: capacity schedule (default static)
   double ec_k_min = 0, ec_k_max = 0;
   std::string dtype = "f32";          // --dtype: weight storage / compute type (f32 | bf16)
-  std::string expert_kernel = "auto"; // --moe-expert-kernel: auto | torch (moe/expert_kernel.h)
+  std::string kernel = "auto";        // --kernel: auto | amx | avx512 | torch (kernels/small_m.h)
 
   void add_to(CLI::App* sub);
   // The effective routing for `cfg` (validated; UserError naming the flag).

@@ -91,4 +91,14 @@ bad "cfg-scale" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --cfg-scale 1
 bad "diffusion-steps" --decoder llada --prompt-ids "$PROMPT" -n 32 --diffusion-block-length 16 --diffusion-steps 3
 bad "diffusion-steps" --decoder llada --prompt-ids "$PROMPT" -n 16 --diffusion-steps 32
 bad "prompt-ids" --decoder llada2 --prompt-ids "1,x" -n 8
+bad "--kernel" --decoder llada2 --prompt-ids "$PROMPT" -n 8 --kernel tensor-cores
+
+# bf16 weights take the small-M kernels (kernels/small_m.h): the effective backend is logged, and
+# torch's path and the kernel decode the same prompt (bf16 rounding differs, so tokens may too).
+for k in torch auto; do
+  "$ECDLM" generate -m "$G" --prompt-ids "$PROMPT" -n 32 --eos-id 298 --mask-id 299 --dtype bf16 --kernel $k \
+    --json > "$TMP/k_$k.json" 2> "$TMP/k_$k.err" || { cat "$TMP/k_$k.err"; fail "generate --kernel $k"; }
+  grep -q "small-M kernel: $k -> " "$TMP/k_$k.err" || { cat "$TMP/k_$k.err"; fail "kernel choice not logged"; }
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d['samples'][0]['tokens']) > 0" "$TMP/k_$k.json"
+done
 echo "generate_threshold e2e OK"

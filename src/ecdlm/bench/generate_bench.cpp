@@ -7,12 +7,12 @@
 #include <sstream>
 
 #include "ecdlm/generate/threshold.h"
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/profile.h"
 #include "ecdlm/util/progress.h"
-#include "ecdlm/moe/expert_kernel.h"
 #include "ecdlm/util/stats.h"
 
 namespace ecdlm::bench {
@@ -22,7 +22,7 @@ struct Variant {
   std::string routing;
   double top_p = 0.0;
   bool kv = true;
-  moe::ExpertKernel kernel = moe::ExpertKernel::kAuto;
+  kernels::SmallM kernel = kernels::SmallM::kAuto;
 };
 
 // Copies every parameter and buffer of `src` into `dst` (same names; a router swap keeps them).
@@ -116,8 +116,8 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   }
   {
     std::vector<Variant> crossed;
-    for (const auto& k : p.expert_kernels) {
-      const auto kernel = moe::parse_expert_kernel(k, "--bench-expert-kernels");
+    for (const auto& k : p.kernels) {
+      const auto kernel = kernels::parse_small_m(k, "--bench-kernels");
       for (auto v : variants) {
         v.kernel = kernel;
         crossed.push_back(v);
@@ -210,7 +210,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
           tp.routing.topk_cap = m.topk_cap;
           tp.routing.des_chunk = p.block_length;  // DES-S / DES-V: their default knobs (inference_routing.h)
         }
-        moe::set_expert_kernel(v.kernel);
+        kernels::set_small_m(v.kernel);
         prof::reset();
         auto res = gen::threshold_generate(*model, prompt, tp);
         std::array<double, kCols> sum{};
@@ -231,7 +231,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         row.routing = v.routing;
         row.top_p = v.top_p;
         row.kv_cache = v.kv;
-        row.expert_kernel = moe::expert_kernel_name(v.kernel);
+        row.kernel = kernels::small_m_name(v.kernel);
         row.gen_length = gen_length;
         row.unique_experts_per_block = res.avg_unique_experts_per_layer;
         row.expert_bytes_per_forward = bytes / n;
@@ -239,7 +239,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         row.tokens_per_forward = static_cast<double>(res.tokens.size()) / n;
         row.tokens_per_s_reps.push_back(static_cast<double>(res.tokens.size()) / res.seconds);
         bar.update(++done, m.name + " " + v.routing + (v.kv ? "" : " (no cache)") +
-                               (p.expert_kernels.size() > 1 ? std::string(" ") + moe::expert_kernel_name(v.kernel) : ""));
+                               (p.kernels.size() > 1 ? std::string(" ") + kernels::small_m_name(v.kernel) : ""));
       }
     }
     for (size_t vi = 0; vi < variants.size(); ++vi) {
@@ -256,7 +256,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   }
   bar.finish();
   prof::set_enabled(false);
-  moe::set_expert_kernel(moe::ExpertKernel::kAuto);
+  kernels::set_small_m(kernels::SmallM::kAuto);
   return rows;
 }
 
@@ -266,9 +266,9 @@ std::vector<GenBenchCacheRatio> cache_ratios(const std::vector<GenBenchRow>& row
     if (off.kv_cache) continue;
     for (const auto& on : rows) {
       if (!on.kv_cache || on.model != off.model || on.routing != off.routing || on.top_p != off.top_p ||
-          on.expert_kernel != off.expert_kernel)
+          on.kernel != off.kernel)
         continue;
-      GenBenchCacheRatio c{off.model, off.routing, off.expert_kernel, off.top_p, off.gen_length, {}, 0};
+      GenBenchCacheRatio c{off.model, off.routing, off.kernel, off.top_p, off.gen_length, {}, 0};
       for (size_t r = 0; r < std::min(on.tokens_per_s_reps.size(), off.tokens_per_s_reps.size()); ++r)
         c.ratios.push_back(on.tokens_per_s_reps[r] / off.tokens_per_s_reps[r]);
       c.median = median(c.ratios);
@@ -282,7 +282,7 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
   nlohmann::json arr = nlohmann::json::array(), kv = nlohmann::json::array();
   for (const auto& r : rows)
     arr.push_back({{"model", r.model}, {"routing", r.routing}, {"top_p", r.top_p}, {"kv_cache", r.kv_cache},
-                   {"expert_kernel", r.expert_kernel}, {"gen_length", r.gen_length}, {"unique_experts_per_block", r.unique_experts_per_block},
+                   {"kernel", r.kernel}, {"gen_length", r.gen_length}, {"unique_experts_per_block", r.unique_experts_per_block},
                    {"expert_bytes_per_forward", r.expert_bytes_per_forward}, {"ms_per_forward", r.ms_per_forward},
                    {"moe_ms_per_forward", r.moe_ms_per_forward}, {"attention_ms_per_forward", r.attention_ms_per_forward},
                    {"dense_ms_per_forward", r.dense_ms_per_forward}, {"head_ms_per_forward", r.head_ms_per_forward},
@@ -290,7 +290,7 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
                    {"tokens_per_s_reps", r.tokens_per_s_reps}, {"tokens_per_forward", r.tokens_per_forward},
                    {"forwards", r.forwards}});
   for (const auto& c : cache_ratios(rows))
-    kv.push_back({{"model", c.model}, {"routing", c.routing}, {"expert_kernel", c.expert_kernel}, {"top_p", c.top_p}, {"gen_length", c.gen_length},
+    kv.push_back({{"model", c.model}, {"routing", c.routing}, {"kernel", c.kernel}, {"top_p", c.top_p}, {"gen_length", c.gen_length},
                   {"speedup_median", c.median}, {"speedup_reps", c.ratios}});
   return {{"results", arr}, {"kv_cache_speedup", kv}};
 }
@@ -298,7 +298,7 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
 std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p) {
   std::ostringstream o;
   o << std::fixed;
-  o << "| model | routing | KV cache | expert kernel | unique experts / block | expert MB / forward | ms / forward | MoE | attention | "
+  o << "| model | routing | KV cache | kernel | unique experts / block | expert MB / forward | ms / forward | MoE | attention | "
        "dense | LM head | other | tokens/s | vs token (cache) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   auto name = [](const std::string& routing, double top_p) {
     if (routing != "block") return routing;
@@ -309,10 +309,10 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
   for (const auto& r : rows) {
     double base = 0;
     for (const auto& b : rows)
-      if (b.model == r.model && b.routing == "token" && b.kv_cache && b.expert_kernel == r.expert_kernel)
+      if (b.model == r.model && b.routing == "token" && b.kv_cache && b.kernel == r.kernel)
         base = b.tokens_per_s;
     o << "| " << r.model << " | " << name(r.routing, r.top_p) << " | " << (r.kv_cache ? "on" : "off") << " | "
-      << r.expert_kernel << " | "
+      << r.kernel << " | "
       << std::setprecision(1) << r.unique_experts_per_block << " | " << r.expert_bytes_per_forward / 1048576.0 << " | "
       << std::setprecision(2) << r.ms_per_forward << " | " << r.moe_ms_per_forward << " | "
       << r.attention_ms_per_forward << " | " << r.dense_ms_per_forward << " | " << r.head_ms_per_forward << " | "
@@ -324,10 +324,10 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
   }
   const auto kv = cache_ratios(rows);
   if (!kv.empty()) {
-    o << "\nKV cache speedup (tokens/s on / off, paired per repetition):\n\n| model | routing | expert kernel | "
+    o << "\nKV cache speedup (tokens/s on / off, paired per repetition):\n\n| model | routing | kernel | "
          "generated tokens | speedup (median) | per repetition |\n|---|---|---|---|---|---|\n";
     for (const auto& c : kv) {
-      o << "| " << c.model << " | " << name(c.routing, c.top_p) << " | " << c.expert_kernel << " | " << c.gen_length << " | " << std::setprecision(2)
+      o << "| " << c.model << " | " << name(c.routing, c.top_p) << " | " << c.kernel << " | " << c.gen_length << " | " << std::setprecision(2)
         << c.median << "x |";
       for (size_t i = 0; i < c.ratios.size(); ++i) o << (i ? ", " : " ") << c.ratios[i];
       o << " |\n";

@@ -22,16 +22,16 @@ struct GenBenchParams {
   int64_t reps = 3;                 // repetitions, variants interleaved; medians reported
   uint64_t seed = 7;
   std::vector<std::string> policies;  // routing policies to run (empty = all): token block topk des-s des-v ec
-  // Expert kernels to compare (moe::ExpertKernel names): auto = the small-M bf16 kernel where it
-  // applies; torch = torch's linear only. Every routing variant runs once per kernel.
-  std::vector<std::string> expert_kernels = {"auto"};
+  // Small-M kernels to compare (kernels::SmallM names: auto, amx, avx512, torch). Every routing
+  // variant runs once per kernel.
+  std::vector<std::string> kernels = {"auto"};
 };
 
 struct GenBenchRow {
   std::string model, routing;       // routing: token | block | topk | des-s | des-v | ec
   double top_p = 0.0;               // block routing's p (0 otherwise)
   bool kv_cache = true;
-  std::string expert_kernel = "auto";
+  std::string kernel = "auto";  // the small-M kernel choice
   int64_t gen_length = 0;
   double unique_experts_per_block = 0, expert_bytes_per_forward = 0;
   // Per denoising forward (medians over repetitions): the whole step (forward, sampling, commit)
@@ -43,10 +43,10 @@ struct GenBenchRow {
   std::vector<double> tokens_per_s_reps;  // one per repetition, in order
 };
 
-// KV cache on vs off for one model and routing: tokens/s ratio per repetition (both runs of a
+// KV cache on vs off for one model, routing and kernel: tokens/s ratio per repetition (both runs of a
 // pair come from the same repetition round), and their median.
 struct GenBenchCacheRatio {
-  std::string model, routing, expert_kernel;
+  std::string model, routing, kernel;
   double top_p = 0.0;
   int64_t gen_length = 0;
   std::vector<double> ratios;

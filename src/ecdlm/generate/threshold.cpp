@@ -7,7 +7,7 @@
 #include <cmath>
 #include <limits>
 
-#include "ecdlm/moe/expert_kernel.h"
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
 
@@ -52,10 +52,10 @@ ForwardOptions block_step_options(int64_t L, const moe::InferenceRouting* routin
 
 torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND) {
   prof::Scope ps(prof::kHead);
-  // Late in a block only a few positions are still masked: the head then streams its whole
-  // [V, D] matrix for a few rows, the small-M kernel's case (f32 logits, no bf16 rounding).
+  // The head streams its whole [V, D] matrix for the block's few still-masked rows: the small-M
+  // kernel's case (f32 logits, no bf16 rounding).
   const auto& w_VD = model->lm_head->weight;
-  if (moe::small_m_kernel_applies(hidden_ND, w_VD)) return moe::small_m_linear_bf16(hidden_ND, w_VD);
+  if (kernels::small_m_applies(hidden_ND, w_VD)) return kernels::small_m_linear(hidden_ND, w_VD);
   return to_f32_or_wider(model->lm_head(hidden_ND));
 }
 

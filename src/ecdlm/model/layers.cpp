@@ -1,5 +1,6 @@
 #include "ecdlm/model/layers.h"
 
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/init.h"
 
 namespace ecdlm {
@@ -34,8 +35,10 @@ SwiGluMlpImpl::SwiGluMlpImpl(int64_t hidden, int64_t inter) {
   down_proj = register_module("down_proj", LinearNoBias(inter, hidden));
 }
 
+torch::Tensor LinearNoBiasImpl::forward(const torch::Tensor& x) { return kernels::linear(x, weight); }
+
 torch::Tensor SwiGluMlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  return kernels::swiglu(x, gate_proj->weight, up_proj->weight, down_proj->weight);
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rd,

@@ -27,7 +27,8 @@ TORCH_MODULE(RMSNorm);
 class LinearNoBiasImpl : public torch::nn::Module {
  public:
   LinearNoBiasImpl(int64_t in, int64_t out);
-  torch::Tensor forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight); }
+  // Few-row bf16 inference (a cached decoding step) takes the small-M kernel (kernels/small_m.h).
+  torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor weight;
 };
 TORCH_MODULE(LinearNoBias);

@@ -5,7 +5,7 @@
 
 #include "ecdlm/model/init.h"
 #include "ecdlm/model/layers.h"
-#include "ecdlm/moe/expert_kernel.h"
+#include "ecdlm/kernels/small_m.h"
 
 namespace ecdlm::moe {
 
@@ -35,12 +35,33 @@ torch::Tensor ExpertsImpl::forward_slots(const torch::Tensor& x_END) {
 }
 
 torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
-  namespace F = torch::nn::functional;
   touched_E_[static_cast<size_t>(e)] = 1;
-  const auto g = gate_w(e), u = up_w(e), d = down_w(e);
-  if (small_m_expert_applies(x_ND, g, u, d)) return small_m_expert_bf16(x_ND, g, u, d);
-  auto h = torch::silu(F::linear(x_ND, g)) * F::linear(x_ND, u);
-  return F::linear(h, d);
+  return kernels::swiglu(x_ND, gate_w(e), up_w(e), down_w(e));
+}
+
+torch::Tensor ExpertsImpl::forward_sorted(const torch::Tensor& x_PD, const std::vector<int64_t>& counts_E) {
+  std::vector<int64_t> ids, counts;
+  std::vector<torch::Tensor> g, u, d;
+  for (int64_t e = 0; e < num_experts_; ++e) {
+    const int64_t c = counts_E[static_cast<size_t>(e)];
+    if (c == 0) continue;
+    ids.push_back(e);
+    counts.push_back(c);
+    g.push_back(gate_w(e));
+    u.push_back(up_w(e));
+    d.push_back(down_w(e));
+  }
+  if (ids.empty()) return x_PD.new_empty({0, x_PD.size(1)});
+  for (auto e : ids) touched_E_[static_cast<size_t>(e)] = 1;
+  if (kernels::small_m_moe_applies(x_PD, counts, g, u, d)) return kernels::small_m_moe(x_PD, counts, g, u, d);
+  std::vector<torch::Tensor> outs;
+  outs.reserve(ids.size());
+  int64_t off = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    outs.push_back(forward_one(ids[i], x_PD.narrow(0, off, counts[i])));
+    off += counts[i];
+  }
+  return torch::cat(outs, 0);
 }
 
 void ExpertsImpl::bind_per_expert(std::vector<torch::Tensor> gate_FD, std::vector<torch::Tensor> up_FD,
@@ -91,16 +112,8 @@ torch::Tensor run_token_major(const torch::Tensor& x_TD, const torch::Tensor& id
   auto token_of_pair = torch::div(order, K, "floor");
   auto counts = torch::bincount(flat, {}, E).contiguous();
   auto x_sorted = x_TD.index_select(0, token_of_pair);
-  std::vector<torch::Tensor> outs;
-  outs.reserve(static_cast<size_t>(E));
   const int64_t* cnt = counts.data_ptr<int64_t>();
-  int64_t off = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    if (cnt[e] == 0) continue;
-    outs.push_back(experts->forward_one(e, x_sorted.narrow(0, off, cnt[e])));
-    off += cnt[e];
-  }
-  auto y_sorted = to_f32_or_wider(torch::cat(outs, 0));
+  auto y_sorted = to_f32_or_wider(experts->forward_sorted(x_sorted, std::vector<int64_t>(cnt, cnt + E)));
   auto g_sorted = gate_TK.reshape({-1}).index_select(0, order).unsqueeze(-1);
   return torch::zeros({T, D}, y_sorted.options()).index_add(0, token_of_pair, y_sorted * g_sorted);
 }

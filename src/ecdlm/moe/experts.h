@@ -17,6 +17,9 @@ class ExpertsImpl : public torch::nn::Module {
   torch::Tensor forward_slots(const torch::Tensor& x_END);
   // One expert: x_ND [N, D] -> [N, D].
   torch::Tensor forward_one(int64_t e, const torch::Tensor& x_ND);
+  // Every expert on its own rows: x_PD holds counts_E[e] rows for each expert e in order ->
+  // [P, D]. At inference the small-M kernel runs all of them in one parallel region.
+  torch::Tensor forward_sorted(const torch::Tensor& x_PD, const std::vector<int64_t>& counts_E);
   int64_t num_experts() const { return num_experts_; }
 
   // Inference only: per-expert weights (zero-copy views into a mapped checkpoint, or one

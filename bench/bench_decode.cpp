@@ -1,0 +1,55 @@
+// Threshold block decoding on the synthetic LLaDA2.0-mini-shaped model (bench generate's model:
+// 1 dense + 3 MoE layers, bf16) with the KV cache on and off: 64 generated tokens after a 64-token
+// prompt, sampled, no early stop. For profiling one path at a time (perf record); the side-by-side
+// numbers come from `ecdlm bench generate`. Run: build/ecdlm_microbench --benchmark_filter=Decode
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include "ecdlm/bench/generate_bench.h"
+#include "ecdlm/generate/threshold.h"
+#include "ecdlm/util/profile.h"
+
+using namespace ecdlm;
+
+namespace {
+
+MoeDlm& synthetic_model() {
+  static MoeDlm m = bench::make_synthetic_model(bench::synthetic_llada2_config(3, 32768), 7);
+  return m;
+}
+
+// args: threads, kv cache (0/1)
+void BM_Decode(benchmark::State& state) {
+  torch::set_num_threads(static_cast<int>(state.range(0)));
+  auto& model = synthetic_model();
+  auto prompt_t = torch::randint(4, 30000, {64}, torch::kInt64);
+  std::vector<int64_t> prompt(prompt_t.data_ptr<int64_t>(), prompt_t.data_ptr<int64_t>() + 64);
+  gen::ThresholdParams tp;
+  tp.gen_length = 64;
+  tp.temperature = 1.0;
+  tp.eos_id = -2;
+  tp.kv_cache = state.range(1) != 0;
+  tp.seed = 7;
+  int64_t forwards = 0;
+  prof::set_enabled(true);
+  prof::reset();
+  double step_ms = 0;
+  for (auto _ : state) {
+    auto res = gen::threshold_generate(model, prompt, tp);
+    forwards += res.forwards;
+    for (const auto& f : res.per_forward) step_ms += f.ms;
+  }
+  // Milliseconds per denoising step: the whole step and its profiled parts (prefill and
+  // block-commit forwards included in the parts, as they are few).
+  const double n = static_cast<double>(std::max<int64_t>(1, forwards));
+  state.counters["step_ms"] = step_ms / n;
+  const auto parts = prof::totals_ms();
+  for (int p = 0; p < prof::kParts; ++p)
+    state.counters[prof::part_name(static_cast<prof::Part>(p))] = parts[static_cast<size_t>(p)] / n;
+  prof::set_enabled(false);
+  state.SetLabel(std::string(tp.kv_cache ? "cache" : "no cache") + ", " + std::to_string(state.range(0)) + " thread(s)");
+}
+
+BENCHMARK(BM_Decode)->ArgsProduct({{1, 2}, {1, 0}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+
+}  // namespace

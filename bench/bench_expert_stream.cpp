@@ -1,0 +1,76 @@
+// The MoE part of a KV-cached decoding step on LLaDA2.0-mini's expert shapes (256 experts of
+// 512 x 2048, bf16): a 32-token block routed top-8 touches about 60 experts per layer with about
+// 4 tokens each, so the step streams about 370 MB of expert weights per layer and its speed is
+// the memory bandwidth it reaches (counter GB/s). Three layers' experts (4.6 GB) so nothing
+// stays in cache. Run: build/ecdlm_microbench --benchmark_filter=ExpertStream
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include "ecdlm/kernels/small_m.h"
+#include "ecdlm/moe/experts.h"
+
+using namespace ecdlm;
+
+namespace {
+
+constexpr int64_t kE = 256, kD = 2048, kF = 512, kLayers = 3, kTokens = 32, kTopK = 8;
+
+struct Layers {
+  std::vector<moe::Experts> experts;
+  std::vector<torch::Tensor> x_TD, idx_TK, gate_TK;
+};
+
+// Random experts and a fixed routing per layer: 32 tokens, top-8 drawn from 64 popular experts
+// of each layer (about 60 distinct, the measured count on the synthetic LLaDA2 model).
+Layers& layers() {
+  static Layers L = [] {
+    Layers l;
+    torch::NoGradGuard ng;
+    torch::manual_seed(0);
+    for (int64_t i = 0; i < kLayers; ++i) {
+      moe::Experts ex(kE, kD, kF);
+      ex->to(torch::kBFloat16);
+      l.experts.push_back(ex);
+      l.x_TD.push_back(torch::randn({kTokens, kD}).to(torch::kBFloat16));
+      auto popular = torch::randperm(kE, torch::kInt64).narrow(0, 0, 64);
+      auto pick = std::get<1>(torch::rand({kTokens, 64}).topk(kTopK, 1));
+      l.idx_TK.push_back(popular.index_select(0, pick.reshape({-1})).view({kTokens, kTopK}));
+      l.gate_TK.push_back(torch::rand({kTokens, kTopK}));
+    }
+    return l;
+  }();
+  return L;
+}
+
+// args: threads, kernel (kernels::SmallM: 1 = amx, 2 = avx512, 3 = torch)
+void BM_ExpertStream(benchmark::State& state) {
+  torch::set_num_threads(static_cast<int>(state.range(0)));
+  const auto kernel = static_cast<kernels::SmallM>(state.range(1));
+  if ((kernel == kernels::SmallM::kAmx && !kernels::cpu_has_amx_bf16()) ||
+      (kernel == kernels::SmallM::kAvx512 && !kernels::cpu_has_avx512_bf16())) {
+    state.SkipWithError("backend not available on this CPU");
+    return;
+  }
+  kernels::set_small_m(kernel);
+  torch::NoGradGuard ng;
+  auto& l = layers();
+  double bytes = 0;
+  for (int64_t i = 0; i < kLayers; ++i) {
+    const auto unique = std::get<0>(torch::_unique(l.idx_TK[static_cast<size_t>(i)])).numel();
+    bytes += static_cast<double>(unique) * static_cast<double>(l.experts[static_cast<size_t>(i)]->bytes_per_expert());
+  }
+  for (auto _ : state) {
+    for (int64_t i = 0; i < kLayers; ++i) {
+      const auto s = static_cast<size_t>(i);
+      auto y = moe::run_token_major(l.x_TD[s], l.idx_TK[s], l.gate_TK[s], l.experts[s]);
+      benchmark::DoNotOptimize(y.data_ptr());
+    }
+  }
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::string(kernels::small_m_name(kernel)) + " " + std::to_string(state.range(0)) + " thread(s)");
+  kernels::set_small_m(kernels::SmallM::kAuto);
+}
+
+BENCHMARK(BM_ExpertStream)->ArgsProduct({{1, 2}, {1, 2, 3}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace

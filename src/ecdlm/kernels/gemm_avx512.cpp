@@ -1,0 +1,172 @@
+// AVX512-BF16 backend: RT weight rows stream side by side against up to 4 token rows
+// (vdpbf16ps, f32 accumulation). At a few token rows the product only streams the weights, so
+// what matters is reaching memory bandwidth: a software prefetch 16 KB ahead in the weight's
+// linear order runs across the 4 KB page boundaries where the hardware prefetchers stop.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "ecdlm/kernels/backend.h"
+
+// GCC 12's _mm512_reduce_add_ps passes _mm256_undefined_pd() by design: a false -Wuninitialized.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace ecdlm::kernels::detail {
+namespace {
+
+#define ECDLM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// Weight rows per cache block: 64 rows of K = 2048 bf16 are 256 KB, inside a 1-2 MB L2, so the
+// second and later 4-row chunks of x re-read them from L2, not memory.
+constexpr int64_t kBlockN = 64;
+
+// Prefetch distance in bf16 elements of the weight (16 KB). Measured on LLaDA2 expert shapes
+// (Xeon, AVX512-BF16; one thread, 4 token rows): 11.0 -> 14.6 GB/s at K = 2048 against the same
+// row 1 KB ahead, 10.6 -> 11.9 GB/s at K = 512; the L2 hint beats L1 at K = 512.
+constexpr int64_t kPrefetch = 8192;
+
+// The four sums of a, b, c, d (16 lanes each) into y[0..3]: one shuffle tree instead of four
+// separate horizontal reductions, which cost as much as the dot products when K is 512.
+ECDLM_BF16_TARGET inline void reduce4(__m512 a, __m512 b, __m512 c, __m512 d, float* y) {
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
+  _mm_storeu_ps(y, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, t)));
+}
+
+// acc[r][m] += x[m, k:k+32] · w[r, k:k+32] over all k; y[m * ldy + r] = the sums. MC x rows
+// stay in L1. PF: prefetch ahead (the first pass over a block; later passes hit L2).
+// The accumulators must stay in registers: the unroll pragmas make the loops vanish at -O2 too.
+template <int MC, int RT, bool PF>
+ECDLM_BF16_TARGET void dot_tile(const uint16_t* x, const uint16_t* w, int64_t K, float* y, int64_t ldy) {
+  __m512 acc[RT][MC];
+#pragma GCC unroll 4
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) acc[r][m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh w_v[RT];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; ++r) {
+      w_v[r] = (__m512bh)_mm512_loadu_si512(w + r * K + k);
+      if constexpr (PF) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + kPrefetch), _MM_HINT_T1);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) {
+      const auto x_v = (__m512bh)_mm512_loadu_si512(x + m * K + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < RT; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x_v, w_v[r]);
+    }
+  }
+  if (k < K) {  // masked tail: lanes past K load as zero
+    const auto mask = static_cast<__mmask32>((1ULL << (K - k)) - 1);
+    __m512bh w_v[RT];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; ++r) w_v[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) {
+      const auto x_v = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < RT; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x_v, w_v[r]);
+    }
+  }
+  if constexpr (RT == 4) {
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) reduce4(acc[0][m], acc[1][m], acc[2][m], acc[3][m], y + m * ldy);
+  } else {
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m)
+#pragma GCC unroll 4
+      for (int r = 0; r < RT; ++r) y[m * ldy + r] = _mm512_reduce_add_ps(acc[r][m]);
+  }
+}
+
+template <int RT, bool PF>
+void dot_tile_m(int64_t mc, const uint16_t* x, const uint16_t* w, int64_t K, float* y, int64_t ldy) {
+  switch (mc) {
+    case 1: return dot_tile<1, RT, PF>(x, w, K, y, ldy);
+    case 2: return dot_tile<2, RT, PF>(x, w, K, y, ldy);
+    case 3: return dot_tile<3, RT, PF>(x, w, K, y, ldy);
+    default: return dot_tile<4, RT, PF>(x, w, K, y, ldy);
+  }
+}
+
+template <bool PF>
+void block_rows(const uint16_t* x, int64_t m0, int64_t mc, int64_t K, const uint16_t* w, int64_t nb, int64_t ne,
+                int64_t n0, float* y, int64_t ldy) {
+  int64_t n = nb;
+  for (; n + 4 <= ne; n += 4) dot_tile_m<4, PF>(mc, x + m0 * K, w + n * K, K, y + m0 * ldy + (n - n0), ldy);
+  for (; n < ne; ++n) dot_tile_m<1, PF>(mc, x + m0 * K, w + n * K, K, y + m0 * ldy + (n - n0), ldy);
+}
+
+}  // namespace
+
+void avx512_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t n0, int64_t n1, float* y,
+                 int64_t ldy) {
+  for (int64_t nb = n0; nb < n1; nb += kBlockN) {
+    const int64_t ne = std::min(n1, nb + kBlockN);
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int64_t mc = std::min<int64_t>(4, M - m0);
+      if (m0 == 0)
+        block_rows<true>(x, m0, mc, K, w, nb, ne, n0, y, ldy);
+      else
+        block_rows<false>(x, m0, mc, K, w, nb, ne, n0, y, ldy);
+    }
+  }
+}
+
+}  // namespace ecdlm::kernels::detail
+
+namespace ecdlm::kernels::detail {
+namespace {
+
+// exp(x) for |x| <= 88: 2^n · p(r), r = x - n ln 2, Cephes' degree-6 expf polynomial
+// (relative error about 1e-7, far below the bf16 rounding that follows).
+ECDLM_BF16_TARGET inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0F)), _mm512_set1_ps(-88.0F));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341F)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375F), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4F), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4F);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1F));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0F));
+  return _mm512_scalef_ps(y, n);
+}
+
+// Round to bf16, nearest-even (NaN stays NaN), as c10::BFloat16 does for normal numbers.
+ECDLM_BF16_TARGET inline __m256i to_bf16_ps(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+}  // namespace
+
+ECDLM_BF16_TARGET void avx512_silu_mul_bf16(const float* g, const float* u, int64_t n, uint16_t* h) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto mask = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
+    const __m512 gv = _mm512_maskz_loadu_ps(mask, g + i), uv = _mm512_maskz_loadu_ps(mask, u + i);
+    const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0F), exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    _mm256_mask_storeu_epi16(h + i, mask, to_bf16_ps(_mm512_mul_ps(s, uv)));
+  }
+}
+
+ECDLM_BF16_TARGET void avx512_round_bf16(const float* y, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto mask = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(out + i, mask, to_bf16_ps(_mm512_maskz_loadu_ps(mask, y + i)));
+  }
+}
+
+ECDLM_BF16_TARGET void avx512_scatter_pairs(const uint16_t* src, uint16_t* dst, int64_t stride) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32(static_cast<int>(stride / 2)));
+  const __m512i v = src ? _mm512_loadu_si512(src) : _mm512_setzero_si512();
+  _mm512_i32scatter_epi32(dst, idx, v, 4);
+}
+
+}  // namespace ecdlm::kernels::detail

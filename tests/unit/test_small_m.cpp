@@ -1,0 +1,173 @@
+// The small-M kernels (kernels/small_m.h), for every backend this CPU has (AMX-BF16,
+// AVX512-BF16): f64 references over every tail case, SwiGLU no less accurate than torch's bf16
+// path, the fused MoE equal to expert-by-expert, dispatch rules, and AMX next to oneDNN.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "ecdlm/kernels/small_m.h"
+#include "ecdlm/model/layers.h"
+#include "ecdlm/moe/experts.h"
+#include "ecdlm/util/error.h"
+
+namespace ecdlm::kernels {
+namespace {
+
+std::vector<SmallM> available_backends() {
+  std::vector<SmallM> b;
+  if (cpu_has_amx_bf16()) b.push_back(SmallM::kAmx);
+  if (cpu_has_avx512_bf16()) b.push_back(SmallM::kAvx512);
+  return b;
+}
+
+class SmallMTest : public ::testing::TestWithParam<SmallM> {
+ protected:
+  void SetUp() override {
+    const auto b = available_backends();
+    if (std::find(b.begin(), b.end(), GetParam()) == b.end())
+      GTEST_SKIP() << "this CPU has no " << small_m_name(GetParam());
+    set_small_m(GetParam());
+  }
+  void TearDown() override { set_small_m(SmallM::kAuto); }
+};
+
+torch::Tensor bf16_randn(std::vector<int64_t> shape, double std = 1.0) {
+  return (torch::randn(shape) * std).to(torch::kBFloat16);
+}
+
+torch::Tensor f64(const torch::Tensor& t) { return t.to(torch::kFloat64); }
+
+double max_err(const torch::Tensor& a, const torch::Tensor& ref) { return (f64(a) - ref).abs().max().item<double>(); }
+
+TEST_P(SmallMTest, LinearMatchesF64ReferenceOnEveryTail) {
+  torch::manual_seed(3);
+  const int64_t max_m = small_m_max_rows();
+  // M across the 4-row chunks and 16-token tile groups; N across the 4-row tiles, 16-row tiles
+  // and 64-row units; K across the 32-element tail (odd shapes take the AVX512 loop) and
+  // AMX-shaped products (K % 32 == 0, N % 16 == 0), with rows folded by 2 (K 512, N 96; K 1024)
+  // and by 4 (K 512, N 128; K 256, N 64) where R * M <= 32.
+  for (int64_t M : {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 63, 64}) {
+    if (M > max_m) continue;
+    for (auto nk : std::vector<std::pair<int64_t, int64_t>>{{1, 1},     {7, 40},     {13, 100},  {67, 31},
+                                                            {130, 2048}, {16, 32},    {48, 64},   {96, 512},
+                                                            {128, 512},  {64, 256},   {96, 1024}, {272, 2048}}) {
+      const auto [N, K] = nk;
+      auto x = bf16_randn({M, K}), w = bf16_randn({N, K});
+      if (!small_m_applies(x, w)) {
+        EXPECT_TRUE(M > 16 && GetParam() == SmallM::kAmx && (K % 32 || N % 16)) << "M " << M << " N " << N << " K " << K;
+        continue;
+      }
+      auto y = small_m_linear(x, w);
+      ASSERT_EQ(y.scalar_type(), torch::kFloat32);
+      ASSERT_EQ(y.sizes(), (std::vector<int64_t>{M, N}));
+      // f32 accumulation of K products of bf16 values (exact in f32): error ~ K * 2^-24 * |terms|.
+      const double tol = 1e-6 * static_cast<double>(K) + 1e-6;
+      EXPECT_LT(max_err(y, torch::matmul(f64(x), f64(w).t())), tol) << "M " << M << " N " << N << " K " << K;
+    }
+  }
+}
+
+TEST_P(SmallMTest, SwiGluIsAtLeastAsAccurateAsTorchBf16) {
+  torch::manual_seed(5);
+  // (128, 512): the LLaDA2 expert's F with a folded down projection; (64, 48) and (100, 40) are
+  // shapes AMX tiles do not take (F % 32, D % 32).
+  for (auto df : std::vector<std::pair<int64_t, int64_t>>{{256, 96}, {128, 512}, {64, 48}, {100, 40}}) {
+    const auto [D, F] = df;
+    auto gate = bf16_randn({F, D}, 0.05), up = bf16_randn({F, D}, 0.05), down = bf16_randn({D, F}, 0.05);
+    for (int64_t M : {1, 4, 6, 16, 32, 64}) {
+      auto x = bf16_randn({M, D});
+      if (!small_m_swiglu_applies(x, gate, up, down)) continue;
+      auto g = torch::matmul(f64(x), f64(gate).t()), u = torch::matmul(f64(x), f64(up).t());
+      auto ref = torch::matmul(torch::silu(g) * u, f64(down).t());
+      namespace Fn = torch::nn::functional;
+      auto torch_y = Fn::linear(torch::silu(Fn::linear(x, gate)) * Fn::linear(x, up), down);
+      auto kernel_y = small_m_swiglu(x, gate, up, down);
+      ASSERT_EQ(kernel_y.scalar_type(), torch::kBFloat16);
+      const double scale = ref.abs().max().item<double>();
+      // bf16 output rounding alone is up to 2^-9 relative.
+      EXPECT_LT(max_err(kernel_y, ref), scale * 8e-3) << "D " << D << " M " << M;
+      EXPECT_LE(max_err(kernel_y, ref), max_err(torch_y, ref) * 1.05 + scale * 1e-3) << "D " << D << " M " << M;
+    }
+  }
+}
+
+TEST_P(SmallMTest, FusedMoeEqualsExpertByExpert) {
+  torch::manual_seed(11);
+  const int64_t E = 6, D = 128, F = 64;
+  moe::Experts ex(E, D, F);
+  ex->to(torch::kBFloat16);
+  torch::NoGradGuard ng;
+  const std::vector<int64_t> counts = {3, 1, 0, 16, 5, 2};  // an expert without tokens is skipped
+  int64_t P = 0;
+  for (auto c : counts) P += c;
+  auto x = bf16_randn({P, D});
+  auto fused = ex->forward_sorted(x, counts);
+  ASSERT_EQ(fused.sizes(), (std::vector<int64_t>{P, D}));
+  int64_t off = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t c = counts[static_cast<size_t>(e)];
+    if (c == 0) continue;
+    auto one = small_m_swiglu(x.narrow(0, off, c), ex->gate_w(e), ex->up_w(e), ex->down_w(e));
+    EXPECT_TRUE(torch::equal(fused.narrow(0, off, c), one)) << "expert " << e;
+    off += c;
+  }
+  EXPECT_EQ(ex->num_touched(), 5);
+}
+
+TEST_P(SmallMTest, ModulesTakeTheKernelOnlyWhereItApplies) {
+  torch::manual_seed(9);
+  const int64_t D = 64;
+  LinearNoBias lin(D, 48);
+  lin->to(torch::kBFloat16);
+  torch::NoGradGuard ng;
+  auto x_small = bf16_randn({2, 3, D});
+  auto x_big = bf16_randn({small_m_max_rows() + 1, D});
+  EXPECT_TRUE(small_m_applies(x_small.view({6, D}), lin->weight));
+  EXPECT_FALSE(small_m_applies(x_big, lin->weight));
+  EXPECT_FALSE(small_m_applies(x_small.view({6, D}).to(torch::kFloat32), lin->weight.to(torch::kFloat32)));
+  EXPECT_FALSE(small_m_applies(bf16_randn({3, 2 * D}).slice(1, 0, D), lin->weight));  // strided
+  auto via_kernel = lin(x_small);
+  ASSERT_EQ(via_kernel.sizes(), (std::vector<int64_t>{2, 3, 48}));
+  EXPECT_TRUE(torch::equal(via_kernel.view({6, 48}), small_m_linear(x_small.view({6, D}), lin->weight).to(torch::kBFloat16)));
+  set_small_m(SmallM::kTorch);
+  EXPECT_FALSE(small_m_applies(x_small.view({6, D}), lin->weight));
+  auto via_torch = lin(x_small);
+  EXPECT_TRUE(torch::allclose(via_kernel.to(torch::kFloat32), via_torch.to(torch::kFloat32), 2e-2, 2e-2));
+}
+
+TEST_P(SmallMTest, OneDnnIsUnaffectedByOurTileState) {
+  // AMX tile configuration is per thread; oneDNN's AMX kernels configure their own. A bf16 matmul
+  // large enough for oneDNN gives the same bits before and after a small-M call.
+  torch::manual_seed(13);
+  torch::NoGradGuard ng;
+  auto a = bf16_randn({256, 512}), b = bf16_randn({384, 512});
+  auto before = torch::nn::functional::linear(a, b);
+  auto x = bf16_randn({8, 512});
+  auto small = small_m_linear(x, b);
+  auto after = torch::nn::functional::linear(a, b);
+  EXPECT_TRUE(torch::equal(before, after));
+  EXPECT_LT(max_err(small, torch::matmul(f64(x), f64(b).t())), 1e-6 * 512 + 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, SmallMTest, ::testing::Values(SmallM::kAmx, SmallM::kAvx512),
+                         [](const auto& info) { return std::string(small_m_name(info.param)); });
+
+TEST(SmallMFlag, ParsesAndRefusesUnknownOrMissingBackends) {
+  EXPECT_EQ(parse_small_m("auto", "--kernel"), SmallM::kAuto);
+  EXPECT_EQ(parse_small_m("torch", "--kernel"), SmallM::kTorch);
+  EXPECT_THROW(parse_small_m("avx", "--kernel"), UserError);
+  if (!cpu_has_amx_bf16()) EXPECT_THROW(parse_small_m("amx", "--kernel"), UserError);
+  if (!cpu_has_avx512_bf16()) EXPECT_THROW(parse_small_m("avx512", "--kernel"), UserError);
+  set_small_m(SmallM::kTorch);
+  EXPECT_EQ(small_m_max_rows(), 0);
+  set_small_m(SmallM::kAuto);
+  EXPECT_EQ(small_m_backend(), cpu_has_amx_bf16() ? SmallM::kAmx : cpu_has_avx512_bf16() ? SmallM::kAvx512 : SmallM::kTorch);
+}
+
+TEST(SmallMGrad, AutogradInputsKeepTorchsPath) {
+  auto x = torch::randn({2, 32}).to(torch::kBFloat16).requires_grad_(true);
+  auto w = torch::randn({32, 32}).to(torch::kBFloat16);
+  EXPECT_FALSE(small_m_applies(x, w));
+}
+
+}  // namespace
+}  // namespace ecdlm::kernels
