@@ -18,14 +18,20 @@ MoeDlm& synthetic_model() {
   return m;
 }
 
-// args: threads, kv cache (0/1)
+// args: threads, kv cache (0/1), routing (0 token, 1 block p 0.6)
 void BM_Decode(benchmark::State& state) {
   torch::set_num_threads(static_cast<int>(state.range(0)));
   auto& model = synthetic_model();
-  auto prompt_t = torch::randint(4, 30000, {64}, torch::kInt64);
+  auto gen_ids = at::detail::createCPUGenerator(7);  // bench generate's prompt
+  auto prompt_t = torch::randint(4, 30000, {64}, gen_ids, torch::kInt64);
   std::vector<int64_t> prompt(prompt_t.data_ptr<int64_t>(), prompt_t.data_ptr<int64_t>() + 64);
   gen::ThresholdParams tp;
   tp.gen_length = 64;
+  if (state.range(2)) {  // dMoE block routing, bench generate's setting
+    tp.routing.policy = moe::RoutingPolicy::kBlock;
+    tp.routing.block_top_p = 0.6;
+    tp.routing.block_min_experts = 16;
+  }
   tp.temperature = 1.0;
   tp.eos_id = -2;
   tp.kv_cache = state.range(1) != 0;
@@ -38,6 +44,7 @@ void BM_Decode(benchmark::State& state) {
     auto res = gen::threshold_generate(model, prompt, tp);
     forwards += res.forwards;
     for (const auto& f : res.per_forward) step_ms += f.ms;
+    state.counters["unique_experts"] = res.avg_unique_experts_per_layer;
   }
   // Milliseconds per denoising step: the whole step and its profiled parts (prefill and
   // block-commit forwards included in the parts, as they are few).
@@ -47,9 +54,10 @@ void BM_Decode(benchmark::State& state) {
   for (int p = 0; p < prof::kParts; ++p)
     state.counters[prof::part_name(static_cast<prof::Part>(p))] = parts[static_cast<size_t>(p)] / n;
   prof::set_enabled(false);
-  state.SetLabel(std::string(tp.kv_cache ? "cache" : "no cache") + ", " + std::to_string(state.range(0)) + " thread(s)");
+  state.SetLabel(std::string(state.range(2) ? "block" : "token") + (tp.kv_cache ? ", cache, " : ", no cache, ") +
+                 std::to_string(state.range(0)) + " thread(s)");
 }
 
-BENCHMARK(BM_Decode)->ArgsProduct({{1, 2}, {1, 0}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_Decode)->ArgsProduct({{1, 2}, {1, 0}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 
 }  // namespace

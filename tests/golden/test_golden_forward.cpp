@@ -46,14 +46,14 @@ TEST_P(GoldenForward, LogitsAndExpertChoices) {
   for (auto& m : model->model->layers->children()) {
     auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(m);
     if (!layer->moe_mlp.is_empty()) {
-      auto h = x + layer->attention(layer->input_layernorm(x), pos, mask);
+      auto h = x + layer->attention->forward(layer->input_layernorm(x), pos, mask);
       auto plan = layer->moe_mlp->route(layer->post_attention_layernorm(h), {});
       auto want_idx = golden.get("topk_idx.layer" + std::to_string(li));
       auto got_sorted = std::get<0>(plan.idx_TK.sort(-1));
       auto want_sorted = std::get<0>(want_idx.reshape({B * L, cfg.num_experts_per_tok}).sort(-1));
       EXPECT_TRUE(torch::equal(got_sorted, want_sorted)) << "layer " << li;
     }
-    x = layer->forward(x, pos, mask, {});
+    x = layer->forward(x, rope_table(pos, cfg.rotary_dim(), cfg.rope_theta, x.scalar_type()), mask, {});
     ++li;
   }
 }

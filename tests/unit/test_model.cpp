@@ -208,11 +208,11 @@ std::vector<torch::Tensor> routing_decisions(MoeDlm& m, const torch::Tensor& ids
   for (auto& mod : m->model->layers->children()) {
     auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(mod);
     if (!layer->moe_mlp.is_empty()) {
-      auto h = x + layer->attention(layer->input_layernorm(x), pos, torch::Tensor());
+      auto h = x + layer->attention->forward(layer->input_layernorm(x), pos, torch::Tensor());
       auto plan = layer->moe_mlp->route(layer->post_attention_layernorm(h), a);
       out.push_back(plan.expert_major ? plan.token_EN.clone() : plan.idx_TK.clone());
     }
-    x = layer->forward(x, pos, torch::Tensor(), a);
+    x = layer->forward(x, rope_table(pos, m->config().rotary_dim(), m->config().rope_theta, x.scalar_type()), torch::Tensor(), a);
   }
   return out;
 }

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "../test_util.h"
@@ -57,6 +58,31 @@ TEST(ThresholdCommit, FastDllmFactorRule) {
   // A larger factor lowers every threshold: t_1 = 1 - 2/3 passes 0.5, t_2 = 1 - 2/4 stops 0.4.
   EXPECT_EQ(committed(gen::threshold_commit(conf({0.9, 0.5, 0.4, 0.2, 0.1}), ThresholdRule::kFastFactor, 0, 2.0, 1)),
             (std::vector<int64_t>{0, 1}));
+}
+
+TEST(SampleRows, DrawsTheDistributionAndNeverAFilteredEntry) {
+  // 4 rows of the same 5-way distribution with one filtered (zero) entry: 40000 draws per entry
+  // frequency within 4 standard deviations of p, the zero never drawn, the same seed the same draws.
+  const std::vector<float> p = {0.1F, 0.0F, 0.45F, 0.25F, 0.2F};
+  auto probs = torch::tensor(p).repeat({4, 1});
+  auto gen = at::detail::createCPUGenerator(11);
+  std::vector<int64_t> counts(p.size(), 0);
+  const int64_t draws = 10000;
+  for (int64_t i = 0; i < draws; ++i) {
+    auto t = gen::sample_rows(probs, gen);
+    for (int64_t r = 0; r < 4; ++r) ++counts[static_cast<size_t>(t[r].item<int64_t>())];
+  }
+  const double n = 4.0 * draws;
+  for (size_t v = 0; v < p.size(); ++v) {
+    const double sd = std::sqrt(n * p[v] * (1 - p[v]));
+    EXPECT_NEAR(static_cast<double>(counts[v]), n * p[v], 4 * sd + 1e-9) << "entry " << v;
+  }
+  EXPECT_EQ(counts[1], 0);
+  auto g1 = at::detail::createCPUGenerator(5), g2 = at::detail::createCPUGenerator(5);
+  EXPECT_TRUE(torch::equal(gen::sample_rows(probs, g1), gen::sample_rows(probs, g2)));
+  // Unnormalized rows and a row with a single live entry.
+  auto one = torch::tensor(std::vector<float>{0, 0, 3, 0}).view({1, 4});
+  EXPECT_EQ(gen::sample_rows(one, g1)[0].item<int64_t>(), 2);
 }
 
 TEST(BlockCoreset, HandWorkedVote) {

@@ -35,6 +35,8 @@ void copy_weights(MoeDlm& src, MoeDlm& dst) {
     if (sb.contains(kv.key())) kv.value().copy_(sb[kv.key()]);
 }
 
+constexpr double kSyntheticPopularityBias = 0.045;
+
 }  // namespace
 
 ModelConfig synthetic_llada2_config(int64_t moe_layers, int64_t vocab) {
@@ -77,13 +79,14 @@ MoeDlm make_synthetic_model(const ModelConfig& c, uint64_t seed) {
   m->model->word_embeddings->weight.normal_(0.0, 1.0);
   for (auto& blk : m->moe_blocks()) {
     // Router: sharp enough that sigmoid scores differ (N(0, 4/D) weights on unit-scale inputs),
-    // plus a selection-only popularity bias -0.06 ln(1 + rank) over shuffled experts. 0.06 was
-    // calibrated on a half-decoded block (16 varied tokens, 16 masks after a prompt): token
-    // routing then uses 69 distinct experts per 32-token block and block routing (p 0.6, G 16)
-    // 14, against 69.5 and 14.6 measured on LLaDA2.0-mini by the dMoE paper.
+    // plus a selection-only popularity bias -a ln(1 + rank) over shuffled experts. a = 0.045 is
+    // calibrated on the metric the dMoE paper reports, the mean over a decode's denoising
+    // forwards (dmoe-llada2.md gotcha 13): this bench's 256-token token-routing decode then uses
+    // 69 distinct experts per 32-token block, against 69.5 on LLaDA2.0-mini. (a = 0.06, the
+    // earlier value, was fitted on one half-decoded block and gave 60-62 over a decode.)
     blk->gate->weight.normal_(0.0, 2.0 / std::sqrt(D));
     auto rank = torch::randperm(c.num_experts, torch::kInt64).to(torch::kFloat32);
-    blk->gate->expert_bias.copy_(-0.06 * torch::log1p(rank));
+    blk->gate->expert_bias.copy_(-kSyntheticPopularityBias * torch::log1p(rank));
   }
   m->to(torch::kBFloat16);
   // Router weights and the bias stay f32 as in the reference (router math in fp32).

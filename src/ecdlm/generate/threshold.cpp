@@ -128,6 +128,35 @@ void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t pro
   p.routing.validate(c);
 }
 
+torch::Tensor sample_rows(const torch::Tensor& probs_NV, at::Generator& gen) {
+  const auto p_NV = probs_NV.to(torch::kFloat32).contiguous();
+  const int64_t N = p_NV.size(0), V = p_NV.size(1);
+  const auto u_N = torch::rand({N}, gen, torch::kFloat64);
+  const auto total_N = p_NV.sum(1, /*keepdim=*/false, torch::kFloat64);
+  auto token_N = torch::empty({N}, torch::kInt64);
+  const float* p = p_NV.data_ptr<float>();
+  const double* u = u_N.data_ptr<double>();
+  const double* total = total_N.data_ptr<double>();
+  int64_t* out = token_N.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = p + n * V;
+    const double target = u[n] * total[n];
+    double cum = 0.0;
+    int64_t pick = -1, last = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      if (!(row[v] > 0.0F)) continue;  // filtered entries are never drawn
+      last = v;
+      cum += row[v];
+      if (cum > target) {
+        pick = v;
+        break;
+      }
+    }
+    out[n] = pick >= 0 ? pick : last;  // rounding left the target past the end: the last live entry
+  }
+  return token_N;
+}
+
 Candidates sample_threshold(const torch::Tensor& logits_LV, double temperature, int64_t top_k, double top_p,
                             Confidence c, at::Generator& gen) {
   auto l = logits_LV.to(torch::kFloat32);
@@ -136,7 +165,7 @@ Candidates sample_threshold(const torch::Tensor& logits_LV, double temperature, 
   auto probs_LV = torch::softmax(l, -1);
   Candidates out;
   if (temperature > 0) {
-    out.token_N = torch::multinomial(probs_LV, 1, /*replacement=*/false, gen).squeeze(1);
+    out.token_N = sample_rows(probs_LV, gen);
   } else {
     out.token_N = probs_LV.argmax(-1);
   }

@@ -124,8 +124,13 @@ torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND);
 Candidates block_candidates(const torch::Tensor& logits_NV, const torch::Tensor& rows_N, int64_t L,
                             const ThresholdParams& p, at::Generator& gen);
 
-// Candidate tokens and confidences for logits_LV (f32): argmax at T = 0, else a multinomial
-// draw from softmax(filtered(l / T)); confidence from the same distribution.
+// One draw per row of probs_NV (rows of non-negative weights): the inverse CDF of one U(0, 1)
+// per row, accumulated in f64. The distribution torch::multinomial samples, for one uniform per
+// row instead of V exponential draws (at V = 32768 those took 6.8 ms of a 76 ms cached step).
+torch::Tensor sample_rows(const torch::Tensor& probs_NV, at::Generator& gen);
+
+// Candidate tokens and confidences for logits_LV (f32): argmax at T = 0, else a draw
+// (sample_rows) from softmax(filtered(l / T)); confidence from the same distribution.
 Candidates sample_threshold(const torch::Tensor& logits_LV, double temperature, int64_t top_k, double top_p,
                             Confidence c, at::Generator& gen);
 

@@ -27,6 +27,11 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
                                      const torch::Tensor& mask_LS, const LayerKv* past,
                                      LayerKv* present) {
+  return forward(x_BLD, rope_table(pos_L, rotary_dim_, theta_, x_BLD.scalar_type()), mask_LS, past, present);
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const RopeTable& rope, const torch::Tensor& mask_LS,
+                                     const LayerKv* past, LayerKv* present) {
   prof::Scope ps(prof::kAttention);
   const auto B = x_BLD.size(0), L = x_BLD.size(1);
   auto qkv = query_key_value(x_BLD).view({B, L, n_heads_ + 2 * n_kv_, head_dim_});
@@ -36,8 +41,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const torch::Te
     q_BLHd = query_layernorm(q_BLHd);
     k_BLHd = key_layernorm(k_BLHd);
   }
-  q_BLHd = apply_rope(q_BLHd, pos_L, rotary_dim_, theta_);
-  k_BLHd = apply_rope(k_BLHd, pos_L, rotary_dim_, theta_);
+  q_BLHd = apply_rope(q_BLHd, rope);
+  k_BLHd = apply_rope(k_BLHd, rope);
   auto q = q_BLHd.transpose(1, 2);  // [B, H, L, hd]
   auto k = k_BLHd.transpose(1, 2);  // [B, Hkv, L, hd]
   auto v = v_BLHd.transpose(1, 2);

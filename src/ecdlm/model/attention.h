@@ -32,6 +32,11 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
                         const torch::Tensor& mask_LS, const LayerKv* past = nullptr,
                         LayerKv* present = nullptr);
+  // The same with the positions' RoPE tables built by the caller (once per model forward).
+  torch::Tensor forward(const torch::Tensor& x_BLD, const RopeTable& rope, const torch::Tensor& mask_LS,
+                        const LayerKv* past = nullptr, LayerKv* present = nullptr);
+  int64_t rotary_dim() const { return rotary_dim_; }
+  double rope_theta() const { return theta_; }
 
   LinearNoBias query_key_value{nullptr}, dense{nullptr};
   RMSNorm query_layernorm{nullptr}, key_layernorm{nullptr};

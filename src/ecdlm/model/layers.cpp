@@ -1,5 +1,6 @@
 #include "ecdlm/model/layers.h"
 
+#include "ecdlm/kernels/norm_rope.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/init.h"
 
@@ -19,6 +20,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  if (auto y = kernels::rms_norm(x, weight, eps_); y.defined()) return y;
   auto x32 = to_f32_or_wider(x);
   auto normed = (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + eps_)).to(x.scalar_type());
   return weight * normed;
@@ -41,21 +43,33 @@ torch::Tensor SwiGluMlpImpl::forward(const torch::Tensor& x) {
   return kernels::swiglu(x, gate_proj->weight, up_proj->weight, down_proj->weight);
 }
 
-torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rd,
-                         double theta) {
-  if (rd == 0) return x_BLHd;
+RopeTable rope_table(const torch::Tensor& pos_L, int64_t rd, double theta, torch::ScalarType dtype) {
+  RopeTable t;
+  t.rotary_dim = rd;
+  if (rd == 0) return t;
   const auto half = rd / 2;
-  // inv_freq in fp32 exactly as the reference: 1 / theta^(arange(0, rd, 2) / rd).
   auto inv_freq = 1.0 / torch::pow(torch::tensor(theta, torch::kFloat32),
                                    torch::arange(0, rd, 2, torch::kFloat32) / static_cast<double>(rd));
   auto freqs_LH = pos_L.to(torch::kFloat32).unsqueeze(1) * inv_freq.unsqueeze(0);
-  auto cos = freqs_LH.cos().to(x_BLHd.scalar_type()).view({1, -1, 1, half});
-  auto sin = freqs_LH.sin().to(x_BLHd.scalar_type()).view({1, -1, 1, half});
+  t.cos = freqs_LH.cos().to(dtype).view({1, -1, 1, half});
+  t.sin = freqs_LH.sin().to(dtype).view({1, -1, 1, half});
+  return t;
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const RopeTable& rope) {
+  const auto rd = rope.rotary_dim;
+  if (rd == 0) return x_BLHd;
+  if (auto y = kernels::rope(x_BLHd, rope.cos, rope.sin, rd); y.defined()) return y;
+  const auto half = rd / 2;
   auto x1 = x_BLHd.index({"...", idx::Slice(0, half)});
   auto x2 = x_BLHd.index({"...", idx::Slice(half, rd)});
-  auto rot = torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  auto rot = torch::cat({x1 * rope.cos - x2 * rope.sin, x2 * rope.cos + x1 * rope.sin}, -1);
   if (rd == x_BLHd.size(-1)) return rot;
   return torch::cat({rot, x_BLHd.index({"...", idx::Slice(rd, idx::None)})}, -1);
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rd, double theta) {
+  return apply_rope(x_BLHd, rope_table(pos_L, rd, theta, x_BLHd.scalar_type()));
 }
 
 }  // namespace ecdlm

@@ -42,8 +42,16 @@ class SwiGluMlpImpl : public torch::nn::Module {
 };
 TORCH_MODULE(SwiGluMlp);
 
-// NeoX rotate-half RoPE on the first `rotary_dim` dims of each head.
-// x_BLHd [B, L, H, hd]; pos_L int64 [L] absolute positions.
+// NeoX rotate-half RoPE on the first `rotary_dim` dims of each head. The cos / sin tables depend
+// only on the positions, so a forward builds them once for every layer's q and k.
+struct RopeTable {
+  torch::Tensor cos, sin;  // [1, L, 1, rotary_dim / 2] in the activations' dtype
+  int64_t rotary_dim = 0;
+};
+// pos_L int64 [L] absolute positions; inv_freq in fp32 exactly as the reference.
+RopeTable rope_table(const torch::Tensor& pos_L, int64_t rotary_dim, double theta, torch::ScalarType dtype);
+// x_BLHd [B, L, H, hd].
+torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const RopeTable& rope);
 torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rotary_dim,
                          double theta);
 

@@ -19,11 +19,11 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
   }
 }
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BLD, const RopeTable& rope,
                                         const torch::Tensor& mask_LS,
                                         const moe::MoeForwardArgs& moe_args, const LayerKv* past,
                                         LayerKv* present) {
-  auto h = x_BLD + attention(input_layernorm(x_BLD), pos_L, mask_LS, past, present);
+  auto h = x_BLD + attention->forward(input_layernorm(x_BLD), rope, mask_LS, past, present);
   auto n = post_attention_layernorm(h);
   if (!moe_mlp.is_empty()) return h + moe_mlp(n, moe_args);
   prof::Scope ps(prof::kDense);
@@ -98,13 +98,14 @@ ForwardResult MoeDlmImpl::forward(const torch::Tensor& ids_BL, const ForwardOpti
   if (opt.block_length > 0) mask_LS = block_causal_mask(pos0, L, cached + L, opt.block_length);
   if (kv && kv->layers.empty()) kv->layers.resize(static_cast<size_t>(cfg_.num_hidden_layers));
   auto x = model->word_embeddings(ids_BL);
+  const auto rope = rope_table(pos_L, cfg_.rotary_dim(), cfg_.rope_theta, x.scalar_type());
   auto aux = torch::zeros({}, torch::kFloat32);
   int64_t li = 0;
   for (auto& m : model->layers->children()) {
     auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(m);
     LayerKv present;
     const LayerKv* past = kv ? &kv->layers[static_cast<size_t>(li)] : nullptr;
-    x = layer->forward(x, pos_L, mask_LS, margs, past, kv ? &present : nullptr);
+    x = layer->forward(x, rope, mask_LS, margs, past, kv ? &present : nullptr);
     if (kv && opt.kv_append) {
       auto& c = kv->layers[static_cast<size_t>(li)];
       c.k = c.k.defined() ? torch::cat({c.k, present.k}, 2) : present.k;

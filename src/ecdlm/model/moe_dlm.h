@@ -35,7 +35,7 @@ struct ForwardResult {
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& cfg, int64_t layer);
-  torch::Tensor forward(const torch::Tensor& x_BLD, const torch::Tensor& pos_L,
+  torch::Tensor forward(const torch::Tensor& x_BLD, const RopeTable& rope,
                         const torch::Tensor& mask_LS, const moe::MoeForwardArgs& moe_args,
                         const LayerKv* past = nullptr, LayerKv* present = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
