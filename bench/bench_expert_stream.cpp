@@ -2,9 +2,12 @@
 // 512 x 2048, bf16): a 32-token block routed top-8 touches about 60 experts per layer with about
 // 4 tokens each, so the step streams about 370 MB of expert weights per layer and its speed is
 // the memory bandwidth it reaches (counter GB/s). Three layers' experts (4.6 GB) so nothing
-// stays in cache. Run: build/ecdlm_microbench --benchmark_filter=ExpertStream
+// stays in cache. Also one projection at 1 to 128 token rows per backend (BM_SmallMLinear).
+// Run: build/ecdlm_microbench --benchmark_filter='ExpertStream|SmallMLinear' 
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
+
+#include <map>
 
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/moe/experts.h"
@@ -72,5 +75,50 @@ void BM_ExpertStream(benchmark::State& state) {
 }
 
 BENCHMARK(BM_ExpertStream)->ArgsProduct({{1, 2}, {1, 2, 3}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+namespace {
+
+// One bf16 projection [M, 2048] x [N, 2048]^T over 48 weight matrices (N = 2048 and 5120: 0.4 and
+// 1 GB, so the weights stream from memory) for the small-M backends and torch (oneDNN), to place
+// the row limits (kernels/small_m.h). args: M, N, kernel (kernels::SmallM 1 amx, 2 avx512, 3 torch)
+void BM_SmallMLinear(benchmark::State& state) {
+  torch::set_num_threads(2);
+  const int64_t M = state.range(0), N = state.range(1), K = 2048;
+  const auto kernel = static_cast<kernels::SmallM>(state.range(2));
+  if ((kernel == kernels::SmallM::kAmx && !kernels::cpu_has_amx_bf16()) ||
+      (kernel == kernels::SmallM::kAvx512 && !kernels::cpu_has_avx512_bf16())) {
+    state.SkipWithError("backend not available on this CPU");
+    return;
+  }
+  torch::NoGradGuard ng;
+  static std::map<int64_t, std::vector<torch::Tensor>> weights;
+  auto& w = weights[N];
+  if (w.empty())
+    for (int i = 0; i < 48; ++i) w.push_back(torch::randn({N, K}).to(torch::kBFloat16));
+  auto x = torch::randn({M, K}).to(torch::kBFloat16);
+  kernels::set_small_m(kernel);
+  const bool ours = kernel != kernels::SmallM::kTorch && kernels::small_m_applies(x, w[0]);
+  if (kernel != kernels::SmallM::kTorch && !ours) {
+    state.SkipWithError("more rows than the backend takes");
+    kernels::set_small_m(kernels::SmallM::kAuto);
+    return;
+  }
+  for (auto _ : state)
+    for (const auto& wi : w) {
+      auto y = ours ? kernels::small_m_linear(x, wi) : torch::nn::functional::linear(x, wi);
+      benchmark::DoNotOptimize(y.data_ptr());
+    }
+  state.counters["GB/s"] = benchmark::Counter(48.0 * static_cast<double>(N * K * 2) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(kernels::small_m_name(kernel));
+  kernels::set_small_m(kernels::SmallM::kAuto);
+}
+
+BENCHMARK(BM_SmallMLinear)
+    ->ArgsProduct({{1, 4, 16, 32, 64, 128}, {2048, 5120}, {1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace

@@ -22,6 +22,9 @@ struct Variant {
   std::string routing;
   double top_p = 0.0;
   bool kv = true;
+  // Block routing's minimum coreset size G: false = 2k (the dMoE eval gate at HEAD, 16 for k = 8),
+  // true = 3k/2 (the paper-era gate behind the paper's 14.6 experts per block, 12 for k = 8).
+  bool paper_guard = false;
   kernels::SmallM kernel = kernels::SmallM::kAuto;
 };
 
@@ -104,10 +107,10 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     MoeDlm model{nullptr}, ec_model{nullptr};
     int64_t min_experts = 16, topk_cap = 4;
   };
-  std::vector<Variant> variants = {{"token", 0, true},  {"token", 0, false}, {"block", 0.5, true},
-                                   {"block", 0.6, true}, {"block", 0.6, false}, {"block", 0.8, true},
-                                   {"topk", 0, true},   {"des-s", 0, true},   {"des-v", 0, true},
-                                   {"ec", 0, true}};
+  std::vector<Variant> variants = {{"token", 0, true},   {"token", 0, false}, {"block", 0.5, true},
+                                   {"block", 0.6, true},  {"block", 0.6, false}, {"block", 0.6, true, true},
+                                   {"block", 0.8, true},  {"topk", 0, true},     {"des-s", 0, true},
+                                   {"des-v", 0, true},    {"ec", 0, true}};
   if (p.quick)
     variants = {{"token", 0, true}, {"token", 0, false}, {"block", 0.6, true}, {"topk", 0, true},
                 {"des-s", 0, true}, {"des-v", 0, true},  {"ec", 0, true}};
@@ -208,7 +211,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         } else {
           tp.routing.policy = moe::parse_routing_policy(v.routing);
           tp.routing.block_top_p = v.top_p > 0 ? v.top_p : tp.routing.block_top_p;
-          tp.routing.block_min_experts = m.min_experts;
+          tp.routing.block_min_experts = v.paper_guard ? m.min_experts * 3 / 4 : m.min_experts;
           tp.routing.block_chunk = p.block_length;
           tp.routing.topk_cap = m.topk_cap;
           tp.routing.des_chunk = p.block_length;  // DES-S / DES-V: their default knobs (inference_routing.h)
@@ -233,6 +236,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         row.model = m.name;
         row.routing = v.routing;
         row.top_p = v.top_p;
+        row.block_min_experts = v.routing == "block" ? tp.routing.block_min_experts : 0;
         row.kv_cache = v.kv;
         row.kernel = kernels::small_m_name(v.kernel);
         row.gen_length = gen_length;
@@ -269,9 +273,10 @@ std::vector<GenBenchCacheRatio> cache_ratios(const std::vector<GenBenchRow>& row
     if (off.kv_cache) continue;
     for (const auto& on : rows) {
       if (!on.kv_cache || on.model != off.model || on.routing != off.routing || on.top_p != off.top_p ||
+          on.block_min_experts != off.block_min_experts ||
           on.kernel != off.kernel)
         continue;
-      GenBenchCacheRatio c{off.model, off.routing, off.kernel, off.top_p, off.gen_length, {}, 0};
+      GenBenchCacheRatio c{off.model, off.routing, off.kernel, off.top_p, off.block_min_experts, off.gen_length, {}, 0};
       for (size_t r = 0; r < std::min(on.tokens_per_s_reps.size(), off.tokens_per_s_reps.size()); ++r)
         c.ratios.push_back(on.tokens_per_s_reps[r] / off.tokens_per_s_reps[r]);
       c.median = median(c.ratios);
@@ -284,7 +289,8 @@ std::vector<GenBenchCacheRatio> cache_ratios(const std::vector<GenBenchRow>& row
 nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
   nlohmann::json arr = nlohmann::json::array(), kv = nlohmann::json::array();
   for (const auto& r : rows)
-    arr.push_back({{"model", r.model}, {"routing", r.routing}, {"top_p", r.top_p}, {"kv_cache", r.kv_cache},
+    arr.push_back({{"model", r.model}, {"routing", r.routing}, {"top_p", r.top_p},
+                   {"block_min_experts", r.block_min_experts}, {"kv_cache", r.kv_cache},
                    {"kernel", r.kernel}, {"gen_length", r.gen_length}, {"unique_experts_per_block", r.unique_experts_per_block},
                    {"expert_bytes_per_forward", r.expert_bytes_per_forward}, {"ms_per_forward", r.ms_per_forward},
                    {"moe_ms_per_forward", r.moe_ms_per_forward}, {"attention_ms_per_forward", r.attention_ms_per_forward},
@@ -293,7 +299,8 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
                    {"tokens_per_s_reps", r.tokens_per_s_reps}, {"tokens_per_forward", r.tokens_per_forward},
                    {"forwards", r.forwards}});
   for (const auto& c : cache_ratios(rows))
-    kv.push_back({{"model", c.model}, {"routing", c.routing}, {"kernel", c.kernel}, {"top_p", c.top_p}, {"gen_length", c.gen_length},
+    kv.push_back({{"model", c.model}, {"routing", c.routing}, {"kernel", c.kernel}, {"top_p", c.top_p},
+                  {"block_min_experts", c.block_min_experts}, {"gen_length", c.gen_length},
                   {"speedup_median", c.median}, {"speedup_reps", c.ratios}});
   return {{"results", arr}, {"kv_cache_speedup", kv}};
 }
@@ -303,10 +310,10 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
   o << std::fixed;
   o << "| model | routing | KV cache | kernel | unique experts / block | expert MB / forward | ms / forward | MoE | attention | "
        "dense | LM head | other | tokens/s | vs token (cache) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-  auto name = [](const std::string& routing, double top_p) {
+  auto name = [](const std::string& routing, double top_p, int64_t min_experts) {
     if (routing != "block") return routing;
     std::ostringstream s;
-    s << "block p=" << std::fixed << std::setprecision(1) << top_p;
+    s << "block p=" << std::fixed << std::setprecision(1) << top_p << " G=" << min_experts;
     return s.str();
   };
   for (const auto& r : rows) {
@@ -314,7 +321,7 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
     for (const auto& b : rows)
       if (b.model == r.model && b.routing == "token" && b.kv_cache && b.kernel == r.kernel)
         base = b.tokens_per_s;
-    o << "| " << r.model << " | " << name(r.routing, r.top_p) << " | " << (r.kv_cache ? "on" : "off") << " | "
+    o << "| " << r.model << " | " << name(r.routing, r.top_p, r.block_min_experts) << " | " << (r.kv_cache ? "on" : "off") << " | "
       << r.kernel << " | "
       << std::setprecision(1) << r.unique_experts_per_block << " | " << r.expert_bytes_per_forward / 1048576.0 << " | "
       << std::setprecision(2) << r.ms_per_forward << " | " << r.moe_ms_per_forward << " | "
@@ -330,7 +337,7 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
     o << "\nKV cache speedup (tokens/s on / off, paired per repetition):\n\n| model | routing | kernel | "
          "generated tokens | speedup (median) | per repetition |\n|---|---|---|---|---|---|\n";
     for (const auto& c : kv) {
-      o << "| " << c.model << " | " << name(c.routing, c.top_p) << " | " << c.kernel << " | " << c.gen_length << " | " << std::setprecision(2)
+      o << "| " << c.model << " | " << name(c.routing, c.top_p, c.block_min_experts) << " | " << c.kernel << " | " << c.gen_length << " | " << std::setprecision(2)
         << c.median << "x |";
       for (size_t i = 0; i < c.ratios.size(); ++i) o << (i ? ", " : " ") << c.ratios[i];
       o << " |\n";

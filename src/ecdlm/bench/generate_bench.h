@@ -30,6 +30,7 @@ struct GenBenchParams {
 struct GenBenchRow {
   std::string model, routing;       // routing: token | block | topk | des-s | des-v | ec
   double top_p = 0.0;               // block routing's p (0 otherwise)
+  int64_t block_min_experts = 0;    // block routing's minimum coreset size G (0 otherwise)
   bool kv_cache = true;
   std::string kernel = "auto";  // the small-M kernel choice
   int64_t gen_length = 0;
@@ -48,6 +49,7 @@ struct GenBenchRow {
 struct GenBenchCacheRatio {
   std::string model, routing, kernel;
   double top_p = 0.0;
+  int64_t block_min_experts = 0;
   int64_t gen_length = 0;
   std::vector<double> ratios;
   double median = 0;

@@ -2,8 +2,12 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
+
+#include "ecdlm/kernels/small_m.h"
 
 namespace ecdlm::kernels {
 namespace {
@@ -17,6 +21,60 @@ bool eligible(const torch::Tensor& t) {
 template <typename T>
 inline float held(float v) {
   return static_cast<float>(static_cast<T>(v));
+}
+
+// Elements below which a call stays on one thread.
+constexpr int64_t kSerialElems = 1 << 17;
+
+#define ECDLM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// 16 bf16 -> f32 (exact: bf16 is the high half of an f32), and f32 -> bf16 nearest-even.
+ECDLM_BF16_TARGET inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+ECDLM_BF16_TARGET inline __m512 round16(__m512 v) {  // the value the bf16 rounding of v holds
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+ECDLM_BF16_TARGET inline void store16(c10::BFloat16* p, __mmask16 m, __m512 v) {
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+}
+inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1U << n) - 1); }
+
+ECDLM_BF16_TARGET void rms_norm_rows_avx512(const c10::BFloat16* x, const c10::BFloat16* w, c10::BFloat16* y,
+                                            int64_t rows, int64_t D, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const c10::BFloat16* xr = x + r * D;
+    c10::BFloat16* yr = y + r * D;
+    __m512 ss = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 v = load16(xr + d, tail_mask(D - d));
+      ss = _mm512_fmadd_ps(v, v, ss);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0F / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(D) + eps));
+    for (int64_t d = 0; d < D; d += 16) {
+      const auto m = tail_mask(D - d);
+      store16(yr + d, m, _mm512_mul_ps(load16(w + d, m), round16(_mm512_mul_ps(load16(xr + d, m), inv))));
+    }
+  }
+}
+
+ECDLM_BF16_TARGET void rope_rows_avx512(const c10::BFloat16* x, const c10::BFloat16* cos, const c10::BFloat16* sin,
+                                        c10::BFloat16* y, int64_t i0, int64_t i1, int64_t L, int64_t H, int64_t hd,
+                                        int64_t rd) {
+  const int64_t half = rd / 2;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t l = (i / H) % L;
+    const c10::BFloat16* xr = x + i * hd;
+    c10::BFloat16* yr = y + i * hd;
+    for (int64_t j = 0; j < half; j += 16) {
+      const auto m = tail_mask(half - j);
+      const __m512 x1 = load16(xr + j, m), x2 = load16(xr + half + j, m);
+      const __m512 c = load16(cos + l * half + j, m), s = load16(sin + l * half + j, m);
+      store16(yr + j, m, _mm512_sub_ps(round16(_mm512_mul_ps(x1, c)), round16(_mm512_mul_ps(x2, s))));
+      store16(yr + half + j, m, _mm512_add_ps(round16(_mm512_mul_ps(x2, c)), round16(_mm512_mul_ps(x1, s))));
+    }
+    for (int64_t j = rd; j < hd; ++j) yr[j] = xr[j];
+  }
 }
 
 template <typename T>
@@ -70,8 +128,15 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   const auto xc = x.contiguous(), wc = w.contiguous();
   auto y = torch::empty_like(xc);
   const int64_t D = x.size(-1), rows = x.numel() / D;
-  rms_norm_rows(xc.data_ptr<c10::BFloat16>(), wc.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), rows, D,
-                static_cast<float>(eps));
+  const auto* xp = xc.data_ptr<c10::BFloat16>();
+  const auto* wp = wc.data_ptr<c10::BFloat16>();
+  auto* yp = y.data_ptr<c10::BFloat16>();
+  if (cpu_has_avx512_bf16())  // threads only for large inputs: a fork costs more than 32 rows
+    at::parallel_for(0, rows, std::max<int64_t>(1, kSerialElems / D), [&](int64_t r0, int64_t r1) {
+      rms_norm_rows_avx512(xp + r0 * D, wp, yp + r0 * D, r1 - r0, D, static_cast<float>(eps));
+    });
+  else
+    rms_norm_rows(xp, wp, yp, rows, D, static_cast<float>(eps));
   return y;
 }
 
@@ -85,6 +150,11 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
   const int64_t L = x.size(1), H = x.size(2), hd = x.size(3), BLH = x.size(0) * L * H;
   if (x.scalar_type() == torch::kFloat32)
     rope_rows(xc.data_ptr<float>(), cc.data_ptr<float>(), sc.data_ptr<float>(), y.data_ptr<float>(), BLH, L, H, hd, rd);
+  else if (cpu_has_avx512_bf16())
+    at::parallel_for(0, BLH, std::max<int64_t>(1, kSerialElems / hd), [&](int64_t i0, int64_t i1) {
+      rope_rows_avx512(xc.data_ptr<c10::BFloat16>(), cc.data_ptr<c10::BFloat16>(), sc.data_ptr<c10::BFloat16>(),
+                       y.data_ptr<c10::BFloat16>(), i0, i1, L, H, hd, rd);
+    });
   else
     rope_rows(xc.data_ptr<c10::BFloat16>(), cc.data_ptr<c10::BFloat16>(), sc.data_ptr<c10::BFloat16>(),
               y.data_ptr<c10::BFloat16>(), BLH, L, H, hd, rd);

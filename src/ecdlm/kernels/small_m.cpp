@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 
 #include "ecdlm/kernels/backend.h"
 #include "ecdlm/util/error.h"
