@@ -10,6 +10,7 @@
 
 // GCC 12's _mm512_reduce_add_ps passes _mm256_undefined_pd() by design: a false -Wuninitialized.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace ecdlm::kernels::detail {
 namespace {

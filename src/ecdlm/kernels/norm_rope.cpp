@@ -9,6 +9,10 @@
 
 #include "ecdlm/kernels/small_m.h"
 
+// GCC 12's _mm512_reduce_add_ps passes _mm256_undefined_pd() by design: a false warning.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace ecdlm::kernels {
 namespace {
 
