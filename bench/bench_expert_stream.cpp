@@ -11,6 +11,7 @@
 
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/moe/experts.h"
+#include "ecdlm/util/huge_pages.h"
 
 using namespace ecdlm;
 
@@ -24,28 +25,38 @@ struct Layers {
 };
 
 // Random experts and a fixed routing per layer: 32 tokens, top-8 drawn from 64 popular experts
-// of each layer (about 60 distinct, the measured count on the synthetic LLaDA2 model).
-Layers& layers() {
-  static Layers L = [] {
-    Layers l;
-    torch::NoGradGuard ng;
-    torch::manual_seed(0);
-    for (int64_t i = 0; i < kLayers; ++i) {
-      moe::Experts ex(kE, kD, kF);
-      ex->to(torch::kBFloat16);
-      l.experts.push_back(ex);
-      l.x_TD.push_back(torch::randn({kTokens, kD}).to(torch::kBFloat16));
-      auto popular = torch::randperm(kE, torch::kInt64).narrow(0, 0, 64);
-      auto pick = std::get<1>(torch::rand({kTokens, 64}).topk(kTopK, 1));
-      l.idx_TK.push_back(popular.index_select(0, pick.reshape({-1})).view({kTokens, kTopK}));
-      l.gate_TK.push_back(torch::rand({kTokens, kTopK}));
-    }
-    return l;
-  }();
-  return L;
+// of each layer (about 60 distinct, the measured count on the synthetic LLaDA2 model). Two
+// copies, built on first use: weights on 4 KB pages and on 2 MB huge pages, same values.
+Layers make_layers(bool huge) {
+  const bool was = huge_pages::enabled();
+  huge_pages::install();
+  huge_pages::set_enabled(huge);
+  Layers l;
+  torch::NoGradGuard ng;
+  torch::manual_seed(0);
+  for (int64_t i = 0; i < kLayers; ++i) {
+    moe::Experts ex(kE, kD, kF);
+    ex->to(torch::kBFloat16);
+    l.experts.push_back(ex);
+    l.x_TD.push_back(torch::randn({kTokens, kD}).to(torch::kBFloat16));
+    auto popular = torch::randperm(kE, torch::kInt64).narrow(0, 0, 64);
+    auto pick = std::get<1>(torch::rand({kTokens, 64}).topk(kTopK, 1));
+    l.idx_TK.push_back(popular.index_select(0, pick.reshape({-1})).view({kTokens, kTopK}));
+    l.gate_TK.push_back(torch::rand({kTokens, kTopK}));
+  }
+  huge_pages::set_enabled(was);
+  return l;
 }
 
-// args: threads, kernel (kernels::SmallM: 1 = amx, 2 = avx512, 3 = torch)
+Layers& layers(bool huge) {
+  if (huge) {
+    static Layers on_huge = make_layers(true);
+    return on_huge;
+  }
+  static Layers on_small = make_layers(false);
+  return on_small;
+}
+
 void BM_ExpertStream(benchmark::State& state) {
   torch::set_num_threads(static_cast<int>(state.range(0)));
   const auto kernel = static_cast<kernels::SmallM>(state.range(1));
@@ -56,7 +67,7 @@ void BM_ExpertStream(benchmark::State& state) {
   }
   kernels::set_small_m(kernel);
   torch::NoGradGuard ng;
-  auto& l = layers();
+  auto& l = layers(state.range(2) != 0);
   double bytes = 0;
   for (int64_t i = 0; i < kLayers; ++i) {
     const auto unique = std::get<0>(torch::_unique(l.idx_TK[static_cast<size_t>(i)])).numel();
@@ -70,11 +81,13 @@ void BM_ExpertStream(benchmark::State& state) {
     }
   }
   state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(std::string(kernels::small_m_name(kernel)) + " " + std::to_string(state.range(0)) + " thread(s)");
+  state.SetLabel(std::string(kernels::small_m_name(kernel)) + " " + std::to_string(state.range(0)) + " thread(s), " +
+                 (state.range(2) ? "2 MB" : "4 KB") + " pages");
   kernels::set_small_m(kernels::SmallM::kAuto);
 }
 
-BENCHMARK(BM_ExpertStream)->ArgsProduct({{1, 2}, {1, 2, 3}})->Unit(benchmark::kMillisecond)->UseRealTime();
+// args: threads, kernel (kernels::SmallM: 1 amx, 2 avx512, 3 torch), huge pages (0/1)
+BENCHMARK(BM_ExpertStream)->ArgsProduct({{1, 2}, {1, 2, 3}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

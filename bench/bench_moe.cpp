@@ -3,8 +3,12 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "ecdlm/moe/moe_block.h"
 #include "ecdlm/util/compat.h"
+#include "ecdlm/util/huge_pages.h"
 
 using namespace ecdlm;
 
@@ -58,4 +62,13 @@ BENCHMARK(BM_MoeLayer)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+// As the CLI: large tensors on huge pages, unless ECDLM_HUGE_PAGES=0 (for A/B runs).
+int main(int argc, char** argv) {
+  const char* hp = std::getenv("ECDLM_HUGE_PAGES");
+  if (!(hp && (std::string(hp) == "0" || std::string(hp) == "off"))) ecdlm::huge_pages::install();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "ecdlm/bench/generate_bench.h"
 #include "ecdlm/util/fs.h"
+#include "ecdlm/util/huge_pages.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/plot.h"
 
@@ -49,7 +50,8 @@ int run(const GenBenchArgs& a) {
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
                                     << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps
                                     << ", seed " << p.seed << ", policies " << policies << ", kernels "
-                                    << kernels);
+                                    << kernels << ", huge pages " << (huge_pages::enabled() ? "on" : "off")
+                                    << " (THP " << huge_pages::thp_mode() << ")");
   auto rows = bench::run_generate_bench(p);
   const auto md = bench::to_markdown(rows, p);
   if (!a.out_md.empty()) write_file_atomic(a.out_md, md);

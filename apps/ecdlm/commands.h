@@ -35,6 +35,7 @@ struct GlobalOptions {
   int threads = 0;  // 0 = all cores
   bool quiet = false;
   bool verbose = false;
+  bool huge_pages = true;  // large CPU tensors on 2 MB pages (util/huge_pages.h)
 };
 GlobalOptions& global_options();
 void apply_global_options();

@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "ecdlm/util/compat.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/huge_pages.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/progress.h"
 
@@ -44,6 +45,9 @@ void apply_global_options() {
   static bool checked = false;
   if (!checked) {
     checked = true;
+    if (g.huge_pages) huge_pages::install();
+    LOG_DEBUG("huge pages for tensors >= 4 MiB: " << (g.huge_pages ? "on" : "off") << " (THP "
+                                                  << huge_pages::thp_mode() << ")");
     std::string blas = compat::detect_blas();
     if (blas == "reference")
       LOG_WARN("libtorch is running on the reference BLAS (about 30x slower): "
@@ -64,6 +68,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", g.threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_flag("-q,--quiet", g.quiet, "Only warnings and errors on stderr");
   app.add_flag("-v,--verbose", g.verbose, "Debug logging");
+  app.add_option("--huge-pages", g.huge_pages,
+                 "Allocate CPU tensors of 4 MiB or more on 2 MB transparent huge pages (true/false)")
+      ->default_str("true");
 
   register_prepare_data(app);
   register_train(app);
