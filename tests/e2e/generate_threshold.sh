@@ -101,4 +101,14 @@ for k in torch auto; do
   grep -q "small-M kernel: $k -> " "$TMP/k_$k.err" || { cat "$TMP/k_$k.err"; fail "kernel choice not logged"; }
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d['samples'][0]['tokens']) > 0" "$TMP/k_$k.json"
 done
+# --huge-pages takes a boolean; bench generate refuses a synthetic model that cannot be built in
+# the free memory, before building it (only where 97 GiB are not free, so the check cannot start it).
+expect_fail "--huge-pages" "$ECDLM" --huge-pages maybe info -m "$G"
+"$ECDLM" -q --huge-pages false info -m "$G" > /dev/null || fail "--huge-pages false"
+avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+if [ "${avail_kb:-0}" -gt 0 ] && [ "$avail_kb" -lt $((90 * 1024 * 1024)) ]; then
+  expect_fail "--bench-synth-layers" "$ECDLM" -q bench generate --bench-brown-model "" --bench-synth-layers 20 \
+    --bench-synth-vocab 200000
+  grep -q "GiB are available" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "memory check message"; }
+fi
 echo "generate_threshold e2e OK"

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <sstream>
 
@@ -10,6 +11,7 @@
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/train/retrofit.h"
+#include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/profile.h"
 #include "ecdlm/util/progress.h"
@@ -39,6 +41,46 @@ void copy_weights(MoeDlm& src, MoeDlm& dst) {
 }
 
 constexpr double kSyntheticPopularityBias = 0.045;
+
+// Parameters of the synthetic model. It is built in f32 and cast to bf16, so building it peaks
+// at about 6 bytes a parameter (the expert-choice copy, when measured, peaks the same way).
+int64_t synthetic_params(const ModelConfig& c) {
+  const int64_t D = c.hidden_size, H = c.head_dim;
+  const int64_t attn = D * (c.num_attention_heads + 2 * c.num_key_value_heads) * H + c.num_attention_heads * H * D;
+  const int64_t moe = 3 * D * c.moe_intermediate_size * c.num_experts + 3 * D * c.shared_expert_intermediate_size +
+                      c.num_experts * D;
+  const int64_t dense_layers = c.first_k_dense_replace, moe_layers = c.num_hidden_layers - dense_layers;
+  return 2 * c.vocab_size * D + c.num_hidden_layers * attn + dense_layers * 3 * D * c.intermediate_size +
+         moe_layers * moe;
+}
+
+// MemAvailable from /proc/meminfo in bytes, or -1 where it cannot be read.
+int64_t available_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return -1;
+}
+
+// Refuses a synthetic model that cannot be built in this machine's free memory (the kernel would
+// kill the process part-way instead).
+void check_synthetic_fits(int64_t moe_layers, int64_t vocab) {
+  const int64_t avail = available_memory_bytes();
+  auto need = [&](int64_t layers) {
+    return 6 * synthetic_params(synthetic_llada2_config(layers, vocab)) + (int64_t{1} << 30);
+  };
+  if (avail < 0 || need(moe_layers) <= avail) return;
+  int64_t fit = moe_layers;
+  while (fit > 1 && need(fit) > avail) --fit;
+  const auto gib = [](int64_t b) { return std::to_string((b + (int64_t{1} << 29)) >> 30); };
+  fail("", "--bench-synth-layers",
+       std::to_string(moe_layers) + " MoE layers need about " + gib(need(moe_layers)) +
+           " GiB to build (f32, then bf16); " + gib(avail) + " GiB are available",
+       need(fit) <= avail ? "use at most " + std::to_string(fit) : "free memory, or use --bench-synth-vocab 4096");
+}
 
 }  // namespace
 
@@ -155,7 +197,9 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     }
   }
   {
-    auto cfg = synthetic_llada2_config(p.quick ? 2 : p.synth_moe_layers, p.synth_vocab);
+    const int64_t moe_layers = p.quick ? 2 : p.synth_moe_layers;
+    check_synthetic_fits(moe_layers, p.synth_vocab);
+    auto cfg = synthetic_llada2_config(moe_layers, p.synth_vocab);
     Model ms{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
     if (need_ec) {
       auto ec_cfg = retrofit_config(cfg, RetrofitParams{});
