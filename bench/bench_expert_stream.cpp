@@ -3,7 +3,7 @@
 // 4 tokens each, so the step streams about 370 MB of expert weights per layer and its speed is
 // the memory bandwidth it reaches (counter GB/s). Three layers' experts (4.6 GB) so nothing
 // stays in cache. Also one projection at 1 to 128 token rows per backend (BM_SmallMLinear).
-// Run: build/ecdlm_microbench --benchmark_filter='ExpertStream|SmallMLinear' 
+// Run: build/ecdlm_microbench --benchmark_filter='ExpertStream|SmallMLinear'
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 

@@ -1,6 +1,5 @@
-// util/huge_pages.h: large CPU tensors go to 2 MB-aligned, huge-page-advised
-// blocks that are accounted and released; small ones and disabled periods keep
-// libtorch's own allocation.
+// util/huge_pages.h: large CPU tensors go to 2 MB-aligned, huge-page-advised blocks that are
+// accounted and released; small ones and disabled periods keep libtorch's own allocation.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -69,8 +68,7 @@ TEST(HugePages, KernelBacksTouchedBlocksWithHugePages) {
   auto t = torch::ones({64 * static_cast<int64_t>(kMiB)},
                        torch::kUInt8);  // touched: faults now
   const auto after = read_anon_huge_kb();
-  // The kernel may fall back to 4 KB pages when memory is fragmented; most of
-  // 64 MiB still maps.
+  // The kernel may fall back to 4 KB pages when memory is fragmented; most of 64 MiB still maps.
   EXPECT_GE(after - before, 32 * 1024) << "AnonHugePages " << before << " -> " << after << " kB";
 }
 

@@ -68,8 +68,4 @@ torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const RopeTable& rope) {
   return torch::cat({rot, x_BLHd.index({"...", idx::Slice(rd, idx::None)})}, -1);
 }
 
-torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rd, double theta) {
-  return apply_rope(x_BLHd, rope_table(pos_L, rd, theta, x_BLHd.scalar_type()));
-}
-
 }  // namespace ecdlm

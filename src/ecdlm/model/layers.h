@@ -52,7 +52,5 @@ struct RopeTable {
 RopeTable rope_table(const torch::Tensor& pos_L, int64_t rotary_dim, double theta, torch::ScalarType dtype);
 // x_BLHd [B, L, H, hd].
 torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const RopeTable& rope);
-torch::Tensor apply_rope(const torch::Tensor& x_BLHd, const torch::Tensor& pos_L, int64_t rotary_dim,
-                         double theta);
 
 }  // namespace ecdlm
