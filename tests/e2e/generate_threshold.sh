@@ -102,7 +102,8 @@ for k in torch auto; do
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d['samples'][0]['tokens']) > 0" "$TMP/k_$k.json"
 done
 # --huge-pages takes a boolean; bench generate refuses a synthetic model that cannot be built in
-# the free memory, before building it (only where 97 GiB are not free, so the check cannot start it).
+# the free memory, before building it (20 layers and the EC copy need about 70 GiB; only where 90 are
+# not free, so the check cannot start it).
 expect_fail "--huge-pages" "$ECDLM" --huge-pages maybe info -m "$G"
 "$ECDLM" -q --huge-pages false info -m "$G" > /dev/null || fail "--huge-pages false"
 avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)

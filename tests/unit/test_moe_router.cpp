@@ -13,6 +13,7 @@
 
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/moe/router.h"
+#include "ecdlm/moe/router_infer.h"
 #include "ecdlm/moe/scaling.h"
 
 namespace ecdlm::moe {
@@ -678,6 +679,70 @@ TEST(RouterTc, RouterLogitsAreFp32Linear) {
   auto l = router_logits(x, w);
   EXPECT_EQ(l.scalar_type(), torch::kFloat32);
   EXPECT_TRUE(torch::allclose(l, torch::matmul(x, w.t()), 1e-5, 1e-6));
+}
+
+
+// The one-pass inference router against route_token_choice: the same experts in the same order
+// and the same gates, for sigmoid / softmax, grouped or not, with and without the bias, gates
+// from biased scores (LLaDA-MoE), and restricted to a coreset (dMoE block routing).
+TEST(RouterTcInfer, OnePassEqualsTorchRouter) {
+  torch::manual_seed(41);
+  const int64_t T = 37, E = 64;
+  auto logits = torch::randn({T, E}) * 2.0;
+  auto bias = torch::randn({E}) * 0.1;
+  // A coreset of 12 experts per token (3 of them in one group, so that group has fewer than two
+  // allowed experts for some tokens), and rows that allow fewer than k experts.
+  auto allowed = torch::rand({T, E}) < 0.2;
+  allowed.index_put_({idx::Slice(0, 3)}, false);
+  allowed.index_put_({0, 5}, true);
+  for (int variant = 0; variant < 6; ++variant) {
+    TokenChoiceParams p;
+    p.k = 6;
+    p.score = variant % 2 ? ScoreFn::kSoftmax : ScoreFn::kSigmoid;
+    p.n_group = variant < 4 ? 8 : 1;
+    p.topk_group = variant < 4 ? 4 : 1;
+    p.norm_topk_prob = variant != 2;
+    p.scaling = variant == 2 ? 1.0 : 2.5;
+    p.bias_in_gate = variant == 3;
+    const auto b = variant == 5 ? torch::Tensor() : bias;
+    for (bool restricted : {false, true}) {
+      const auto a = restricted ? allowed : torch::Tensor();
+      ASSERT_TRUE(route_infer_applies(logits, p));
+      auto want = route_token_choice(logits, b, p, a);
+      auto got = route_token_choice_infer(logits, b, p, a);
+      EXPECT_FALSE(got.expert_major);
+      EXPECT_EQ(to_vec_i(got.idx_TK), to_vec_i(want.idx_TK)) << "variant " << variant << " restricted " << restricted;
+      EXPECT_TRUE(torch::allclose(got.gate_TK, want.gate_TK, 1e-6, 1e-7)) << "variant " << variant;
+      EXPECT_EQ(to_vec_i(got.load_E), to_vec_i(want.load_E));
+      EXPECT_EQ(got.stats.num_tokens, T);
+    }
+  }
+  // Out of its scope: capacity, losses, autograd logits.
+  TokenChoiceParams p;
+  p.capacity_factor = 1.25;
+  EXPECT_FALSE(route_infer_applies(logits, p));
+  p.capacity_factor = 0;
+  p.compute_losses = true;
+  EXPECT_FALSE(route_infer_applies(logits, p));
+  p.compute_losses = false;
+  EXPECT_FALSE(route_infer_applies(logits.clone().requires_grad_(true), p));
+}
+
+TEST(RouterTcInfer, TiesGoToTheLowerIndex) {
+  // Four equal scores, k = 2; two groups of equal score, topk_group = 1.
+  auto logits = torch::zeros({1, 8});
+  TokenChoiceParams p;
+  p.k = 2;
+  p.score = ScoreFn::kSigmoid;
+  p.norm_topk_prob = false;
+  auto plan = route_token_choice_infer(logits, torch::Tensor(), p);
+  EXPECT_EQ(to_vec_i(plan.idx_TK), (std::vector<int64_t>{0, 1}));
+  p.n_group = 2;
+  p.topk_group = 1;
+  auto bias = torch::tensor({0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 1.f});
+  plan = route_token_choice_infer(logits, bias, p);
+  EXPECT_EQ(to_vec_i(plan.idx_TK), (std::vector<int64_t>{7, 4})) << "group 1 wins on its bias; then 4 before 5, 6";
+  EXPECT_NEAR(plan.gate_TK[0][0].item<float>(), 0.5f, 1e-7) << "gates from unbiased scores";
 }
 
 }  // namespace

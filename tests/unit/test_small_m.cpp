@@ -171,3 +171,34 @@ TEST(SmallMGrad, AutogradInputsKeepTorchsPath) {
 
 }  // namespace
 }  // namespace ecdlm::kernels
+
+namespace ecdlm::kernels {
+namespace {
+
+// The router's f32 product: every tail of the 4 x 4 tiles, the 16-lane K loop and the 32-row
+// blocks, against f64.
+TEST(SmallMF32, RouterProductMatchesF64Reference) {
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX512F";
+  torch::manual_seed(11);
+  for (int64_t M : {1, 2, 3, 4, 5, 9, 32, 64})
+    for (auto nk : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 17}, {7, 100}, {33, 64}, {256, 2048}, {66, 31}}) {
+      const auto [N, K] = nk;
+      auto x = torch::randn({M, K}), w = torch::randn({N, K});
+      ASSERT_TRUE(small_m_f32_applies(x, w));
+      auto y = small_m_linear_f32(x, w);
+      ASSERT_EQ(y.sizes(), (std::vector<int64_t>{M, N}));
+      const double tol = 2e-6 * static_cast<double>(K);
+      EXPECT_LT((y.to(torch::kFloat64) - torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t())).abs().max().item<double>(),
+                tol) << "M " << M << " N " << N << " K " << K;
+    }
+  // Out of its scope: more than 64 rows, autograd, bf16, the torch backend.
+  EXPECT_FALSE(small_m_f32_applies(torch::randn({65, 8}), torch::randn({4, 8})));
+  EXPECT_FALSE(small_m_f32_applies(torch::randn({2, 8}), torch::randn({4, 8}).requires_grad_(true)));
+  EXPECT_FALSE(small_m_f32_applies(torch::randn({2, 8}).to(torch::kBFloat16), torch::randn({4, 8})));
+  set_small_m(SmallM::kTorch);
+  EXPECT_FALSE(small_m_f32_applies(torch::randn({2, 8}), torch::randn({4, 8})));
+  set_small_m(SmallM::kAuto);
+}
+
+}  // namespace
+}  // namespace ecdlm::kernels

@@ -10,12 +10,15 @@
 #include "ecdlm/generate/threshold.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/init.h"
 #include "ecdlm/train/retrofit.h"
+#include "ecdlm/util/compat.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/profile.h"
 #include "ecdlm/util/progress.h"
 #include "ecdlm/util/stats.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm::bench {
 namespace {
@@ -42,8 +45,8 @@ void copy_weights(MoeDlm& src, MoeDlm& dst) {
 
 constexpr double kSyntheticPopularityBias = 0.045;
 
-// Parameters of the synthetic model. It is built in f32 and cast to bf16, so building it peaks
-// at about 6 bytes a parameter (the expert-choice copy, when measured, peaks the same way).
+// Parameters of the synthetic model (built in bf16: 2 bytes each, and as many again for the
+// expert-choice copy when it is measured).
 int64_t synthetic_params(const ModelConfig& c) {
   const int64_t D = c.hidden_size, H = c.head_dim;
   const int64_t attn = D * (c.num_attention_heads + 2 * c.num_key_value_heads) * H + c.num_attention_heads * H * D;
@@ -67,10 +70,10 @@ int64_t available_memory_bytes() {
 
 // Refuses a synthetic model that cannot be built in this machine's free memory (the kernel would
 // kill the process part-way instead).
-void check_synthetic_fits(int64_t moe_layers, int64_t vocab) {
+void check_synthetic_fits(int64_t moe_layers, int64_t vocab, bool with_ec) {
   const int64_t avail = available_memory_bytes();
   auto need = [&](int64_t layers) {
-    return 6 * synthetic_params(synthetic_llada2_config(layers, vocab)) + (int64_t{1} << 30);
+    return (with_ec ? 4 : 2) * synthetic_params(synthetic_llada2_config(layers, vocab)) + (int64_t{1} << 30);
   };
   if (avail < 0 || need(moe_layers) <= avail) return;
   int64_t fit = moe_layers;
@@ -78,7 +81,7 @@ void check_synthetic_fits(int64_t moe_layers, int64_t vocab) {
   const auto gib = [](int64_t b) { return std::to_string((b + (int64_t{1} << 29)) >> 30); };
   fail("", "--bench-synth-layers",
        std::to_string(moe_layers) + " MoE layers need about " + gib(need(moe_layers)) +
-           " GiB to build (f32, then bf16); " + gib(avail) + " GiB are available",
+           " GiB (bf16" + std::string(with_ec ? ", and the expert-choice copy" : "") + "); " + gib(avail) + " GiB are available",
        need(fit) <= avail ? "use at most " + std::to_string(fit) : "free memory, or use --bench-synth-vocab 4096");
 }
 
@@ -116,28 +119,55 @@ ModelConfig synthetic_llada2_config(int64_t moe_layers, int64_t vocab) {
   return c;
 }
 
+namespace {
+
+// Fills t with N(0, std) drawn in f32 a chunk at a time (fast vectorized sampling, bounded memory).
+void fill_normal(torch::Tensor t, double std) {
+  auto flat = t.view({-1});
+  constexpr int64_t kChunk = int64_t{1} << 25;
+  for (int64_t i = 0; i < flat.numel(); i += kChunk) {
+    const int64_t n = std::min(kChunk, flat.numel() - i);
+    flat.narrow(0, i, n).copy_(torch::empty({n}, torch::kFloat32).normal_(0.0, std));
+  }
+}
+
+// A model of config c with its parameters allocated in bf16 and left unwritten (no pages yet).
+MoeDlm empty_bf16_model(const ModelConfig& c) {
+  SkipWeightInit skip;
+  compat::DefaultDtype bf16(torch::kBFloat16);
+  return MoeDlm(c);
+}
+
+}  // namespace
+
 MoeDlm make_synthetic_model(const ModelConfig& c, uint64_t seed) {
   torch::manual_seed(seed);
-  MoeDlm m(c);
+  // Built in bf16 directly (2 bytes a parameter; f32 then a cast peaked at 6): 8 MoE layers fit
+  // in 24 GB. The init follows MoeDlm's (N(0, 0.02), output projections N(0, 0.02 / sqrt(2
+  // layers)), norms 1) except the embeddings and the router below.
+  MoeDlm m = empty_bf16_model(c);
   torch::NoGradGuard ng;
-  const double D = static_cast<double>(c.hidden_size);
-  m->model->word_embeddings->weight.normal_(0.0, 1.0);
-  for (auto& blk : m->moe_blocks()) {
-    // Router: sharp enough that sigmoid scores differ (N(0, 4/D) weights on unit-scale inputs),
-    // plus a selection-only popularity bias -a ln(1 + rank) over shuffled experts. a = 0.045 is
-    // calibrated on the metric the dMoE paper reports, the mean over a decode's denoising
-    // forwards (dmoe-llada2.md gotcha 13): this bench's 256-token token-routing decode then uses
-    // 69 distinct experts per 32-token block, against 69.5 on LLaDA2.0-mini. (a = 0.06, the
-    // earlier value, was fitted on one half-decoded block and gave 60-62 over a decode.)
-    blk->gate->weight.normal_(0.0, 2.0 / std::sqrt(D));
-    auto rank = torch::randperm(c.num_experts, torch::kInt64).to(torch::kFloat32);
-    blk->gate->expert_bias.copy_(-kSyntheticPopularityBias * torch::log1p(rank));
+  const double out_std = 0.02 / std::sqrt(2.0 * static_cast<double>(c.num_hidden_layers));
+  for (auto& kv : m->named_parameters(true)) {
+    const auto& name = kv.key();
+    if (ends_with(name, "word_embeddings.weight")) continue;  // below
+    const bool is_out = ends_with(name, "attention.dense.weight") || ends_with(name, "down_proj.weight") ||
+                        ends_with(name, "experts.down_proj");
+    if (ends_with(name, "norm.weight")) kv.value().fill_(1.0);
+    else fill_normal(kv.value(), is_out ? out_std : 0.02);
   }
-  m->to(torch::kBFloat16);
-  // Router weights and the bias stay f32 as in the reference (router math in fp32).
+  const double D = static_cast<double>(c.hidden_size);
+  fill_normal(m->model->word_embeddings->weight, 1.0);
   for (auto& blk : m->moe_blocks()) {
-    blk->gate->weight.set_data(blk->gate->weight.to(torch::kFloat32));
-    blk->gate->expert_bias.set_data(blk->gate->expert_bias.to(torch::kFloat32));
+    // Router (f32, as in the reference: router math in fp32): sharp enough that sigmoid scores
+    // differ (N(0, 4/D) weights on unit-scale inputs), plus a selection-only popularity bias
+    // -a ln(1 + rank) over shuffled experts. a = 0.045 is calibrated on the metric the dMoE paper
+    // reports, the mean over a decode's denoising forwards (dmoe-llada2.md gotcha 13): this
+    // bench's 256-token token-routing decode then uses about 69 distinct experts per 32-token
+    // block, against 69.5 on LLaDA2.0-mini.
+    blk->gate->weight.set_data(torch::empty(blk->gate->weight.sizes(), torch::kFloat32).normal_(0.0, 2.0 / std::sqrt(D)));
+    auto rank = torch::randperm(c.num_experts, torch::kInt64).to(torch::kFloat32);
+    blk->gate->expert_bias.set_data(-kSyntheticPopularityBias * torch::log1p(rank));
   }
   m->eval();
   return m;
@@ -173,7 +203,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     }
     variants = crossed;
   }
-  // Expert-choice copies only when measured (the synthetic one needs a transient f32 model).
+  // Expert-choice copies only when measured (another 2 bytes a parameter for the synthetic one).
   const bool need_ec = std::any_of(variants.begin(), variants.end(), [](const Variant& v) { return v.routing == "ec"; });
   std::vector<Model> models;
   if (!p.brown_model.empty()) {
@@ -198,14 +228,13 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   }
   {
     const int64_t moe_layers = p.quick ? 2 : p.synth_moe_layers;
-    check_synthetic_fits(moe_layers, p.synth_vocab);
+    check_synthetic_fits(moe_layers, p.synth_vocab, need_ec);
     auto cfg = synthetic_llada2_config(moe_layers, p.synth_vocab);
     Model ms{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
     if (need_ec) {
       auto ec_cfg = retrofit_config(cfg, RetrofitParams{});
-      ms.ec_model = MoeDlm(ec_cfg);
+      ms.ec_model = empty_bf16_model(ec_cfg);
       copy_weights(ms.model, ms.ec_model);
-      ms.ec_model->to(torch::kBFloat16);
       ms.ec_model->eval();
     }
     models.push_back(std::move(ms));

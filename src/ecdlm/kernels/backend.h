@@ -11,6 +11,10 @@ namespace ecdlm::kernels::detail {
 void avx512_rows(const uint16_t* x_MK, int64_t M, int64_t K, const uint16_t* w_NK, int64_t n0, int64_t n1,
                  float* y, int64_t ldy);
 
+// The same over f32 x and w (AVX512F FMA): the router's f32 product.
+void avx512_rows_f32(const float* x_MK, int64_t M, int64_t K, const float* w_NK, int64_t n0, int64_t n1, float* y,
+                     int64_t ldy);
+
 // Vector helpers (AVX512-BF16; every AMX CPU has it). n elements, any n.
 // h = bf16(silu(g) * u), with exp from a polynomial (relative error ~1e-7) before the rounding.
 void avx512_silu_mul_bf16(const float* g, const float* u, int64_t n, uint16_t* h);

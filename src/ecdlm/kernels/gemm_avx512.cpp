@@ -103,6 +103,46 @@ void block_rows(const uint16_t* x, int64_t m0, int64_t mc, int64_t K, const uint
   for (; n < ne; ++n) dot_tile_m<1, PF>(mc, x + m0 * K, w + n * K, K, y + m0 * ldy + (n - n0), ldy);
 }
 
+// The f32 twin of dot_tile (the router: f32 weights, few token rows), 16 lanes a step.
+template <int MC, int RT>
+__attribute__((target("avx512f"))) void dot_tile_f32(const float* x, const float* w, int64_t K, float* y,
+                                                     int64_t ldy) {
+  __m512 acc[RT][MC];
+#pragma GCC unroll 4
+  for (int r = 0; r < RT; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const auto mask = static_cast<__mmask16>(K - k >= 16 ? 0xFFFF : (1U << (K - k)) - 1);
+    __m512 w_v[RT];
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; ++r) w_v[r] = _mm512_maskz_loadu_ps(mask, w + r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) {
+      const __m512 x_v = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < RT; ++r) acc[r][m] = _mm512_fmadd_ps(x_v, w_v[r], acc[r][m]);
+    }
+  }
+  if constexpr (RT == 4) {
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) reduce4(acc[0][m], acc[1][m], acc[2][m], acc[3][m], y + m * ldy);
+  } else {
+#pragma GCC unroll 4
+    for (int m = 0; m < MC; ++m) y[m * ldy] = _mm512_reduce_add_ps(acc[0][m]);
+  }
+}
+
+template <int RT>
+void dot_tile_f32_m(int64_t mc, const float* x, const float* w, int64_t K, float* y, int64_t ldy) {
+  switch (mc) {
+    case 1: return dot_tile_f32<1, RT>(x, w, K, y, ldy);
+    case 2: return dot_tile_f32<2, RT>(x, w, K, y, ldy);
+    case 3: return dot_tile_f32<3, RT>(x, w, K, y, ldy);
+    default: return dot_tile_f32<4, RT>(x, w, K, y, ldy);
+  }
+}
+
 }  // namespace
 
 void avx512_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t n0, int64_t n1, float* y,
@@ -115,6 +155,21 @@ void avx512_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int
         block_rows<true>(x, m0, mc, K, w, nb, ne, n0, y, ldy);
       else
         block_rows<false>(x, m0, mc, K, w, nb, ne, n0, y, ldy);
+    }
+  }
+}
+
+void avx512_rows_f32(const float* x, int64_t M, int64_t K, const float* w, int64_t n0, int64_t n1, float* y,
+                     int64_t ldy) {
+  // Blocks of 32 rows (256 KB at K = 2048) stay in L2 across the passes over the token rows.
+  for (int64_t nb = n0; nb < n1; nb += kBlockN / 2) {
+    const int64_t ne = std::min(n1, nb + kBlockN / 2);
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int64_t mc = std::min<int64_t>(4, M - m0);
+      float* yb = y + m0 * ldy + (nb - n0);
+      int64_t n = nb;
+      for (; n + 4 <= ne; n += 4) dot_tile_f32_m<4>(mc, x + m0 * K, w + n * K, K, yb + (n - nb), ldy);
+      for (; n < ne; ++n) dot_tile_f32_m<1>(mc, x + m0 * K, w + n * K, K, yb + (n - nb), ldy);
     }
   }
 }

@@ -237,6 +237,31 @@ bool small_m_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
          plain_bf16(w_NK) && isa_for(x_MK.size(0), {{w_NK.size(1), w_NK.size(0)}}) != Isa::kNone;
 }
 
+bool small_m_f32_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  const auto plain_f32 = [](const torch::Tensor& t) {
+    return t.defined() && t.scalar_type() == torch::kFloat32 && t.is_contiguous() && t.device().is_cpu() &&
+           !(torch::GradMode::is_enabled() && t.requires_grad());
+  };
+  static const bool avx512f = __builtin_cpu_supports("avx512f");
+  return avx512f && small_m_backend() != SmallM::kTorch && x_MK.dim() == 2 && w_NK.dim() == 2 &&
+         x_MK.size(1) == w_NK.size(1) && x_MK.size(1) >= 1 && x_MK.size(0) >= 1 && x_MK.size(0) <= kAmxMaxM &&
+         plain_f32(x_MK) && plain_f32(w_NK);
+}
+
+torch::Tensor small_m_linear_f32(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  TORCH_CHECK(small_m_f32_applies(x_MK, w_NK), "small_m_linear_f32: inputs the kernel does not take");
+  const int64_t M = x_MK.size(0), K = x_MK.size(1), N = w_NK.size(0);
+  auto y_MN = torch::empty({M, N}, torch::kFloat32);
+  const float* x = x_MK.data_ptr<float>();
+  const float* w = w_NK.data_ptr<float>();
+  float* y = y_MN.data_ptr<float>();
+  const int64_t units = (N + kUnitRows - 1) / kUnitRows;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u)
+    detail::avx512_rows_f32(x, M, K, w, u * kUnitRows, std::min(N, (u + 1) * kUnitRows), y + u * kUnitRows, N);
+  return y_MN;
+}
+
 bool small_m_swiglu_applies(const torch::Tensor& x_MD, const torch::Tensor& gate_FD, const torch::Tensor& up_FD,
                             const torch::Tensor& down_DF) {
   if (x_MD.dim() != 2 || gate_FD.dim() != 2 || up_FD.sizes() != gate_FD.sizes() || down_DF.dim() != 2) return false;

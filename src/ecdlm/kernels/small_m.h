@@ -37,6 +37,10 @@ bool small_m_swiglu_applies(const torch::Tensor& x_MD, const torch::Tensor& gate
 
 // y_MN (f32) = x_MK · w_NKᵀ, f32 accumulation. Requires small_m_applies.
 torch::Tensor small_m_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
+// f32 twin for the router (f32 weights): x_MK, w_NK f32, contiguous, CPU, no autograd, K >= 1,
+// 1 <= M <= 64, a CPU with AVX512F and a backend other than torch. y_MN = x_MK · w_NKᵀ (f32).
+bool small_m_f32_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
+torch::Tensor small_m_linear_f32(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
 // (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ in bf16 [M, D]: h is rounded to bf16 once, the output once
 // (torch's path rounds after each op). Requires small_m_swiglu_applies.
 torch::Tensor small_m_swiglu(const torch::Tensor& x_MD, const torch::Tensor& gate_FD, const torch::Tensor& up_FD,

@@ -1,7 +1,10 @@
 #include "ecdlm/moe/experts.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "ecdlm/model/init.h"
 #include "ecdlm/model/layers.h"
@@ -103,8 +106,93 @@ torch::Tensor combine_slots(const torch::Tensor& y_END, const torch::Tensor& gat
   return torch::zeros({T, D}, weighted.options()).index_add(0, token_EN.reshape({-1}), weighted);
 }
 
+namespace {
+
+// Pairs sorted by expert, stable in the flat pair index t * K + k (as torch::sort(stable)).
+struct SortedPairs {
+  std::vector<int64_t> counts_E, pair_of_P;
+};
+
+SortedPairs sort_pairs(const int64_t* idx, int64_t P, int64_t E) {
+  SortedPairs s{std::vector<int64_t>(static_cast<size_t>(E), 0), std::vector<int64_t>(static_cast<size_t>(P))};
+  for (int64_t i = 0; i < P; ++i) {
+    TORCH_CHECK(idx[i] >= 0 && idx[i] < E, "run_token_major: expert id ", idx[i], " outside [0, ", E, ")");
+    ++s.counts_E[size_t(idx[i])];
+  }
+  std::vector<int64_t> next(static_cast<size_t>(E), 0);
+  for (int64_t e = 1; e < E; ++e) next[size_t(e)] = next[size_t(e - 1)] + s.counts_E[size_t(e - 1)];
+  for (int64_t i = 0; i < P; ++i) s.pair_of_P[size_t(next[size_t(idx[i])]++)] = i;
+  return s;
+}
+
+template <typename T>
+float as_f32(T v) { return static_cast<float>(v); }
+
+// out[t] = sum over t's pairs, in sorted order, of float(y) * gate: the same additions, in the same
+// order, as index_add over the sorted rows, so the result equals the torch path bit for bit.
+template <typename Y>
+void combine_sorted(const Y* y_PD, const float* gate, const std::vector<int64_t>& pair_of_P, int64_t T, int64_t K,
+                    int64_t D, float* out_TD) {
+  const auto P = static_cast<int64_t>(pair_of_P.size());
+  std::vector<int64_t> row_of_pair(static_cast<size_t>(P));
+  for (int64_t r = 0; r < P; ++r) row_of_pair[size_t(pair_of_P[size_t(r)])] = r;
+  at::parallel_for(0, T, 8, [&](int64_t t0, int64_t t1) {
+    std::vector<int64_t> rows(static_cast<size_t>(K));
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t k = 0; k < K; ++k) rows[size_t(k)] = row_of_pair[size_t(t * K + k)];
+      std::sort(rows.begin(), rows.end());
+      float* o = out_TD + t * D;
+      std::fill(o, o + D, 0.0f);
+      for (int64_t r : rows) {
+        const float g = gate[pair_of_P[size_t(r)]];
+        const Y* yr = y_PD + r * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const float prod = as_f32(yr[d]) * g;
+          o[d] = o[d] + prod;
+        }
+      }
+    }
+  });
+}
+
+// Sort, gather and combine without the ~12 torch ops of the generic path (inference only).
+bool token_major_direct(const torch::Tensor& x_TD, const torch::Tensor& idx_TK, const torch::Tensor& gate_TK) {
+  const auto no_grad = [](const torch::Tensor& t) { return !(torch::GradMode::is_enabled() && t.requires_grad()); };
+  const auto dt = x_TD.scalar_type();
+  return (dt == torch::kBFloat16 || dt == torch::kFloat32) && x_TD.dim() == 2 && x_TD.is_contiguous() &&
+         x_TD.device().is_cpu() && idx_TK.scalar_type() == torch::kInt64 && gate_TK.scalar_type() == torch::kFloat32 &&
+         idx_TK.dim() == 2 && gate_TK.sizes() == idx_TK.sizes() && idx_TK.size(0) == x_TD.size(0) && no_grad(x_TD) &&
+         no_grad(gate_TK);
+}
+
+torch::Tensor run_token_major_direct(const torch::Tensor& x_TD, const torch::Tensor& idx_TK,
+                                     const torch::Tensor& gate_TK, Experts& experts) {
+  const int64_t T = x_TD.size(0), K = idx_TK.size(1), D = x_TD.size(1), P = T * K;
+  const auto idx = idx_TK.contiguous();
+  const auto gate = gate_TK.contiguous();
+  const auto pairs = sort_pairs(idx.data_ptr<int64_t>(), P, experts->num_experts());
+  auto x_PD = torch::empty({P, D}, x_TD.options());
+  const auto row_bytes = static_cast<size_t>(D) * x_TD.element_size();
+  const auto* xs = static_cast<const char*>(x_TD.data_ptr());
+  auto* xd = static_cast<char*>(x_PD.data_ptr());
+  for (int64_t r = 0; r < P; ++r)
+    std::memcpy(xd + r * row_bytes, xs + (pairs.pair_of_P[size_t(r)] / K) * row_bytes, row_bytes);
+  auto y_PD = experts->forward_sorted(x_PD, pairs.counts_E).contiguous();
+  auto out_TD = torch::empty({T, D}, torch::kFloat32);
+  if (y_PD.scalar_type() == torch::kBFloat16)
+    combine_sorted(y_PD.data_ptr<at::BFloat16>(), gate.data_ptr<float>(), pairs.pair_of_P, T, K, D,
+                   out_TD.data_ptr<float>());
+  else
+    combine_sorted(y_PD.to(torch::kFloat32).data_ptr<float>(), gate.data_ptr<float>(), pairs.pair_of_P, T, K, D,
+                   out_TD.data_ptr<float>());
+  return out_TD;
+}
+
+}  // namespace
+
 torch::Tensor run_token_major(const torch::Tensor& x_TD, const torch::Tensor& idx_TK,
                               const torch::Tensor& gate_TK, Experts& experts) {
+  if (token_major_direct(x_TD, idx_TK, gate_TK)) return run_token_major_direct(x_TD, idx_TK, gate_TK, experts);
   const auto T = x_TD.size(0), K = idx_TK.size(1), D = x_TD.size(1);
   const auto E = experts->num_experts();
   auto flat = idx_TK.reshape({-1});

@@ -2,6 +2,7 @@
 
 #include "ecdlm/model/init.h"
 #include "ecdlm/moe/des_routing.h"
+#include "ecdlm/moe/router_infer.h"
 #include "ecdlm/moe/scaling.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
@@ -54,13 +55,19 @@ RoutingPlan MoeBlockImpl::route(const torch::Tensor& x_BLD, const MoeForwardArgs
   }
   TokenChoiceParams p = tc_;
   p.compute_losses = is_training();
+  // Inference takes the one-pass router; training and the reference path keep the torch ops.
+  const bool one_pass = !is_training() && !args.reference && route_infer_applies(logits_TE, p);
+  auto route_tc = [&](const torch::Tensor& allowed_TE) {
+    return one_pass ? route_token_choice_infer(logits_TE, gate->expert_bias, p, allowed_TE)
+                    : route_token_choice(logits_TE, gate->expert_bias, p, allowed_TE);
+  };
   const InferenceRouting* ir = args.routing;
   if (ir && ir->policy == RoutingPolicy::kTopK) p.k = ir->topk_cap;
   if (ir && ir->policy == RoutingPolicy::kBlock) {
     auto biased_TE = biased_scores(logits_TE, gate->expert_bias, p.score);
     auto coreset_BCE = block_coreset(biased_TE.view({B, L, -1}), p.k, ir->block_top_p, ir->block_min_experts,
                                      ir->block_chunk);
-    auto plan = route_token_choice(logits_TE, gate->expert_bias, p, coreset_per_token(coreset_BCE, L, ir->block_chunk));
+    auto plan = route_tc(coreset_per_token(coreset_BCE, L, ir->block_chunk));
     plan.coreset_BCE = coreset_BCE;
     return plan;
   }
@@ -77,11 +84,11 @@ RoutingPlan MoeBlockImpl::route(const torch::Tensor& x_BLD, const MoeForwardArgs
       auto vote_TE = torch::zeros_like(w_TE).scatter(1, idx_TK, w_TE.gather(1, idx_TK));
       coreset_BCE = des_vote_coreset(vote_TE.view({B, L, -1}), ir->des_v_threshold, min_experts, ir->des_chunk);
     }
-    auto plan = route_token_choice(logits_TE, gate->expert_bias, p, coreset_per_token(coreset_BCE, L, ir->des_chunk));
+    auto plan = route_tc(coreset_per_token(coreset_BCE, L, ir->des_chunk));
     plan.coreset_BCE = coreset_BCE;
     return plan;
   }
-  return route_token_choice(logits_TE, gate->expert_bias, p);
+  return route_tc(torch::Tensor());
 }
 
 torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x_BLD, const MoeForwardArgs& args) {

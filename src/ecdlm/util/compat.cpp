@@ -49,3 +49,10 @@ AutocastOff::AutocastOff() : prev_(at::autocast::is_cpu_enabled()) {
 }
 AutocastOff::~AutocastOff() { at::autocast::set_cpu_enabled(prev_); }
 }  // namespace ecdlm::compat
+
+namespace ecdlm::compat {
+DefaultDtype::DefaultDtype(at::ScalarType dtype) : prev_(c10::get_default_dtype()) {
+  c10::set_default_dtype(c10::scalarTypeToTypeMeta(dtype));
+}
+DefaultDtype::~DefaultDtype() { c10::set_default_dtype(prev_); }
+}  // namespace ecdlm::compat

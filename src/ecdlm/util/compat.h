@@ -43,3 +43,18 @@ class AutocastOff {
   bool prev_;
 };
 }  // namespace ecdlm::compat
+
+namespace ecdlm::compat {
+// RAII: the dtype torch::empty & co. give floating tensors without an explicit one, so a module
+// can allocate its parameters directly in bf16 (c10::set_default_dtype; not thread-local).
+class DefaultDtype {
+ public:
+  explicit DefaultDtype(at::ScalarType dtype);
+  ~DefaultDtype();
+  DefaultDtype(const DefaultDtype&) = delete;
+  DefaultDtype& operator=(const DefaultDtype&) = delete;
+
+ private:
+  caffe2::TypeMeta prev_;
+};
+}  // namespace ecdlm::compat
