@@ -399,7 +399,8 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
     const std::string text = tok ? tok->decode(body) : std::string();
     const double tps = r.seconds > 0 ? static_cast<double>(r.tokens.size()) / r.seconds : 0.0;
     LOG_INFO("sample " << i << ": " << r.tokens.size() << " tokens, " << r.forwards << " denoising + "
-                       << r.cache_forwards << " cache forwards in " << r.seconds << " s (" << tps
+                       << r.cache_forwards << " cache forwards (" << r.ride_along_appends
+                       << " blocks appended in a denoising forward) in " << r.seconds << " s (" << tps
                        << " tokens/s), unique experts per layer per block " << r.avg_unique_experts_per_layer);
     if (o.json) {
       nlohmann::json pf = nlohmann::json::array();
@@ -408,6 +409,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
                       {"ms", f.ms}, {"unique_experts_per_layer", f.unique_experts_per_layer},
                       {"expert_bytes", f.expert_bytes}});
       js.push_back({{"text", text}, {"tokens", r.tokens}, {"forwards", r.forwards}, {"cache_forwards", r.cache_forwards},
+                    {"ride_along_appends", r.ride_along_appends},
                     {"seconds", r.seconds}, {"tokens_per_s", tps}, {"tokens_per_forward",
                      r.forwards ? static_cast<double>(r.tokens.size()) / static_cast<double>(r.forwards) : 0.0},
                     {"avg_unique_experts_per_layer", r.avg_unique_experts_per_layer}, {"eos_stopped", r.eos_stopped},

@@ -30,7 +30,7 @@ d = json.load(open(sys.argv[1])); want = [int(x) for x in sys.argv[2].split(",")
 assert len(d["samples"]) == 3
 for s in d["samples"]:
     assert s["tokens"] == want, (s["tokens"], want)
-    assert abs(s["avg_unique_experts_per_layer"] - 13.6) < 1e-9 and s["cache_forwards"] == 2
+    assert abs(s["avg_unique_experts_per_layer"] - 13.6) < 1e-9 and s["cache_forwards"] == 1 and s["ride_along_appends"] == 1
 PY
 
 # DES-S / DES-V: named in the output, fewer distinct experts per block than token routing.

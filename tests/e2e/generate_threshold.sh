@@ -41,7 +41,9 @@ s = d["samples"][0]
 assert s["tokens"] == want, (s["tokens"], want)
 assert d["kv_cache"] is True and d["routing"] == "block" and d["decoder"] == "llada2"
 assert abs(s["avg_unique_experts_per_layer"] - 13.6) < 1e-9, s["avg_unique_experts_per_layer"]
-assert s["forwards"] == len(s["per_forward"]) and s["cache_forwards"] == 2
+# The prompt's block goes in alone; the first generated block rides along with the second's first forward.
+assert s["forwards"] == len(s["per_forward"]) and s["cache_forwards"] == 1 and s["ride_along_appends"] == 1
+assert s["per_forward"][0]["tokens_in"] == 32 and max(f["tokens_in"] for f in s["per_forward"]) == 64
 assert all(f["expert_bytes"] > 0 for f in s["per_forward"]) and d["peak_rss_mb"] > 0
 PY
 grep -q "routing block (p 0.6" "$TMP/err.txt" || fail "effective settings not logged"

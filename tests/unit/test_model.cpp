@@ -626,6 +626,45 @@ TEST(ModelMask, BlockCausalForwardIgnoresFutureBlocks) {
   EXPECT_FALSE(close(c, d, 1e-6, 1e-6)) << "bidirectional attention should see the change";
 }
 
+// A finished block riding along with the next block's first forward (kv_append_n): the cache it
+// leaves and the next block's hidden states equal a separate append and a cached forward.
+TEST(ModelMask, RideAlongAppendEqualsSeparateAppend) {
+  torch::manual_seed(67);
+  auto cfg = tiny_config(RouterType::kTokenChoice);
+  MoeDlm m(cfg);
+  perturb_weights(m, 0.2);
+  m->eval();
+  torch::NoGradGuard ng;
+  const int64_t L = 4;
+  auto ids = random_ids(1, 3 * L, 64, 63, 0.3);
+  ForwardOptions o;
+  o.block_length = L;
+  o.skip_lm_head = true;
+  KvCache a, b;
+  // Separate: prefill block 0, append block 1, then forward block 2.
+  o.kv_cache = &a;
+  o.kv_append = true;
+  m->forward(ids.narrow(1, 0, L), o);
+  m->forward(ids.narrow(1, L, L), o);
+  o.kv_append = false;
+  auto h_sep = m->forward(ids.narrow(1, 2 * L, L), o).hidden_BLD;
+  // Ride along: prefill block 0, then blocks 1 and 2 in one forward appending block 1 only.
+  o.kv_cache = &b;
+  o.kv_append = true;
+  m->forward(ids.narrow(1, 0, L), o);
+  o.kv_append_n = L;
+  auto h_ride = m->forward(ids.narrow(1, L, 2 * L), o).hidden_BLD.narrow(1, L, L);
+  EXPECT_EQ(a.length(), 2 * L);
+  EXPECT_EQ(b.length(), 2 * L);
+  for (size_t i = 0; i < a.layers.size(); ++i) {
+    EXPECT_TRUE(close(b.layers[i].k, a.layers[i].k, 1e-6, 1e-6)) << "layer " << i;
+    EXPECT_TRUE(close(b.layers[i].v, a.layers[i].v, 1e-6, 1e-6)) << "layer " << i;
+  }
+  EXPECT_TRUE(close(h_ride, h_sep, 1e-5, 1e-6));
+  o.kv_append_n = 2 * L + 1;
+  EXPECT_THROW(m->forward(ids.narrow(1, 0, 2 * L), o), std::invalid_argument);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Statistics only in training
 

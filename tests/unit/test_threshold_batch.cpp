@@ -93,6 +93,7 @@ TEST_P(ThresholdBatch, EqualsRowByRow) {
     EXPECT_EQ(got.tokens, ref.tokens) << "row " << i;
     EXPECT_EQ(got.forwards, ref.forwards) << "row " << i;
     EXPECT_EQ(got.cache_forwards, ref.cache_forwards) << "row " << i;
+    EXPECT_EQ(got.ride_along_appends, ref.ride_along_appends) << "row " << i;
     EXPECT_EQ(got.eos_stopped, ref.eos_stopped) << "row " << i;
     EXPECT_FALSE(got.cancelled);
     ASSERT_EQ(got.per_forward.size(), ref.per_forward.size()) << "row " << i;

@@ -255,6 +255,12 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
     ++res.cache_forwards;
   };
   if (p.kv_cache && first_block > 0) cache_forward(0, first_block * L);
+  // A finished block's K/V ride along with the next block's first forward (2L tokens, the first
+  // L appended): one forward fewer per block. Exact under block-causal attention, and routing
+  // sees the same tokens per coreset chunk (chunks align to block starts). Expert-choice layers
+  // take capacity from the input's mask fraction, so EC models keep a forward of their own.
+  const bool ride_along = p.kv_cache && cfg.router_type != RouterType::kExpertChoice;
+  bool pending = false;  // block lo - L is final but not yet in the cache
 
   int64_t step_global = 0;
   int64_t cut = -1;  // absolute index of the EOS that ends the output (inclusive), -1 = none
@@ -270,7 +276,15 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
       auto o = block_step_options(L, routing);
       torch::Tensor hidden_LD;
       int64_t L_in;
-      if (p.kv_cache) {
+      if (p.kv_cache && pending) {
+        o.kv_cache = &kv;
+        o.kv_append = true;
+        o.kv_append_n = L;
+        L_in = 2 * L;
+        hidden_LD = model->forward(x.narrow(1, lo - L, 2 * L), o).hidden_BLD[0].narrow(0, L, L);
+        pending = false;
+        ++res.ride_along_appends;
+      } else if (p.kv_cache) {
         o.kv_cache = &kv;
         L_in = L;
         hidden_LD = model->forward(block_x, o).hidden_BLD[0];
@@ -324,7 +338,16 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
     if (cut >= 0 || res.cancelled) break;
     // A block with EOS after the prompt ends generation.
     if (!stops.empty() && is_stop(x[0].narrow(0, P, lo + L - P)).any().item<bool>()) break;
-    if (p.kv_cache && b + 1 < NB) cache_forward(lo, L);
+    if (pending) {  // this block had nothing to decode: the previous one goes in on its own
+      cache_forward(lo - L, L);
+      pending = false;
+    }
+    if (p.kv_cache && b + 1 < NB) {
+      if (ride_along)
+        pending = true;
+      else
+        cache_forward(lo, L);
+    }
   }
   auto out = x[0].narrow(0, P, std::min(p.gen_length, total - P));
   std::vector<int64_t> toks(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel());

@@ -63,6 +63,7 @@ struct ThresholdResult {
   std::vector<int64_t> tokens;      // generated tokens, cut after the first EOS / stop id (inclusive)
   int64_t forwards = 0;             // denoising forwards
   int64_t cache_forwards = 0;       // prefill + block-commit forwards
+  int64_t ride_along_appends = 0;   // blocks appended by the next block's first denoising forward
   double seconds = 0.0;
   std::vector<ForwardStat> per_forward;
   double avg_unique_experts_per_layer = 0.0;

@@ -92,6 +92,10 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
     for (int64_t g = 0; g < G; ++g) kv_rows.push_back(g);
     if (first_block > 0) append_blocks(kv_rows, 0, first_block * L);
   }
+  // As threshold_generate: a finished block's K/V ride along with the next block's first forward
+  // (all cached rows still decoding), except on expert-choice models.
+  const bool ride_along = p.kv_cache && model->config().router_type != RouterType::kExpertChoice;
+  bool pending = false;
 
   int64_t step_global = 0;
   for (int64_t b = first_block; b < max_nb; ++b) {
@@ -114,7 +118,19 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
       auto o = block_step_options(L, routing);  // the head runs later, all rows in one call
       torch::Tensor hidden_BLD;
       int64_t L_in;
-      if (p.kv_cache) {
+      if (pending && active.size() != kv_rows.size()) {  // not every cached row steps: append alone
+        append_blocks(kv_rows, lo - L, L);
+        pending = false;
+      }
+      if (pending) {
+        L_in = 2 * L;
+        o.kv_cache = &kv;
+        o.kv_append = true;
+        o.kv_append_n = L;
+        hidden_BLD = model->forward(x.index_select(0, idx).narrow(1, lo - L, 2 * L), o).hidden_BLD.narrow(1, L, L);
+        pending = false;
+        for (auto g : active) ++rows[static_cast<size_t>(g)]->res.ride_along_appends;
+      } else if (p.kv_cache) {
         L_in = L;
         KvCache sub;
         o.kv_cache = &kv;
@@ -189,6 +205,10 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
       }
       ++step_global;
     }
+    if (pending) {  // no forward ran for this block
+      append_blocks(kv_rows, lo - L, L);
+      pending = false;
+    }
     // A block with EOS after the prompt ends the row, as does its last block.
     for (auto g : work) {
       Row& r = *rows[static_cast<size_t>(g)];
@@ -205,7 +225,12 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
       kv = keep.empty() ? KvCache() : select_rows(kv, index_tensor(pos));
       kv_rows = keep;
     }
-    if (!keep.empty()) append_blocks(keep, lo, L);
+    if (!keep.empty()) {
+      if (ride_along)
+        pending = true;
+      else
+        append_blocks(keep, lo, L);
+    }
   }
   return true;
 }

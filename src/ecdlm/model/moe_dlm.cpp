@@ -92,6 +92,9 @@ ForwardResult MoeDlmImpl::forward(const torch::Tensor& ids_BL, const ForwardOpti
   if (kv && opt.pos_offset != 0 && opt.pos_offset != cached)
     throw std::invalid_argument("forward: pos_offset " + std::to_string(opt.pos_offset) +
                                 " differs from the KV cache length " + std::to_string(cached));
+  if (opt.kv_append_n < 0 || opt.kv_append_n > L)
+    throw std::invalid_argument("forward: kv_append_n " + std::to_string(opt.kv_append_n) + " outside [0, " +
+                                std::to_string(L) + "]");
   const int64_t pos0 = kv ? cached : opt.pos_offset;
   auto pos_L = torch::arange(pos0, pos0 + L, torch::kInt64);
   torch::Tensor mask_LS;
@@ -108,8 +111,10 @@ ForwardResult MoeDlmImpl::forward(const torch::Tensor& ids_BL, const ForwardOpti
     x = layer->forward(x, rope, mask_LS, margs, past, kv ? &present : nullptr);
     if (kv && opt.kv_append) {
       auto& c = kv->layers[static_cast<size_t>(li)];
-      c.k = c.k.defined() ? torch::cat({c.k, present.k}, 2) : present.k;
-      c.v = c.v.defined() ? torch::cat({c.v, present.v}, 2) : present.v;
+      const int64_t n = opt.kv_append_n > 0 ? opt.kv_append_n : L;
+      auto k = present.k.narrow(2, 0, n), v = present.v.narrow(2, 0, n);
+      c.k = c.k.defined() ? torch::cat({c.k, k}, 2) : k.contiguous();
+      c.v = c.v.defined() ? torch::cat({c.v, v}, 2) : v.contiguous();
     }
     if (!layer->moe_mlp.is_empty() && layer->moe_mlp->last_aux_loss().defined())
       aux = aux + layer->moe_mlp->last_aux_loss();

@@ -24,6 +24,9 @@ struct ForwardOptions {
   // equal to it); with kv_append the input's K/V are appended after the forward.
   KvCache* kv_cache = nullptr;
   bool kv_append = false;
+  // With kv_append, > 0: append only the first n input positions (a finished block riding along
+  // with the first forward of the next one); 0 appends them all.
+  int64_t kv_append_n = 0;
 };
 
 struct ForwardResult {
