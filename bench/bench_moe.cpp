@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "ecdlm/bench/generate_bench.h"
 #include "ecdlm/moe/moe_block.h"
 #include "ecdlm/util/compat.h"
 #include "ecdlm/util/huge_pages.h"
@@ -69,18 +70,7 @@ BENCHMARK(BM_MoeLayer)
 void BM_MoeDecodeLayer(benchmark::State& state) {
   torch::set_num_threads(static_cast<int>(state.range(0)));
   torch::NoGradGuard ng;
-  ModelConfig c;
-  c.hidden_size = 2048;
-  c.num_experts = 256;
-  c.num_experts_per_tok = 8;
-  c.moe_intermediate_size = 512;
-  c.shared_expert_intermediate_size = 512;
-  c.n_group = 8;
-  c.topk_group = 4;
-  c.score_function = ScoreFunction::kSigmoid;
-  c.norm_topk_prob = true;
-  c.routed_scaling_factor = 2.5;
-  c.moe_router_enable_expert_bias = true;
+  const auto c = bench::synthetic_llada2_config(1, 32768);  // its MoE layer
   static std::vector<moe::MoeBlock> blocks;
   static std::vector<torch::Tensor> xs;
   if (blocks.empty()) {
