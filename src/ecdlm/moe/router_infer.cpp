@@ -55,6 +55,7 @@ RoutingPlan route_token_choice_infer(const torch::Tensor& logits_TE, const torch
   std::vector<float> biased(static_cast<size_t>(E)), key(static_cast<size_t>(E));
   std::vector<float> group_score(static_cast<size_t>(std::max<int64_t>(p.n_group, 1)));
   std::vector<int64_t> order(static_cast<size_t>(E)), gorder(group_score.size());
+  std::vector<char> keep(group_score.size());
   for (int64_t t = 0; t < T; ++t) {
     const float* st = s + t * E;
     for (int64_t e = 0; e < E; ++e) {
@@ -78,8 +79,8 @@ RoutingPlan route_token_choice_infer(const torch::Tensor& logits_TE, const torch
       }
       std::iota(gorder.begin(), gorder.end(), 0);
       std::partial_sort(gorder.begin(), gorder.begin() + p.topk_group, gorder.end(), ByValueThenIndex{group_score.data()});
-      std::vector<bool> keep(static_cast<size_t>(p.n_group), false);
-      for (int64_t i = 0; i < p.topk_group; ++i) keep[size_t(gorder[size_t(i)])] = true;
+      std::fill(keep.begin(), keep.end(), 0);
+      for (int64_t i = 0; i < p.topk_group; ++i) keep[size_t(gorder[size_t(i)])] = 1;
       for (int64_t e = 0; e < E; ++e)
         if (!keep[size_t(e / gsz)]) key[size_t(e)] = kNegInf;
     }
