@@ -3,7 +3,6 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
-#include <cmath>
 #include <cstdlib>
 #include <string>
 
@@ -77,8 +76,7 @@ void BM_MoeDecodeLayer(benchmark::State& state) {
     torch::manual_seed(0);
     for (int i = 0; i < 3; ++i) {
       moe::MoeBlock b(c);
-      b->gate->weight.normal_(0.0, 2.0 / std::sqrt(2048.0));
-      b->gate->expert_bias.copy_(-0.045 * torch::log1p(torch::randperm(256, torch::kInt64).to(torch::kFloat32)));
+      bench::init_synthetic_router(*b);
       b->experts->to(torch::kBFloat16);
       b->shared_experts->to(torch::kBFloat16);
       b->eval();
@@ -90,10 +88,10 @@ void BM_MoeDecodeLayer(benchmark::State& state) {
   prof::reset();
   moe::MoeForwardArgs args;
   double unique = 0;
-  for (auto& b : blocks) {
-    b->experts->reset_touched();
-    b->forward(xs[&b - blocks.data()], args);
-    unique += static_cast<double>(b->experts->num_touched());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    blocks[i]->experts->reset_touched();
+    blocks[i]->forward(xs[i], args);
+    unique += static_cast<double>(blocks[i]->experts->num_touched());
   }
   prof::reset();
   for (auto _ : state)

@@ -147,30 +147,31 @@ MoeDlm make_synthetic_model(const ModelConfig& c, uint64_t seed) {
   // layers)), norms 1) except the embeddings and the router below.
   MoeDlm m = empty_bf16_model(c);
   torch::NoGradGuard ng;
-  const double out_std = 0.02 / std::sqrt(2.0 * static_cast<double>(c.num_hidden_layers));
   for (auto& kv : m->named_parameters(true)) {
-    const auto& name = kv.key();
-    if (ends_with(name, "word_embeddings.weight")) continue;  // below
-    const bool is_out = ends_with(name, "attention.dense.weight") || ends_with(name, "down_proj.weight") ||
-                        ends_with(name, "experts.down_proj");
-    if (ends_with(name, "norm.weight")) kv.value().fill_(1.0);
-    else fill_normal(kv.value(), is_out ? out_std : 0.02);
+    if (ends_with(kv.key(), "word_embeddings.weight")) continue;  // below
+    const auto init = param_init(kv.key(), c.num_hidden_layers);
+    if (init.ones) kv.value().fill_(1.0);
+    else fill_normal(kv.value(), init.std);
   }
-  const double D = static_cast<double>(c.hidden_size);
   fill_normal(m->model->word_embeddings->weight, 1.0);
-  for (auto& blk : m->moe_blocks()) {
-    // Router (f32, as in the reference: router math in fp32): sharp enough that sigmoid scores
-    // differ (N(0, 4/D) weights on unit-scale inputs), plus a selection-only popularity bias
-    // -a ln(1 + rank) over shuffled experts. a = 0.045 is calibrated on the metric the dMoE paper
-    // reports, the mean over a decode's denoising forwards (dmoe-llada2.md gotcha 13): this
-    // bench's 256-token token-routing decode then uses about 69 distinct experts per 32-token
-    // block, against 69.5 on LLaDA2.0-mini.
-    blk->gate->weight.set_data(torch::empty(blk->gate->weight.sizes(), torch::kFloat32).normal_(0.0, 2.0 / std::sqrt(D)));
-    auto rank = torch::randperm(c.num_experts, torch::kInt64).to(torch::kFloat32);
-    blk->gate->expert_bias.set_data(-kSyntheticPopularityBias * torch::log1p(rank));
-  }
+  for (auto& blk : m->moe_blocks()) init_synthetic_router(*blk);
   m->eval();
   return m;
+}
+
+void init_synthetic_router(moe::MoeBlockImpl& blk) {
+  // f32, as in the reference (router math in fp32): sharp enough that sigmoid scores differ
+  // (N(0, 4/D) weights on unit-scale inputs), plus a selection-only popularity bias -a ln(1 + rank)
+  // over shuffled experts. a = 0.045 is calibrated on the metric the dMoE paper reports, the mean
+  // over a decode's denoising forwards (dmoe-llada2.md gotcha 13): this bench's 256-token
+  // token-routing decode then uses about 69 distinct experts per 32-token block, against 69.5 on
+  // LLaDA2.0-mini.
+  torch::NoGradGuard ng;
+  const auto E = blk.gate->weight.size(0), D = blk.gate->weight.size(1);
+  blk.gate->weight.set_data(
+      torch::empty({E, D}, torch::kFloat32).normal_(0.0, 2.0 / std::sqrt(static_cast<double>(D))));
+  auto rank = torch::randperm(E, torch::kInt64).to(torch::kFloat32);
+  blk.gate->expert_bias.set_data(-kSyntheticPopularityBias * torch::log1p(rank));
 }
 
 std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {

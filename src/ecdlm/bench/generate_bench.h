@@ -61,6 +61,9 @@ ModelConfig synthetic_llada2_config(int64_t moe_layers, int64_t vocab);
 // Random bf16 weights with an expert-popularity bias calibrated so token routing touches about
 // as many experts per 32-token block as LLaDA2.0-mini (paper: 69.5).
 MoeDlm make_synthetic_model(const ModelConfig& c, uint64_t seed);
+// The synthetic model's router on one MoE layer (f32 weights and the popularity bias; needs the
+// bias buffer): the microbenchmarks reuse it.
+void init_synthetic_router(moe::MoeBlockImpl& blk);
 
 std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p);
 

@@ -50,6 +50,10 @@ ForwardOptions block_step_options(int64_t L, const moe::InferenceRouting* routin
   return o;
 }
 
+bool kv_rides_along(const ThresholdParams& p, const ModelConfig& cfg) {
+  return p.kv_cache && cfg.router_type != RouterType::kExpertChoice;
+}
+
 torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND) {
   prof::Scope ps(prof::kHead);
   // The head streams its whole [V, D] matrix for the block's few still-masked rows: the small-M
@@ -255,11 +259,7 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
     ++res.cache_forwards;
   };
   if (p.kv_cache && first_block > 0) cache_forward(0, first_block * L);
-  // A finished block's K/V ride along with the next block's first forward (2L tokens, the first
-  // L appended): one forward fewer per block. Exact under block-causal attention, and routing
-  // sees the same tokens per coreset chunk (chunks align to block starts). Expert-choice layers
-  // take capacity from the input's mask fraction, so EC models keep a forward of their own.
-  const bool ride_along = p.kv_cache && cfg.router_type != RouterType::kExpertChoice;
+  const bool ride_along = kv_rides_along(p, cfg);  // one forward fewer per block
   bool pending = false;  // block lo - L is final but not yet in the cache
 
   int64_t step_global = 0;

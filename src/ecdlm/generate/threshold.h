@@ -115,6 +115,12 @@ torch::Tensor threshold_commit(const torch::Tensor& conf_L, ThresholdRule rule, 
 ForwardOptions block_step_options(int64_t L, const moe::InferenceRouting* routing, KvCache* kv = nullptr,
                                   bool kv_append = false);
 
+// Whether a finished block's K/V ride along with the next block's first forward (2L tokens, the
+// first L appended) instead of a forward of their own: with the cache, on token-choice models.
+// Exact under block-causal attention, and routing sees the same tokens per coreset chunk (chunks
+// align to block starts); expert-choice layers take capacity from the input's mask fraction.
+bool kv_rides_along(const ThresholdParams& p, const ModelConfig& cfg);
+
 // The LM head on final hidden states [N, D] (timed as prof::kHead): f32 (or wider) logits [N, V].
 torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND);
 

@@ -92,9 +92,9 @@ bool decode_group(MoeDlm& model, std::vector<Row*>& rows, const ThresholdParams&
     for (int64_t g = 0; g < G; ++g) kv_rows.push_back(g);
     if (first_block > 0) append_blocks(kv_rows, 0, first_block * L);
   }
-  // As threshold_generate: a finished block's K/V ride along with the next block's first forward
-  // (all cached rows still decoding), except on expert-choice models.
-  const bool ride_along = p.kv_cache && model->config().router_type != RouterType::kExpertChoice;
+  // A finished block's K/V ride along with the next block's first forward when every cached row
+  // still decodes it.
+  const bool ride_along = kv_rides_along(p, model->config());
   bool pending = false;
 
   int64_t step_global = 0;

@@ -327,7 +327,6 @@ ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, co
     for (const auto& [name, t] : export_tensors(model)) shapes.emplace_back(name, t.sizes().vec());
   }
   auto gen = std::make_shared<torch::Generator>(at::detail::createCPUGenerator(seed));
-  const double out_std = 0.02 / std::sqrt(2.0 * static_cast<double>(cfg.num_hidden_layers));
   const auto dt = io::dtype_to_torch(*want);
   std::vector<io::PendingTensor> tensors;
   for (const auto& [name, shape] : shapes) {
@@ -336,13 +335,11 @@ ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, co
     p.shape = shape;
     const bool is_bias = ends_with(name, "expert_bias");
     p.dtype = is_bias ? io::DType::F32 : *want;
-    const bool is_norm = ends_with(name, "norm.weight");
-    const bool is_out = ends_with(name, "attention.dense.weight") || ends_with(name, "o_proj.weight") ||
-                        ends_with(name, "down_proj.weight");
-    p.make = [gen, shape = shape, is_bias, is_norm, is_out, out_std, dt] {
+    const auto init = param_init(name, cfg.num_hidden_layers);
+    p.make = [gen, shape = shape, is_bias, init, dt] {
       if (is_bias) return torch::zeros(shape, torch::kFloat32);
-      if (is_norm) return torch::ones(shape, dt);
-      return at::normal(0.0, is_out ? out_std : 0.02, shape, *gen).to(dt);
+      if (init.ones) return torch::ones(shape, dt);
+      return at::normal(0.0, init.std, shape, *gen).to(dt);
     };
     tensors.push_back(std::move(p));
   }

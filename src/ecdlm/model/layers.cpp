@@ -1,8 +1,11 @@
 #include "ecdlm/model/layers.h"
 
+#include <cmath>
+
 #include "ecdlm/kernels/norm_rope.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/init.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm {
 namespace idx = torch::indexing;
@@ -14,6 +17,13 @@ thread_local bool g_init_enabled = true;
 bool weight_init_enabled() { return g_init_enabled; }
 SkipWeightInit::SkipWeightInit() : prev_(g_init_enabled) { g_init_enabled = false; }
 SkipWeightInit::~SkipWeightInit() { g_init_enabled = prev_; }
+
+ParamInit param_init(const std::string& name, int64_t num_hidden_layers) {
+  if (ends_with(name, "norm.weight")) return {true, 0.0};
+  const bool out = ends_with(name, "attention.dense.weight") || ends_with(name, "o_proj.weight") ||
+                   ends_with(name, "down_proj.weight") || ends_with(name, "experts.down_proj");
+  return {false, out ? 0.02 / std::sqrt(2.0 * static_cast<double>(num_hidden_layers)) : 0.02};
+}
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));

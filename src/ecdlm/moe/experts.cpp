@@ -125,9 +125,6 @@ SortedPairs sort_pairs(const int64_t* idx, int64_t P, int64_t E) {
   return s;
 }
 
-template <typename T>
-float as_f32(T v) { return static_cast<float>(v); }
-
 // out[t] = sum over t's pairs, in sorted order, of float(y) * gate: the same additions, in the same
 // order, as index_add over the sorted rows, so the result equals the torch path bit for bit.
 template <typename Y>
@@ -147,7 +144,7 @@ void combine_sorted(const Y* y_PD, const float* gate, const std::vector<int64_t>
         const float g = gate[pair_of_P[size_t(r)]];
         const Y* yr = y_PD + r * D;
         for (int64_t d = 0; d < D; ++d) {
-          const float prod = as_f32(yr[d]) * g;
+          const float prod = static_cast<float>(yr[d]) * g;
           o[d] = o[d] + prod;
         }
       }
