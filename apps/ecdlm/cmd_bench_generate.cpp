@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "ecdlm/bench/generate_bench.h"
+#include "ecdlm/bench/generate_plot.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/huge_pages.h"
 #include "ecdlm/util/log.h"
@@ -16,27 +17,8 @@ namespace {
 struct GenBenchArgs {
   bench::GenBenchParams p;
   bool json = false;
-  std::string out_md, plot;
+  std::string out_md, out_json, plot;
 };
-
-void write_plots(const std::vector<bench::GenBenchRow>& rows, const std::string& png) {
-  std::vector<Series> lines;
-  std::map<std::string, Series> by_model;
-  for (const auto& r : rows) {
-    if (!r.kv_cache) continue;
-    auto& s = by_model[r.model];
-    s.name = r.model + " (x: unique experts/block, y: MoE ms/forward)";
-    s.x.push_back(r.unique_experts_per_block);
-    s.y.push_back(r.moe_ms_per_forward);
-  }
-  for (auto& kv : by_model) lines.push_back(kv.second);
-  const auto parent = std::filesystem::path(png).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
-  if (plot_lines(png, {"MoE time per forward vs unique experts per block (each routing policy)", "unique experts per block",
-                       "MoE ms per forward", false},
-                 lines))
-    std::cout << png << "\n";
-}
 
 int run(const GenBenchArgs& a) {
   const auto& p = a.p;
@@ -55,7 +37,8 @@ int run(const GenBenchArgs& a) {
   auto rows = bench::run_generate_bench(p);
   const auto md = bench::to_markdown(rows, p);
   if (!a.out_md.empty()) write_file_atomic(a.out_md, md);
-  if (!a.plot.empty()) write_plots(rows, a.plot);
+  if (!a.out_json.empty()) write_file_atomic(a.out_json, bench::to_json(rows).dump(2) + "\n");
+  if (!a.plot.empty() && bench::plot_generate(rows, a.plot)) std::cout << a.plot << "\n";
   if (a.json)
     std::cout << bench::to_json(rows).dump(2) << std::endl;
   else
@@ -96,7 +79,8 @@ void register_bench_generate(CLI::App* bench) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--bench-seed", a->p.seed, "Seed for the synthetic weights and the prompt")->capture_default_str();
   sub->add_option("--out-md", a->out_md, "Also write the markdown table here");
-  sub->add_option("--plot", a->plot, "PNG: MoE ms per forward against unique experts per block");
+  sub->add_option("--out-json", a->out_json, "Also write the --json document here (`ecdlm plot --bench-generate` redraws it)");
+  sub->add_option("--plot", a->plot, "PNG: MoE ms per forward against unique experts per block, a labelled point per policy");
   set_runner(sub, [a] { return run(*a); });
 }
 

@@ -1,8 +1,14 @@
 // `bench generate` bookkeeping: KV-cache speedups pair cache on/off runs of the same model, routing
-// and small-M kernel, repetition by repetition; JSON and markdown carry the kernel.
+// and small-M kernel, repetition by repetition; JSON and markdown carry the kernel; the plot labels
+// each policy's point and draws a line only through the ordered block-p sweep.
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <sstream>
+
+#include "../test_util.h"
 #include "ecdlm/bench/generate_bench.h"
+#include "ecdlm/bench/generate_plot.h"
 
 namespace ecdlm::bench {
 namespace {
@@ -37,6 +43,55 @@ TEST(GenerateBench, CacheRatiosPairByKernelAndRepetition) {
   const auto md = to_markdown(rows, GenBenchParams{});
   EXPECT_NE(md.find("| m | token | on | auto |"), std::string::npos) << md;
   EXPECT_NE(md.find("| m | token | auto | 256 | 3.00x |"), std::string::npos) << md;
+}
+
+
+GenBenchRow point(const std::string& routing, double p, int64_t g, double experts, double moe_ms) {
+  GenBenchRow r = row(routing, true, "auto", {1.0});
+  r.top_p = p;
+  r.block_min_experts = g;
+  r.unique_experts_per_block = experts;
+  r.moe_ms_per_forward = moe_ms;
+  return r;
+}
+
+TEST(GenerateBench, PlotLabelsPointsAndLinesOnlyTheBlockSweep) {
+  // Table order (as the bench emits it): p 0.5, 0.6, then G 12, then 0.8: a line in this order
+  // would double back.
+  std::vector<GenBenchRow> rows = {point("token", 0, 0, 68, 54),        point("block", 0.5, 16, 14.6, 17),
+                                   point("block", 0.6, 16, 16.7, 19),   point("block", 0.6, 12, 14.7, 17.2),
+                                   point("block", 0.8, 16, 27.4, 26),   point("topk", 0, 0, 34.5, 29),
+                                   point("ec", 0, 0, 256, 230),         row("token", false, "auto", {1.0})};
+  const auto series = plot_series(rows);
+  ASSERT_EQ(series.size(), 2U);  // the points, and one sweep (G 12 has a single p: no line)
+  const auto& pts = series[0];
+  EXPECT_EQ(pts.style, Series::Style::kPoints);
+  EXPECT_EQ(pts.labels, (std::vector<std::string>{"token", "block p=0.5 G=16", "block p=0.6 G=16",
+                                                  "block p=0.6 G=12", "block p=0.8 G=16", "topk", "ec"}));
+  EXPECT_EQ(pts.x.size(), 7U);  // the cache-off row is not plotted
+  const auto& line = series[1];
+  EXPECT_EQ(line.style, Series::Style::kLines);
+  EXPECT_EQ(line.name, "m: block p sweep, G=16");
+  EXPECT_EQ(line.x, (std::vector<double>{14.6, 16.7, 27.4}));  // sorted by p
+  EXPECT_EQ(line.y, (std::vector<double>{17, 19, 26}));
+
+  // The script draws points and their labels; only the sweep uses lines.
+  const auto dir = ecdlm::test::temp_dir("gen-plot");
+  plot_generate(rows, dir + "/p.png");
+  std::ifstream gp(dir + "/p.png.gp");
+  std::stringstream ss;
+  ss << gp.rdbuf();
+  const std::string script = ss.str();
+  EXPECT_NE(script.find("index 0 using 1:2 with points"), std::string::npos) << script;
+  EXPECT_NE(script.find("index 0 using 1:4:3 with labels"), std::string::npos) << script;
+  EXPECT_NE(script.find("index 1 using 1:2 with lines"), std::string::npos) << script;
+  EXPECT_EQ(script.find("index 0 using 1:2 with lines"), std::string::npos) << script;
+
+  // A saved `--out-json` document plots the same rows.
+  const auto back = rows_from_json(to_json(rows), "rows.json");
+  ASSERT_EQ(back.size(), rows.size());
+  EXPECT_EQ(plot_series(back)[1].x, line.x);
+  EXPECT_THROW(rows_from_json(nlohmann::json{{"results", {{{"model", "m"}}}}}, "bad.json"), std::exception);
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include "ecdlm/bench/generate_bench.h"
+#include "ecdlm/bench/generate_plot.h"
 
 #include <algorithm>
 #include <array>
@@ -384,18 +385,12 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
   o << std::fixed;
   o << "| model | routing | KV cache | kernel | unique experts / block | expert MB / forward | ms / forward | MoE | attention | "
        "dense | LM head | other | tokens/s | vs token (cache) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-  auto name = [](const std::string& routing, double top_p, int64_t min_experts) {
-    if (routing != "block") return routing;
-    std::ostringstream s;
-    s << "block p=" << std::fixed << std::setprecision(1) << top_p << " G=" << min_experts;
-    return s.str();
-  };
   for (const auto& r : rows) {
     double base = 0;
     for (const auto& b : rows)
       if (b.model == r.model && b.routing == "token" && b.kv_cache && b.kernel == r.kernel)
         base = b.tokens_per_s;
-    o << "| " << r.model << " | " << name(r.routing, r.top_p, r.block_min_experts) << " | " << (r.kv_cache ? "on" : "off") << " | "
+    o << "| " << r.model << " | " << policy_label(r.routing, r.top_p, r.block_min_experts) << " | " << (r.kv_cache ? "on" : "off") << " | "
       << r.kernel << " | "
       << std::setprecision(1) << r.unique_experts_per_block << " | " << r.expert_bytes_per_forward / 1048576.0 << " | "
       << std::setprecision(2) << r.ms_per_forward << " | " << r.moe_ms_per_forward << " | "
@@ -411,7 +406,7 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
     o << "\nKV cache speedup (tokens/s on / off, paired per repetition):\n\n| model | routing | kernel | "
          "generated tokens | speedup (median) | per repetition |\n|---|---|---|---|---|---|\n";
     for (const auto& c : kv) {
-      o << "| " << c.model << " | " << name(c.routing, c.top_p, c.block_min_experts) << " | " << c.kernel << " | " << c.gen_length << " | " << std::setprecision(2)
+      o << "| " << c.model << " | " << policy_label(c.routing, c.top_p, c.block_min_experts) << " | " << c.kernel << " | " << c.gen_length << " | " << std::setprecision(2)
         << c.median << "x |";
       for (size_t i = 0; i < c.ratios.size(); ++i) o << (i ? ", " : " ") << c.ratios[i];
       o << " |\n";
