@@ -59,7 +59,7 @@ torch::ScalarType parse_dtype(const std::string& s) {
 }
 
 moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
-  auto r = moe::InferenceRouting::defaults_for(cfg);
+  auto r = default_routing(cfg);
   if (!policy.empty()) r.policy = moe::parse_routing_policy(policy);
   // ec is applied at load time; in the layers it is the (converted) model's own routing.
   if (r.policy == moe::RoutingPolicy::kExpertChoice) r.policy = moe::RoutingPolicy::kToken;
