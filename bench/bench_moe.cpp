@@ -18,16 +18,16 @@ namespace {
 
 enum Variant : int { kEc = 0, kTcDropless = 1, kTcCapacity = 2 };
 
-ModelConfig layer_config(Variant v) {
-  ModelConfig c;
+moe::MoeConfig layer_config(Variant v) {
+  moe::MoeConfig c;
   c.hidden_size = 256;
   c.num_experts = 32;
   c.num_experts_per_tok = 2;
   c.moe_intermediate_size = 256;
   c.shared_expert_intermediate_size = 256;
-  c.router_type = v == kEc ? RouterType::kExpertChoice : RouterType::kTokenChoice;
-  c.moe_capacity_factor = v == kTcCapacity ? 1.25 : 0.0;
-  c.moe_enable_scaling_factor = true;
+  c.router_type = v == kEc ? moe::RouterType::kExpertChoice : moe::RouterType::kTokenChoice;
+  c.capacity_factor = v == kTcCapacity ? 1.25 : 0.0;
+  c.enable_scaling_factor = true;
   return c;
 }
 
@@ -69,7 +69,7 @@ BENCHMARK(BM_MoeLayer)
 void BM_MoeDecodeLayer(benchmark::State& state) {
   torch::set_num_threads(static_cast<int>(state.range(0)));
   torch::NoGradGuard ng;
-  const auto c = bench::synthetic_llada2_config(1, 32768);  // its MoE layer
+  const auto c = moe_config_from(bench::synthetic_llada2_config(1, 32768));  // its MoE layer
   static std::vector<moe::MoeBlock> blocks;
   static std::vector<torch::Tensor> xs;
   if (blocks.empty()) {

@@ -7,7 +7,6 @@
 #include "ecdlm/data/shards.h"
 #include "ecdlm/generate/decoder.h"
 #include "ecdlm/model/checkpoint.h"
-#include "ecdlm/moe/scaling.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
@@ -120,7 +119,7 @@ int run(TrainArgs& a) {
       if (given(a, f)) LOG_WARN(f << " has no effect with the token-choice router");
   }
   // TC norm matching (ec-dlm.md §4.1): a constant factor, stored in config.json.
-  moe::apply_tc_scaling_factor(cfg);
+  apply_tc_scaling_factor(cfg);
 
   auto res = run_training(cfg, p, a.resume);
   double uni = unigram_baseline(p.data_dir);

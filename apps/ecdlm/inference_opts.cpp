@@ -59,7 +59,7 @@ torch::ScalarType parse_dtype(const std::string& s) {
 }
 
 moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
-  auto r = moe::InferenceRouting::defaults_for(cfg);
+  auto r = default_routing(cfg);
   if (!policy.empty()) r.policy = moe::parse_routing_policy(policy);
   // ec is applied at load time; in the layers it is the (converted) model's own routing.
   if (r.policy == moe::RoutingPolicy::kExpertChoice) r.policy = moe::RoutingPolicy::kToken;
@@ -76,7 +76,7 @@ moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
     if (!des && o->count() > 0)
       LOG_WARN(o->get_name() << " has no effect: routing is " << moe::routing_policy_name(r.policy)
                              << " (it applies to --moe-routing des-s / des-v)");
-  if (r.policy != moe::RoutingPolicy::kToken) r.validate(cfg);
+  if (r.policy != moe::RoutingPolicy::kToken) r.validate(moe_config_from(cfg));
   if (r.policy == moe::RoutingPolicy::kToken && block_top_p >= 0 && !(block_top_p > 0 && block_top_p <= 1))
     fail("", "--block-top-p", "must be in (0, 1]", "");
   return r;

@@ -68,7 +68,7 @@ TEST(MappedLoad, BlockRoutingTouchesOnlyCoresetExperts) {
   auto ids = golden_ids().narrow(1, 0, 32).narrow(0, 0, 1);
   reset_touched_experts(map);
   const int64_t before = weight_bytes_touched(map);
-  moe::InferenceRouting r = moe::InferenceRouting::defaults_for(map->config());
+  moe::InferenceRouting r = default_routing(map->config());
   r.policy = moe::RoutingPolicy::kBlock;
   logits_of(map, ids, &r);
   int64_t used = 0, total = 0;

@@ -11,7 +11,6 @@
 #include "ecdlm/data/batcher.h"
 #include "ecdlm/data/shards.h"
 #include "ecdlm/model/checkpoint.h"
-#include "ecdlm/moe/scaling.h"
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
@@ -32,7 +31,7 @@ ModelConfig variant_config(const ModelConfig& base, const std::string& v) {
     c.router_type = RouterType::kTokenChoice;
     c.moe_capacity_factor = v == "tc-dropless" ? 0.0 : std::stod(v.substr(5));
     c.moe_aux_loss_coeff = 0.01;
-    moe::apply_tc_scaling_factor(c);
+    apply_tc_scaling_factor(c);
   } else {
     fail("", "--variants", "unknown variant '" + v + "'", "use ec, tc-dropless or tc-cf<factor>");
   }

@@ -145,7 +145,7 @@ DecodeResult llada_generate(MoeDlm& model, const torch::Tensor& prompt_BP, const
   if ((p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id) < 0)
     fail("config.json", "mask_token_id", "the model has no mask token id",
          "set mask_token_id in the model's config.json");
-  if (p.routing.policy != moe::RoutingPolicy::kToken) p.routing.validate(cfg);
+  if (p.routing.policy != moe::RoutingPolicy::kToken) p.routing.validate(moe_config_from(cfg));
   need(prompt_BP.dim() == 2 && prompt_BP.scalar_type() == torch::kInt64, "prompt",
        "must be an int64 tensor [B, P] (rows of equal length)", "");
   need(prompt_BP.size(0) > 0, "prompt", "batch is empty", "");

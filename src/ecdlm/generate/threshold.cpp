@@ -129,7 +129,7 @@ void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t pro
              std::to_string(p.routing.coreset_chunk()) + " (with the KV cache each step forwards one block, cut into chunks)",
          "use " + flag + " " + std::to_string(p.block_length) + " or a block length that is a multiple of it");
   }
-  p.routing.validate(c);
+  p.routing.validate(moe_config_from(c));
 }
 
 torch::Tensor sample_rows(const torch::Tensor& probs_NV, at::Generator& gen) {

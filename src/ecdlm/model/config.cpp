@@ -5,6 +5,7 @@
 #include <fstream>
 #include <set>
 
+#include "ecdlm/moe/scaling.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
@@ -314,5 +315,41 @@ json ModelConfig::to_json() const {
 }
 
 void ModelConfig::save(const std::string& path) const { write_file_atomic(path, to_json().dump(2) + "\n"); }
+
+moe::MoeConfig moe_config_from(const ModelConfig& c) {
+  moe::MoeConfig m;
+  m.hidden_size = c.hidden_size;
+  m.num_experts = c.num_experts;
+  m.moe_intermediate_size = c.moe_intermediate_size;
+  m.shared_expert_intermediate_size = c.shared_expert_intermediate_size;
+  m.router_type = c.router_type;
+  m.num_experts_per_tok = c.num_experts_per_tok;
+  m.score_function = c.score_function;
+  m.n_group = c.n_group;
+  m.topk_group = c.topk_group;
+  m.norm_topk_prob = c.norm_topk_prob;
+  m.routed_scaling_factor = c.routed_scaling_factor;
+  // Loss-free balancing needs the bias buffer even when the checkpoint has none.
+  m.enable_expert_bias = c.moe_router_enable_expert_bias || c.moe_loss_free_bias_rate > 0;
+  m.expert_bias_in_gate = c.expert_bias_in_gate;
+  m.capacity_factor = c.moe_capacity_factor;
+  m.aux_loss_coeff = c.moe_aux_loss_coeff;
+  m.z_loss_coeff = c.moe_z_loss_coeff;
+  m.enable_scaling_factor = c.moe_enable_scaling_factor;
+  m.capacity_schedule = c.moe_capacity_schedule;
+  m.capacity_k_min = c.moe_capacity_k_min;
+  m.capacity_k_max = c.moe_capacity_k_max;
+  m.capacity_gaussian_sigma = c.moe_capacity_gaussian_sigma;
+  return m;
+}
+
+void apply_tc_scaling_factor(ModelConfig& c) {
+  if (c.router_type != RouterType::kTokenChoice || !c.moe_enable_scaling_factor ||
+      c.shared_expert_intermediate_size <= 0)
+    return;
+  c.routed_scaling_factor = moe::tc_scaling_factor(
+      c.num_experts, c.num_experts_per_tok,
+      static_cast<double>(c.shared_expert_intermediate_size) / static_cast<double>(c.moe_intermediate_size));
+}
 
 }  // namespace ecdlm

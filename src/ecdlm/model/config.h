@@ -7,11 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "ecdlm/moe/moe_config.h"
+
 namespace ecdlm {
 
 enum class Arch : int { kLlada2Moe = 0, kLladaMoe = 1 };
-enum class RouterType : int { kTokenChoice = 0, kExpertChoice = 1 };
-enum class ScoreFunction : int { kSoftmax = 0, kSigmoid = 1 };
+// The router enums belong to the MoE unit (moe/moe_config.h).
+using moe::RouterType;
+using ScoreFunction = moe::ScoreFn;
 
 struct ModelConfig {
   Arch arch = Arch::kLlada2Moe;
@@ -78,5 +81,13 @@ struct ModelConfig {
 
 std::string to_string(RouterType t);
 std::string to_string(Arch a);
+
+// The MoE layers' config: the fields of `c` a router, the experts and the capacity policy read.
+moe::MoeConfig moe_config_from(const ModelConfig& c);
+
+// For a TC config with norm matching on and a shared expert, sets routed_scaling_factor to the
+// constant factor moe::tc_scaling_factor (it is then stored in config.json); otherwise leaves the
+// config alone.
+void apply_tc_scaling_factor(ModelConfig& c);
 
 }  // namespace ecdlm

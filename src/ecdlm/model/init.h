@@ -1,13 +1,12 @@
-// Random weight init can be skipped when every tensor is about to be replaced by checkpoint data:
-// the empty allocations are then never written, so their pages are never touched, and a model
-// bigger than RAM can be built and mapped from disk.
+// MoeDlm's init rule by parameter name. The skip switch (weight_init_enabled, SkipWeightInit) lives
+// in nn/init.h, below model/ and moe/, which both honour it.
 #pragma once
 #include <cstdint>
 #include <string>
 
-namespace ecdlm {
+#include "ecdlm/nn/init.h"
 
-bool weight_init_enabled();
+namespace ecdlm {
 
 // MoeDlm's init of one parameter, by its model or checkpoint name: RMSNorm weights are ones, output
 // projections (attention dense / o_proj, every down_proj) N(0, 0.02 / sqrt(2 layers)), the rest
@@ -17,16 +16,5 @@ struct ParamInit {
   double std = 0.02;
 };
 ParamInit param_init(const std::string& name, int64_t num_hidden_layers);
-
-class SkipWeightInit {
- public:
-  SkipWeightInit();
-  ~SkipWeightInit();
-  SkipWeightInit(const SkipWeightInit&) = delete;
-  SkipWeightInit& operator=(const SkipWeightInit&) = delete;
-
- private:
-  bool prev_;
-};
 
 }  // namespace ecdlm

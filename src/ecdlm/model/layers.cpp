@@ -3,20 +3,11 @@
 #include <cmath>
 
 #include "ecdlm/kernels/norm_rope.h"
-#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/init.h"
 #include "ecdlm/util/strings.h"
 
 namespace ecdlm {
 namespace idx = torch::indexing;
-
-namespace {
-thread_local bool g_init_enabled = true;
-}
-
-bool weight_init_enabled() { return g_init_enabled; }
-SkipWeightInit::SkipWeightInit() : prev_(g_init_enabled) { g_init_enabled = false; }
-SkipWeightInit::~SkipWeightInit() { g_init_enabled = prev_; }
 
 ParamInit param_init(const std::string& name, int64_t num_hidden_layers) {
   if (ends_with(name, "norm.weight")) return {true, 0.0};
@@ -34,23 +25,6 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   auto x32 = to_f32_or_wider(x);
   auto normed = (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + eps_)).to(x.scalar_type());
   return weight * normed;
-}
-
-LinearNoBiasImpl::LinearNoBiasImpl(int64_t in, int64_t out) {
-  weight = register_parameter("weight", torch::empty({out, in}));
-  if (weight_init_enabled()) torch::nn::init::normal_(weight, 0.0, 0.02);
-}
-
-SwiGluMlpImpl::SwiGluMlpImpl(int64_t hidden, int64_t inter) {
-  gate_proj = register_module("gate_proj", LinearNoBias(hidden, inter));
-  up_proj = register_module("up_proj", LinearNoBias(hidden, inter));
-  down_proj = register_module("down_proj", LinearNoBias(inter, hidden));
-}
-
-torch::Tensor LinearNoBiasImpl::forward(const torch::Tensor& x) { return kernels::linear(x, weight); }
-
-torch::Tensor SwiGluMlpImpl::forward(const torch::Tensor& x) {
-  return kernels::swiglu(x, gate_proj->weight, up_proj->weight, down_proj->weight);
 }
 
 RopeTable rope_table(const torch::Tensor& pos_L, int64_t rd, double theta, torch::ScalarType dtype) {

@@ -13,7 +13,7 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   if (c.is_moe_layer(layer)) {
-    moe_mlp = register_module("mlp", moe::MoeBlock(c));
+    moe_mlp = register_module("mlp", moe::MoeBlock(moe_config_from(c)));
   } else {
     dense_mlp = register_module("mlp", SwiGluMlp(c.hidden_size, c.intermediate_size));
   }
@@ -40,12 +40,15 @@ BackboneImpl::BackboneImpl(const ModelConfig& c) {
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
 }
 
-moe::CapacitySchedule make_schedule(const ModelConfig& c) {
-  auto s = moe::parse_schedule(c.moe_capacity_schedule);
-  double k = static_cast<double>(c.num_experts_per_tok);
-  double kmin = c.moe_capacity_k_min > 0 ? c.moe_capacity_k_min : k;
-  double kmax = c.moe_capacity_k_max > 0 ? c.moe_capacity_k_max : k;
-  return moe::CapacitySchedule(s, k, kmin, kmax, c.moe_capacity_gaussian_sigma);
+moe::CapacitySchedule make_schedule(const ModelConfig& c) { return moe::make_schedule(moe_config_from(c)); }
+
+moe::InferenceRouting default_routing(const ModelConfig& c) {
+  moe::InferenceRouting r;
+  if (c.dmoe_mode == "aggregate") {
+    r.policy = moe::RoutingPolicy::kBlock;
+    if (c.dmoe_core_threshold > 0) r.block_top_p = c.dmoe_core_threshold;
+  }
+  return r;
 }
 
 MoeDlmImpl::MoeDlmImpl(const ModelConfig& c) : cfg_(c), schedule_(make_schedule(c)) {

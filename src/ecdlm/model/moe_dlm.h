@@ -87,8 +87,12 @@ class MoeDlmImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MoeDlm);
 
-// The EC capacity schedule a config describes (k_min/k_max of 0 mean num_experts_per_tok).
+// The EC capacity schedule a config describes: moe::make_schedule of its MoeConfig.
 moe::CapacitySchedule make_schedule(const ModelConfig& c);
+
+// The inference routing a checkpoint asks for by default: block for dMoE checkpoints (mode
+// "aggregate", with their core_threshold), else token.
+moe::InferenceRouting default_routing(const ModelConfig& c);
 
 // Forward matmul FLOPs per token of a model with config `c` on sequences of length L, with
 // `experts_per_token` routed experts per token (< 0: c.num_experts_per_tok).

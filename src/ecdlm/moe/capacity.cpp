@@ -104,4 +104,12 @@ double CapacitySchedule::expected_k(int64_t L) const {
   return acc;
 }
 
+CapacitySchedule make_schedule(const MoeConfig& c) {
+  auto s = parse_schedule(c.capacity_schedule);
+  double k = static_cast<double>(c.num_experts_per_tok);
+  double kmin = c.capacity_k_min > 0 ? c.capacity_k_min : k;
+  double kmax = c.capacity_k_max > 0 ? c.capacity_k_max : k;
+  return CapacitySchedule(s, k, kmin, kmax, c.capacity_gaussian_sigma);
+}
+
 }  // namespace ecdlm::moe

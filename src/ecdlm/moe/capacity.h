@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "ecdlm/moe/moe_config.h"
+
 namespace ecdlm::moe {
 
 enum class Schedule : int {
@@ -46,5 +48,8 @@ class CapacitySchedule {
   Schedule s_;
   double k_static_, k_min_, k_max_, sigma_;
 };
+
+// The EC capacity schedule a config describes (k_min / k_max of 0 mean num_experts_per_tok).
+CapacitySchedule make_schedule(const MoeConfig& c);
 
 }  // namespace ecdlm::moe

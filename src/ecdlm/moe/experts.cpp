@@ -6,9 +6,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "ecdlm/model/init.h"
-#include "ecdlm/model/layers.h"
 #include "ecdlm/kernels/small_m.h"
+#include "ecdlm/nn/dtype.h"
+#include "ecdlm/nn/init.h"
 
 namespace ecdlm::moe {
 

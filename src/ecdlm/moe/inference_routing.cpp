@@ -28,16 +28,7 @@ std::string routing_policy_name(RoutingPolicy p) {
   return "?";
 }
 
-InferenceRouting InferenceRouting::defaults_for(const ModelConfig& c) {
-  InferenceRouting r;
-  if (c.dmoe_mode == "aggregate") {
-    r.policy = RoutingPolicy::kBlock;
-    if (c.dmoe_core_threshold > 0) r.block_top_p = c.dmoe_core_threshold;
-  }
-  return r;
-}
-
-void InferenceRouting::validate(const ModelConfig& c) const {
+void InferenceRouting::validate(const MoeConfig& c) const {
   if (policy == RoutingPolicy::kBlock) validate_block(c);
   if (policy == RoutingPolicy::kTopK && (topk_cap < 1 || topk_cap > c.num_experts_per_tok))
     fail("", "--moe-topk-cap", "must be in [1, " + std::to_string(c.num_experts_per_tok) + "] (the model's k)",
@@ -61,7 +52,7 @@ void InferenceRouting::validate(const ModelConfig& c) const {
          "use token (its own EC routing)");
 }
 
-void InferenceRouting::validate_block(const ModelConfig& c) const {
+void InferenceRouting::validate_block(const MoeConfig& c) const {
   if (!(block_top_p > 0.0 && block_top_p <= 1.0))
     fail("", "--block-top-p", "must be in (0, 1], got " + std::to_string(block_top_p), "e.g. 0.6");
   if (block_min_experts < 1 || block_min_experts > c.num_experts)

@@ -13,8 +13,8 @@
 
 #include <string>
 
-#include "ecdlm/model/config.h"
 #include "ecdlm/moe/moe.h"
+#include "ecdlm/moe/moe_config.h"
 
 namespace ecdlm::moe {
 
@@ -41,14 +41,11 @@ struct InferenceRouting {
   }
   int64_t coreset_chunk() const { return policy == RoutingPolicy::kBlock ? block_chunk : des_chunk; }
 
-  // The policy a config asks for by default: block for dMoE checkpoints (mode "aggregate", with
-  // their core_threshold), else token.
-  static InferenceRouting defaults_for(const ModelConfig& c);
   // UserError naming the flag: p outside (0, 1], G outside [1, E], chunk < 1, cap outside [1, k],
   // DES ratio <= 0, threshold outside [0, 1], min experts outside [0, E], block/topk/des on an
-  // expert-choice model.
-  void validate(const ModelConfig& c) const;
-  void validate_block(const ModelConfig& c) const;  // p, G and chunk only
+  // expert-choice model. (A checkpoint's default policy is model/'s default_routing, moe_dlm.h.)
+  void validate(const MoeConfig& c) const;
+  void validate_block(const MoeConfig& c) const;  // p, G and chunk only
 };
 
 // dMoE coreset (§1.2 steps 3-7). biased_BLE f32 [B, L, E] (sigmoid/softmax scores + expert_bias).

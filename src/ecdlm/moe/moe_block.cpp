@@ -1,9 +1,9 @@
 #include "ecdlm/moe/moe_block.h"
 
-#include "ecdlm/model/init.h"
 #include "ecdlm/moe/des_routing.h"
 #include "ecdlm/moe/router_infer.h"
 #include "ecdlm/moe/scaling.h"
+#include "ecdlm/nn/init.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
 
@@ -16,25 +16,24 @@ RouterGateImpl::RouterGateImpl(int64_t E, int64_t D, bool with_bias) {
   if (with_bias) expert_bias = register_buffer("expert_bias", torch::zeros({E}));
 }
 
-MoeBlockImpl::MoeBlockImpl(const ModelConfig& c) : router_type_(c.router_type) {
-  const bool bias = c.moe_router_enable_expert_bias || c.moe_loss_free_bias_rate > 0;
-  gate = register_module("gate", RouterGate(c.num_experts, c.hidden_size, bias));
+MoeBlockImpl::MoeBlockImpl(const MoeConfig& c) : router_type_(c.router_type) {
+  gate = register_module("gate", RouterGate(c.num_experts, c.hidden_size, c.enable_expert_bias));
   experts = register_module("experts", Experts(c.num_experts, c.hidden_size, c.moe_intermediate_size));
   if (c.shared_expert_intermediate_size > 0)
     shared_experts = register_module(
         "shared_experts", SwiGluMlp(c.hidden_size, c.shared_expert_intermediate_size));
   tc_.k = c.num_experts_per_tok;
-  tc_.score = c.score_function == ScoreFunction::kSigmoid ? ScoreFn::kSigmoid : ScoreFn::kSoftmax;
+  tc_.score = c.score_function;
   tc_.n_group = c.n_group;
   tc_.topk_group = c.topk_group;
   tc_.norm_topk_prob = c.norm_topk_prob;
   tc_.scaling = c.routed_scaling_factor;
   tc_.bias_in_gate = c.expert_bias_in_gate;
-  tc_.capacity_factor = c.moe_capacity_factor;
-  tc_.aux_loss_coeff = c.moe_aux_loss_coeff;
-  tc_.z_loss_coeff = c.moe_z_loss_coeff;
-  ec_.z_loss_coeff = c.moe_z_loss_coeff;
-  if (c.router_type == RouterType::kExpertChoice && c.moe_enable_scaling_factor &&
+  tc_.capacity_factor = c.capacity_factor;
+  tc_.aux_loss_coeff = c.aux_loss_coeff;
+  tc_.z_loss_coeff = c.z_loss_coeff;
+  ec_.z_loss_coeff = c.z_loss_coeff;
+  if (c.router_type == RouterType::kExpertChoice && c.enable_scaling_factor &&
       c.shared_expert_intermediate_size > 0) {
     phi_ = ec_scaling_table(c.num_experts, static_cast<double>(c.shared_expert_intermediate_size) /
                                                static_cast<double>(c.moe_intermediate_size));

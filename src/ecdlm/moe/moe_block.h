@@ -4,11 +4,11 @@
 #pragma once
 #include <torch/torch.h>
 
-#include "ecdlm/model/config.h"
-#include "ecdlm/model/layers.h"
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/moe/inference_routing.h"
+#include "ecdlm/moe/moe_config.h"
 #include "ecdlm/moe/router.h"
+#include "ecdlm/nn/linear.h"
 
 namespace ecdlm::moe {
 
@@ -28,7 +28,7 @@ struct MoeForwardArgs {
 
 class MoeBlockImpl : public torch::nn::Module {
  public:
-  explicit MoeBlockImpl(const ModelConfig& cfg);
+  explicit MoeBlockImpl(const MoeConfig& cfg);
   // x_BLD [B, L, D] -> [B, L, D] (input dtype). Sets last_plan_stats() and last_aux_loss().
   torch::Tensor forward(const torch::Tensor& x_BLD, const MoeForwardArgs& args);
   // Router only: the plan this layer would execute for x_BLD.

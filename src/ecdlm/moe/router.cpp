@@ -4,7 +4,7 @@
 #include <limits>
 
 #include "ecdlm/kernels/small_m.h"
-#include "ecdlm/model/layers.h"
+#include "ecdlm/nn/dtype.h"
 #include "ecdlm/util/compat.h"
 
 namespace ecdlm::moe {

@@ -4,10 +4,9 @@
 #include <torch/torch.h>
 
 #include "ecdlm/moe/moe.h"
+#include "ecdlm/moe/moe_config.h"
 
 namespace ecdlm::moe {
-
-enum class ScoreFn : int { kSoftmax = 0, kSigmoid = 1 };
 
 struct TokenChoiceParams {
   int64_t k = 2;

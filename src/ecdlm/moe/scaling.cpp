@@ -1,7 +1,5 @@
 #include "ecdlm/moe/scaling.h"
 
-#include "ecdlm/model/config.h"
-
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -44,15 +42,6 @@ const std::vector<float>& ec_scaling_table(int64_t max_n, double s_sh) {
     table[static_cast<size_t>(n)] = static_cast<float>(acc / kSamples);
   }
   return cache.emplace(key, std::move(table)).first->second;
-}
-
-void apply_tc_scaling_factor(ModelConfig& c) {
-  if (c.router_type != RouterType::kTokenChoice || !c.moe_enable_scaling_factor ||
-      c.shared_expert_intermediate_size <= 0)
-    return;
-  c.routed_scaling_factor = tc_scaling_factor(
-      c.num_experts, c.num_experts_per_tok,
-      static_cast<double>(c.shared_expert_intermediate_size) / static_cast<double>(c.moe_intermediate_size));
 }
 
 double tc_scaling_factor(int64_t num_experts, int64_t k, double s_sh) {

@@ -14,13 +14,3 @@ const std::vector<float>& ec_scaling_table(int64_t max_n, double s_sh);
 double tc_scaling_factor(int64_t num_experts, int64_t k, double s_sh);
 
 }  // namespace ecdlm::moe
-
-namespace ecdlm {
-struct ModelConfig;
-namespace moe {
-// For a TC config with norm matching on and a shared expert, sets routed_scaling_factor to the
-// constant factor above (it is then stored in config.json); otherwise leaves the config alone.
-void apply_tc_scaling_factor(ModelConfig& cfg);
-}  // namespace moe
-
-}  // namespace ecdlm::moe

@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <set>
 
-#include "ecdlm/moe/scaling.h"
+#include "ecdlm/model/config.h"
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
@@ -184,7 +184,7 @@ std::vector<ExperimentRun> plan_experiment(const ExperimentSpec& spec, const std
         rp.z_loss_coeff = v.retrofit.value("z_loss_coeff", rp.z_loss_coeff);
         cfg = retrofit_config(cfg, rp);
       }
-      moe::apply_tc_scaling_factor(cfg);
+      apply_tc_scaling_factor(cfg);
 
       ExperimentRun r;
       r.variant = v.name;

@@ -211,7 +211,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     load_weights(model, st);
     LOG_INFO("initialized weights from " << p.init_from);
   }
-  if (p.moe_routing != "token") p.routing().validate(cfg);
+  if (p.moe_routing != "token") p.routing().validate(moe_config_from(cfg));
   const int64_t n_trainable = set_trainable(model, p.trainable);
   if (p.trainable != "all") LOG_INFO("training " << p.trainable << " only: " << n_trainable << " parameters");
   auto opt = make_optimizer(model, p);

@@ -5,8 +5,8 @@
 #include <torch/torch.h>
 
 #include "ecdlm/kernels/small_m.h"
-#include "ecdlm/model/layers.h"
 #include "ecdlm/moe/experts.h"
+#include "ecdlm/nn/linear.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::kernels {

@@ -6,12 +6,12 @@
 #include <string>
 #include <vector>
 
-#include "ecdlm/model/config.h"
-#include "ecdlm/model/layers.h"
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/moe/moe_block.h"
+#include "ecdlm/moe/moe_config.h"
 #include "ecdlm/moe/router.h"
 #include "ecdlm/moe/scaling.h"
+#include "ecdlm/nn/linear.h"
 
 namespace ecdlm::moe {
 namespace {
@@ -235,15 +235,15 @@ TEST(ExpertsDense, ExpertChoiceFullCapacityIsSoftMixture) {
 // ---------------------------------------------------------------------------------------------
 // MoeBlock
 
-ModelConfig block_config(RouterType rt) {
-  ModelConfig c;
+MoeConfig block_config(RouterType rt) {
+  MoeConfig c;
   c.hidden_size = 16;
   c.num_experts = 4;
   c.num_experts_per_tok = 2;
   c.moe_intermediate_size = 8;
   c.shared_expert_intermediate_size = 16;
   c.router_type = rt;
-  c.moe_z_loss_coeff = 1e-3;
+  c.z_loss_coeff = 1e-3;
   return c;
 }
 
@@ -262,9 +262,10 @@ TEST(MoeBlock, ForwardIsRoutedPlusSharedAndReferenceMatches) {
     auto plan = blk->route(x, args);
     auto want = run_plan(x.view({B * L, D}), plan, blk->experts).view({B, L, D}) +
                 blk->shared_experts(x);
-    EXPECT_TRUE(close(y, want, 1e-5, 1e-6)) << to_string(rt);
+    const char* name = rt == RouterType::kExpertChoice ? "EC" : "TC";
+    EXPECT_TRUE(close(y, want, 1e-5, 1e-6)) << name;
     args.reference = true;
-    EXPECT_TRUE(close(blk->forward(x, args), y, 1e-5, 1e-6)) << to_string(rt);
+    EXPECT_TRUE(close(blk->forward(x, args), y, 1e-5, 1e-6)) << name;
     EXPECT_FALSE(blk->last_aux_loss().defined()) << "eval forward computes no loss";
     blk->train();
     blk->forward(x, args);
@@ -277,7 +278,7 @@ TEST(MoeBlock, ForwardIsRoutedPlusSharedAndReferenceMatches) {
 TEST(MoeBlock, ExpertChoiceNeedsCapacityAndUsesPhi) {
   torch::manual_seed(47);
   auto cfg = block_config(RouterType::kExpertChoice);
-  cfg.moe_enable_scaling_factor = true;
+  cfg.enable_scaling_factor = true;
   MoeBlock blk(cfg);
   auto x = torch::randn({1, 8, 16});
   EXPECT_THROW(blk->route(x, {}), std::invalid_argument);
@@ -287,7 +288,7 @@ TEST(MoeBlock, ExpertChoiceNeedsCapacityAndUsesPhi) {
   const float phi4 = ec_scaling_table(4, 16.0 / 8.0)[4];
   auto sum_T = torch::zeros({8}).index_add(0, plan.token_EN.reshape({-1}), plan.gate_EN.reshape({-1}));
   EXPECT_TRUE(close(sum_T, torch::full({8}, phi4), 1e-5, 1e-6));
-  cfg.moe_enable_scaling_factor = false;
+  cfg.enable_scaling_factor = false;
   MoeBlock blk2(cfg);
   {
     torch::NoGradGuard ng;
@@ -301,7 +302,7 @@ TEST(MoeBlock, ExpertChoiceNeedsCapacityAndUsesPhi) {
 TEST(MoeBlock, LossFreeBiasUpdateFromTrainingLoadsOnly) {
   torch::manual_seed(48);
   auto cfg = block_config(RouterType::kTokenChoice);
-  cfg.moe_loss_free_bias_rate = 0.01;
+  cfg.enable_expert_bias = true;
   MoeBlock blk(cfg);
   ASSERT_TRUE(blk->gate->expert_bias.defined());
   randomize(*blk, 0.5);

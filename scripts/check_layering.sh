@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Usage: scripts/check_layering.sh UNIT   (a directory under src/ecdlm: moe, nn, kernels or util)
+# Fails, naming each line, if a file of UNIT includes an ecdlm header from a unit above it.
+# The layers: model and the rest of core -> moe -> nn -> kernels -> util (ctest layering.*).
+set -euo pipefail
+cd "$(dirname "$0")/../src/ecdlm"
+unit=$1
+case "$unit" in
+  moe) allowed="moe nn kernels util" ;;
+  nn) allowed="nn kernels util" ;;
+  kernels) allowed="kernels util" ;;
+  util) allowed="util" ;;
+  *) echo "check_layering: unknown unit '$unit' (moe, nn, kernels or util)" >&2; exit 2 ;;
+esac
+[ -d "$unit" ] || { echo "check_layering: no src/ecdlm/$unit" >&2; exit 2; }
+pattern="[[:space:]]*#[[:space:]]*include[[:space:]]*[\"<]ecdlm/($(echo "$allowed" | tr ' ' '|'))/"
+bad=$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]ecdlm/' "$unit" | grep -vE ":[0-9]+:$pattern" || true)
+# util/plot.cpp reads the training metrics; it is built into ecdlm_core, not the base library.
+[ "$unit" = util ] && bad=$(printf '%s\n' "$bad" | grep -v '^util/plot\.cpp:' || true)
+if [ -n "$bad" ]; then
+  echo "layering: src/ecdlm/$unit/ may include only ecdlm/{$(echo "$allowed" | tr ' ' ',')}/; these reach up:"
+  printf '%s\n' "$bad"
+  exit 1
+fi
+echo "layering: src/ecdlm/$unit/ includes only ecdlm/{$(echo "$allowed" | tr ' ' ',')}/"
