@@ -151,8 +151,9 @@ class HeaderCheck {
       // file's count, so this loop is as long as the checkpoint.
       const std::vector<int64_t> one(t.shape.begin() + 1, t.shape.end());
       const std::vector<std::string> keys(t.keys.begin() + 1, t.keys.end());
+      const std::string prefix = t.name.substr(0, t.name.size() - std::strlen(kProjs[p]));  // "...experts."
       for (int64_t e = 0; e < t.shape[0]; ++e)
-        expect(t.name + "." + std::to_string(e) + "." + kProjs[p] + ".weight", one, keys, t.keys[0]);
+        expect(prefix + std::to_string(e) + "." + kProjs[p] + ".weight", one, keys, t.keys[0]);
       return;
     }
     if (llada && ends_with(t.name, ".attention.query_key_value.weight")) {
