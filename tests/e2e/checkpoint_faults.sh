@@ -27,8 +27,8 @@ mkdir "run/best.tmp.$DEAD"; echo x > "run/best.tmp.$DEAD/config.json"
 mv run/best "run/best.old.$DEAD"                                 # killed between the two renames
 echo mine > "$CK/step-notes.tmp.txt"                # not ours: left alone
 expect_rc 0 "$ECDLM" "${TRAIN[@]}" --out run --resume
-for s in "removed stale temporary $TMP/run/checkpoints/step-00000006.tmp.$DEAD" \
-         "removed stale temporary $TMP/run/best.tmp.$DEAD" "restored $TMP/run/best from best.old.$DEAD"; do
+for s in "removed stale temporary run/checkpoints/step-00000006.tmp.$DEAD" \
+         "removed stale temporary run/best.tmp.$DEAD" "restored run/best from best.old.$DEAD"; do
   grep -qF "$s" err.txt || { cat err.txt; fail "log lacks: $s"; }
 done
 ls run "$CK" | grep -q '\.tmp\.[0-9]\|\.old\.[0-9]' && fail "temporaries left: $(ls run "$CK")"
@@ -37,7 +37,7 @@ test -f run/best/best.json -a -f "$CK/step-00000006/model.safetensors" || fail "
 # A fresh start (no --resume) cleans up too.
 mkdir "$CK/step-00000009.tmp.$DEAD"
 expect_rc 0 "$ECDLM" "${TRAIN[@]}" --out run --train-steps 3
-grep -qF "removed stale temporary $TMP/run/checkpoints/step-00000009.tmp.$DEAD" err.txt || { cat err.txt; fail "start"; }
+grep -qF "removed stale temporary run/checkpoints/step-00000009.tmp.$DEAD" err.txt || { cat err.txt; fail "start"; }
 test ! -e "$CK/step-00000009.tmp.$DEAD" || fail "start left the stale temp dir"
 
 # --- full disk while writing a checkpoint --------------------------------------------------------

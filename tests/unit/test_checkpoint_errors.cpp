@@ -100,7 +100,7 @@ TEST_F(CheckpointErrors, WrongShapeNamesTensorAndBothShapes) {
 
 // expected_tensors mirrors the module tree: equal to MoeDlm(cfg)'s parameters and buffers (names
 // and shapes) for dense layers, no shared expert, no QK norm, expert bias, GQA.
-TEST(CheckpointHeader, ExpectedTensorsEqualTheModelsOwn) {
+TEST(CheckpointHeaderShapes, ExpectedTensorsEqualTheModelsOwn) {
   std::vector<ModelConfig> cfgs;
   cfgs.push_back(ecdlm::test::small_tc_config());
   cfgs.push_back(ecdlm::test::small_tc_config(40, 0));
