@@ -181,6 +181,9 @@ int run_generate(GenerateOptions o) {
   // Flags first: a bad combination is reported before anything heavy is loaded.
   const std::string decoder = resolve_decoder(o, ModelConfig::load(o.model_dir));
   check_flag_combinations(o, decoder);
+  // 0 picks the decoder's default; a negative count is a mistake, not a default.
+  if (o.p.block_length < 0) flag_error("--diffusion-block-length", "must be >= 0 (0 = default)", "e.g. 32");
+  if (o.p.steps < 0) flag_error("--diffusion-steps", "must be >= 0 (0 = default)", "e.g. 32");
   if (decoder == "llada") {
     // Unset (0) block length / steps follow the generation length: blocks of 32, one token a step.
     if (o.p.block_length == 0) o.p.block_length = std::min<int64_t>(32, o.p.gen_length);

@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "ecdlm/io/safetensors.h"
+#include "ecdlm/model/checkpoint_check.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/moe/capacity.h"
 #include "ecdlm/util/error.h"
@@ -227,6 +228,7 @@ json build_info(const std::string& dir) {
   ck["present"] = has_ckpt;
   if (has_ckpt) {
     auto st = io::SafetensorsSet::open(dir);
+    check_checkpoint_header(c, st, cfg_path);  // a config that disagrees with its weights is an error
     json files = json::array();
     for (const auto& f : st.files())
       files.push_back({{"path", f->path()}, {"bytes", fs::file_size(f->path())}});

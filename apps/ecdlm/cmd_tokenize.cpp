@@ -1,4 +1,6 @@
 // `ecdlm tokenize`: encode JSONL text to ids (or decode ids to text) with a model's tokenizer.
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -18,12 +20,20 @@ struct TokenizeArgs {
   bool add_special_tokens = true, decode = false, show_tokens = false;
 };
 
+// The JSON library would only name its own internals ("type_error.316") for bad bytes.
+void check_utf8(const std::string& s, const std::string& where, const std::string& fix) {
+  const size_t valid = text::uni::valid_utf8_prefix(s);
+  if (valid == s.size()) return;
+  char byte[8];
+  std::snprintf(byte, sizeof(byte), "0x%02X", static_cast<unsigned>(static_cast<unsigned char>(s[valid])));
+  fail(where, "", "input is not valid UTF-8: byte " + std::string(byte) + " at byte offset " + std::to_string(valid),
+       fix);
+}
+
 // One input record -> one output line. `where` names the input and line for errors.
 std::string process(const text::Tokenizer& tok, const TokenizeArgs& a, const std::string& line,
                     const std::string& where) {
-  const size_t valid = text::uni::valid_utf8_prefix(line);
-  if (valid != line.size())
-    fail(where, "", "invalid UTF-8 at byte " + std::to_string(valid + 1), "the input must be UTF-8 JSONL");
+  check_utf8(line, where, "the input must be UTF-8 JSONL");
   json j;
   try {
     j = json::parse(line);
@@ -85,6 +95,7 @@ int run(const TokenizeArgs& a) {
   if (!a.output.empty()) os = &buf;
   if (!a.text.empty()) {
     // --text: one record. In --decode mode it is a JSON array of ids.
+    check_utf8(a.text, "--text", "pass UTF-8 text (convert it first, e.g. with iconv)");
     json rec = a.decode ? json{{"ids", json::parse(a.text, nullptr, false)}} : json{{"text", a.text}};
     if (a.decode && rec["ids"].is_discarded())
       fail("--text", "", "expected a JSON array of ids with --decode", "e.g. --text '[15496, 995]'");
@@ -94,6 +105,9 @@ int run(const TokenizeArgs& a) {
     std::istream* in = &std::cin;
     const std::string name = a.input.empty() ? "<stdin>" : a.input;
     if (!a.input.empty()) {
+      // An ifstream opens a directory and reads nothing: exit 0 with no output.
+      if (std::filesystem::is_directory(a.input))
+        fail(a.input, "", "is a directory, not a file", "pass a .jsonl file with --input");
       file.open(a.input, std::ios::binary);
       if (!file) fail(a.input, "", "cannot open input", "pass an existing .jsonl file with --input");
       in = &file;

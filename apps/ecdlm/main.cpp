@@ -1,6 +1,8 @@
 // ecdlm: train, adapt and run Mixture-of-Experts masked-diffusion language models.
 #include <torch/torch.h>
 
+#include <sched.h>
+
 #include <iostream>
 #include <map>
 #include <thread>
@@ -32,6 +34,12 @@ GlobalOptions& global_options() {
   return g;
 }
 
+static int available_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 void apply_global_options() {
   auto& g = global_options();
   if (g.quiet) {
@@ -39,9 +47,16 @@ void apply_global_options() {
     ProgressBar::set_enabled(false);
   }
   if (g.verbose) set_log_level(LogLevel::kDebug);
+  // More threads than CPUs only adds contention, and OpenMP starting 10^5 of them never returns:
+  // cap before torch starts its pool (and before `experiment` passes the count on).
+  const int cpus = available_cpus();
+  if (g.threads > cpus) {
+    LOG_WARN("--threads " << g.threads << " exceeds the " << cpus
+                          << " CPUs this process may run on; using " << cpus);
+    g.threads = cpus;
+  }
   // libtorch defaults to one intra-op thread; use every core unless told otherwise.
-  torch::set_num_threads(g.threads > 0 ? g.threads
-                                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  torch::set_num_threads(g.threads > 0 ? g.threads : cpus);
   static bool checked = false;
   if (!checked) {
     checked = true;
@@ -64,6 +79,9 @@ int main(int argc, char** argv) {
   CLI::App app{"ecdlm: train, adapt and run Mixture-of-Experts masked-diffusion language models"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for all subcommands");
+  // Global flags are also accepted after the subcommand (`ecdlm generate ... --threads 2`):
+  // subcommands inherit this and hand flags they do not know to the root.
+  app.fallthrough();
   auto& g = global_options();
   app.add_option("--threads", g.threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_flag("-q,--quiet", g.quiet, "Only warnings and errors on stderr");
@@ -109,6 +127,12 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const ecdlm::UserError& e) {
     std::cerr << "ecdlm: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::bad_alloc&) {
+    // A size from a flag or config beyond this machine (a batch of 10^12, a model of 10^9 experts).
+    std::cerr << "ecdlm: error: out of memory: a size given on the command line or in a config needs more "
+                 "memory than this machine has (fix: lower it: batch size, --num-samples, --gen-length, "
+                 "or the model's config)\n";
     return 2;
   } catch (const c10::Error& e) {
     std::cerr << "ecdlm: internal tensor error: " << e.what_without_backtrace() << "\n";

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end: `ecdlm tokenize` on a hand-built byte-level tokenizer.json: JSONL in/out, --text,
 # --show-tokens, --add-special-tokens, --decode, and errors that name the line (invalid JSON,
-# invalid UTF-8, ids outside the vocabulary). Needs only python3's standard library.
+# invalid UTF-8 in JSONL and --text, ids outside the vocabulary). Needs only python3's standard library.
 # Usage: bash tokenize_cli.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
 ECDLM="$1"
@@ -59,7 +59,11 @@ expect_rc 2 "$ECDLM" tokenize "${TOK[@]}" --input "$TMP/bad.jsonl"
 expect_err "bad.jsonl:2"; expect_err "invalid JSON"
 printf '{"text": "ok"}\n{"text": "ok"}\n{"text": "\xff"}\n' > "$TMP/bad.jsonl"
 expect_rc 2 "$ECDLM" tokenize "${TOK[@]}" --input "$TMP/bad.jsonl"
-expect_err "bad.jsonl:3"; expect_err "invalid UTF-8"
+expect_err "bad.jsonl:3"; expect_err "input is not valid UTF-8: byte 0xFF at byte offset 10"
+# --text says the same in ecdlm's words (not the JSON library's type_error.316)
+expect_rc 2 "$ECDLM" tokenize "${TOK[@]}" --text "$(printf 'ab\xc3(')"
+expect_err "--text"; expect_err "input is not valid UTF-8: byte 0xC3 at byte offset 2"
+grep -q "json.exception" "$TMP/err.txt" && fail "--text: the JSON library's message leaks: $(cat "$TMP/err.txt")"
 printf '{"ids": [1, 2]}\n{"ids": [1, 263]}\n' > "$TMP/bad.jsonl"
 expect_rc 2 "$ECDLM" tokenize "${TOK[@]}" --decode --input "$TMP/bad.jsonl"
 expect_err "bad.jsonl:2"; expect_err "ids[1]"; expect_err "263 is not in the vocabulary"

@@ -1,4 +1,5 @@
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/checkpoint_check.h"
 
 #include <unistd.h>
 
@@ -32,8 +33,10 @@ struct Slot {
 
 const char* const kProjs[] = {"gate_proj", "up_proj", "down_proj"};
 
+}  // namespace
+
 // LLaDA-MoE names for our llada2-style internal names.
-std::string llada_moe_name(const std::string& n) {
+std::string llada_moe_checkpoint_name(const std::string& n) {
   static const std::vector<std::pair<std::string, std::string>> subs = {
       {"model.word_embeddings.", "model.embed_tokens."},
       {".attention.query_layernorm.", ".self_attn.q_norm."},
@@ -49,6 +52,10 @@ std::string llada_moe_name(const std::string& n) {
   }
   return out;
 }
+
+namespace {
+
+std::string llada_moe_name(const std::string& n) { return llada_moe_checkpoint_name(n); }
 
 // Expert modules by their module path ("model.layers.3.mlp.experts").
 std::map<std::string, moe::Experts> expert_modules(MoeDlm& model) {
@@ -279,6 +286,7 @@ MoeDlm load_model(const std::string& dir, const ModelConfig* cfg_override, const
     }
   }
   auto st = io::SafetensorsSet::open(dir);
+  check_checkpoint_header(cfg, st, cfg_path);  // before MoeDlm(cfg) allocates what the config implies
   auto build = [&] {
     if (!opt.map_weights) return MoeDlm(cfg);
     SkipWeightInit skip;  // every tensor is replaced below; never touch the placeholders
@@ -328,24 +336,39 @@ void commit_dir(const std::string& tmp_dir, const std::string& dir) {
 
 void save_model_dir(MoeDlm& model, const std::string& dir, const std::string& tokenizer_dir,
                     const std::vector<std::pair<std::string, std::string>>& extra_files) {
+  // A file in the way would be replaced by a directory without a word.
+  if (fs::exists(dir) && !fs::is_directory(dir))
+    fail(dir, "", "exists and is not a directory", "pass a directory path for the output");
   fs::path target(dir);
   ensure_writable_dir(target.has_parent_path() ? target.parent_path().string() : ".");
   std::string tmp = dir + ".tmp." + std::to_string(::getpid());
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  model->config().save((fs::path(tmp) / "config.json").string());
-  io::save_safetensors((fs::path(tmp) / "model.safetensors").string(), export_tensors(model),
-                       {{"format", "pt"}});
-  if (!tokenizer_dir.empty()) {
-    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                          "special_tokens_map.json", "vocab.json", "merges.txt"}) {
-      auto src = fs::path(tokenizer_dir) / f;
-      if (fs::exists(src)) fs::copy_file(src, fs::path(tmp) / f, fs::copy_options::overwrite_existing);
+  // A failed write (a full disk) removes its temp dir, so the previous `dir` stays as it was and
+  // nothing half-written is left behind.
+  try {
+    fs::create_directories(tmp);
+    model->config().save((fs::path(tmp) / "config.json").string());
+    io::save_safetensors((fs::path(tmp) / "model.safetensors").string(), export_tensors(model),
+                         {{"format", "pt"}});
+    if (!tokenizer_dir.empty()) {
+      for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                            "special_tokens_map.json", "vocab.json", "merges.txt"}) {
+        auto src = fs::path(tokenizer_dir) / f;
+        if (fs::exists(src)) fs::copy_file(src, fs::path(tmp) / f, fs::copy_options::overwrite_existing);
+      }
     }
+    for (const auto& [name, content] : extra_files)
+      write_file_atomic((fs::path(tmp) / name).string(), content);
+  } catch (const UserError& e) {
+    fs::remove_all(tmp, ec);
+    fail(dir, "", std::string("checkpoint not written: ") + e.what(),
+         "free disk space; the previous checkpoint is unchanged");
+  } catch (const std::filesystem::filesystem_error& e) {
+    fs::remove_all(tmp, ec);
+    fail(dir, "", std::string("checkpoint not written: ") + e.code().message() + " (" + e.path1().string() + ")",
+         "free disk space; the previous checkpoint is unchanged");
   }
-  for (const auto& [name, content] : extra_files)
-    write_file_atomic((fs::path(tmp) / name).string(), content);
   commit_dir(tmp, dir);
 }
 

@@ -11,6 +11,7 @@
 #include <regex>
 
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/checkpoint_check.h"
 #include "ecdlm/model/init.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/util/error.h"
@@ -109,6 +110,9 @@ void write_dir_atomically(const std::string& src, const std::string& dst,
   std::error_code ec;
   if (!src.empty() && fs::exists(dst) && fs::equivalent(src, dst, ec))
     fail(dst, "", "the output is the input directory", "write to another directory");
+  // A file in the way would be replaced by a directory without a word.
+  if (fs::exists(dst) && !fs::is_directory(dst))
+    fail(dst, "", "exists and is not a directory", "pass a directory path for the output");
   fs::path target(dst);
   ensure_writable_dir(target.has_parent_path() ? target.parent_path().string() : ".");
   const std::string tmp = dst + ".tmp." + std::to_string(::getpid());
@@ -295,6 +299,7 @@ ConvertReport export_llada2(const std::string& src, const std::string& dst, cons
   if (c.ecdlm_native)
     LOG_WARN(cfg_path << ": trained with bidirectional attention; LLaDA2's generate() uses a block-causal mask");
   auto st = std::make_shared<io::SafetensorsSet>(io::SafetensorsSet::open(src));
+  check_checkpoint_header(c, *st, cfg_path);  // before expert_bias zeros of num_experts are made
   ConvertReport rep;
   auto tensors = relayout(st, ExpertLayout::kPerExpert, want, rep);
   // LLaDA2's gate always carries expert_bias; zeros select exactly as no bias.
@@ -321,6 +326,7 @@ ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, co
   if (!want) fail("", "--dtype", "'keep' has no meaning for a new model", "use f32, bf16 or f16");
   cfg.validate(dst);
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  check_model_fits_memory(cfg, dst, 4.0, "init (the f32 model placeholders)");
   {
     SkipWeightInit skip;  // only names and shapes are needed: nothing is touched
     MoeDlm model(cfg);

@@ -1,5 +1,7 @@
 #include "ecdlm/train/metrics.h"
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "ecdlm/util/error.h"
@@ -41,6 +43,7 @@ MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(pat
 void MetricsLog::write(const nlohmann::json& line) {
   out_ << line.dump() << "\n";
   out_.flush();
+  if (!out_) fail(path_, "", std::string("write failed: ") + std::strerror(errno), "free disk space");
 }
 
 }  // namespace ecdlm

@@ -1,15 +1,19 @@
 #include "ecdlm/train/trainer.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <ctime>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "ecdlm/data/batcher.h"
 #include "ecdlm/data/shards.h"
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/checkpoint_check.h"
 #include "ecdlm/moe/routing_stats.h"
 #include "ecdlm/train/diffusion.h"
 #include "ecdlm/train/metrics.h"
@@ -47,6 +51,47 @@ std::string latest_checkpoint(const std::string& out_dir) {
 }
 
 namespace {
+
+// Whether `pid` is a live ecdlm process other than this one (its temp dirs are still being written).
+bool other_ecdlm_alive(const std::string& pid) {
+  if (pid == std::to_string(::getpid())) return true;
+  std::ifstream comm("/proc/" + pid + "/comm");
+  std::string name;
+  return comm && std::getline(comm, name) && name == "ecdlm";
+}
+
+// A run killed while writing (SIGKILL, power loss) leaves save_model_dir's `X.tmp.PID` behind,
+// and, if killed between its two renames, `X.old.PID` as the only copy of X. Only these names of
+// ours are touched: a temp dir is removed, an orphaned `.old` is renamed back, a spare one removed.
+void clean_stale_temps(const std::string& out_dir) {
+  static const std::regex in_out(R"(^(best|train_config\.json)\.(tmp|old)\.(\d+)$)");
+  static const std::regex in_ckpt(R"(^(step-\d+)\.(tmp|old)\.(\d+)$)");
+  for (const auto& [dir, re] : {std::pair{fs::path(out_dir), &in_out},
+                                std::pair{fs::path(out_dir) / "checkpoints", &in_ckpt}}) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    std::vector<fs::path> found;
+    for (const auto& e : fs::directory_iterator(dir, ec)) found.push_back(e.path());
+    for (const auto& path : found) {
+      std::smatch m;
+      const std::string name = path.filename().string();
+      if (!std::regex_match(name, m, *re)) continue;
+      if (other_ecdlm_alive(m[3].str())) {
+        LOG_WARN(path.string() << ": left as is, process " << m[3].str() << " (ecdlm) may still be writing it");
+        continue;
+      }
+      const fs::path target = dir / m[1].str();
+      if (m[2].str() == "old" && !fs::exists(target)) {
+        fs::rename(path, target, ec);
+        if (!ec) LOG_WARN("restored " << target.string() << " from " << name << " (a run was killed while replacing it)");
+      } else {
+        fs::remove_all(path, ec);
+        if (!ec) LOG_WARN("removed stale temporary " << path.string() << " (a run was killed while writing it)");
+      }
+      if (ec) fail(path.string(), "", "cannot clean up a stale temporary: " + ec.message(), "remove it by hand");
+    }
+  }
+}
 
 std::string step_name(int64_t step) {
   char buf[32];
@@ -185,7 +230,10 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   p.validate();
   apply_data_meta(cfg, p.data_dir);
   cfg.validate("model config");
+  // Before the output dir is created: a model beyond this machine leaves nothing behind.
+  check_model_fits_memory(cfg, "model config", 16.0, "training (f32 weights, gradients and two AdamW moments)");
   ensure_writable_dir(p.out_dir);
+  clean_stale_temps(p.out_dir);
   auto train_shard = data::TokenShard::open(p.data_dir, "train");
   auto val_shard = data::TokenShard::open(p.data_dir, "val");
   if (train_shard.vocab_size() != cfg.vocab_size)
