@@ -28,7 +28,8 @@ struct EvalArgs {
 
 int run(const EvalArgs& a) {
   if (a.bf16 != "true" && a.bf16 != "false") fail("", "--eval-bf16", "expects true or false", "");
-  auto model = load_for_routing(a.model, a.routing);
+  std::string dtype;
+  auto model = load_for_routing(a.model, a.routing, nullptr, &dtype);
   if (model->config().mask_token_id < 0)
     fail(a.model + "/config.json", "mask_token_id", "the model has no mask token id (and no tokenizer with <|mask|>)",
          "add \"mask_token_id\" to config.json or put the model's tokenizer.json next to it");
@@ -73,6 +74,8 @@ int run(const EvalArgs& a) {
   if (a.json) {
     auto j = res.to_json();
     j["routing_policy"] = moe::routing_policy_name(p.routing.policy);
+    j["routing_source"] = a.routing.policy_source(model->config());
+    j["dtype"] = dtype;
     if (a.cloze_span > 0)
       j["cloze"] = {{"span", a.cloze_span},           {"positions", a.cloze_positions},
                     {"accuracy", cloze.accuracy},     {"tokens", cloze.tokens},

@@ -17,6 +17,7 @@
 #include "ecdlm/generate/threshold.h"
 #include "inference_opts.h"
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/model_dir.h"
 #include "ecdlm/text/chat.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
@@ -162,11 +163,17 @@ std::string resolve_decoder(const GenerateOptions& o, const ModelConfig& cfg) {
   if (o.decoder != "auto") return o.decoder;
   // LLaDA2 checkpoints are block-causal and decode by threshold; ecdlm's own models and
   // LLaDA-MoE are bidirectional.
-  return cfg.arch == Arch::kLlada2Moe && !cfg.ecdlm_native ? "llada2" : "llada";
+  return trained_bidirectional(cfg) ? "llada" : "llada2";
 }
 
+// What the run decided before loading the model, for the logs and --json.
+struct Decided {
+  std::string decoder, dtype, routing_source;
+  moe::InferenceRouting routing;
+};
+
 int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok, const std::vector<int64_t>& ids,
-                  const std::string& decoder);
+                  const Decided& d);
 
 // Ctrl-C cancels at the next step: the decoders return what they have, which is printed (masks
 // shown) and the command exits 130. A second Ctrl-C kills as usual.
@@ -178,8 +185,11 @@ extern "C" void on_sigint(int) {
 
 int run_generate(GenerateOptions o) {
   std::signal(SIGINT, on_sigint);
-  // Flags first: a bad combination is reported before anything heavy is loaded.
-  const std::string decoder = resolve_decoder(o, ModelConfig::load(o.model_dir));
+  // Everything the flags and the directory decide is checked before the (slow) model load.
+  const auto cfg = ModelConfig::load(o.model_dir);
+  Decided d;
+  d.decoder = resolve_decoder(o, cfg);
+  const std::string& decoder = d.decoder;
   check_flag_combinations(o, decoder);
   // 0 picks the decoder's default; a negative count is a mistake, not a default.
   if (o.p.block_length < 0) flag_error("--diffusion-block-length", "must be >= 0 (0 = default)", "e.g. 32");
@@ -190,28 +200,37 @@ int run_generate(GenerateOptions o) {
     if (o.p.steps == 0) o.p.steps = o.p.gen_length;
     validate(o);
   }
-  auto model = load_for_routing(o.model_dir, o.routing);
-  const auto& cfg = model->config();
-  std::unique_ptr<text::Tokenizer> tok;
   const bool by_ids = o.given("--prompt-ids");
-  if (o.chat && o.tokenizer.empty() && !has_tokenizer_file(o.model_dir))
-    flag_error("--chat", "needs the model's tokenizer, and " + o.model_dir + " has none",
-               "copy LLaDA2's tokenizer.json (and tokenizer_config.json) into the model directory, or pass --tokenizer");
-  if (!by_ids || !o.tokenizer.empty()) tok = text::load_tokenizer(o.tokenizer.empty() ? o.model_dir : o.tokenizer);
   if (by_ids && !o.prompt.empty())
     flag_error("--prompt-ids", "given together with --prompt", "pass one of them");
+  // llada prints text and --canvas draws it: with --prompt-ids they take the directory's tokenizer.
+  const bool need_tok = !by_ids || decoder == "llada" || o.canvas;
+  std::unique_ptr<text::Tokenizer> tok;
+  if (o.tokenizer.empty() && need_tok && !has_tokenizer_file(o.model_dir)) {
+    if (o.chat)
+      flag_error("--chat", "needs the model's tokenizer, and " + o.model_dir + " has none",
+                 "copy LLaDA2's tokenizer.json (and tokenizer_config.json) into the model directory, or pass --tokenizer");
+    if (by_ids)
+      flag_error("--tokenizer", (o.canvas ? std::string("--canvas") : "--decoder llada") + " prints text, and " +
+                                    o.model_dir + " has no tokenizer (tokenizer.json, vocab.json or tokenizer.model)",
+                 "pass --tokenizer FILE, or use --decoder llada2 (prints the ids)");
+  }
+  if (need_tok || !o.tokenizer.empty()) tok = text::load_tokenizer(o.tokenizer.empty() ? o.model_dir : o.tokenizer);
   if (tok && tok->vocab_size() > cfg.vocab_size)
     throw UserError(format_error(o.model_dir, "vocab_size",
                                  "tokenizer has " + std::to_string(tok->vocab_size()) +
                                      " pieces but the model only " + std::to_string(cfg.vocab_size),
                                  "use the tokenizer the model was trained with"));
-  const int64_t mask = o.mask_id >= 0 ? o.mask_id : cfg.mask_token_id >= 0 ? cfg.mask_token_id : tok ? tok->mask_id() : -1;
+  const auto mask_found = o.mask_id >= 0 ? SpecialId{o.mask_id, "--mask-id"} : resolve_mask_id(o.model_dir, cfg, tok.get());
+  const int64_t mask = mask_found.id;
   if (mask < 0)
     throw UserError(format_error(o.model_dir + "/config.json", "mask_token_id", "the model has no mask token id",
-                                 "set mask_token_id, or give a tokenizer that has <|mask|>"));
+                                 "set mask_token_id (config.json or generation_config.json), pass --mask-id, or give "
+                                 "a tokenizer that has <|mask|>"));
   if (tok && cfg.mask_token_id >= 0 && tok->mask_id() != cfg.mask_token_id)
     LOG_WARN("tokenizer mask id " << tok->mask_id() << " != config mask_token_id " << cfg.mask_token_id
                                   << "; using the config's");
+  LOG_INFO("generate: mask id " << mask << " (" << mask_found.source << ")");
   std::vector<int64_t> ids;
   if (by_ids) {
     ids = parse_ids(o.prompt_ids, "--prompt-ids");
@@ -220,25 +239,35 @@ int run_generate(GenerateOptions o) {
   } else {
     for (int32_t id : tok->encode(o.prompt)) ids.push_back(id);
   }
-  if (decoder != "llada") {
-    o.tp.mask_id = mask;
-    return run_threshold(o, model, tok.get(), ids, decoder);
-  }
-  if (!tok) flag_error("--prompt-ids", "the llada decoder prints text and needs a tokenizer", "pass --tokenizer FILE");
-  o.p.mask_id = mask;
-  o.p.routing = o.routing.resolve(cfg);
+  for (auto id : ids)
+    if (id >= cfg.vocab_size)
+      flag_error(by_ids ? "--prompt-ids" : "--tokenizer", "token id " + std::to_string(id) +
+                     " is outside the model's vocabulary (" + std::to_string(cfg.vocab_size) + ")",
+                 "use ids of this model's tokenizer");
+  if (decoder != "llada" && ids.empty())
+    flag_error("--prompt", "is empty", "threshold decoding continues a prompt: pass -p TEXT");
   const auto P = static_cast<int64_t>(ids.size());
-  auto prompt_BP = torch::tensor(ids, torch::kInt64).view({1, P}).repeat({o.num_samples, 1});
-  if (P + o.p.gen_length > cfg.max_position_embeddings)
+  if (decoder == "llada" && P + o.p.gen_length > cfg.max_position_embeddings)
     flag_error("--gen-length", "prompt (" + std::to_string(P) + " tokens) + generation (" +
                                    std::to_string(o.p.gen_length) + ") exceeds the model's context of " +
                                    std::to_string(cfg.max_position_embeddings) + " (max_position_embeddings)",
                "shorten the prompt or lower --gen-length");
+  d.routing = o.routing.resolve(cfg);
+  d.routing_source = o.routing.policy_source(cfg);
+
+  auto model = load_for_routing(o.model_dir, o.routing, nullptr, &d.dtype);
+  if (decoder != "llada") {
+    o.tp.mask_id = mask;
+    return run_threshold(o, model, tok.get(), ids, d);
+  }
+  o.p.mask_id = mask;
+  o.p.routing = d.routing;
+  auto prompt_BP = torch::tensor(ids, torch::kInt64).view({1, P}).repeat({o.num_samples, 1});
 
   gen::DecodeParams p = o.p;
   p.stop_at_eos = !o.ignore_eos;
   const int64_t steps_per_block = p.steps / (p.gen_length / p.block_length);
-  LOG_INFO("generate: model " << o.model_dir << " (" << to_string(cfg.router_type) << ", "
+  LOG_INFO("generate: model " << o.model_dir << " (" << to_string(model->config().router_type) << ", "
                               << cfg.num_hidden_layers << " layers, vocab " << cfg.vocab_size
                               << "), prompt " << P << " tokens, samples " << o.num_samples);
   LOG_INFO("generate: gen_length " << p.gen_length << ", block_length " << p.block_length
@@ -303,6 +332,10 @@ int run_generate(GenerateOptions o) {
       j["samples"].push_back({{"text", texts[i]}, {"tokens", tokens[i]}});
     j["prompt_tokens"] = ids;
     if (o.chat) j["chat"] = {{"template", o.chat_text}, {"stop_ids", o.stop_ids}};
+    j["decoder"] = decoder;
+    j["routing"] = moe::routing_policy_name(p.routing.policy);
+    j["routing_source"] = d.routing_source;
+    j["dtype"] = d.dtype;
     j["forwards"] = res.forwards;
     j["seconds"] = res.seconds;
     j["tokens_per_s"] = tps;
@@ -320,10 +353,10 @@ int run_generate(GenerateOptions o) {
 
 
 int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok, const std::vector<int64_t>& ids,
-                  const std::string& decoder) {
+                  const Decided& d) {
   const auto& cfg = model->config();
+  const std::string& decoder = d.decoder;
   auto& tp = o.tp;
-  if (ids.empty()) flag_error("--prompt", "is empty", "threshold decoding continues a prompt: pass -p TEXT");
   tp.gen_length = o.p.gen_length;
   tp.block_length = o.p.block_length > 0 ? o.p.block_length : 32;
   tp.steps = o.p.steps > 0 ? o.p.steps : tp.block_length;
@@ -352,11 +385,16 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
   tp.confidence = gen::parse_confidence(o.confidence);
   if (o.kv_cache != "true" && o.kv_cache != "false") flag_error("--kv-cache", "expects true or false", "");
   tp.kv_cache = o.kv_cache == "true";
-  tp.routing = o.routing.resolve(cfg);
+  tp.routing = d.routing;
   if (o.ignore_eos) tp.eos_id = -2;
-  if (cfg.ecdlm_native && tp.kv_cache)
-    LOG_WARN("KV cache on a bidirectionally trained model: APPROXIMATE (earlier blocks are not re-read after later "
-             "ones change); use --kv-cache false for exact decoding");
+  // These decoders attend block-causally; a model trained bidirectionally never saw that mask.
+  const bool approximate = trained_bidirectional(cfg);
+  if (approximate)
+    LOG_WARN("--decoder " << decoder << " on a bidirectionally trained model (" << (cfg.ecdlm_native ? "ecdlm's own" : "LLaDA-MoE")
+                          << "): block-causal attention"
+                          << (tp.kv_cache ? " with a prefix KV cache (earlier blocks are not re-read after later ones change)"
+                                          : "")
+                          << " is APPROXIMATE; --decoder llada decodes with the model's own bidirectional attention");
   LOG_INFO("generate: decoder " << decoder << " (rule " << o.rule << "), model " << o.model_dir << " ("
                                 << to_string(cfg.router_type) << ", " << cfg.num_hidden_layers << " layers), prompt "
                                 << ids.size() << " tokens, gen_length " << tp.gen_length << ", block " << tp.block_length
@@ -429,6 +467,9 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
   }
   if (o.json) {
     nlohmann::json out = {{"decoder", decoder}, {"routing", moe::routing_policy_name(tp.routing.policy)},
+                          {"routing_source", d.routing_source}, {"dtype", d.dtype},
+                          {"model_attention", approximate ? "bidirectional" : "block-causal"},
+                          {"approximate", approximate},
                           {"kv_cache", tp.kv_cache}, {"prompt_tokens", ids}, {"samples", js},
                           {"peak_rss_mb", prof::peak_rss_bytes() / 1048576.0}};
     if (o.chat) out["chat"] = {{"template", o.chat_text}, {"stop_ids", o.stop_ids}};
@@ -496,7 +537,9 @@ void register_generate(CLI::App& app) {
   sub->add_flag("--ignore-eos", o->ignore_eos,
                 "Keep generating after EOS and print everything (default: stop at the first EOS)");
   sub->add_flag("--json", o->json,
-                "Print {samples:[{text,tokens}], forwards, seconds, tokens_per_s, forward_ms}");
+                "Print {samples:[{text,tokens}], forwards, seconds, tokens_per_s, forward_ms, routing, routing_source "
+                "(flag, config or default), dtype}; llada2 / fast-dllm add approximate (true on a bidirectionally "
+                "trained model: block-causal attention and the KV cache only approximate it)");
   sub->add_flag("--canvas", o->canvas,
                 "Redraw the canvas on stderr after every step (masks as \u2591)");
   sub->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids (\"12,7,99\"), instead of -p");
@@ -517,12 +560,14 @@ void register_generate(CLI::App& app) {
       ->capture_default_str();
   sub->add_flag("--diffusion-eos-early-stop", o->tp.eos_early_stop,
                 "llada2 / fast-dllm: stop as soon as EOS is committed with nothing masked before it");
-  sub->add_option("--kv-cache", o->kv_cache, "llada2 / fast-dllm: true|false (exact for block-causal models)")
+  sub->add_option("--kv-cache", o->kv_cache, "llada2 / fast-dllm: true|false (exact for block-causal models; "
+                                             "on bidirectional ones, as LLaDA-MoE, an approximation, with a warning)")
       ->capture_default_str();
   sub->add_option("--eos-id", o->tp.eos_id,
                   "llada2 / fast-dllm: EOS token id (default: the config's eos_token_id, else pad_token_id); "
                   "with --chat one more stop id");
-  sub->add_option("--mask-id", o->mask_id, "Mask token id (default: the config's, else the tokenizer's <|mask|>)");
+  sub->add_option("--mask-id", o->mask_id, "Mask token id (default: config.json's mask_token_id, else "
+                                           "generation_config.json's, else the tokenizer's <|mask|>)");
   o->routing.add_to(sub);
   o->sub = sub;
   set_runner(sub, [o]() { return run_generate(*o); });

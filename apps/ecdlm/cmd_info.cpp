@@ -7,8 +7,10 @@
 #include <memory>
 
 #include "commands.h"
+#include "inference_opts.h"
 #include "ecdlm/io/safetensors.h"
 #include "ecdlm/model/checkpoint_check.h"
+#include "ecdlm/model/model_dir.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/moe/capacity.h"
 #include "ecdlm/util/error.h"
@@ -123,6 +125,24 @@ json memory_json(const ModelConfig& c, const ParamCounts& n, const json& ck) {
   return m;
 }
 
+// What the inference commands will do with this directory when no flag says otherwise.
+json inference_json(const std::string& dir, const ModelConfig& c, bool has_ckpt) {
+  json inf;
+  const bool bidir = trained_bidirectional(c);
+  inf["attention"] = bidir ? "bidirectional" : "block-causal";
+  inf["decoder"] = bidir ? "llada" : "llada2";
+  inf["dtype"] = has_ckpt ? default_dtype(dir) : "";
+  const auto mask = resolve_mask_id(dir, c), eos = resolve_eos_id(dir, c);
+  inf["mask_id"] = {{"id", mask.id}, {"source", mask.source}};
+  inf["eos_id"] = {{"id", eos.id}, {"source", eos.source}};
+  const auto r = moe::InferenceRouting::defaults_for(c);
+  const std::string src = routing_source(c);
+  inf["routing"] = {{"policy", moe::routing_policy_name(r.policy)}, {"source", src},
+                    {"why", describe_routing(r, c, src)}};
+  if (r.policy == moe::RoutingPolicy::kBlock) inf["routing"]["block_top_p"] = r.block_top_p;
+  return inf;
+}
+
 json build_info(const std::string& dir) {
   const std::string cfg_path =
       fs::is_directory(dir) ? (fs::path(dir) / "config.json").string() : dir;
@@ -213,7 +233,7 @@ json build_info(const std::string& dir) {
   j["parameters"] = pc;
 
   json ex;
-  ex["layout"] = "stacked per layer: gate_proj/up_proj [E, F, D], down_proj [E, D, F]";
+  ex["layout"] = "in memory: stacked per layer, gate_proj/up_proj [E, F, D], down_proj [E, D, F]";
   ex["shape_EFD"] = {c.num_experts, c.moe_intermediate_size, c.hidden_size};
   ex["params_per_expert"] = n.per_expert;
   ex["bytes_per_expert_f32"] = n.per_expert * 4;
@@ -249,10 +269,13 @@ json build_info(const std::string& dir) {
     ck["tensors"] = st.names().size();
     ck["elements"] = numel;
     ck["dtypes"] = dtypes;
+    ck["expert_layout"] = expert_file_layout(st);
   }
-  if (fs::is_directory(dir)) ck["tokenizer"] = fs::exists(fs::path(dir) / "tokenizer.model");
+  const std::string model_dir = fs::is_directory(dir) ? dir : fs::path(cfg_path).parent_path().string();
+  ck["tokenizer"] = tokenizer_files(model_dir);
   j["checkpoint"] = ck;
   j["memory"] = memory_json(c, n, ck);
+  j["inference"] = inference_json(model_dir, c, has_ckpt);
   return j;
 }
 
@@ -279,8 +302,9 @@ void print_human(const json& j) {
                                         s(a["shared_expert_intermediate_size"]) + " / " +
                                         s(a["intermediate_size"]));
   row("vocab", s(a["vocab_size"]));
-  row("mask / eos / pad id",
-      s(a["mask_token_id"]) + " / " + s(a["eos_token_id"]) + " / " + s(a["pad_token_id"]));
+  auto id = [&](const json& v) { return v.get<int64_t>() < 0 ? std::string("-") : s(v); };
+  row("mask / eos / pad id (config)",
+      id(a["mask_token_id"]) + " / " + id(a["eos_token_id"]) + " / " + id(a["pad_token_id"]));
   const auto& cap = j["capacity"];
   if (cap.contains("schedule")) {
     std::string kr;
@@ -327,18 +351,35 @@ void print_human(const json& j) {
       dt += (dt.empty() ? "" : ", ") + it.key() + " x" + s(it.value());
     row("tensors", s(ck["tensors"]) + " (" + dt + "), " + human(ck["elements"].get<double>()) +
                        " elements, " + human_bytes(ck["tensor_bytes"].get<double>()));
+    const std::string lay = s(ck["expert_layout"]);
+    row("experts in the file", lay == "per-expert" ? "per-expert (mlp.experts.E.{gate,up,down}_proj.weight)"
+                               : lay == "stacked"  ? "stacked (mlp.experts.{gate,up,down}_proj, ecdlm convert)"
+                                                   : lay);
   }
-  if (ck.contains("tokenizer"))
-    row("tokenizer.model", ck["tokenizer"].get<bool>() ? "present" : "missing");
+  std::string toks;
+  for (const auto& f : ck["tokenizer"]) toks += (toks.empty() ? "" : ", ") + f.get<std::string>();
+  row("tokenizer", toks.empty() ? "none (generate and logits --text need --tokenizer)" : toks);
+  const auto& inf = j["inference"];
+  std::printf("inference defaults (generate, logits, eval)\n");
+  row("decoder (auto)", s(inf["decoder"]) + " (trained " + s(inf["attention"]) + ")");
+  row("dtype", inf["dtype"].get<std::string>().empty() ? "- (no weights)"
+                                                       : s(inf["dtype"]) + " (the stored dtype; --dtype to change)");
+  auto sid = [&](const json& v) {
+    return v["id"].get<int64_t>() < 0 ? std::string("none") : s(v["id"]) + " (" + s(v["source"]) + ")";
+  };
+  row("mask id", sid(inf["mask_id"]));
+  row("eos id", sid(inf["eos_id"]));
+  row("routing", s(inf["routing"]["why"]));
   const auto& m = j["memory"];
   std::printf("memory (%s weights, mapped: only what a forward reads is paged in)\n",
               m["bytes_per_weight"].get<int>() == 2 ? "bf16" : "f32");
   row("all weights", human_bytes(m["weights_total_bytes"].get<double>()));
   row("non-expert (always read)", human_bytes(m["non_expert_bytes"].get<double>()));
   row("KV cache per token", human_bytes(m["kv_cache_bytes_per_token"].get<double>()));
-  for (const char* pol : {"token", "topk", "block", "ec"}) {
+  for (const char* pol : {"token", "topk", "block", "ec"}) {  // * = this model's default
     const auto& q = m["per_policy"][pol];
-    row(std::string("--moe-routing ") + pol,
+    const bool dflt = s(inf["routing"]["policy"]) == pol;
+    row(std::string("--moe-routing ") + pol + (dflt ? " *" : ""),
         human_bytes(q["bytes_per_forward_min"].get<double>()) + " .. " +
             human_bytes(q["bytes_per_forward_max"].get<double>()) + " per 32-token forward (" +
             s(q["experts_per_layer_min"]) + ".." + s(q["experts_per_layer_max"]) + " experts/layer)");

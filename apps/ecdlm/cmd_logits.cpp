@@ -1,5 +1,6 @@
 // `ecdlm logits`: dump the f32 logits of one forward pass, for comparisons with other
-// implementations (the golden fixtures, the official Python code).
+// implementations (the golden fixtures, the official Python code), and time it (--reps, --json).
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -20,7 +21,7 @@ namespace {
 
 struct LogitsOptions {
   std::string model_dir, text, input, out, attention = "bidirectional";
-  int64_t block_length = 32;
+  int64_t block_length = 32, reps = 1;
   RoutingFlags routing;
   bool json = false;
 };
@@ -70,13 +71,12 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
     read_input(o.input, ids_BT, ratio_B);  // before loading the model: fail fast on bad input
     source = o.input;
   }
-  LoadStats load_stats;
-  const auto t_load = std::chrono::steady_clock::now();
-  auto model = load_for_routing(o.model_dir, o.routing, &load_stats);
-  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
-  const auto routing = o.routing.resolve(model->config());
-  const auto& cfg = model->config();
-  if (has_text) {
+  if (o.reps < 1) fail("", "--reps", "must be >= 1", "pass 1 to time one forward");
+  if (!o.out.empty()) {
+    const auto parent = std::filesystem::path(o.out).parent_path();
+    if (!parent.empty()) ensure_writable_dir(parent.string());  // before the load, not after
+  }
+  if (has_text) {  // the tokenizer before the model: a missing one fails fast
     auto tok = text::load_tokenizer(o.model_dir);
     std::vector<int64_t> ids;
     for (int32_t id : tok->encode(o.text)) ids.push_back(id);
@@ -85,6 +85,13 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
     ids_BT = torch::tensor(ids, torch::kInt64).view({1, static_cast<int64_t>(ids.size())});
     source = "--text";
   }
+  LoadStats load_stats;
+  std::string dtype;
+  const auto t_load = std::chrono::steady_clock::now();
+  auto model = load_for_routing(o.model_dir, o.routing, &load_stats, &dtype);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  const auto& cfg = model->config();
+  const auto routing = o.routing.resolve(cfg);
   const int64_t lo = ids_BT.min().item<int64_t>(), hi = ids_BT.max().item<int64_t>();
   if (lo < 0 || hi >= cfg.vocab_size)
     throw UserError(format_error(source, "input_ids",
@@ -103,24 +110,46 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
   torch::NoGradGuard no_grad;
   model->eval();
   if (routing.policy != moe::RoutingPolicy::kToken) opt.routing = &routing;
-  auto logits = model->forward(ids_BT, opt).logits_BLV.to(torch::kFloat32).contiguous();
-
-  const auto parent = std::filesystem::path(o.out).parent_path();
-  if (!parent.empty()) ensure_writable_dir(parent.string());
-  io::save_safetensors(o.out, {{"logits", logits}, {"input_ids", ids_BT}},
-                       {{"model", o.model_dir},
-                        {"attention", o.attention},
-                        {"block_length", std::to_string(opt.block_length)}});
+  // As llama-bench: the same forward --reps times, each timed alone (the first also pages the weights in).
+  torch::Tensor logits;
+  std::vector<double> ms;
+  for (int64_t r = 0; r < o.reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    logits = model->forward(ids_BT, opt).logits_BLV;
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  auto sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  const double median_ms = sorted[sorted.size() / 2];
+  const double tokens_per_s = median_ms > 0 ? 1e3 * static_cast<double>(ids_BT.numel()) / median_ms : 0.0;
+  LOG_INFO("logits: forward " << median_ms << " ms" << (o.reps > 1 ? " (median of " + std::to_string(o.reps) + ", first " +
+                                                                         std::to_string(ms.front()) + " ms)"
+                                                                   : std::string())
+                              << ", " << tokens_per_s << " tokens/s");
+  const auto shape = logits.sizes().vec();
+  if (!o.out.empty()) {
+    logits = logits.to(torch::kFloat32).contiguous();
+    io::save_safetensors(o.out, {{"logits", logits}, {"input_ids", ids_BT}},
+                         {{"model", o.model_dir},
+                          {"attention", o.attention},
+                          {"block_length", std::to_string(opt.block_length)}});
+  }
   if (!o.json) {
-    std::cout << "wrote " << o.out << ": logits " << shape_str(logits.sizes().vec()) << " f32\n";
+    if (!o.out.empty()) std::cout << "wrote " << o.out << ": logits " << shape_str(shape) << " f32\n";
+    else std::cout << "logits " << shape_str(shape) << ": forward " << median_ms << " ms, " << tokens_per_s << " tokens/s\n";
     return 0;
   }
   int64_t experts_used = 0;
   for (auto& blk : model->moe_blocks()) experts_used += blk->experts->num_touched();
-  nlohmann::json j = {{"out", o.out},
-                      {"shape", logits.sizes().vec()},
-                      {"dtype", o.routing.dtype},
+  nlohmann::json j = {{"out", o.out.empty() ? nlohmann::json() : nlohmann::json(o.out)},
+                      {"shape", shape},
+                      {"dtype", dtype},
                       {"routing", moe::routing_policy_name(routing.policy)},
+                      {"routing_source", o.routing.policy_source(cfg)},
+                      {"forward_ms", median_ms},
+                      {"forward_ms_all", ms},
+                      {"tokens", ids_BT.numel()},
+                      {"tokens_per_s", tokens_per_s},
                       {"weights", {{"mapped_bytes", load_stats.mapped_bytes},
                                    {"copied_bytes", load_stats.copied_bytes},
                                    {"touched_bytes", weight_bytes_touched(model, std::get<0>(at::_unique(ids_BT)).numel())},
@@ -136,7 +165,7 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
 }  // namespace
 
 void register_logits(CLI::App& app) {
-  auto* sub = app.add_subcommand("logits", "Dump the f32 logits of one forward pass");
+  auto* sub = app.add_subcommand("logits", "Dump the f32 logits of one forward pass (--out), and time it");
   auto o = std::make_shared<LogitsOptions>();
   sub->add_option("-m,--model", o->model_dir, "Model directory")->required();
   auto* text_opt =
@@ -145,13 +174,17 @@ void register_logits(CLI::App& app) {
       "--input", o->input,
       "IN.safetensors with input_ids (int64 [B, T]) and optionally mask_ratio (f32 [B], the EC "
       "capacity input; default #mask / T per row)");
-  sub->add_option("--out", o->out, "OUT.safetensors: logits (f32 [B, T, V]) and input_ids")
-      ->required();
+  sub->add_option("--out", o->out, "OUT.safetensors: logits (f32 [B, T, V]) and input_ids (default: none, "
+                                  "only the forward is timed)");
+  sub->add_option("--reps", o->reps, "Time the forward this many times (median reported; the first also pages "
+                                     "the weights in)")
+      ->capture_default_str();
   sub->add_option("--attention", o->attention, "Attention mask")
       ->check(CLI::IsMember({"bidirectional", "block-causal"}))
       ->capture_default_str();
   o->routing.add_to(sub);
-  sub->add_flag("--json", o->json, "Print a JSON report: weights mapped / copied / read, experts used, peak RSS");
+  sub->add_flag("--json", o->json, "Print a JSON report: forward_ms (median of --reps), tokens_per_s, load_s, dtype, "
+                                   "routing and routing_source, weights mapped / copied / read, experts used, peak RSS");
   sub->add_option("--block-length", o->block_length,
                   "Block length of block-causal attention (blocks aligned to position 0)")
       ->capture_default_str();

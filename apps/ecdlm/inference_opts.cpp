@@ -1,8 +1,12 @@
 #include "inference_opts.h"
 
+#include <cctype>
+#include <cstdio>
+#include <memory>
 #include <sstream>
 
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/model_dir.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/error.h"
@@ -40,10 +44,11 @@ void RoutingFlags::add_to(CLI::App* sub) {
                                                           "(default static k = the model's top-k)");
   sub->add_option("--moe-capacity-k-min", ec_k_min, "ec routing: schedule k_min");
   sub->add_option("--moe-capacity-k-max", ec_k_max, "ec routing: schedule k_max");
-  sub->add_option("--dtype", dtype, "Weight dtype: f32, or bf16 (router, norms, softmax, MoE sum and logits "
-                                    "stay f32; weights already in this dtype are used in place from the mmap)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+  sub->add_option("--dtype", dtype, "Weight dtype: f32 or bf16 (default: the checkpoint's stored dtype, so "
+                                    "nothing is converted; f16 loads as f32). Router, norms, softmax, MoE sum and "
+                                    "logits stay f32; weights already in this dtype are used in place from the "
+                                    "mmap, others are converted (logged with their size)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--kernel", kernel,
                   "bf16 products with few token rows (KV-cached decoding: experts, projections, LM head): auto "
                   "(best this CPU has), amx (AMX-BF16, up to 64 rows), avx512 (AVX512-BF16, up to 16 rows), "
@@ -79,12 +84,90 @@ moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
   if (r.policy != moe::RoutingPolicy::kToken) r.validate(moe_config_from(cfg));
   if (r.policy == moe::RoutingPolicy::kToken && block_top_p >= 0 && !(block_top_p > 0 && block_top_p <= 1))
     fail("", "--block-top-p", "must be in (0, 1]", "");
+  // ec is a load-time router swap: name it as the user chose it.
+  LOG_INFO("routing: " << (policy == "ec" ? std::string("ec (expert choice, a router swap at load), from --moe-routing")
+                                          : describe_routing(r, cfg, policy_source(cfg), block_top_p >= 0)));
   return r;
 }
 
-MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats) {
+std::string RoutingFlags::policy_source(const ModelConfig& cfg) const {
+  return policy.empty() ? routing_source(cfg) : "flag";
+}
+
+std::string routing_source(const ModelConfig& cfg) {
+  return moe::InferenceRouting::defaults_for(cfg).policy == moe::RoutingPolicy::kToken ? "default" : "config";
+}
+
+std::string describe_routing(const moe::InferenceRouting& r, const ModelConfig& cfg, const std::string& source,
+                             bool p_from_flag) {
+  std::ostringstream os;
+  os << moe::routing_policy_name(r.policy);
+  if (r.policy == moe::RoutingPolicy::kBlock)
+    os << " (p " << r.block_top_p
+       << (p_from_flag                     ? " from --block-top-p"
+           : cfg.dmoe_core_threshold > 0   ? " from config.json core_threshold"
+                                           : " built in")
+       << ", G " << r.block_min_experts << ", chunk " << r.block_chunk << ")";
+  else if (r.policy == moe::RoutingPolicy::kTopK)
+    os << " (cap " << r.topk_cap << ")";
+  if (source == "flag")
+    os << ", from --moe-routing";
+  else if (source == "config")
+    os << ", the default for this model: its config.json has dMoE's mode \"" << cfg.dmoe_mode
+       << "\" (--moe-routing to change)";
+  else
+    os << ", the built-in default (the model's own routing; --moe-routing to change)";
+  return os.str();
+}
+
+bool trained_bidirectional(const ModelConfig& cfg) { return cfg.arch == Arch::kLladaMoe || cfg.ecdlm_native; }
+
+namespace {
+
+std::string size_str(double bytes) {
+  char buf[32];
+  if (bytes >= 1e9) std::snprintf(buf, sizeof(buf), "%.2f GB", bytes / 1e9);
+  else std::snprintf(buf, sizeof(buf), "%.2f MB", bytes / 1e6);
+  return buf;
+}
+
+std::unique_ptr<io::SafetensorsSet> open_weights(const std::string& dir) {
+  try {
+    return std::make_unique<io::SafetensorsSet>(io::SafetensorsSet::open(dir));
+  } catch (const UserError&) {  // load_model reports it, after its own checks
+    return nullptr;
+  }
+}
+
+std::string dtype_for(const std::string& stored) { return stored == "BF16" ? "bf16" : stored.empty() ? "" : "f32"; }
+
+}  // namespace
+
+std::string default_dtype(const std::string& dir) {
+  auto st = open_weights(dir);
+  return st ? dtype_for(stored_weight_dtype(*st)) : "";
+}
+
+MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats, std::string* dtype) {
   LoadOptions lo;
-  lo.dtype = parse_dtype(f.dtype);
+  // A bf16 checkpoint loaded as f32 silently quadruples the memory a forward reads: say what is used and why.
+  auto st = open_weights(dir);
+  const std::string stored = st ? stored_weight_dtype(*st) : "";
+  const std::string use = !f.dtype.empty() ? f.dtype : stored == "BF16" ? "bf16" : "f32";
+  lo.dtype = parse_dtype(use);
+  if (dtype) *dtype = use;
+  auto lower = [](std::string d) {
+    for (auto& c : d) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return d;
+  };
+  if (!stored.empty())
+    LOG_INFO("weights: " << use << ", " << (!f.dtype.empty()  ? "from --dtype; the checkpoint stores " + lower(stored)
+                                          : stored == "F16" ? std::string("the checkpoint stores f16, computed as f32")
+                                                            : std::string("the checkpoint's stored dtype (--dtype to change)")));
+  if (st)
+    for (const auto& [from, bytes] : conversion_bytes(*st, lo.dtype))
+      LOG_INFO("converting " << size_str(static_cast<double>(bytes)) << " of " << lower(from) << " weights to " << use
+                             << (f.dtype.empty() ? "" : " (--dtype " + f.dtype + ")"));
   kernels::set_small_m(kernels::parse_small_m(f.kernel, "--kernel"));
   if (lo.dtype == torch::kBFloat16)
     LOG_INFO("small-M kernel: " << f.kernel << " -> " << kernels::small_m_name(kernels::small_m_backend())

@@ -23,19 +23,39 @@ struct RoutingFlags {
   std::vector<CLI::Option*> des_opts;  // to warn when given without a DES policy
   std::string ec_schedule;            // ec on a TC model: capacity schedule (default static)
   double ec_k_min = 0, ec_k_max = 0;
-  std::string dtype = "f32";          // --dtype: weight storage / compute type (f32 | bf16)
+  std::string dtype;                  // --dtype: f32 | bf16; "" = the checkpoint's stored dtype
   std::string kernel = "auto";        // --kernel: auto | amx | avx512 | torch (kernels/small_m.h)
 
   void add_to(CLI::App* sub);
-  // The effective routing for `cfg` (validated; UserError naming the flag).
+  // The effective routing for `cfg` (validated; UserError naming the flag), logged with its source.
   moe::InferenceRouting resolve(const ModelConfig& cfg) const;
+  // Where the effective policy comes from: "flag", "config" or "default" (routing_source below).
+  std::string policy_source(const ModelConfig& cfg) const;
 };
+
+// Where a model's routing policy comes from without --moe-routing: "config" (dMoE keys mode
+// "aggregate" / core_threshold in config.json: block routing) or "default" (built in: token).
+std::string routing_source(const ModelConfig& cfg);
+// One line for logs and `info`: the policy, its parameters and why it is the one in effect.
+std::string describe_routing(const moe::InferenceRouting& r, const ModelConfig& cfg, const std::string& source,
+                             bool p_from_flag = false);
+
+// Trained with bidirectional attention (LLaDA-MoE, ecdlm's own models): the llada2 / fast-dllm
+// decoders' block-causal attention and KV cache only approximate it.
+bool trained_bidirectional(const ModelConfig& cfg);
 
 // Loads a model for inference with a routing policy: weights mapped from the checkpoint in --dtype
 // (experts bound per expert, so unrouted experts are never read). `ec` turns a token-choice
 // checkpoint into expert choice (router swap, gate weights reused, capacity k(r) from
 // --moe-capacity-*); others load as is.
-MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats = nullptr);
+// Without --dtype the weights load in the checkpoint's stored dtype (bf16, else f32); every
+// conversion is logged with its size. `dtype` receives the dtype used ("f32" / "bf16").
+MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats = nullptr,
+                        std::string* dtype = nullptr);
+
+// The dtype inference loads `dir` in without --dtype: "bf16" for bf16 weights, else "f32" (f16
+// is computed as f32); "" when the directory has no readable weights.
+std::string default_dtype(const std::string& dir);
 
 // "f32" / "bf16" -> dtype; UserError naming --dtype otherwise.
 torch::ScalarType parse_dtype(const std::string& s);

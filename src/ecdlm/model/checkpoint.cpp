@@ -11,7 +11,7 @@
 #include <set>
 
 #include "ecdlm/model/init.h"
-#include "ecdlm/text/tokenizer.h"
+#include "ecdlm/model/model_dir.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/strings.h"
 #include "ecdlm/util/fs.h"
@@ -274,15 +274,11 @@ MoeDlm load_model(const std::string& dir, const ModelConfig* cfg_override, const
     fail(dir, "config.json", "not found", "pass a model directory (config.json + model.safetensors)");
   ModelConfig cfg = cfg_override ? *cfg_override : ModelConfig::load(cfg_path);
   if (cfg.mask_token_id < 0) {
-    // HF LLaDA2 / LLaDA-MoE configs leave the mask id to the tokenizer (<|mask|>).
-    std::unique_ptr<text::Tokenizer> tok;
-    try {
-      tok = text::load_tokenizer(dir);
-    } catch (const UserError&) {
-    }
-    if (tok && tok->mask_id() >= 0 && tok->mask_id() < cfg.vocab_size) {
-      cfg.mask_token_id = tok->mask_id();
-      LOG_DEBUG(dir << ": mask_token_id " << cfg.mask_token_id << " from the tokenizer");
+    // HF LLaDA2 / LLaDA-MoE configs leave the mask id to generation_config.json or the tokenizer.
+    const auto mask = resolve_mask_id(dir, cfg);
+    if (mask.id >= 0) {
+      cfg.mask_token_id = mask.id;
+      LOG_DEBUG(dir << ": mask_token_id " << cfg.mask_token_id << " from " << mask.source);
     }
   }
   auto st = io::SafetensorsSet::open(dir);

@@ -1,0 +1,98 @@
+#include "ecdlm/model/model_dir.h"
+
+#include <filesystem>
+#include <memory>
+
+#include "ecdlm/text/tokenizer.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/fs.h"
+
+namespace ecdlm {
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_float(io::DType d) { return d == io::DType::F32 || d == io::DType::BF16 || d == io::DType::F16; }
+
+bool has_file(const std::string& dir, const std::string& name) {
+  std::error_code ec;
+  return fs::is_regular_file(fs::path(dir) / name, ec);
+}
+
+}  // namespace
+
+std::string stored_weight_dtype(const io::SafetensorsSet& st) {
+  std::map<std::string, int64_t> elements;
+  for (const auto& name : st.names()) {
+    const auto& t = st.info(name);
+    if (is_float(t.dtype)) elements[io::dtype_name(t.dtype)] += t.numel();
+  }
+  std::string best;
+  int64_t most = -1;
+  for (const auto& [d, n] : elements)
+    if (n > most) best = d, most = n;
+  return best;
+}
+
+std::map<std::string, int64_t> conversion_bytes(const io::SafetensorsSet& st, torch::ScalarType target) {
+  std::map<std::string, int64_t> out;
+  for (const auto& name : st.names()) {
+    const auto& t = st.info(name);
+    if (is_float(t.dtype) && io::dtype_to_torch(t.dtype) != target)
+      out[io::dtype_name(t.dtype)] += static_cast<int64_t>(t.nbytes());
+  }
+  return out;
+}
+
+std::string expert_file_layout(const io::SafetensorsSet& st) {
+  for (const auto& name : st.names()) {
+    const auto pos = name.find(".mlp.experts.");
+    if (pos == std::string::npos) continue;
+    const char c = name[pos + 13];
+    return c >= '0' && c <= '9' ? "per-expert" : "stacked";
+  }
+  return "none";
+}
+
+std::vector<std::string> tokenizer_files(const std::string& dir) {
+  std::vector<std::string> out;
+  // load_tokenizer's order first: tokenizer.json, vocab.json (+ merges.txt), tokenizer.model.
+  for (const char* f : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "tokenizer_config.json"})
+    if (has_file(dir, f)) out.push_back(f);
+  return out;
+}
+
+SpecialId resolve_mask_id(const std::string& dir, const ModelConfig& cfg, const text::Tokenizer* tok) {
+  if (cfg.mask_token_id >= 0) return {cfg.mask_token_id, "config.json mask_token_id"};
+  if (has_file(dir, "generation_config.json")) {
+    const auto path = (fs::path(dir) / "generation_config.json").string();
+    const auto j = read_json_file(path);
+    if (j.is_object() && j.contains("mask_token_id") && !j["mask_token_id"].is_null()) {
+      const auto& v = j["mask_token_id"];
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= cfg.vocab_size)
+        fail(path, "mask_token_id", "expected a token id in [0, " + std::to_string(cfg.vocab_size) + "), got " + v.dump(),
+             "fix the file, or set mask_token_id in config.json");
+      return {v.get<int64_t>(), "generation_config.json mask_token_id"};
+    }
+  }
+  std::unique_ptr<text::Tokenizer> own;
+  if (!tok) {
+    try {
+      own = text::load_tokenizer(dir);
+    } catch (const UserError&) {  // no (readable) tokenizer: the caller reports a missing mask id
+    }
+    tok = own.get();
+  }
+  if (tok && tok->mask_id() >= 0 && tok->mask_id() < cfg.vocab_size) return {tok->mask_id(), "tokenizer <|mask|>"};
+  return {};
+}
+
+SpecialId resolve_eos_id(const std::string& dir, const ModelConfig& cfg) {
+  if (cfg.eos_token_id < 0) return {};
+  const auto path = fs::is_directory(dir) ? (fs::path(dir) / "config.json").string() : dir;
+  const auto j = read_json_file(path);
+  const bool own = j.is_object() && j.contains("eos_token_id") && j["eos_token_id"].is_number_integer();
+  return {cfg.eos_token_id, own ? "config.json eos_token_id" : "config.json pad_token_id"};
+}
+
+}  // namespace ecdlm
