@@ -15,8 +15,6 @@ esac
 [ -d "$unit" ] || { echo "check_layering: no src/ecdlm/$unit" >&2; exit 2; }
 pattern="[[:space:]]*#[[:space:]]*include[[:space:]]*[\"<]ecdlm/($(echo "$allowed" | tr ' ' '|'))/"
 bad=$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]ecdlm/' "$unit" | grep -vE ":[0-9]+:$pattern" || true)
-# util/plot.cpp reads the training metrics; it is built into ecdlm_core, not the base library.
-[ "$unit" = util ] && bad=$(printf '%s\n' "$bad" | grep -v '^util/plot\.cpp:' || true)
 if [ -n "$bad" ]; then
   echo "layering: src/ecdlm/$unit/ may include only ecdlm/{$(echo "$allowed" | tr ' ' ',')}/; these reach up:"
   printf '%s\n' "$bad"

@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "ecdlm/bench/generate_plot.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/train/run_plots.h"
 #include "ecdlm/util/plot.h"
 
 namespace ecdlm::cli {

@@ -22,6 +22,7 @@
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/train/run_plots.h"
 #include "ecdlm/util/plot.h"
 #include "ecdlm/util/progress.h"
 

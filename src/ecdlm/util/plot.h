@@ -31,8 +31,4 @@ struct PlotSpec {
 // The .gp script is written before gnuplot is looked for, so it can be checked without gnuplot.
 bool plot_lines(const std::string& png, const PlotSpec& spec, const std::vector<Series>& series);
 
-// Standard plots of a run directory's metrics.jsonl into RUN/plots/: training and validation
-// loss against step, and validation loss per mask-ratio bin. Returns the files written.
-std::vector<std::string> plot_run(const std::string& run_dir);
-
 }  // namespace ecdlm
