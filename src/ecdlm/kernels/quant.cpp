@@ -153,18 +153,34 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   return y_MN;
 }
 
-// Dequantized 64-row tiles (in parallel) into one weight of x's dtype, then torch's GEMM.
+// The weight dequantized by vectorized (and threaded) torch ops in x's dtype, then torch's GEMM:
+// the many-row path. io::dequantize (scalar) stays the reference it is tested against.
+torch::Tensor dequantize_fast(const io::QuantWeight& w, torch::ScalarType dtype) {
+  const int64_t N = w.N, K = w.K, G = w.format.group;
+  torch::Tensor codes;
+  if (w.format.kind == QuantKind::kQ8) {
+    codes = w.qweight.to(torch::kFloat32);
+  } else {  // chunks of L inputs: low nibbles are the first L/2, high nibbles the rest
+    const auto unpack = [](const torch::Tensor& b) {
+      return torch::cat({b.bitwise_and(15), torch::bitwise_right_shift(b, 4)}, -1);
+    };
+    const int64_t kf = K - K % io::kQ4Chunk;
+    std::vector<torch::Tensor> parts;
+    if (kf > 0)
+      parts.push_back(unpack(w.qweight.narrow(1, 0, kf / 2).reshape({N, kf / io::kQ4Chunk, io::kQ4Chunk / 2}))
+                          .reshape({N, kf}));
+    if (kf < K) parts.push_back(unpack(w.qweight.narrow(1, kf / 2, (K - kf) / 2)));
+    codes = (parts.size() == 1 ? parts[0] : torch::cat(parts, 1)).to(torch::kFloat32);
+    if (w.format.kind == QuantKind::kQ4Sym) codes -= 8;
+  }
+  auto deq = codes.view({N, K / G, G}) * w.scales.to(torch::kFloat32).unsqueeze(2);
+  if (w.mins.defined()) deq += w.mins.to(torch::kFloat32).unsqueeze(2);
+  return deq.view({N, K}).to(dtype);
+}
+
 torch::Tensor run_torch(const torch::Tensor& x_MK, const io::QuantWeight& w) {
-  const auto dtype = x_MK.scalar_type();
-  auto w_NK = torch::empty({w.N, w.K}, dtype);
-  const int64_t units = (w.N + kUnitRows - 1) / kUnitRows;
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n0 = u * kUnitRows, n1 = std::min(w.N, n0 + kUnitRows);
-      w_NK.narrow(0, n0, n1 - n0).copy_(io::dequantize_rows(w, n0, n1));
-    }
-  });
-  return torch::nn::functional::linear(x_MK.contiguous(), w_NK).to(torch::kFloat32);
+  return torch::nn::functional::linear(x_MK.contiguous(), dequantize_fast(w, x_MK.scalar_type()))
+      .to(torch::kFloat32);
 }
 
 }  // namespace
