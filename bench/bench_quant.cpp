@@ -1,0 +1,116 @@
+// Quantized weights against bf16 on LLaDA2.0-mini's expert shapes (gate/up [512, 2048], down
+// [2048, 512]): 64 experts (384 MB in bf16) so the weights stream from memory, each SwiGLU expert
+// run on M token rows. Counters: GB/s of weight bytes streamed, ms per expert. Also one projection
+// at 1..64 rows per path, to place the int8 kernels' row limit (kernels/quant.cpp kMaxRows).
+// Run: build/ecdlm_microbench --benchmark_filter='Quant' --benchmark_repetitions=1
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <map>
+
+#include "ecdlm/io/quant_format.h"
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/small_m.h"
+
+using namespace ecdlm;
+
+namespace {
+
+constexpr int64_t kExperts = 64, kD = 2048, kF = 512;
+
+// Formats by bench argument: 0 bf16, then the quantized ones.
+const std::vector<io::QuantFormat> kFormats = {{io::QuantKind::kQ8, 32},    {io::QuantKind::kQ8, 64},
+                                               {io::QuantKind::kQ4, 32},    {io::QuantKind::kQ4, 64},
+                                               {io::QuantKind::kQ4Sym, 32}, {io::QuantKind::kQ4Sym, 64}};
+
+struct Expert {
+  torch::Tensor gate, up, down;  // bf16
+  io::QuantWeight qgate, qup, qdown;
+};
+
+// The same random experts in bf16 and in format `fmt` (-1: bf16 only); built once per format.
+std::vector<Expert>& experts(int fmt) {
+  static std::map<int, std::vector<Expert>> cache;
+  auto& e = cache[fmt];
+  if (!e.empty()) return e;
+  torch::manual_seed(0);
+  torch::NoGradGuard ng;
+  for (int64_t i = 0; i < kExperts; ++i) {
+    Expert x;
+    auto g = torch::randn({kF, kD}) * 0.02, u = torch::randn({kF, kD}) * 0.02, d = torch::randn({kD, kF}) * 0.02;
+    if (fmt < 0) {
+      x.gate = g.to(torch::kBFloat16);
+      x.up = u.to(torch::kBFloat16);
+      x.down = d.to(torch::kBFloat16);
+    } else {
+      const auto f = kFormats[static_cast<size_t>(fmt)];
+      x.qgate = io::quantize(g, f);
+      x.qup = io::quantize(u, f);
+      x.qdown = io::quantize(d, f);
+    }
+    e.push_back(std::move(x));
+  }
+  return e;
+}
+
+// args: format (0 bf16, 1 + index into kFormats), M, threads
+void BM_QuantExpert(benchmark::State& state) {
+  const int fmt = static_cast<int>(state.range(0)) - 1;
+  const int64_t M = state.range(1);
+  torch::set_num_threads(static_cast<int>(state.range(2)));
+  torch::NoGradGuard ng;
+  auto& ex = experts(fmt);
+  const auto x = torch::randn({M, kD}).to(torch::kBFloat16);
+  const double bytes = fmt < 0 ? 3.0 * kD * kF * 2 : 3.0 * static_cast<double>(ex[0].qgate.bytes());
+  for (auto _ : state)
+    for (const auto& e : ex) {
+      auto y = fmt < 0 ? kernels::swiglu(x, e.gate, e.up, e.down) : kernels::quant_swiglu(x, e.qgate, e.qup, e.qdown);
+      benchmark::DoNotOptimize(y.data_ptr());
+    }
+  state.counters["GB/s"] = benchmark::Counter(bytes * kExperts * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  // time / (experts x iterations), in ms
+  state.counters["ms/expert"] = benchmark::Counter(kExperts * 1e-3, benchmark::Counter::kIsIterationInvariantRate |
+                                                                        benchmark::Counter::kInvert);
+  state.SetLabel((fmt < 0 ? std::string("bf16 ") + kernels::small_m_name(kernels::small_m_backend())
+                          : io::quant_format_name(kFormats[static_cast<size_t>(fmt)]) + " " +
+                                kernels::quant_kernel_name(kernels::quant_kernel_backend())) +
+                 " M " + std::to_string(M));
+}
+
+BENCHMARK(BM_QuantExpert)
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6}, {1, 4, 16}, {1}})
+    ->Unit(benchmark::kMillisecond);  // one thread, CPU time: steadier than wall time on a shared machine
+BENCHMARK(BM_QuantExpert)
+    ->ArgsProduct({{0, 1, 3}, {1, 4, 16}, {2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// One projection [M, 2048] x [2048, 2048]ᵀ over 24 weights per path. args: format index (as
+// above), M, path (kernels::QuantKernel 1 vnni, 2 avx2, 3 torch)
+void BM_QuantLinear(benchmark::State& state) {  // one thread (see above)
+  const int fmt = static_cast<int>(state.range(0)) - 1;
+  const int64_t M = state.range(1);
+  const auto path = static_cast<kernels::QuantKernel>(state.range(2));
+  if ((path == kernels::QuantKernel::kVnni && !kernels::cpu_has_avx512_vnni()) ||
+      (path == kernels::QuantKernel::kAvx2 && !kernels::cpu_has_avx2())) {
+    state.SkipWithError("path not available on this CPU");
+    return;
+  }
+  torch::set_num_threads(1);
+  static std::map<int, std::vector<io::QuantWeight>> weights;
+  auto& w = weights[fmt];
+  if (w.empty())
+    for (int i = 0; i < 24; ++i) w.push_back(io::quantize(torch::randn({2048, 2048}), kFormats[static_cast<size_t>(fmt)]));
+  const auto x = torch::randn({M, 2048}).to(torch::kBFloat16);
+  for (auto _ : state)
+    for (const auto& wi : w) benchmark::DoNotOptimize(kernels::quant_linear(x, wi, path).data_ptr());
+  state.counters["GB/s"] = benchmark::Counter(24.0 * static_cast<double>(w[0].bytes()) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(fmt)]) + " " + kernels::quant_kernel_name(path));
+}
+
+BENCHMARK(BM_QuantLinear)
+    ->ArgsProduct({{1, 3}, {1, 4, 16, 32, 64}, {1, 2, 3}})
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace

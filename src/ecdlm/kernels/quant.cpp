@@ -1,0 +1,285 @@
+#include "ecdlm/kernels/quant.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <cpuid.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "ecdlm/kernels/quant_backend.h"
+#include "ecdlm/util/error.h"
+
+namespace ecdlm::kernels {
+namespace {
+
+using io::QuantKind;
+
+std::atomic<QuantKernel> g_choice{QuantKernel::kAuto};
+
+// Token rows up to which the int8 kernels run. Their arithmetic per weight byte grows with the
+// rows (about 4 vector ops per 64 inputs and token), so past a few tokens they are compute-bound,
+// but at 64 rows still 2-4x faster than dequantizing + torch's GEMM (BM_QuantLinear, one thread,
+// 2048 x 2048: q8 107 ms against 200 ms per 24 weights).
+constexpr int64_t kMaxRows = 64;
+// Weight rows per parallel work unit, as the bf16 kernels.
+constexpr int64_t kUnitRows = 64;
+
+bool cpuid_bit(unsigned leaf, unsigned sub, int reg, int bit) {
+  unsigned r[4] = {0, 0, 0, 0};
+  if (!__get_cpuid_count(leaf, sub, &r[0], &r[1], &r[2], &r[3])) return false;
+  return (r[reg] >> bit) & 1U;
+}
+
+bool probe_vnni() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && cpuid_bit(7, 0, 2, 11) /* ECX[11] AVX512_VNNI */ &&
+         cpuid_bit(1, 0, 2, 29) /* ECX[29] F16C */;
+}
+
+bool probe_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpuid_bit(1, 0, 2, 29);
+}
+
+QuantKernel resolve(QuantKernel c) {
+  if (c != QuantKernel::kAuto) return c;
+  if (cpu_has_avx512_vnni()) return QuantKernel::kVnni;
+  return cpu_has_avx2() ? QuantKernel::kAvx2 : QuantKernel::kTorch;
+}
+
+void check_available(QuantKernel k, const std::string& flag) {
+  if (k == QuantKernel::kVnni && !cpu_has_avx512_vnni())
+    fail("", flag, "this CPU has no AVX512-VNNI", "use auto, avx2 or torch");
+  if (k == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", flag, "this CPU has no AVX2/FMA/F16C", "use auto or torch");
+}
+
+int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
+void check_operands(const torch::Tensor& x_MK, const io::QuantWeight& w, const char* what) {
+  if (!x_MK.defined() || x_MK.dim() != 2)
+    fail("", what, "x must be 2-D [M, K], got " + (x_MK.defined() ? std::to_string(x_MK.dim()) + "-D" : "none"));
+  if (x_MK.scalar_type() != torch::kFloat32 && x_MK.scalar_type() != torch::kBFloat16)
+    fail("", what, "x must be f32 or bf16");
+  if (!x_MK.device().is_cpu()) fail("", what, "x must be on the CPU");
+  if (x_MK.size(1) != w.K)
+    fail("", what, "x has K = " + std::to_string(x_MK.size(1)) + ", the weight " + std::to_string(w.N) + " x " +
+                       std::to_string(w.K));
+  if (!w.qweight.defined() || !w.scales.defined()) fail("", what, "the quantized weight is empty");
+}
+
+template <typename T>
+T* scratch(std::vector<T>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+// The int8 kernels' operand: codes and scales of x, each 4-code lane's scale and zero-point bias,
+// and the per-group code sums q4's minimum needs. Thread-local buffers, reused across calls.
+detail::QxOperand prepare_x(const torch::Tensor& x_MK, const io::QuantWeight& w) {
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d, s, c;
+  thread_local std::vector<int32_t> bias;
+  const int64_t M = x_MK.size(0), K = w.K, G = w.format.group, KG = K / G;
+  detail::QxOperand op;
+  op.M = M;
+  op.K = K;
+  op.G = G;
+  auto* qp = scratch(q, M * K);
+  auto* dp = scratch(d, M * KG);
+  auto* sp = scratch(s, M * K / 4);
+  auto* cp = scratch(c, M * KG);
+  auto* bp = scratch(bias, M * K / 4);
+  const auto xf = x_MK.to(torch::kFloat32).contiguous();
+  const float* x = xf.data_ptr<float>();
+  const int32_t z = detail::vnni_zero_point(w.format.kind);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < KG; ++g) {
+      const float* v = x + m * K + g * G;
+      float amax = 0;
+      for (int64_t i = 0; i < G; ++i) amax = std::max(amax, std::fabs(v[i]));
+      const float dg = amax / 127.0F, inv = amax > 0 ? 127.0F / amax : 0.0F;
+      int8_t* qg = qp + m * K + g * G;
+      int32_t sum = 0;
+      for (int64_t i = 0; i < G; ++i) {
+        qg[i] = static_cast<int8_t>(std::clamp(std::nearbyint(v[i] * inv), -127.0F, 127.0F));
+        sum += qg[i];
+      }
+      dp[m * KG + g] = dg;
+      cp[m * KG + g] = dg * static_cast<float>(sum);
+      for (int64_t l = 0; l < G / 4; ++l) {
+        sp[(m * K + g * G) / 4 + l] = dg;
+        bp[(m * K + g * G) / 4 + l] = -z * (qg[4 * l] + qg[4 * l + 1] + qg[4 * l + 2] + qg[4 * l + 3]);
+      }
+    }
+  op.q = qp;
+  op.d = dp;
+  op.s = sp;
+  op.c = cp;
+  op.bias = bp;
+  return op;
+}
+
+detail::QwOperand weight_operand(const io::QuantWeight& w) {
+  detail::QwOperand op;
+  op.kind = w.format.kind;
+  op.K = w.K;
+  op.G = w.format.group;
+  op.row_bytes = w.qweight.size(1);
+  op.q = reinterpret_cast<const uint8_t*>(w.qweight.data_ptr());
+  op.d = reinterpret_cast<const uint16_t*>(w.scales.data_ptr());
+  op.m = w.mins.defined() ? reinterpret_cast<const uint16_t*>(w.mins.data_ptr()) : nullptr;
+  return op;
+}
+
+torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, QuantKernel k) {
+  const int64_t M = x_MK.size(0), N = w.N;
+  auto y_MN = torch::empty({M, N}, torch::kFloat32);
+  if (N == 0) return y_MN;
+  const auto x = prepare_x(x_MK, w);
+  const auto wo = weight_operand(w);
+  float* y = y_MN.data_ptr<float>();
+  const int64_t units = (N + kUnitRows - 1) / kUnitRows;
+  const bool vnni = k == QuantKernel::kVnni;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n0 = u * kUnitRows, n1 = std::min(N, n0 + kUnitRows);
+    if (vnni)
+      detail::vnni_rows(x, wo, n0, n1, y + n0, N);
+    else
+      detail::avx2_rows(x, wo, n0, n1, y + n0, N);
+  }
+  return y_MN;
+}
+
+// Dequantized 64-row tiles (in parallel) into one weight of x's dtype, then torch's GEMM: the
+// many-row path. (The scalar tiles measured faster than dequantizing with torch's vector ops, whose
+// f32 temporaries stream the weight several times.)
+torch::Tensor run_torch(const torch::Tensor& x_MK, const io::QuantWeight& w) {
+  const auto dtype = x_MK.scalar_type();
+  auto w_NK = torch::empty({w.N, w.K}, dtype);
+  const int64_t units = (w.N + kUnitRows - 1) / kUnitRows;
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n0 = u * kUnitRows, n1 = std::min(w.N, n0 + kUnitRows);
+      w_NK.narrow(0, n0, n1 - n0).copy_(io::dequantize_rows(w, n0, n1));
+    }
+  });
+  return torch::nn::functional::linear(x_MK.contiguous(), w_NK).to(torch::kFloat32);
+}
+
+}  // namespace
+
+namespace detail {
+
+float q4_tail(const QxOperand& x, int64_t m, const QwOperand& w, int64_t n, int64_t k0) {
+  const int64_t K = w.K, G = w.G, KG = K / G, half = (K - k0) / 2;
+  const int32_t z = w.kind == io::QuantKind::kQ4Sym ? 8 : 0;
+  const uint8_t* b = w.q + n * w.row_bytes + k0 / 2;
+  const int8_t* xq = x.q + m * K;
+  float out = 0;
+  for (int64_t g = k0 / G; g < KG; ++g) {
+    int32_t dot = 0;
+    for (int64_t k = g * G; k < (g + 1) * G; ++k) {
+      const int64_t i = k - k0;  // position in the tail chunk
+      const int32_t code = i < half ? b[i] & 15 : b[i - half] >> 4;
+      dot += (code - z) * xq[k];
+    }
+    c10::Half dw;
+    dw.x = w.d[n * KG + g];
+    out += static_cast<float>(dot) * static_cast<float>(dw) * x.d[m * KG + g];
+  }
+  return out;
+}
+
+}  // namespace detail
+
+QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag) {
+  QuantKernel k;
+  if (name == "auto") k = QuantKernel::kAuto;
+  else if (name == "vnni") k = QuantKernel::kVnni;
+  else if (name == "avx2") k = QuantKernel::kAvx2;
+  else if (name == "torch") k = QuantKernel::kTorch;
+  else fail("", flag, "unknown quantized kernel '" + name + "'", "use auto, vnni, avx2 or torch");
+  check_available(k, flag);
+  return k;
+}
+
+const char* quant_kernel_name(QuantKernel k) {
+  switch (k) {
+    case QuantKernel::kAuto: return "auto";
+    case QuantKernel::kVnni: return "vnni";
+    case QuantKernel::kAvx2: return "avx2";
+    case QuantKernel::kTorch: return "torch";
+  }
+  return "?";
+}
+
+void set_quant_kernel(QuantKernel k) { g_choice = k; }
+QuantKernel quant_kernel_choice() { return g_choice; }
+QuantKernel quant_kernel_backend() { return resolve(g_choice); }
+
+bool cpu_has_avx512_vnni() {
+  static const bool has = probe_vnni();
+  return has;
+}
+
+bool cpu_has_avx2() {
+  static const bool has = probe_avx2();
+  return has;
+}
+
+int64_t quant_max_rows() { return quant_kernel_backend() == QuantKernel::kTorch ? 0 : kMaxRows; }
+
+QuantizedX quantize_activations(const torch::Tensor& x_MK, int64_t G) {
+  TORCH_CHECK(x_MK.dim() == 2 && G > 0 && x_MK.size(1) % G == 0, "quantize_activations: bad shape");
+  io::QuantWeight shape_only;  // prepare_x reads K, the group and the kind only
+  shape_only.K = x_MK.size(1);
+  shape_only.format = {QuantKind::kQ4, G};
+  const auto op = prepare_x(x_MK, shape_only);
+  const int64_t M = x_MK.size(0), K = x_MK.size(1);
+  QuantizedX out;
+  out.q_MK = torch::from_blob(const_cast<int8_t*>(op.q), {M, K}, torch::kInt8).clone();
+  out.d_MG = torch::from_blob(const_cast<float*>(op.d), {M, K / G}, torch::kFloat32).clone();
+  return out;
+}
+
+torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w) {
+  check_operands(x_MK, w, "quant_linear");
+  const auto k = quant_kernel_backend();
+  if (k == QuantKernel::kTorch || x_MK.size(0) > kMaxRows) return run_torch(x_MK, w);
+  return run_int8(x_MK, w, k);
+}
+
+torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, QuantKernel k) {
+  check_operands(x_MK, w, "quant_linear");
+  check_available(k, "quant_linear");
+  if (k == QuantKernel::kAuto) return quant_linear(x_MK, w);
+  return k == QuantKernel::kTorch ? run_torch(x_MK, w) : run_int8(x_MK, w, k);
+}
+
+torch::Tensor quant_linear_reference(const torch::Tensor& x_MK, const io::QuantWeight& w, bool quantize_x) {
+  check_operands(x_MK, w, "quant_linear_reference");
+  torch::Tensor x = x_MK.to(torch::kFloat64);
+  if (quantize_x) {
+    const int64_t G = w.format.group;
+    const auto qx = quantize_activations(x_MK, G);
+    x = (qx.q_MK.to(torch::kFloat64).view({x.size(0), -1, G}) * qx.d_MG.to(torch::kFloat64).unsqueeze(2))
+            .view({x.size(0), w.K});
+  }
+  return torch::matmul(x, io::dequantize(w).to(torch::kFloat64).t());
+}
+
+torch::Tensor quant_swiglu(const torch::Tensor& x_MD, const io::QuantWeight& gate, const io::QuantWeight& up,
+                           const io::QuantWeight& down) {
+  if (gate.N != up.N || gate.K != up.K || down.K != gate.N || down.N != gate.K)
+    fail("", "quant_swiglu", "expert shapes disagree: gate " + std::to_string(gate.N) + " x " + std::to_string(gate.K) +
+                                 ", up " + std::to_string(up.N) + " x " + std::to_string(up.K) + ", down " +
+                                 std::to_string(down.N) + " x " + std::to_string(down.K));
+  const auto g = quant_linear(x_MD, gate), u = quant_linear(x_MD, up);
+  return quant_linear(torch::silu(g) * u, down).to(torch::kBFloat16);
+}
+
+}  // namespace ecdlm::kernels

@@ -1,0 +1,60 @@
+// Products with quantized weights (io/quant_format.h): y_MN = x_MK · deq(w_NK)ᵀ, f32 out. Decoding
+// streams weights at memory speed, so fewer weight bytes are the speed-up; the kernels keep the
+// arithmetic per weight byte low enough to stay memory-bound at a few token rows:
+//   vnni    AVX512-VNNI vpdpbusd, 4 weight rows x 4 token rows. x is quantized per row and group to
+//           int8 (llama.cpp's q8_0 activations). vpdpbusd multiplies u8 by s8, so the weight is the
+//           unsigned operand (q8 codes + 128, q4 codes as they are) and the offset is paid back
+//           exactly in the int32 accumulator's initial value: -Z · (sum of each lane's 4 x codes),
+//           precomputed once per call per token row (Z = 128 for q8, 8 for q4s). q4's minimum
+//           adds Σ_g m[n,g] · d_x[m,g] · Σ q_x over the group, a K/G-long dot product per output.
+//   avx2    AVX2 maddubs (u8 x s8 -> s16 pairs): q8 with llama.cpp's sign trick (|w| x sign(x, w),
+//           no s16 saturation), q4 as vnni. 1 weight row x 4 token rows. The fallback.
+//   torch   dequantize 64-row tiles to bf16 and multiply with torch's GEMM: the reference-grade
+//           path (x exact), and the many-row (prefill) path whatever the choice.
+// AMX-INT8 is not written: no CPU here has it to test on.
+// `auto` picks vnni, else avx2, else torch; kernels run for M <= quant_max_rows(), more rows take torch.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+
+#include "ecdlm/io/quant_format.h"
+
+namespace ecdlm::kernels {
+
+enum class QuantKernel { kAuto, kVnni, kAvx2, kTorch };
+
+// --quant-kernel NAME (auto | vnni | avx2 | torch). A forced path this CPU lacks is a UserError.
+QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag);
+const char* quant_kernel_name(QuantKernel k);
+void set_quant_kernel(QuantKernel k);  // process-wide choice, default kAuto
+QuantKernel quant_kernel_choice();
+QuantKernel quant_kernel_backend();  // the choice resolved on this CPU (kVnni, kAvx2 or kTorch)
+bool cpu_has_avx512_vnni();          // AVX512F, BW, VL and VNNI
+bool cpu_has_avx2();                 // AVX2, FMA and F16C
+// Token rows up to which the int8 kernels run (0 for torch).
+int64_t quant_max_rows();
+
+// Activations quantized per row and group of G: x ≈ d_x[m, k / G] · q_x[m, k], q_x in [-127, 127],
+// d_x = max|x| / 127 over the group (f32), round to nearest even. x_MK f32 or bf16.
+struct QuantizedX {
+  torch::Tensor q_MK;  // int8 [M, K]
+  torch::Tensor d_MG;  // f32 [M, K / G]
+};
+QuantizedX quantize_activations(const torch::Tensor& x_MK, int64_t G);
+
+// x_MK: f32 or bf16 [M, K], CPU; w: [N, K]. y_MN f32 [M, N]. The choice's kernel when M <=
+// quant_max_rows(), else torch's tiles; `k` forces a path for any M (tests, benchmarks). Throws
+// UserError on a shape or dtype mismatch, or a forced path this CPU lacks.
+torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w);
+torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, QuantKernel k);
+// f64 references: x exact (quantize_x false) or x quantized as the int8 kernels do (true).
+torch::Tensor quant_linear_reference(const torch::Tensor& x_MK, const io::QuantWeight& w, bool quantize_x);
+
+// A SwiGLU expert (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ with quantized gate/up [F, D], down [D, F]:
+// x_MD f32 or bf16, out bf16 [M, D] (h stays f32 between the products).
+torch::Tensor quant_swiglu(const torch::Tensor& x_MD, const io::QuantWeight& gate, const io::QuantWeight& up,
+                           const io::QuantWeight& down);
+
+}  // namespace ecdlm::kernels
