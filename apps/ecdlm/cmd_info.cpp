@@ -135,7 +135,7 @@ json inference_json(const std::string& dir, const ModelConfig& c, bool has_ckpt)
   const auto mask = resolve_mask_id(dir, c), eos = resolve_eos_id(dir, c);
   inf["mask_id"] = {{"id", mask.id}, {"source", mask.source}};
   inf["eos_id"] = {{"id", eos.id}, {"source", eos.source}};
-  const auto r = moe::InferenceRouting::defaults_for(c);
+  const auto r = default_routing(c);
   const std::string src = routing_source(c);
   inf["routing"] = {{"policy", moe::routing_policy_name(r.policy)}, {"source", src},
                     {"why", describe_routing(r, c, src)}};

@@ -95,7 +95,7 @@ std::string RoutingFlags::policy_source(const ModelConfig& cfg) const {
 }
 
 std::string routing_source(const ModelConfig& cfg) {
-  return moe::InferenceRouting::defaults_for(cfg).policy == moe::RoutingPolicy::kToken ? "default" : "config";
+  return default_routing(cfg).policy == moe::RoutingPolicy::kToken ? "default" : "config";
 }
 
 std::string describe_routing(const moe::InferenceRouting& r, const ModelConfig& cfg, const std::string& source,

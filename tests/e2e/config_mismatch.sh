@@ -28,7 +28,7 @@ every() {
       info) expect_rc 2 "$ECDLM" --threads 1 info -m "$TMP/m" ;;
       logits) expect_rc 2 "$ECDLM" --threads 1 logits -m "$TMP/m" --input "$GOLDEN/tiny/golden.safetensors" \
                 --out "$TMP/o.safetensors" ;;
-      generate) expect_rc 2 "$ECDLM" --threads 1 generate -m "$TMP/m" --prompt-ids 1,2,3 -n 8 --mask-id 2 ;;
+      generate) expect_rc 2 "$ECDLM" --threads 1 generate -m "$TMP/m" --decoder llada2 --prompt-ids 1,2,3 -n 8 --mask-id 2 ;;
     esac
     for s in "${want[@]}"; do
       grep -qF -- "$s" "$TMP/err.txt" || fail "$cmd: stderr lacks '$s': $(cat "$TMP/err.txt")"

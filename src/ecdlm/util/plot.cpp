@@ -56,7 +56,8 @@ std::vector<double> label_heights(const Series& s, const Span& xs, const Span& y
       moved = false;
       for (size_t j : placed) {
         const double u0 = xs.to(s.x[j]), u1 = u0 + 0.011 * xs.width() * (static_cast<double>(s.labels[j].size()) + 2);
-        if (x1 > u0 && u1 > x0 && std::abs(t - t_y[j]) < gap) {
+        // Written so that t = t_y[j] + gap is clear of j exactly (|t - t_y[j]| < gap can round).
+        if (x1 > u0 && u1 > x0 && t > t_y[j] - gap && t < t_y[j] + gap) {
           t = t_y[j] + gap;
           moved = true;
         }
