@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "ecdlm/kernels/avx512_reduce.h"
 #include "ecdlm/kernels/backend.h"
 
 // GCC 12's _mm512_reduce_add_ps passes _mm256_undefined_pd() by design: a false -Wuninitialized.
@@ -25,17 +26,6 @@ constexpr int64_t kBlockN = 64;
 // (Xeon, AVX512-BF16; one thread, 4 token rows): 11.0 -> 14.6 GB/s at K = 2048 against the same
 // row 1 KB ahead, 10.6 -> 11.9 GB/s at K = 512; the L2 hint beats L1 at K = 512.
 constexpr int64_t kPrefetch = 8192;
-
-// The four sums of a, b, c, d (16 lanes each) into y[0..3]: one shuffle tree instead of four
-// separate horizontal reductions, which cost as much as the dot products when K is 512.
-ECDLM_BF16_TARGET inline void reduce4(__m512 a, __m512 b, __m512 c, __m512 d, float* y) {
-  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-  __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
-  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
-  _mm_storeu_ps(y, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, t)));
-}
 
 // acc[r][m] += x[m, k:k+32] · w[r, k:k+32] over all k; y[m * ldy + r] = the sums. MC x rows
 // stay in L1. PF: prefetch ahead (the first pass over a block; later passes hit L2).

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "ecdlm/kernels/avx512_reduce.h"
 #include "ecdlm/kernels/quant_backend.h"
 
 // GCC 12's _mm512_reduce_add_ps passes _mm256_undefined_pd() by design: a false -Wuninitialized.
@@ -23,15 +24,6 @@ constexpr int64_t kBlockN = 64;
 // Prefetch distance in weight bytes, as the bf16 kernel's 16 KB (gemm_avx512.cpp): it runs ahead
 // across the 4 KB pages where the hardware prefetchers stop.
 constexpr int64_t kPrefetch = 16384;
-
-ECDLM_VNNI_TARGET inline void reduce4(__m512 a, __m512 b, __m512 c, __m512 d, float* y) {
-  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-  __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
-  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
-  _mm_storeu_ps(y, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, t)));
-}
 
 // Per-lane weight scales of the 64 inputs from group g on (f16 scales of one row): G = 64 one
 // group, G = 32 groups g (lanes 0-7) and g + 1 (lanes 8-15; zero when `two` is false, a K tail).
