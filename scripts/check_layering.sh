@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Usage: scripts/check_layering.sh UNIT   (a directory under src/ecdlm: moe, nn, kernels or util)
+# Usage: scripts/check_layering.sh UNIT   (moe, nn, kernels, util, or core)
 # Fails, naming each line, if a file of UNIT includes an ecdlm header from a unit above it.
-# The layers: model and the rest of core -> moe -> nn -> kernels -> util (ctest layering.*).
+# The layers: serve -> model and the rest of core -> moe -> nn -> kernels -> util (ctest layering.*).
+# "core" checks that nothing below serve/ (the HTTP server) includes it.
 set -euo pipefail
 cd "$(dirname "$0")/../src/ecdlm"
 unit=$1
+if [ "$unit" = core ]; then
+  bad=$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*["<]ecdlm/serve/' --exclude-dir=serve . || true)
+  if [ -n "$bad" ]; then
+    echo "layering: only src/ecdlm/serve/ (and apps/) may include ecdlm/serve/; these reach up:"
+    printf '%s\n' "$bad"
+    exit 1
+  fi
+  echo "layering: no unit below serve/ includes ecdlm/serve/"
+  exit 0
+fi
 case "$unit" in
   moe) allowed="moe nn kernels util" ;;
   nn) allowed="nn kernels util" ;;
   kernels) allowed="kernels util" ;;
   util) allowed="util" ;;
-  *) echo "check_layering: unknown unit '$unit' (moe, nn, kernels or util)" >&2; exit 2 ;;
+  *) echo "check_layering: unknown unit '$unit' (moe, nn, kernels, util or core)" >&2; exit 2 ;;
 esac
 [ -d "$unit" ] || { echo "check_layering: no src/ecdlm/$unit" >&2; exit 2; }
 pattern="[[:space:]]*#[[:space:]]*include[[:space:]]*[\"<]ecdlm/($(echo "$allowed" | tr ' ' '|'))/"

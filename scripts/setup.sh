@@ -12,6 +12,8 @@ APT_PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev gnuplot-nox
   clang libclang-rt-dev   # libFuzzer + ASan/UBSan runtimes for the fuzz targets (ctest fuzz.smoke)
+  libcpp-httplib-dev      # `ecdlm serve` (HTTP server)
+  chromium                # headless browser test of the serve page
 )
 # node/npm: use the machine's own if present (Debian's npm conflicts with a newer node)
 command -v npm >/dev/null 2>&1 || APT_PKGS+=(nodejs npm)
@@ -60,4 +62,11 @@ fi
 # The binding is native (linux-x64-gnu): make sure it loads here.
 node -e "require('./data/npm-tok/node_modules/@anush008/tokenizers')" \
   || { echo "[setup] error: @anush008/tokenizers does not load on this machine" >&2; exit 1; }
+# The official OpenAI Node client, for the `ecdlm serve` end-to-end tests (tests/e2e/serve_*.sh).
+if [ ! -d data/npm-serve/node_modules/openai ]; then
+  echo "[setup] installing the openai client from npm"
+  mkdir -p data/npm-serve
+  (cd data/npm-serve && { [ -f package.json ] || echo '{"name":"ecdlm-serve-client","private":true}' > package.json; }
+   npm install --no-audit --no-fund --silent openai@4.104.0)
+fi
 echo "[setup] done"

@@ -74,6 +74,10 @@ void apply_global_options() {
 
 }  // namespace ecdlm::cli
 
+namespace ecdlm::cli {
+void register_serve(CLI::App& app);  // cmd_serve.cpp (declared here: commands.h is in every command's build)
+}  // namespace ecdlm::cli
+
 int main(int argc, char** argv) {
   using namespace ecdlm::cli;
   CLI::App app{"ecdlm: train, adapt and run Mixture-of-Experts masked-diffusion language models"};
@@ -104,6 +108,7 @@ int main(int argc, char** argv) {
   register_experiment(app);
   register_tokenize(app);
   register_convert(app);
+  register_serve(app);
 
   try {
     app.parse(argc, argv);

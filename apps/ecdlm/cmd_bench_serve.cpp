@@ -1,0 +1,52 @@
+// `ecdlm bench serve`: streaming HTTP clients against the server in-process (src/ecdlm/serve/bench_serve.h).
+#include <iostream>
+
+#include "commands.h"
+#include "ecdlm/serve/bench_serve.h"
+#include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm::cli {
+
+void register_bench_serve(CLI::App* bench) {
+  auto* sub = bench->add_subcommand(
+      "serve", "Continuous batching under load: 1, 2, 4, 8, 16 concurrent streaming clients against `ecdlm serve` "
+               "in-process (aggregate tokens/s, time to first block, p50/p99 latency; token and block routing)");
+  struct Args {
+    serve::ServeBenchParams p;
+    std::string out_md, out_json;
+  };
+  auto a = std::make_shared<Args>();
+  sub->add_flag("--quick", a->p.quick, "Small run (CI smoke): 1, 2 and 4 clients, 4 requests, 32 tokens");
+  sub->add_option("-m,--model", a->p.model_dir, "Also a model directory with its tokenizer (token routing)");
+  sub->add_option("--clients", a->p.clients, "Concurrency levels (the first must be 1)")->delimiter(',');
+  sub->add_option("--routing", a->p.routings, "Routing policies (token, block)")->delimiter(',');
+  sub->add_option("--requests", a->p.requests, "Requests per level")->capture_default_str();
+  sub->add_option("--max-tokens", a->p.max_tokens, "Tokens per request")->capture_default_str();
+  sub->add_option("--steps", a->p.steps, "Denoising steps per block")->capture_default_str();
+  sub->add_option("--max-batch", a->p.max_batch, "Server --max-batch")->capture_default_str();
+  sub->add_option("--synth-moe-layers", a->p.synth_moe_layers, "MoE layers of the synthetic model")->capture_default_str();
+  sub->add_option("--out-md", a->out_md, "Write the markdown table here");
+  sub->add_option("--out-json", a->out_json, "Write the rows as JSON here");
+  set_runner(sub, [a]() {
+    auto p = a->p;
+    if (p.quick) {
+      p.clients = {1, 2, 4};
+      p.requests = 4;
+      p.max_tokens = 32;
+      p.synth_moe_layers = 1;
+    }
+    LOG_INFO("bench serve: clients " << p.clients.size() << " levels, " << p.requests << " requests each, max_tokens "
+                                     << p.max_tokens << ", block " << p.block_length << ", steps " << p.steps
+                                     << ", max batch " << p.max_batch << ", synthetic MoE layers " << p.synth_moe_layers
+                                     << ", model '" << p.model_dir << "'");
+    const auto rows = serve::run_serve_bench(p);
+    const auto md = serve::to_markdown(rows, p);
+    if (!a->out_md.empty()) write_file_atomic(a->out_md, md);
+    if (!a->out_json.empty()) write_file_atomic(a->out_json, serve::to_json(rows).dump(2) + "\n");
+    std::cout << md;
+    return 0;
+  });
+}
+
+}  // namespace ecdlm::cli

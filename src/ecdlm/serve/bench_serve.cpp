@@ -1,0 +1,253 @@
+#include "ecdlm/serve/bench_serve.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "ecdlm/bench/generate_bench.h"
+#include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/model_dir.h"
+#include "ecdlm/serve/server.h"
+#include "ecdlm/text/tokenizer.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm::serve {
+namespace {
+
+using nlohmann::json;
+using BClock = std::chrono::steady_clock;
+
+// The synthetic model has no tokenizer: its "text" is the ids, space-separated.
+class IdTokenizer : public text::Tokenizer {
+ public:
+  IdTokenizer(int64_t vocab, int32_t mask) : vocab_(vocab), mask_(mask) {}
+  std::vector<int32_t> encode(const std::string& text) const override {
+    std::vector<int32_t> out;
+    std::istringstream is(text);
+    for (int64_t id; is >> id;) out.push_back(static_cast<int32_t>(id));
+    return out;
+  }
+  std::string decode(const std::vector<int32_t>& ids) const override {
+    std::string s;
+    for (auto id : ids) s += " " + std::to_string(id);
+    return s;
+  }
+  int64_t vocab_size() const override { return vocab_; }
+  int32_t mask_id() const override { return mask_; }
+  int32_t eos_id() const override { return -1; }
+  int32_t pad_id() const override { return -1; }
+  std::string id_to_piece(int32_t id) const override { return std::to_string(id); }
+  int32_t piece_to_id(const std::string&) const override { return -1; }
+
+ private:
+  int64_t vocab_;
+  int32_t mask_;
+};
+
+struct Sample {
+  double ttfb_ms = 0, latency_ms = 0;
+  int64_t tokens = 0;
+};
+
+// One streamed completion: time to the first block's text, to [DONE], and the usage's tokens.
+Sample stream_request(int port, const json& body) {
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_read_timeout(3600, 0);
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  Sample s;
+  bool first = false;
+  std::string buf;
+  const auto t0 = BClock::now();
+  auto ms = [&] { return std::chrono::duration<double, std::milli>(BClock::now() - t0).count(); };
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    buf.append(data, n);
+    for (size_t cut; (cut = buf.find("\n\n")) != std::string::npos; buf.erase(0, cut + 2)) {
+      const auto ev = buf.substr(0, cut);
+      if (ev.rfind("data: {", 0) != 0) continue;
+      const auto j = json::parse(ev.substr(6));
+      if (j.contains("error")) throw std::runtime_error("bench serve: " + j["error"].dump());
+      if (!first && !j["choices"].empty() && !j["choices"][0].value("text", std::string()).empty())
+        first = true, s.ttfb_ms = ms();
+      if (j.contains("usage") && j["usage"].is_object()) s.tokens = j["usage"]["completion_tokens"].get<int64_t>();
+    }
+    return true;
+  };
+  auto res = cli.send(req);
+  if (!res || res->status != 200)
+    throw std::runtime_error("bench serve: request failed (" + (res ? std::to_string(res->status) : httplib::to_string(res.error())) + ")");
+  s.latency_ms = ms();
+  return s;
+}
+
+double pct(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const auto i = static_cast<size_t>(std::min<double>(static_cast<double>(v.size() - 1), q * static_cast<double>(v.size() - 1) + 0.5));
+  return v[i];
+}
+
+double metric(int port, const std::string& name) {
+  httplib::Client cli("127.0.0.1", port);
+  auto res = cli.Get("/metrics");
+  if (!res) return 0;
+  const auto at = res->body.find("\n" + name + " ");
+  return at == std::string::npos ? 0 : std::stod(res->body.substr(at + name.size() + 2));
+}
+
+void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams& p, std::vector<ServeBenchRow>& rows) {
+  const int64_t vocab = loaded.model->config().vocab_size, mask = loaded.defaults.params.mask_id;
+  ServeParams sp;
+  sp.port = 0;
+  sp.sched.max_batch = p.max_batch;
+  sp.sched.max_queue = std::max<int64_t>(64, p.requests);
+  Server server(sp);
+  const int port = server.listen();
+  server.ready(std::move(loaded));
+  // The same requests at every level: prompts of 16..96 tokens, greedy, EOS ignored.
+  std::mt19937_64 rng(p.seed);
+  std::vector<std::vector<int64_t>> prompts;
+  for (int64_t i = 0; i < p.requests; ++i) {
+    std::vector<int64_t> pr(static_cast<size_t>(16 + 16 * (i % 6)));
+    for (auto& t : pr) t = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab - 2));
+    for (auto& t : pr) if (t == mask) t = 0;
+    prompts.push_back(pr);
+  }
+  for (const auto& routing : p.routings) {
+    double base_tps = 0;
+    for (int64_t c : p.clients) {
+      const double steps0 = metric(port, "ecdlm_steps_total"), rows0 = metric(port, "ecdlm_batch_rows_sum");
+      const double u0 = metric(port, "ecdlm_unique_experts_per_block_sum"), n0 = metric(port, "ecdlm_unique_experts_per_block_count");
+      std::vector<Sample> samples(static_cast<size_t>(p.requests));
+      std::atomic<int64_t> next{0};
+      std::string error;
+      std::mutex emu;
+      const auto t0 = BClock::now();
+      std::vector<std::thread> th;
+      for (int64_t k = 0; k < c; ++k)
+        th.emplace_back([&] {
+          for (int64_t i; (i = next++) < p.requests;) {
+            json body = {{"model", "bench"}, {"prompt", prompts[static_cast<size_t>(i)]}, {"max_tokens", p.max_tokens},
+                         {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"seed", i},
+                         {"ecdlm", {{"moe_routing", routing}, {"ignore_eos", true}}}};
+            try {
+              samples[static_cast<size_t>(i)] = stream_request(port, body);
+            } catch (const std::exception& e) {
+              std::lock_guard<std::mutex> lk(emu);
+              error = e.what();
+            }
+          }
+        });
+      for (auto& t : th) t.join();
+      if (!error.empty()) throw std::runtime_error(error);
+      ServeBenchRow r;
+      r.model = name;
+      r.routing = routing;
+      r.clients = c;
+      r.requests = p.requests;
+      r.seconds = std::chrono::duration<double>(BClock::now() - t0).count();
+      std::vector<double> ttfb, lat;
+      for (const auto& s : samples) r.tokens += s.tokens, ttfb.push_back(s.ttfb_ms), lat.push_back(s.latency_ms);
+      r.tokens_per_s = static_cast<double>(r.tokens) / r.seconds;
+      if (c == p.clients.front()) base_tps = r.tokens_per_s;
+      r.speedup = base_tps > 0 ? r.tokens_per_s / base_tps : 0;
+      r.ttfb_p50_ms = pct(ttfb, 0.5);
+      r.latency_p50_ms = pct(lat, 0.5);
+      r.latency_p99_ms = pct(lat, 0.99);
+      const double steps = metric(port, "ecdlm_steps_total") - steps0;
+      r.batch_rows_mean = steps > 0 ? (metric(port, "ecdlm_batch_rows_sum") - rows0) / steps : 0;
+      const double un = metric(port, "ecdlm_unique_experts_per_block_count") - n0;
+      r.unique_experts_per_block = un > 0 ? (metric(port, "ecdlm_unique_experts_per_block_sum") - u0) / un : 0;
+      LOG_INFO("bench serve: " << name << " " << routing << " " << c << " clients: " << r.tokens << " tokens in "
+                               << r.seconds << " s = " << r.tokens_per_s << " tokens/s (x" << r.speedup << "), TTFB p50 "
+                               << r.ttfb_p50_ms << " ms, latency p50 " << r.latency_p50_ms << " / p99 " << r.latency_p99_ms
+                               << " ms, rows per step " << r.batch_rows_mean);
+      rows.push_back(r);
+    }
+  }
+  server.stop();
+}
+
+}  // namespace
+
+std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
+  if (p.clients.empty() || p.clients.front() != 1)
+    fail("", "--clients", "the list must start at 1 (the one-after-another baseline)", "e.g. 1,2,4,8,16");
+  if (p.requests < 1) fail("", "--requests", "must be >= 1", "e.g. 16");
+  std::vector<ServeBenchRow> rows;
+  auto defaults = [&](const ModelConfig& cfg, int64_t mask) {
+    ApiDefaults d;
+    d.model_id = "bench";
+    d.params.gen_length = p.max_tokens;
+    d.params.block_length = p.block_length;
+    d.params.steps = p.steps;
+    d.params.mask_id = mask;
+    d.params.eos_id = -2;
+    d.max_n = 1;
+    (void)cfg;
+    return d;
+  };
+  {
+    const auto cfg = bench::synthetic_llada2_config(p.synth_moe_layers, p.synth_vocab);
+    Loaded L;
+    L.model = bench::make_synthetic_model(cfg, p.seed);
+    L.tok = std::make_unique<IdTokenizer>(cfg.vocab_size, static_cast<int32_t>(cfg.mask_token_id));
+    L.defaults = defaults(cfg, cfg.mask_token_id);
+    bench_model("synthetic LLaDA2.0-mini-shaped (" + std::to_string(p.synth_moe_layers) + " MoE layers, bf16)",
+                std::move(L), p, rows);
+  }
+  if (!p.model_dir.empty()) {
+    const auto cfg = ModelConfig::load(p.model_dir);
+    Loaded L;
+    L.tok = text::load_tokenizer(p.model_dir);
+    const auto mask = resolve_mask_id(p.model_dir, cfg, L.tok.get());
+    if (mask.id < 0) fail(p.model_dir + "/config.json", "mask_token_id", "the model has no mask token id", "");
+    L.model = load_model(p.model_dir);
+    L.defaults = defaults(cfg, mask.id);
+    auto q = p;
+    q.routings = {"token"};  // a model of our own: token choice (no dMoE coreset)
+    bench_model(p.model_dir, std::move(L), q, rows);
+  }
+  return rows;
+}
+
+json to_json(const std::vector<ServeBenchRow>& rows) {
+  json out = json::array();
+  for (const auto& r : rows)
+    out.push_back({{"model", r.model}, {"routing", r.routing}, {"clients", r.clients}, {"requests", r.requests},
+                   {"tokens", r.tokens}, {"seconds", r.seconds}, {"tokens_per_s", r.tokens_per_s}, {"speedup", r.speedup},
+                   {"ttfb_p50_ms", r.ttfb_p50_ms}, {"latency_p50_ms", r.latency_p50_ms},
+                   {"latency_p99_ms", r.latency_p99_ms}, {"batch_rows_mean", r.batch_rows_mean},
+                   {"unique_experts_per_block", r.unique_experts_per_block}});
+  return out;
+}
+
+std::string to_markdown(const std::vector<ServeBenchRow>& rows, const ServeBenchParams& p) {
+  std::ostringstream o;
+  o << "Requests per level: " << p.requests << " (prompts of 16-96 tokens, " << p.max_tokens
+    << " generated tokens each, greedy, EOS ignored), block " << p.block_length << ", " << p.steps
+    << " steps per block, max batch " << p.max_batch << ". Speed-up: aggregate tokens/s over the 1-client level "
+    << "(the same requests one after another).\n\n"
+    << "| model | routing | clients | tokens/s | speed-up | time to first block p50 (ms) | latency p50 (ms) | "
+       "latency p99 (ms) | rows per step | unique experts per block |\n"
+    << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  char buf[512];
+  for (const auto& r : rows) {
+    std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %.1f | %.2fx | %.0f | %.0f | %.0f | %.2f | %.1f |\n",
+                  r.model.c_str(), r.routing.c_str(), static_cast<long long>(r.clients), r.tokens_per_s, r.speedup,
+                  r.ttfb_p50_ms, r.latency_p50_ms, r.latency_p99_ms, r.batch_rows_mean, r.unique_experts_per_block);
+    o << buf;
+  }
+  return o.str();
+}
+
+}  // namespace ecdlm::serve

@@ -1,0 +1,38 @@
+// `ecdlm bench serve`: the server in-process on a free loopback port, driven by streaming HTTP
+// clients of our own (cpp-httplib) at 1, 2, 4, 8 and 16 concurrent clients, under token and dMoE
+// block routing, on the synthetic LLaDA2.0-mini-shaped model of `bench generate` (and a trained
+// model directory when given). Every level runs the same requests (random prompts of several
+// lengths, greedy, EOS ignored); the baseline is the same number of requests one after another.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace ecdlm::serve {
+
+struct ServeBenchParams {
+  bool quick = false;
+  std::string model_dir;                     // a model directory with a tokenizer ("" = synthetic only)
+  std::vector<int64_t> clients = {1, 2, 4, 8, 16};
+  std::vector<std::string> routings = {"token", "block"};
+  int64_t requests = 16;                     // per level (each client takes requests / clients)
+  int64_t synth_moe_layers = 3, synth_vocab = 32768;
+  int64_t max_tokens = 64, block_length = 32, steps = 8;  // steps per block: 4 tokens per step
+  int64_t max_batch = 16;
+  uint64_t seed = 7;
+};
+
+struct ServeBenchRow {
+  std::string model, routing;
+  int64_t clients = 0, requests = 0, tokens = 0;
+  double seconds = 0, tokens_per_s = 0, speedup = 0;  // speedup: tokens/s over 1 client
+  double ttfb_p50_ms = 0, latency_p50_ms = 0, latency_p99_ms = 0;
+  double batch_rows_mean = 0, unique_experts_per_block = 0;
+};
+
+std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p);
+nlohmann::json to_json(const std::vector<ServeBenchRow>& rows);
+std::string to_markdown(const std::vector<ServeBenchRow>& rows, const ServeBenchParams& p);
+
+}  // namespace ecdlm::serve

@@ -1,0 +1,118 @@
+// The server's scheduler: one thread owns the model and the continuous batcher
+// (generate/continuous.h). HTTP handlers submit Jobs (one request, n choices = n rows) to a bounded
+// queue; between steps the scheduler moves waiting jobs into the batch while it has room (whole
+// jobs, first come first served), runs one step, turns the rows' events into text deltas per
+// choice (stop strings cut here), and wakes the handlers. Finished rows leave at once; a job whose
+// client went away has its rows cancelled at the next step (their KV caches freed).
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ecdlm/generate/continuous.h"
+#include "ecdlm/text/tokenizer.h"
+
+namespace ecdlm::serve {
+
+using Clock = std::chrono::steady_clock;
+
+// One streamed piece of a choice, in order.
+struct Update {
+  enum Kind { kText, kCanvas, kFinish } kind = kText;
+  int choice = 0;
+  std::string text;           // kText: new text; kCanvas: the current block, masks as U+2591
+  int64_t block = 0, step = 0;
+  std::string finish_reason;  // kFinish: "stop" | "length"
+  double tokens_per_s = 0.0, unique_experts = 0.0;  // kText: the choice so far / this block's mean
+};
+
+struct Job {
+  // Set by the handler before submit.
+  std::vector<int64_t> prompt;
+  std::vector<gen::ThresholdParams> params;  // one per choice (seed + index)
+  gen::BatcherParams batch;                  // block length + routing: rows batch only with equal ones
+  std::vector<std::string> stop;             // stop strings
+  bool canvas = false;                       // send kCanvas updates
+  std::atomic<bool> client_gone{false};      // set by the handler: cancel at the next step
+
+  // Written by the scheduler under mu.
+  struct Choice {
+    std::vector<int64_t> tokens;   // generated ids (final), stop id included
+    std::vector<int32_t> body;     // ids of the text (stop ids left out)
+    std::string text;              // the answer so far (cut at a stop string)
+    size_t sent = 0;               // bytes of text already turned into updates
+    std::string finish_reason;     // "" while running
+    int64_t row = -1;
+    double unique_sum = 0.0, block_unique_sum = 0.0;  // over all forwards / the current block's
+    int64_t forwards = 0, block_forwards = 0;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Update> updates;
+  std::vector<Choice> choices;
+  int finished = 0;
+  uint64_t steps = 0;              // events seen (one per step of a running row): wakes streams
+  bool failed = false;             // shut down before it could finish
+  Clock::time_point t_submit, t_first_block;
+  bool has_first_block = false;
+
+  bool done() const { return failed || finished == static_cast<int>(choices.size()); }
+};
+
+struct SchedulerParams {
+  int64_t max_batch = 16;  // rows decoding at once
+  int64_t max_queue = 64;  // rows waiting; more answer 429
+};
+
+struct Metrics {
+  std::atomic<int64_t> queue_rows{0}, running_rows{0}, generated_tokens{0}, forwards{0}, steps{0};
+  std::atomic<int64_t> batch_rows_sum{0}, batch_rows_max{0}, rows_started{0}, rows_finished{0}, rows_cancelled{0};
+  std::atomic<int64_t> kv_bytes{0}, forward_us{0};
+  // Unique experts per layer per block, x1000 (integers: atomics without compare-exchange loops).
+  std::atomic<int64_t> unique_milli_sum{0}, unique_milli_last{0}, unique_n{0};
+};
+
+class Scheduler {
+ public:
+  Scheduler(MoeDlm& model, const text::Tokenizer& tok, const SchedulerParams& sp);
+  ~Scheduler();
+
+  enum class Admit { kOk, kQueueFull, kShuttingDown };
+  Admit submit(const std::shared_ptr<Job>& job);
+  // Stops accepting, lets running and queued jobs finish for up to timeout_s, then cancels what is
+  // left (those jobs fail) and joins the thread.
+  void shutdown(double timeout_s);
+  const Metrics& metrics() const { return m_; }
+  const SchedulerParams& params() const { return sp_; }
+
+ private:
+  void loop();
+  void admit_locked();
+  void apply(const gen::RowEvent& ev);
+  void finish_choice(Job& job, int c, const std::string& reason);
+
+  MoeDlm& model_;
+  const text::Tokenizer& tok_;
+  SchedulerParams sp_;
+  Metrics m_;
+  std::unique_ptr<gen::ContinuousBatcher> batcher_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::map<int64_t, std::pair<std::shared_ptr<Job>, int>> rows_;  // batcher row id -> job, choice
+  bool stopping_ = false, cancel_all_ = false, exit_ = false;
+  std::thread thread_;
+};
+
+// The generated part of a block with runs of tokens decoded and each mask shown as U+2591.
+std::string render_canvas(const text::Tokenizer& tok, const std::vector<int64_t>& ids, int64_t mask);
+
+}  // namespace ecdlm::serve
