@@ -93,6 +93,7 @@ async function send(text) {
       if (j.usage) usage = j.usage;
       const e = j.ecdlm || {};
       if (e.canvas !== undefined) {
+        window.__canvasSeen = (window.__canvasSeen || 0) + 1;
         $("canvas").textContent = e.canvas;
         $("canvas-block").textContent = e.block;
         $("canvas-step").textContent = e.step;
