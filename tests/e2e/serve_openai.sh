@@ -78,4 +78,9 @@ grep -q "SIGTERM: no new requests" "$TMP/term.err" || fail "SIGTERM not logged"
 # Flags are checked before anything binds.
 expect_fail "--max-batch" "$ECDLM" serve -m "$M" --max-batch 0
 expect_fail "--port" "$ECDLM" serve -m "$M" --port 70000
+expect_fail "--max-n" "$ECDLM" serve -m "$M" --max-n 20 --max-batch 16
+expect_fail "nonexistent" "$ECDLM" serve -m "$TMP/nonexistent" --port 0
+# Decoding flags are checked against the model once it is read: still exit 2 with the flag named.
+expect_fail "--diffusion-threshold" "$ECDLM" -q serve -m "$M" --port 0 --diffusion-threshold 2
+expect_fail "--block-chunk" "$ECDLM" -q serve -m "$M" --port 0 --diffusion-block-length 48
 echo "serve_openai: OK"

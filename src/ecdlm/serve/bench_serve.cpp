@@ -126,6 +126,7 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
     double base_tps = 0;
     for (int64_t c : p.clients) {
       const double steps0 = metric(port, "ecdlm_steps_total"), rows0 = metric(port, "ecdlm_batch_rows_sum");
+      const double sec0 = metric(port, "ecdlm_step_seconds_sum");
       const double u0 = metric(port, "ecdlm_unique_experts_per_block_sum"), n0 = metric(port, "ecdlm_unique_experts_per_block_count");
       std::vector<Sample> samples(static_cast<size_t>(p.requests));
       std::atomic<int64_t> next{0};
@@ -165,12 +166,13 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
       r.latency_p99_ms = pct(lat, 0.99);
       const double steps = metric(port, "ecdlm_steps_total") - steps0;
       r.batch_rows_mean = steps > 0 ? (metric(port, "ecdlm_batch_rows_sum") - rows0) / steps : 0;
+      r.step_ms = steps > 0 ? 1000.0 * (metric(port, "ecdlm_step_seconds_sum") - sec0) / steps : 0;
       const double un = metric(port, "ecdlm_unique_experts_per_block_count") - n0;
       r.unique_experts_per_block = un > 0 ? (metric(port, "ecdlm_unique_experts_per_block_sum") - u0) / un : 0;
       LOG_INFO("bench serve: " << name << " " << routing << " " << c << " clients: " << r.tokens << " tokens in "
                                << r.seconds << " s = " << r.tokens_per_s << " tokens/s (x" << r.speedup << "), TTFB p50 "
                                << r.ttfb_p50_ms << " ms, latency p50 " << r.latency_p50_ms << " / p99 " << r.latency_p99_ms
-                               << " ms, rows per step " << r.batch_rows_mean);
+                               << " ms, rows per step " << r.batch_rows_mean << ", " << r.step_ms << " ms per step");
       rows.push_back(r);
     }
   }
@@ -226,7 +228,7 @@ json to_json(const std::vector<ServeBenchRow>& rows) {
     out.push_back({{"model", r.model}, {"routing", r.routing}, {"clients", r.clients}, {"requests", r.requests},
                    {"tokens", r.tokens}, {"seconds", r.seconds}, {"tokens_per_s", r.tokens_per_s}, {"speedup", r.speedup},
                    {"ttfb_p50_ms", r.ttfb_p50_ms}, {"latency_p50_ms", r.latency_p50_ms},
-                   {"latency_p99_ms", r.latency_p99_ms}, {"batch_rows_mean", r.batch_rows_mean},
+                   {"latency_p99_ms", r.latency_p99_ms}, {"batch_rows_mean", r.batch_rows_mean}, {"step_ms", r.step_ms},
                    {"unique_experts_per_block", r.unique_experts_per_block}});
   return out;
 }
@@ -238,13 +240,14 @@ std::string to_markdown(const std::vector<ServeBenchRow>& rows, const ServeBench
     << " steps per block, max batch " << p.max_batch << ". Speed-up: aggregate tokens/s over the 1-client level "
     << "(the same requests one after another).\n\n"
     << "| model | routing | clients | tokens/s | speed-up | time to first block p50 (ms) | latency p50 (ms) | "
-       "latency p99 (ms) | rows per step | unique experts per block |\n"
-    << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+       "latency p99 (ms) | rows per step | ms per step | unique experts per block |\n"
+    << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   char buf[512];
   for (const auto& r : rows) {
-    std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %.1f | %.2fx | %.0f | %.0f | %.0f | %.2f | %.1f |\n",
+    std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %.1f | %.2fx | %.0f | %.0f | %.0f | %.2f | %.0f | %.1f |\n",
                   r.model.c_str(), r.routing.c_str(), static_cast<long long>(r.clients), r.tokens_per_s, r.speedup,
-                  r.ttfb_p50_ms, r.latency_p50_ms, r.latency_p99_ms, r.batch_rows_mean, r.unique_experts_per_block);
+                  r.ttfb_p50_ms, r.latency_p50_ms, r.latency_p99_ms, r.batch_rows_mean, r.step_ms,
+                  r.unique_experts_per_block);
     o << buf;
   }
   return o.str();

@@ -28,7 +28,7 @@ struct ServeBenchRow {
   int64_t clients = 0, requests = 0, tokens = 0;
   double seconds = 0, tokens_per_s = 0, speedup = 0;  // speedup: tokens/s over 1 client
   double ttfb_p50_ms = 0, latency_p50_ms = 0, latency_p99_ms = 0;
-  double batch_rows_mean = 0, unique_experts_per_block = 0;
+  double batch_rows_mean = 0, step_ms = 0, unique_experts_per_block = 0;  // step_ms: mean batched step
 };
 
 std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p);
