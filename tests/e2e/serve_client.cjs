@@ -25,7 +25,7 @@ async function raw(route, body, headers = {}) {
   const r = await fetch(base + route, {
     method: body === undefined ? "GET" : "POST",
     headers: { "Content-Type": "application/json", ...headers },
-    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    body: body === undefined ? undefined : typeof body === "string" || Buffer.isBuffer(body) ? body : JSON.stringify(body),
   });
   const text = await r.text();
   let json = null;
@@ -128,6 +128,7 @@ async function api() {
   const bad = [
     ["/v1/chat/completions", "{not json", 400, null],
     ["/v1/chat/completions", "[1, 2]", 400, null],
+    ["/v1/chat/completions", Buffer.from([0x7b, 0x22, 0xff, 0x22, 0x3a, 0x31, 0x7d]), 400, null],  // not UTF-8
     ["/v1/chat/completions", { model, messages: "hi" }, 400, "messages"],
     ["/v1/chat/completions", { model, messages: [] }, 400, "messages"],
     ["/v1/chat/completions", { model, messages: [{ role: "wizard", content: "hi" }] }, 400, "messages[0].role"],
@@ -151,7 +152,7 @@ async function api() {
   ];
   for (const [route, body, status, param] of bad) {
     const r = await raw(route, body);
-    const what = `${route} ${String(typeof body === "string" ? body : JSON.stringify(body)).slice(0, 60)}`;
+    const what = `${route} ${String(typeof body === "string" || Buffer.isBuffer(body) ? body : JSON.stringify(body)).slice(0, 60)}`;
     check(r.status === status, `${what}: status ${r.status} (want ${status}) ${r.text.slice(0, 200)}`);
     check(r.json && r.json.error && typeof r.json.error.message === "string" && r.json.error.message.length > 0,
           `${what}: an OpenAI error object`);

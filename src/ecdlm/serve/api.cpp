@@ -107,7 +107,10 @@ json base_chunk(const RequestInfo& info, const ApiDefaults& d) {
           {"model", d.model_id}};
 }
 
-std::string sse(const json& j) { return "data: " + j.dump() + "\n\n"; }
+// Generated text is valid UTF-8 (the tokenizer decodes bytes it cannot join as U+FFFD); replace,
+// never throw, should a piece ever not be.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
 
 }  // namespace
 

@@ -180,7 +180,15 @@ void Scheduler::apply(const gen::RowEvent& ev) {
       }
     }
     ch.text = text;
-    const size_t ready = ev.finished || stop_string ? text.size() : complete_utf8(text);
+    size_t ready = ev.finished || stop_string ? text.size() : complete_utf8(text);
+    if (!ev.finished && !stop_string && !job->stop.empty()) {
+      // Hold back what could be the start of a stop string that the next block completes.
+      size_t longest = 0;
+      for (const auto& s : job->stop) longest = std::max(longest, s.size());
+      size_t cut = text.size() > longest - 1 ? text.size() - (longest - 1) : 0;
+      while (cut > 0 && cut < text.size() && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+      ready = std::min(ready, cut);
+    }
     if (ready > ch.sent) {
       Update u;
       u.kind = Update::kText;

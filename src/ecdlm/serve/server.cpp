@@ -21,7 +21,8 @@ using nlohmann::json;
 void send_error(httplib::Response& res, int status, const std::string& message, const std::string& param = "",
                 const std::string& type = "invalid_request_error") {
   res.status = status;
-  res.set_content(error_body(message, type, param).dump(), "application/json");
+  // Messages can quote the request (a JSON parse error): replace bytes that are not UTF-8.
+  res.set_content(error_body(message, type, param).dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 // Requests by status, counted when the response has gone out (streams included).
@@ -161,7 +162,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   std::unique_lock<std::mutex> lk(job->mu);
   job->cv.wait(lk, [&] { return job->done(); });
   if (job->failed) return send_error(res, 503, "the server shut down before the request finished", "", "server_error");
-  res.set_content(response_json(*job, info, L->defaults).dump(), "application/json");
+  res.set_content(response_json(*job, info, L->defaults).dump(-1, ' ', false, json::error_handler_t::replace),
+                  "application/json");
 }
 
 void Server::Impl::routes() {
