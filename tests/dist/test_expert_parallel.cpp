@@ -9,6 +9,7 @@
 #include "ecdlm/dist/expert_parallel.h"
 #include "ecdlm/dist/grad_sync.h"
 #include "ecdlm/dist/process_group.h"
+#include "ecdlm/util/error.h"
 
 namespace ecdlm::dist {
 namespace {
@@ -95,7 +96,7 @@ TEST(ExpertParallel, TokenChoiceCapacityEqualsSingleProcess) { check_equivalence
 TEST(ExpertParallel, DroplessTokenChoiceEqualsSingleProcess) { check_equivalence(Kind::kTcDropless); }
 
 TEST(ExpertParallel, ExpertsMustDivide) {
-  EXPECT_THROW(ExpertParallelMoe(group(), 7), UserError);
+  EXPECT_THROW(ExpertParallelMoe(group(), 7), ecdlm::UserError);
 }
 
 // The bucketed hook reducer averages exactly what one all_reduce of every gradient would.

@@ -18,11 +18,13 @@ source "$ROOT/tests/e2e/lib.bash"
 cd "$TMP"
 python3 "$ROOT/tests/e2e/toy_corpus.py" 3 80 corpus.jsonl
 "$ECDLM" -q prepare-data --source jsonl --input corpus.jsonl --out data --vocab-size 300 --val-fraction 0.1
-TRAIN=(train --config "$ROOT/configs/tiny.json" --data data --samples 0 --train-bf16 false --train-log-every 1
-       --train-eval-every 2 --train-save-every 2 --train-steps 4 --dist-timeout 30)
+BASE=(train --config "$ROOT/configs/tiny.json" --samples 0 --train-bf16 false --train-log-every 1
+      --train-eval-every 2 --train-save-every 2 --train-steps 4 --dist-timeout 30)
+TRAIN=("${BASE[@]}" --data data)
 TC=(--moe-router tc --moe-capacity-factor 0 --moe-aux-loss-coeff 0 --moe-loss-free-bias-rate 0.01)
 
-# Per-step loss and grad norm of two runs agree within float reordering; and the final val loss.
+# Per-step loss and grad norm of two runs agree within float reordering (fp32 sums in another order,
+# which AdamW's first steps amplify to ~1e-4 relative; a wrong batch slice or noise is off by >1e-2).
 same_curve() {  # same_curve RUN_A RUN_B
   python3 - "$1" "$2" <<'PY'
 import json, sys
@@ -34,8 +36,8 @@ assert sorted(a) == sorted(b) and len(a) >= 4, (sorted(a), sorted(b))
 for s in sorted(a):
     for k in ("loss", "grad_norm", "lr"):
         x, y = a[s][k], b[s][k]
-        assert abs(x - y) <= 2e-4 * max(1.0, abs(x)), f"step {s} {k}: {x} vs {y}"
-assert len(va) == len(vb) and all(abs(x - y) <= 2e-4 * max(1.0, abs(x)) for x, y in zip(va, vb)), (va, vb)
+        assert abs(x - y) <= 1e-3 * max(1.0, abs(x)), f"step {s} {k}: {x} vs {y}"
+assert len(va) == len(vb) and all(abs(x - y) <= 1e-3 * max(1.0, abs(x)) for x, y in zip(va, vb)), (va, vb)
 print("same curve:", sys.argv[1], sys.argv[2], [round(a[s]["loss"], 5) for s in sorted(a)])
 PY
 }
@@ -129,7 +131,7 @@ two_ranks badcfg "${TRAIN[@]}" -- "${TRAIN[@]}" --moe-experts 4
 grep -qF "model config: differs across ranks" bad1.txt || { cat bad1.txt; fail "config msg"; }
 python3 "$ROOT/tests/e2e/toy_corpus.py" 4 80 corpus2.jsonl
 "$ECDLM" -q prepare-data --source jsonl --input corpus2.jsonl --out data2 --vocab-size 300 --val-fraction 0.1
-two_ranks baddata "${TRAIN[@]}" -- "${TRAIN[@]}" --data data2
+two_ranks baddata "${BASE[@]}" --data data -- "${BASE[@]}" --data data2
 grep -qF -- "--data: differs across ranks" bad0.txt || { cat bad0.txt; fail "data msg"; }
 two_ranks badbatch "${TRAIN[@]}" --train-batch-size 3 -- "${TRAIN[@]}" --train-batch-size 3
 grep -qF "does not divide by WORLD_SIZE 2" bad0.txt || { cat bad0.txt; fail "batch msg"; }

@@ -36,6 +36,17 @@ bool is_loopback(const std::string& a) { return a == "localhost" || a.rfind("127
 
 std::string hb_key(int r) { return "ecdlm/heartbeat/" + std::to_string(r); }
 
+// The message of a c10d/Gloo exception without its C++ backtrace, on one line, bounded.
+std::string brief(const std::exception& e) {
+  const auto* ce = dynamic_cast<const c10::Error*>(&e);
+  std::string m = ce ? ce->what_without_backtrace() : e.what();
+  for (const char* cut : {"\nException raised from", "\nframe #"})
+    if (auto p = m.find(cut); p != std::string::npos) m.resize(p);
+  for (auto& c : m)
+    if (c == '\n') c = ' ';
+  return m.size() > 300 ? m.substr(0, 300) + "..." : m;
+}
+
 }  // namespace
 
 DistEnv DistEnv::from_environment() {
@@ -79,7 +90,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, double time
                                              " is in use",
            "pick a free port (--master-port or MASTER_PORT), or stop the process that holds it");
     fail("environment", "MASTER_ADDR", "rank " + std::to_string(env.rank) + " cannot join the group at " + where +
-                                           " within " + std::to_string(timeout_s) + " s: " + msg.substr(0, 300),
+                                           " within " + std::to_string(timeout_s) + " s: " + brief(e),
          "start every rank (WORLD_SIZE " + std::to_string(env.world_size) +
              ") with the same MASTER_ADDR/MASTER_PORT, or raise --dist-timeout");
   }
@@ -99,8 +110,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, double time
   try {
     im.pg = c10::make_intrusive<c10d::ProcessGroupGloo>(im.store, env.rank, env.world_size, opts);
   } catch (const std::exception& e) {
-    fail("environment", "WORLD_SIZE", "rank " + std::to_string(env.rank) + " cannot connect to its peers: " +
-                                          std::string(e.what()).substr(0, 300),
+    fail("environment", "WORLD_SIZE", "rank " + std::to_string(env.rank) + " cannot connect to its peers: " + brief(e),
          "check that all " + std::to_string(env.world_size) + " ranks started, or raise --dist-timeout");
   }
   // One tick a second: after a failed collective, the ranks whose count stopped are the dead ones.
@@ -129,7 +139,7 @@ ProcessGroup::~ProcessGroup() {
 
 void ProcessGroup::rethrow_peer_failure(const std::string& op, const std::exception& e) {
   std::ostringstream os;
-  os << "rank " << rank() << ": " << op << " failed: " << std::string(e.what()).substr(0, 240) << ". ";
+  os << "rank " << rank() << ": " << op << " failed: " << brief(e) << ". ";
   // Which peers stopped ticking? Two reads 2.5 s apart on the heartbeat connection.
   std::vector<int> dead;
   try {

@@ -455,6 +455,13 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
                    {"grad_norm", gnorm}, {"tokens_per_s", tps},
                    {"model_flops_per_s", tps * flops_per_token},
                    {"routing", routing.averaged().to_json()}};
+      if (dp) {
+        // The last step's gradient all-reduce: payload, time backward had to wait for it at the end.
+        const auto& rs = dp->reducer->last_stats();
+        line["dist"] = {{"world_size", dp->group->size()}, {"allreduce_bytes", rs.bytes},
+                        {"allreduce_wait_s", rs.wait_s}, {"buckets", rs.buckets},
+                        {"buckets_overlapped", rs.overlapped}};
+      }
       if (teacher) line["distill_kl"] = kl_acc / loss_n;
       metrics.write(line);
       routing = moe::RoutingSummary();
