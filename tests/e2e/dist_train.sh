@@ -21,7 +21,7 @@ python3 "$ROOT/tests/e2e/toy_corpus.py" 3 80 corpus.jsonl
 BASE=(train --config "$ROOT/configs/tiny.json" --samples 0 --train-bf16 false --train-log-every 1
       --train-eval-every 2 --train-save-every 2 --train-steps 4 --dist-timeout 30)
 TRAIN=("${BASE[@]}" --data data)
-TC=(--moe-router tc --moe-capacity-factor 0 --moe-aux-loss-coeff 0 --moe-loss-free-bias-rate 0.01)
+TC=(--moe-router tc --moe-capacity-factor 0 --moe-aux-loss-coeff 0 --moe-loss-free-bias-rate 0.01 --train-grad-accum 2)
 
 # Per-step loss and grad norm of two runs agree within float reordering (fp32 sums in another order,
 # which AdamW's first steps amplify to ~1e-4 relative; a wrong batch slice or noise is off by >1e-2).
@@ -42,7 +42,8 @@ print("same curve:", sys.argv[1], sys.argv[2], [round(a[s]["loss"], 5) for s in 
 PY
 }
 
-# --- data parallel == one process (EC, then dropless TC with global-count bias updates) ----------
+# --- data parallel == one process (EC; then dropless TC with global-count bias updates and gradient
+# accumulation over 2 micro-batches, only the last one all-reduced) --------------------------------
 "$ECDLM" -q --threads 1 "${TRAIN[@]}" --out ec1
 expect_rc 0 "$ECDLM" launch --nproc-per-node 2 -- -q --threads 1 "${TRAIN[@]}" --out ec2
 grep -q '^\[rank 0\] steps 4' out.txt || { cat out.txt err.txt; fail "launch did not prefix rank lines"; }
@@ -68,8 +69,8 @@ PY
 # --- the real torchrun --------------------------------------------------------------------------
 if /usr/bin/python3 -c 'import torch.distributed.run' 2> /dev/null; then
   # --redirects/--tee: torchrun 1.13 under Python 3.11 (Debian 12) fails on their default "0" (Std.NONE is
-  # no longer iterated), so stdout is teed through a log dir instead.
-  expect_rc 0 /usr/bin/python3 -m torch.distributed.run --standalone --nproc_per_node 2 --redirects 1 --tee 1 \
+  # no longer iterated), so stdout is teed through a log dir instead. TMPDIR: it leaves torchelastic_* dirs.
+  expect_rc 0 env TMPDIR="$TMP" /usr/bin/python3 -m torch.distributed.run --standalone --nproc_per_node 2 --redirects 1 --tee 1 \
     --log_dir "$TMP/torchrun-logs" --no_python \
     "$ECDLM" -q --threads 1 "${TRAIN[@]}" --out ecrun
   same_curve ec1 ecrun
@@ -148,4 +149,16 @@ expect_fail "--master-port: several machines" "$ECDLM" launch --nproc-per-node 1
 # A failing rank makes launch fail and says which.
 expect_rc 2 "$ECDLM" launch --nproc-per-node 2 -- -q "${TRAIN[@]}" --out badlaunch --data nowhere
 grep -qF "[launch] failed: rank" err.txt || { cat err.txt; fail "launch failure msg"; }
+# SIGINT to launch reaches the ranks: all stop, launch exits 130.
+"$ECDLM" launch --nproc-per-node 2 -- -q --threads 1 "${LONG[@]}" --out sigint > sig.out 2> sig.err &
+LPID=$!
+PIDS+=($LPID)
+for _ in $(seq 300); do [ -s sigint/metrics.jsonl ] && break; sleep 0.2; done
+RANKPIDS=$(pgrep -P "$LPID" | tr '\n' ' ')
+[ -n "$RANKPIDS" ] || fail "launch started no ranks"
+kill -INT "$LPID"
+set +e; wait "$LPID"; rc=$?; set -e
+[ "$rc" -eq 130 ] || { cat sig.err; fail "launch exit $rc after SIGINT (want 130)"; }
+for p in $RANKPIDS; do ! kill -0 "$p" 2> /dev/null || fail "rank process $p still running after SIGINT"; done
+grep -qF "[launch] got signal 2, forwarding it to the ranks" sig.err || { cat sig.err; fail "no forwarding message"; }
 echo "dist_train: all passed"
