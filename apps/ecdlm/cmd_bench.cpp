@@ -11,6 +11,8 @@
 #include "ecdlm/util/log.h"
 
 namespace ecdlm::cli {
+void register_bench_dist(CLI::App* bench);  // cmd_bench_dist.cpp
+
 namespace {
 
 struct BenchTrainArgs {
@@ -86,6 +88,7 @@ void register_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks, always side by side with a baseline in one run");
   bench->require_subcommand(1);
   register_bench_generate(bench);
+  register_bench_dist(bench);
   auto a = std::make_shared<BenchTrainArgs>();
   auto* tr = bench->add_subcommand("train", "Training throughput: EC vs TC-dropless vs TC-cf1.25");
   tr->add_option("--config", a->config, "Run config JSON (model + batch shape)")->capture_default_str()->check(CLI::ExistingFile);
