@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Usage: scripts/check_layering.sh UNIT   (moe, nn, kernels, util, or core)
+# Usage: scripts/check_layering.sh UNIT   (a directory under src/ecdlm: dist, moe, nn, kernels or util; or core)
 # Fails, naming each line, if a file of UNIT includes an ecdlm header from a unit above it.
-# The layers: serve -> model and the rest of core -> moe -> nn -> kernels -> util (ctest layering.*).
+# The layers: serve -> model and the rest of core -> dist -> moe -> nn -> kernels -> util (ctest layering.*).
 # "core" checks that nothing below serve/ (the HTTP server) includes it.
 set -euo pipefail
 cd "$(dirname "$0")/../src/ecdlm"
@@ -17,11 +17,12 @@ if [ "$unit" = core ]; then
   exit 0
 fi
 case "$unit" in
+  dist) allowed="dist moe nn kernels util" ;;
   moe) allowed="moe nn kernels util" ;;
   nn) allowed="nn kernels util" ;;
   kernels) allowed="kernels util" ;;
   util) allowed="util" ;;
-  *) echo "check_layering: unknown unit '$unit' (moe, nn, kernels, util or core)" >&2; exit 2 ;;
+  *) echo "check_layering: unknown unit '$unit' (dist, moe, nn, kernels, util or core)" >&2; exit 2 ;;
 esac
 [ -d "$unit" ] || { echo "check_layering: no src/ecdlm/$unit" >&2; exit 2; }
 pattern="[[:space:]]*#[[:space:]]*include[[:space:]]*[\"<]ecdlm/($(echo "$allowed" | tr ' ' '|'))/"

@@ -12,6 +12,7 @@ APT_PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev gnuplot-nox
   clang libclang-rt-dev   # libFuzzer + ASan/UBSan runtimes for the fuzz targets (ctest fuzz.smoke)
+  libgloo-dev python3-torch   # c10d's ProcessGroupGloo headers; the real torchrun for the launch test
   libcpp-httplib-dev      # `ecdlm serve` (HTTP server)
   chromium                # headless browser test of the serve page
 )

@@ -11,10 +11,9 @@
 #include "ecdlm/util/log.h"
 
 namespace ecdlm::cli {
+void register_bench_dist(CLI::App* bench);   // cmd_bench_dist.cpp
 void register_bench_serve(CLI::App* bench);  // cmd_bench_serve.cpp
-}  // namespace ecdlm::cli
 
-namespace ecdlm::cli {
 namespace {
 
 struct BenchTrainArgs {
@@ -90,6 +89,7 @@ void register_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks, always side by side with a baseline in one run");
   bench->require_subcommand(1);
   register_bench_generate(bench);
+  register_bench_dist(bench);
   register_bench_serve(bench);
   auto a = std::make_shared<BenchTrainArgs>();
   auto* tr = bench->add_subcommand("train", "Training throughput: EC vs TC-dropless vs TC-cf1.25");

@@ -30,6 +30,7 @@ struct TrainArgs {
   int64_t block_min_experts = 0, block_chunk = 0;
   bool resume = false, json = false, no_inverse_r = false;
   std::string bf16;
+  double dist_timeout = 300.0;
   std::map<std::string, CLI::Option*> opt;
 };
 
@@ -121,7 +122,11 @@ int run(TrainArgs& a) {
   // TC norm matching (ec-dlm.md §4.1): a constant factor, stored in config.json.
   apply_tc_scaling_factor(cfg);
 
-  auto res = run_training(cfg, p, a.resume);
+  DistOptions dopt;
+  dopt.timeout_s = a.dist_timeout;
+  auto res = run_training(cfg, p, a.resume, dopt);
+  // Distributed: rank 0 reports for the run (the others trained the same model).
+  if (dist::DistEnv::from_environment().rank != 0) return res.diverged ? 4 : 0;
   double uni = unigram_baseline(p.data_dir);
   nlohmann::json out = res.to_json();
   out["unigram_val_loss"] = uni;
@@ -222,6 +227,9 @@ void register_train(CLI::App& app) {
   add("--train-distill-weight", a->distill_weight, "Loss = w * KL(teacher || student) + (1 - w) * CE (default 1)");
   add("--train-distill-temperature", a->distill_temperature, "Distillation softmax temperature T (KL scaled by "
                                                              "T^2; default 1)");
+  add("--dist-timeout", a->dist_timeout, "Distributed runs (torchrun environment): seconds to wait for the other "
+                                         "ranks at start-up and in every collective before failing (default 300)")
+      ->check(CLI::PositiveNumber);
   add("--samples", a->samples, "Samples to generate from the final model")->check(CLI::NonNegativeNumber);
   add("--sample-length", a->sample_length, "Tokens per sample")->check(CLI::PositiveNumber);
   set_runner(sub, [a] { return run(*a); });

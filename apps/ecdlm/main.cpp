@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "ecdlm/dist/process_group.h"
 #include "ecdlm/util/compat.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/huge_pages.h"
@@ -55,8 +56,10 @@ void apply_global_options() {
                           << " CPUs this process may run on; using " << cpus);
     g.threads = cpus;
   }
-  // libtorch defaults to one intra-op thread; use every core unless told otherwise.
-  torch::set_num_threads(g.threads > 0 ? g.threads : cpus);
+  // libtorch defaults to one intra-op thread; use every core unless told otherwise. Ranks started
+  // together on one machine (LOCAL_WORLD_SIZE of them) share its cores instead of oversubscribing.
+  const int local_ranks = ecdlm::dist::DistEnv::from_environment().local_world_size;
+  torch::set_num_threads(g.threads > 0 ? g.threads : std::max(1, cpus / local_ranks));
   static bool checked = false;
   if (!checked) {
     checked = true;
@@ -75,7 +78,8 @@ void apply_global_options() {
 }  // namespace ecdlm::cli
 
 namespace ecdlm::cli {
-void register_serve(CLI::App& app);  // cmd_serve.cpp (declared here: commands.h is in every command's build)
+void register_launch(CLI::App& app);  // cmd_launch.cpp (declared here: commands.h is in every command)
+void register_serve(CLI::App& app);   // cmd_serve.cpp (likewise)
 }  // namespace ecdlm::cli
 
 int main(int argc, char** argv) {
@@ -87,7 +91,7 @@ int main(int argc, char** argv) {
   // subcommands inherit this and hand flags they do not know to the root.
   app.fallthrough();
   auto& g = global_options();
-  app.add_option("--threads", g.threads, "Intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", g.threads, "Intra-op threads (0 = all cores, divided among the ranks on one machine)")->check(CLI::NonNegativeNumber);
   app.add_flag("-q,--quiet", g.quiet, "Only warnings and errors on stderr");
   app.add_flag("-v,--verbose", g.verbose, "Debug logging");
   app.add_option("--huge-pages", g.huge_pages,
@@ -108,6 +112,7 @@ int main(int argc, char** argv) {
   register_experiment(app);
   register_tokenize(app);
   register_convert(app);
+  register_launch(app);
   register_serve(app);
 
   try {

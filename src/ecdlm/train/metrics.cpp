@@ -28,6 +28,7 @@ std::vector<nlohmann::json> read_metrics(const std::string& path) {
 }
 
 MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(path) {
+  if (path.empty()) return;
   if (resume_step > 0 && std::filesystem::exists(path)) {
     std::string kept;
     for (const auto& j : read_metrics(path))
@@ -41,6 +42,7 @@ MetricsLog::MetricsLog(const std::string& path, int64_t resume_step) : path_(pat
 }
 
 void MetricsLog::write(const nlohmann::json& line) {
+  if (path_.empty()) return;
   out_ << line.dump() << "\n";
   out_.flush();
   if (!out_) fail(path_, "", std::string("write failed: ") + std::strerror(errno), "free disk space");

@@ -10,6 +10,7 @@ namespace ecdlm {
 
 class MetricsLog {
  public:
+  // An empty path: a log that writes nothing (the ranks other than 0 of a distributed run).
   MetricsLog(const std::string& path, int64_t resume_step);
   void write(const nlohmann::json& line);
 

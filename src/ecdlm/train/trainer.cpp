@@ -138,15 +138,23 @@ MoeDlm load_distill_teacher(const std::string& dir, const ModelConfig& student) 
 }
 
 StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& micro_x0, int64_t step,
-                            const TrainParams& p, moe::RoutingSummary* routing, MoeDlm* teacher) {
+                            const TrainParams& p, moe::RoutingSummary* routing, MoeDlm* teacher, DataParallel* dp) {
   const auto& cfg = model->config();
   StepOutput out;
   const double n = static_cast<double>(micro_x0.size());
   const auto routing_policy = p.routing();
+  const bool track_loads = dp && cfg.moe_loss_free_bias_rate > 0;
   for (size_t micro = 0; micro < micro_x0.size(); ++micro) {
-    const auto& x0 = micro_x0[micro];
+    auto x0 = micro_x0[micro];
     auto nb = noise_batch(x0, cfg.mask_token_id, mix_seed(p.seed, static_cast<uint64_t>(step), micro),
                           p.mask_ratio_min, p.mask_ratio_max);
+    if (dp) {
+      // The noise of the whole global batch, then this rank's rows: as one process would draw it.
+      x0 = x0.narrow(0, dp->first, dp->count);
+      nb.x_t_BL = nb.x_t_BL.narrow(0, dp->first, dp->count);
+      nb.masked_BL = nb.masked_BL.narrow(0, dp->first, dp->count);
+      nb.r_B = nb.r_B.narrow(0, dp->first, dp->count);
+    }
     ForwardOptions fo;
     fo.mask_ratio_B = nb.r_B;
     fo.skip_lm_head = true;
@@ -176,8 +184,33 @@ StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& mic
       out.loss += dl.loss.item<double>() / n;
       out.aux_loss += fwd.aux_loss.item<double>() / n;
     }
-    (total / n).backward();
+    auto scaled = total / n;
+    if (dp && micro + 1 == micro_x0.size()) {
+      // Earlier micro-batches only accumulate locally (DDP's no_sync); this backward all-reduces.
+      dp->reducer->arm();
+      scaled.backward();
+      dp->reducer->finish();
+    } else {
+      scaled.backward();
+    }
     if (routing) routing->add(model->last_routing_stats());
+    if (track_loads) {
+      auto blocks = model->moe_blocks();
+      out.load_E.resize(blocks.size());
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        const auto& l = blocks[i]->last_plan().load_E;
+        if (l.defined()) out.load_E[i] = out.load_E[i].defined() ? out.load_E[i] + l : l.clone();
+      }
+    }
+  }
+  if (dp) {
+    // The global means (equal-sized slices: the mean of the ranks' means).
+    auto v = torch::tensor({out.loss, out.aux_loss, out.distill_kl}, torch::kFloat64);
+    dp->group->all_reduce_sum(v);
+    v /= static_cast<double>(dp->group->size());
+    out.loss = v[0].item<double>();
+    out.aux_loss = v[1].item<double>();
+    out.distill_kl = v[2].item<double>();
   }
   out.grad_norm = p.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(model->parameters(), p.grad_clip)
                                   : 0.0;
@@ -227,14 +260,21 @@ void apply_data_meta(ModelConfig& cfg, const std::string& data_dir) {
 
 }  // namespace
 
-TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
+TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, const DistOptions& dist_opt) {
   p.validate();
   apply_data_meta(cfg, p.data_dir);
   cfg.validate("model config");
   // Before the output dir is created: a model beyond this machine leaves nothing behind.
   check_model_fits_memory(cfg, "model config", 16.0, "training (f32 weights, gradients and two AdamW moments)");
-  ensure_writable_dir(p.out_dir);
-  clean_stale_temps(p.out_dir);
+  // Data parallel (torchrun environment): join and check every rank agrees before writing anything.
+  auto dp = start_data_parallel(cfg, p, dist_opt);
+  const bool rank0 = !dp || dp->is_rank0();
+  if (!rank0) ProgressBar::set_enabled(false);
+  if (rank0) {
+    ensure_writable_dir(p.out_dir);
+    clean_stale_temps(p.out_dir);
+  }
+  if (dp) dp->group->barrier();  // the others read checkpoints only after the clean-up
   auto train_shard = data::TokenShard::open(p.data_dir, "train");
   auto val_shard = data::TokenShard::open(p.data_dir, "val");
   if (train_shard.vocab_size() != cfg.vocab_size)
@@ -297,9 +337,12 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       best_val = state["best_val_loss"].get<double>();
     LOG_INFO("resumed from " << last_ckpt << " at step " << start_step);
   }
-  MetricsLog metrics((fs::path(p.out_dir) / "metrics.jsonl").string(), start_step);
-  write_file_atomic((fs::path(p.out_dir) / "train_config.json").string(),
-                    json({{"model", cfg.to_json()}, {"train", p.to_json()}}).dump(2) + "\n");
+  if (dp) attach_reducer(*dp, model);
+  // Rank 0 alone writes the run directory; the others keep a log that discards its lines.
+  MetricsLog metrics(rank0 ? (fs::path(p.out_dir) / "metrics.jsonl").string() : std::string(), start_step);
+  if (rank0)
+    write_file_atomic((fs::path(p.out_dir) / "train_config.json").string(),
+                      json({{"model", cfg.to_json()}, {"train", p.to_json()}}).dump(2) + "\n");
 
   LOG_INFO("model: " << to_string(cfg.router_type) << " router, " << cfg.num_hidden_layers
                      << " layers, hidden " << cfg.hidden_size << ", " << cfg.num_experts
@@ -312,6 +355,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
                     << " val tokens, " << val_windows.size() << " val windows of " << p.seq_len);
 
   auto save = [&](int64_t step, const json& extra_state) {
+    if (!rank0) return;
     fs::path dir = fs::path(p.out_dir) / "checkpoints" / step_name(step);
     fs::create_directories(dir.parent_path());
     json state = {{"step", step}, {"tokens", tokens}, {"sampler", sampler.state()}};
@@ -334,7 +378,10 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
   const int64_t tokens_per_step = p.batch_size * p.seq_len * p.grad_accum;
   const double flops_per_token = 3.0 * model->forward_flops_per_token(p.seq_len);
   auto t_start = Clock::now();
-  auto elapsed = [&] { return elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count(); };
+  // Wall-clock decisions (time budget, LR progress) take rank 0's clock, so every rank agrees.
+  auto elapsed = [&] {
+    return agree(dp.get(), elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count());
+  };
   const double threads = std::max(1, torch::get_num_threads());
   auto cpu_now = [] { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; };
   const double cpu_start = cpu_now();
@@ -364,7 +411,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
     opt->zero_grad();
     std::vector<torch::Tensor> micro;
     for (int64_t m = 0; m < p.grad_accum; ++m) micro.push_back(sampler.next());
-    auto so = forward_backward(model, micro, step, p, &routing, teacher ? &teacher : nullptr);
+    auto so = forward_backward(model, micro, step, p, &routing, teacher ? &teacher : nullptr, dp.get());
     const double step_loss = so.loss, step_aux = so.aux_loss, gnorm = so.grad_norm;
     if (!std::isfinite(step_loss) || !std::isfinite(so.distill_kl) || !std::isfinite(gnorm)) {
       bar.finish();
@@ -379,7 +426,10 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       break;
     }
     opt->step();
-    if (cfg.moe_loss_free_bias_rate > 0) model->update_expert_biases(cfg.moe_loss_free_bias_rate);
+    if (cfg.moe_loss_free_bias_rate > 0) {
+      if (dp) update_expert_biases_global(*dp, model, so.load_E, cfg.moe_loss_free_bias_rate);
+      else model->update_expert_biases(cfg.moe_loss_free_bias_rate);
+    }
     ++step;
     tokens += tokens_per_step;
     window_tokens += tokens_per_step;
@@ -405,6 +455,13 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
                    {"grad_norm", gnorm}, {"tokens_per_s", tps},
                    {"model_flops_per_s", tps * flops_per_token},
                    {"routing", routing.averaged().to_json()}};
+      if (dp) {
+        // The last step's gradient all-reduce: payload, time backward had to wait for it at the end.
+        const auto& rs = dp->reducer->last_stats();
+        line["dist"] = {{"world_size", dp->group->size()}, {"allreduce_bytes", rs.bytes},
+                        {"allreduce_wait_s", rs.wait_s}, {"buckets", rs.buckets},
+                        {"buckets_overlapped", rs.overlapped}};
+      }
       if (teacher) line["distill_kl"] = kl_acc / loss_n;
       metrics.write(line);
       routing = moe::RoutingSummary();
@@ -434,7 +491,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
       res.final_val_ppl = ev.ppl;
       if (ev.loss < best_val) {
         best_val = ev.loss;
-        save_model_dir(model, best_ckpt, p.data_dir,
+        if (rank0) save_model_dir(model, best_ckpt, p.data_dir,
                        {{"best.json", json({{"step", step}, {"val_loss", ev.loss}}).dump() + "\n"}});
         res.best_checkpoint = best_ckpt;
       }
@@ -460,13 +517,15 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume) {
                          : 0.0;
   res.last_checkpoint = last_ckpt;
   if (fs::exists(best_ckpt)) res.best_checkpoint = best_ckpt;
-  for (const auto& f : plot_run(p.out_dir)) LOG_INFO("plot: " << f);
+  if (rank0)
+    for (const auto& f : plot_run(p.out_dir)) LOG_INFO("plot: " << f);
   if (final_windows != p.eval.max_windows && !res.diverged) {
     data::EvalWindows final_val(val_shard, p.seq_len, final_windows);
     auto ev = evaluate_elbo(model, final_val, eval_params);
     res.final_val_loss = ev.loss;
     res.final_val_ppl = ev.ppl;
   }
+  if (dp) dp->group->barrier();  // rank 0 hosts the store: nobody leaves while another still needs it
   return res;
 }
 

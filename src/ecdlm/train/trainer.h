@@ -9,6 +9,7 @@
 #include "ecdlm/model/config.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/moe/routing_stats.h"
+#include "ecdlm/train/data_parallel.h"
 #include "ecdlm/train/train_params.h"
 
 namespace ecdlm {
@@ -31,7 +32,9 @@ struct TrainResult {
 // Trains a model with config `cfg` (vocab/special ids are taken from the data's meta.json).
 // `resume`: continue from the newest checkpoint in p.out_dir (bit-exact for step budgets).
 // Throws UserError on bad input; returns with diverged = true on NaN/Inf.
-TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume);
+// With the torchrun environment (WORLD_SIZE > 1) the run is data parallel (train/data_parallel.h):
+// `p.batch_size` is the global batch, rank 0 writes checkpoints and metrics.
+TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, const DistOptions& dist = {});
 
 // AdamW with two groups: matrices decay; vectors (norms) do not.
 std::unique_ptr<torch::optim::AdamW> make_optimizer(MoeDlm& model, const TrainParams& p);
@@ -39,15 +42,19 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(MoeDlm& model, const TrainPa
 struct StepOutput {
   double loss = 0.0, aux_loss = 0.0, grad_norm = 0.0;  // loss: the CE, whatever is optimized
   double distill_kl = 0.0;                              // with a teacher: T^2 * mean KL per masked token
+  std::vector<torch::Tensor> load_E;  // with `dp`: per MoE layer, this rank's summed loads (int64 [E])
 };
 // One optimizer step over grad_accum micro-batches (x0 int64 [B, L] each): noising seeded by
 // (p.seed, step, micro), forward under bf16 autocast if p.bf16, backward, clip. The optimizer
 // is NOT stepped when the loss or gradient norm is non-finite (the caller decides).
 // `teacher` (see load_distill_teacher): the objective becomes p.distill_weight * KL +
 // (1 - p.distill_weight) * CE (+ aux losses), the teacher running its own token routing.
+// `dp`: micro_x0 are global batches; noise is drawn for all rows (so it matches one process),
+// this rank trains rows [dp->first, +dp->count), gradients are averaged across ranks during the
+// last micro-batch's backward, and the losses returned are the global means.
 StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& micro_x0, int64_t step,
                             const TrainParams& p, moe::RoutingSummary* routing = nullptr,
-                            MoeDlm* teacher = nullptr);
+                            MoeDlm* teacher = nullptr, DataParallel* dp = nullptr);
 
 // The frozen self-distillation teacher from model dir `dir` (f32, eval, no gradients). UserError
 // naming the config field when its architecture or vocabulary differs from `student`.

@@ -1,0 +1,142 @@
+// ecdlm bench dist: data-parallel training throughput on this machine, side by side in one run:
+// 1 rank x T threads against T ranks x 1 thread (ecdlm launch), the same model and global batch;
+// plus the gradient all-reduce's bytes and exposed wait per step (from rank 0's metrics).
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "commands.h"
+#include "ecdlm/train/metrics.h"
+#include "ecdlm/util/error.h"
+#include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
+
+namespace ecdlm::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+struct BenchDistArgs {
+  std::string config = "configs/brown-small.json", data, out_md, work_dir;
+  int64_t ranks = 2, steps = 8, reps = 2, batch = 8, seq_len = 128;
+  bool json = false;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct RunStats {
+  std::vector<double> tps, ar_bytes, ar_wait_s;
+};
+
+// Windows of log_every steps after the first one (warm-up), from a run's metrics.jsonl.
+void collect(const std::string& out_dir, RunStats& s) {
+  bool first = true;
+  for (const auto& l : read_metrics((fs::path(out_dir) / "metrics.jsonl").string())) {
+    if (!l.contains("tokens_per_s")) continue;
+    if (first) {
+      first = false;
+      continue;
+    }
+    s.tps.push_back(l["tokens_per_s"].get<double>());
+    if (l.contains("dist")) {
+      s.ar_bytes.push_back(l["dist"]["allreduce_bytes"].get<double>());
+      s.ar_wait_s.push_back(l["dist"]["allreduce_wait_s"].get<double>());
+    }
+  }
+}
+
+int run_bench_dist(const BenchDistArgs& a) {
+  if (a.data.empty() || !fs::exists(fs::path(a.data) / "meta.json"))
+    fail(a.data, "--data", "not a prepared data directory",
+         "run `ecdlm prepare-data --source brown --out DIR` and pass --data DIR");
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) fail("/proc/self/exe", "", "cannot find this binary");
+  exe[n] = '\0';
+  const std::string work = a.work_dir.empty() ? (fs::temp_directory_path() / ("ecdlm-bench-dist." + std::to_string(::getpid()))).string()
+                                              : a.work_dir;
+  fs::create_directories(work);
+  std::ostringstream train;
+  train << " -q train --config " << quote(a.config) << " --data " << quote(a.data) << " --samples 0"
+        << " --train-steps " << a.steps << " --train-batch-size " << a.batch << " --train-seq-len " << a.seq_len
+        << " --train-log-every 2 --train-eval-every 0 --train-save-every 0 --eval-windows 1 --eval-mask-samples 1"
+        << " --train-warmup 2";
+  RunStats one, many;
+  for (int64_t rep = 0; rep < a.reps; ++rep) {
+    // Alternated, so load from other work on the machine hits both alike.
+    for (int which = 0; which < 2; ++which) {
+      const std::string out = (fs::path(work) / ((which ? "ranks-" : "threads-") + std::to_string(rep))).string();
+      fs::remove_all(out);
+      std::ostringstream cmd;
+      if (which == 0)
+        cmd << quote(exe) << " --threads " << a.ranks << train.str() << " --out " << quote(out);
+      else
+        cmd << quote(exe) << " launch --nproc-per-node " << a.ranks << " -- --threads 1" << train.str() << " --out "
+            << quote(out);
+      cmd << " > " << quote(out + ".log") << " 2>&1";
+      LOG_INFO("bench dist: " << (which ? std::to_string(a.ranks) + " ranks x 1 thread" : "1 rank x " + std::to_string(a.ranks) + " threads")
+                              << ", rep " << rep + 1 << "/" << a.reps);
+      if (std::system(cmd.str().c_str()) != 0)
+        fail(out + ".log", "", "the benchmarked run failed", "see the log");
+      collect(out, which ? many : one);
+    }
+  }
+  if (a.work_dir.empty()) fs::remove_all(work);
+  const double t1 = median(one.tps), tn = median(many.tps);
+  const double ratio = t1 > 0 ? tn / t1 : 0.0;
+  nlohmann::json j = {{"config", a.config}, {"batch", a.batch}, {"seq_len", a.seq_len}, {"steps", a.steps},
+                      {"reps", a.reps}, {"ranks", a.ranks},
+                      {"one_rank_tokens_per_s", t1}, {"ranks_tokens_per_s", tn}, {"ratio", ratio},
+                      {"allreduce_bytes_per_step", median(many.ar_bytes)},
+                      {"allreduce_wait_s_per_step", median(many.ar_wait_s)}};
+  std::ostringstream md;
+  md << "| setup | tokens/s | vs 1 rank |\n|---|---:|---:|\n"
+     << "| 1 rank x " << a.ranks << " threads | " << static_cast<int64_t>(t1) << " | 1.00x |\n"
+     << "| " << a.ranks << " ranks x 1 thread (ecdlm launch) | " << static_cast<int64_t>(tn) << " | " << std::fixed
+     << std::setprecision(2) << ratio << "x |\n\n"
+     << "Gradient all-reduce per step (" << a.ranks << " ranks, Gloo on loopback): "
+     << std::setprecision(2) << median(many.ar_bytes) / 1e6 << " MB, " << std::setprecision(1)
+     << 1e3 * median(many.ar_wait_s) << " ms waited after backward (the rest overlapped with it).\n"
+     << "Model " << a.config << ", global batch " << a.batch << " x " << a.seq_len << ", " << a.steps
+     << " steps per run (first window dropped), median of " << a.reps << " alternated runs each.\n";
+  if (!a.out_md.empty()) write_file_atomic(a.out_md, md.str());
+  if (a.json) std::cout << j.dump(2) << std::endl;
+  else std::cout << md.str();
+  return 0;
+}
+
+}  // namespace
+
+void register_bench_dist(CLI::App* bench) {
+  auto a = std::make_shared<BenchDistArgs>();
+  auto* s = bench->add_subcommand("dist", "Data-parallel throughput: 1 rank x N threads vs N ranks x 1 thread, "
+                                          "same global batch, plus all-reduce bytes and wait per step");
+  s->add_option("--config", a->config, "Run config JSON (the model)")->capture_default_str()->check(CLI::ExistingFile);
+  s->add_option("--data", a->data, "Prepared data directory")->required();
+  s->add_option("--bench-ranks", a->ranks, "N: ranks, and threads of the 1-rank run")->capture_default_str()->check(CLI::Range(2, 64));
+  s->add_option("--bench-steps", a->steps, "Optimizer steps per run")->capture_default_str()->check(CLI::Range(4, 100000));
+  s->add_option("--bench-reps", a->reps, "Runs of each setup (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--train-batch-size", a->batch, "Global batch")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--train-seq-len", a->seq_len, "Sequence length")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--work-dir", a->work_dir, "Keep the runs here (default: a temporary dir, removed)");
+  s->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
+  s->add_flag("--json", a->json, "Print the numbers as JSON");
+  set_runner(s, [a] { return run_bench_dist(*a); });
+}
+
+}  // namespace ecdlm::cli

@@ -1,0 +1,67 @@
+// Expert parallelism for one MoE layer: each of the EP ranks holds E / EP of its experts; the
+// router, the shared expert (and everything outside the layer) stay data parallel. Tokens go to
+// the rank that owns their expert with all_to_all and come back the same way; both exchanges are
+// autograd functions (backward is the reverse exchange), so the experts' gradients land on their
+// owner and the inputs' gradients on the rank the tokens came from.
+//
+// Split sizes:
+//  - expert-major plans (expert choice, token choice with capacity): every expert has exactly N
+//    slots (EC: B * C; TC: its capacity), so rank a sends E/EP * N rows to every rank: the sizes
+//    are known before routing and nothing is exchanged but the activations.
+//  - token-major plans (dropless token choice): the per-expert counts go first (one small
+//    all_to_all of E integers), then the variable-size exchange.
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "ecdlm/dist/process_group.h"
+#include "ecdlm/moe/experts.h"
+#include "ecdlm/moe/moe_block.h"
+
+namespace ecdlm::dist {
+
+// Autograd all_to_all over every rank of `group`: rows x_ND[sum(send[:r]) : +send[r]] go to rank
+// r; returns the rows received, grouped by source rank (recv[r] rows from rank r). PeerError on a
+// failed exchange.
+torch::Tensor all_to_all_rows(ProcessGroup& group, const torch::Tensor& x_ND, const std::vector<int64_t>& send,
+                              const std::vector<int64_t>& recv);
+
+struct ExpertParallelStats {
+  int64_t bytes_sent = 0;      // activations sent by this rank (forward, both directions)
+  int64_t count_exchanges = 0; // size exchanges (0 for expert-major plans)
+  double seconds = 0.0;        // in all_to_all (forward)
+};
+
+class ExpertParallelMoe {
+ public:
+  // EP over every rank of `group` (size EP). `num_experts` E must divide by EP (UserError).
+  ExpertParallelMoe(ProcessGroup& group, int64_t num_experts);
+  int64_t local_experts() const { return local_; }
+  int64_t first_expert() const { return group_.rank() * local_; }
+
+  // The MoE layer forward of `block` (router, shared expert: this rank's copy) with the routed
+  // experts of `local` (experts [first_expert(), +local_experts()) of the layer) on this rank's
+  // tokens x_BLD [B, L, D] -> [B, L, D]. `slots_per_expert`: for expert-major plans, the slot count
+  // N that every rank uses (a plan with fewer slots is padded with empty ones; EC with a capacity
+  // schedule passes B * the largest capacity it can give); 0: the plan's own N, which must then be
+  // the same on every rank (same B and capacity).
+  torch::Tensor forward(moe::MoeBlock& block, moe::Experts& local, const torch::Tensor& x_BLD,
+                        const moe::MoeForwardArgs& args, int64_t slots_per_expert = 0);
+  const ExpertParallelStats& last_stats() const { return stats_; }
+
+ private:
+  torch::Tensor run_expert_major(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local,
+                                 int64_t slots_per_expert);
+  torch::Tensor run_token_major(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local);
+
+  ProcessGroup& group_;
+  int64_t num_experts_, local_;
+  ExpertParallelStats stats_;
+};
+
+// Copies experts [first, first + local->num_experts()) of `full` into `local` (the shard a rank
+// holds when it loads a single-process checkpoint).
+void copy_expert_shard(moe::Experts& full, moe::Experts& local, int64_t first);
+
+}  // namespace ecdlm::dist

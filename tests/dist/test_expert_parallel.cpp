@@ -1,0 +1,124 @@
+// Expert parallelism, layer level, on 2 ranks (tests/dist/run_ranks.sh starts them with the
+// torchrun environment): the EP layer's output and every gradient equal the single-process layer
+// on the same tokens, for expert choice, token choice with capacity and dropless token choice.
+// The reference: each rank runs the full layer on every rank's tokens (it has them all, seeded);
+// the EP run keeps its own tokens and E / EP experts.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "ecdlm/dist/expert_parallel.h"
+#include "ecdlm/dist/grad_sync.h"
+#include "ecdlm/dist/process_group.h"
+#include "ecdlm/util/error.h"
+
+namespace ecdlm::dist {
+namespace {
+
+ProcessGroup& group() {
+  static auto g = ProcessGroup::join(DistEnv::from_environment(), 60.0);
+  return *g;
+}
+
+::testing::AssertionResult close(const char* what, const torch::Tensor& a, const torch::Tensor& b) {
+  if (!a.defined() || !b.defined()) return ::testing::AssertionFailure() << what << ": undefined";
+  if (a.sizes() != b.sizes()) return ::testing::AssertionFailure() << what << ": shape " << a.sizes() << " vs " << b.sizes();
+  if (torch::allclose(a.to(torch::kFloat64), b.to(torch::kFloat64), 1e-4, 1e-5)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << what << ": max abs diff "
+                                       << (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+enum class Kind { kEc, kTcCapacity, kTcDropless };
+
+void check_equivalence(Kind kind) {
+  auto& g = group();
+  ASSERT_EQ(g.size(), 2) << "run with 2 ranks (tests/dist/run_ranks.sh)";
+  const int W = g.size(), R = g.rank();
+  moe::MoeConfig c;
+  c.hidden_size = 16;
+  c.num_experts = 8;
+  c.moe_intermediate_size = 12;
+  c.shared_expert_intermediate_size = 8;
+  c.num_experts_per_tok = 2;
+  c.router_type = kind == Kind::kEc ? moe::RouterType::kExpertChoice : moe::RouterType::kTokenChoice;
+  c.capacity_factor = kind == Kind::kTcCapacity ? 1.0 : 0.0;
+  const int64_t B = 3, L = 8, D = c.hidden_size, C = 2;
+  torch::manual_seed(11);
+  moe::MoeBlock full(c), mine(c);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : full->parameters()) p.normal_(0.0, 0.3);
+    auto src = full->named_parameters();
+    for (auto& kv : mine->named_parameters()) kv.value().copy_(src[kv.key()]);
+  }
+  auto x_all = torch::randn({W * B, L, D});
+  auto w_all = torch::randn({W * B, L, D});  // loss = sum(y * w): every output element matters
+  moe::MoeForwardArgs args;
+  args.capacity_B = torch::full({B}, C, torch::kInt64);
+
+  // Reference: the whole layer on each rank's tokens; parameter gradients summed over ranks.
+  std::vector<torch::Tensor> y_ref, xg_ref;
+  for (int r = 0; r < W; ++r) {
+    auto x = x_all.narrow(0, r * B, B).clone().requires_grad_(true);
+    auto y = full->forward(x, args);
+    (y * w_all.narrow(0, r * B, B)).sum().backward();
+    y_ref.push_back(y.detach());
+    xg_ref.push_back(x.grad());
+  }
+
+  // Expert parallel: this rank's tokens, experts [R * E/W, +E/W).
+  ExpertParallelMoe ep(g, c.num_experts);
+  moe::Experts local(ep.local_experts(), D, c.moe_intermediate_size);
+  copy_expert_shard(full->experts, local, ep.first_expert());
+  auto x = x_all.narrow(0, R * B, B).clone().requires_grad_(true);
+  // EC: B * C slots per expert on every rank, known in advance (no size exchange).
+  auto y = ep.forward(mine, local, x, args, kind == Kind::kEc ? B * C : 0);
+  (y * w_all.narrow(0, R * B, B)).sum().backward();
+  EXPECT_TRUE(close("output", y, y_ref[R]));
+  EXPECT_TRUE(close("input gradient", x.grad(), xg_ref[R]));
+  EXPECT_EQ(ep.last_stats().count_exchanges, kind == Kind::kTcDropless ? 1 : 0);
+  // Routed experts: the owner holds the gradient from every rank's tokens.
+  const int64_t first = ep.first_expert(), n = ep.local_experts();
+  EXPECT_TRUE(close("w_gate grad", local->gate_proj.grad(), full->experts->gate_proj.grad().narrow(0, first, n)));
+  EXPECT_TRUE(close("w_up grad", local->up_proj.grad(), full->experts->up_proj.grad().narrow(0, first, n)));
+  EXPECT_TRUE(close("w_down grad", local->down_proj.grad(), full->experts->down_proj.grad().narrow(0, first, n)));
+  // Router and shared expert are data parallel: their gradients summed over the ranks.
+  auto ref = full->named_parameters();
+  for (auto& kv : mine->named_parameters()) {
+    if (kv.key().rfind("experts.", 0) == 0) continue;
+    auto gsum = kv.value().grad().clone();
+    g.all_reduce_sum(gsum);
+    EXPECT_TRUE(close(kv.key().c_str(), gsum, ref[kv.key()].grad()));
+  }
+}
+
+TEST(ExpertParallel, ExpertChoiceEqualsSingleProcess) { check_equivalence(Kind::kEc); }
+TEST(ExpertParallel, TokenChoiceCapacityEqualsSingleProcess) { check_equivalence(Kind::kTcCapacity); }
+TEST(ExpertParallel, DroplessTokenChoiceEqualsSingleProcess) { check_equivalence(Kind::kTcDropless); }
+
+TEST(ExpertParallel, ExpertsMustDivide) {
+  EXPECT_THROW(ExpertParallelMoe(group(), 7), ecdlm::UserError);
+}
+
+// The bucketed hook reducer averages exactly what one all_reduce of every gradient would.
+TEST(GradReducer, AveragesBucketsDuringBackward) {
+  auto& g = group();
+  torch::manual_seed(5);
+  auto lin1 = torch::nn::Linear(16, 32), lin2 = torch::nn::Linear(32, 4);
+  std::vector<torch::Tensor> params;
+  for (auto& p : lin1->parameters()) params.push_back(p);
+  for (auto& p : lin2->parameters()) params.push_back(p);
+  GradReducer reducer(g, params, /*bucket_bytes=*/1024);  // several buckets
+  torch::manual_seed(100 + g.rank());                     // different data per rank
+  auto x = torch::randn({8, 16});
+  reducer.arm();
+  lin2(torch::relu(lin1(x))).pow(2).sum().backward();
+  std::vector<torch::Tensor> local;
+  for (auto& p : params) local.push_back(p.grad().clone());
+  reducer.finish();
+  EXPECT_GT(reducer.last_stats().buckets, 1);
+  g.all_reduce_sum(local);
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(close("grad", params[i].grad(), local[i] / g.size()));
+}
+
+}  // namespace
+}  // namespace ecdlm::dist
