@@ -186,7 +186,7 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     fail("", "--clients", "the list must start at 1 (the one-after-another baseline)", "e.g. 1,2,4,8,16");
   if (p.requests < 1) fail("", "--requests", "must be >= 1", "e.g. 16");
   std::vector<ServeBenchRow> rows;
-  auto defaults = [&](const ModelConfig& cfg, int64_t mask) {
+  auto defaults = [&](int64_t mask) {
     ApiDefaults d;
     d.model_id = "bench";
     d.params.gen_length = p.max_tokens;
@@ -195,7 +195,6 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     d.params.mask_id = mask;
     d.params.eos_id = -2;
     d.max_n = 1;
-    (void)cfg;
     return d;
   };
   {
@@ -203,7 +202,7 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     Loaded L;
     L.model = bench::make_synthetic_model(cfg, p.seed);
     L.tok = std::make_unique<IdTokenizer>(cfg.vocab_size, static_cast<int32_t>(cfg.mask_token_id));
-    L.defaults = defaults(cfg, cfg.mask_token_id);
+    L.defaults = defaults(cfg.mask_token_id);
     bench_model("synthetic LLaDA2.0-mini-shaped (" + std::to_string(p.synth_moe_layers) + " MoE layers, bf16)",
                 std::move(L), p, rows);
   }
@@ -214,7 +213,7 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     const auto mask = resolve_mask_id(p.model_dir, cfg, L.tok.get());
     if (mask.id < 0) fail(p.model_dir + "/config.json", "mask_token_id", "the model has no mask token id", "");
     L.model = load_model(p.model_dir);
-    L.defaults = defaults(cfg, mask.id);
+    L.defaults = defaults(mask.id);
     auto q = p;
     q.routings = {"token"};  // a model of our own: token choice (no dMoE coreset)
     bench_model(p.model_dir, std::move(L), q, rows);
