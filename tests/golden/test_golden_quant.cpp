@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "../test_util.h"
@@ -83,16 +84,19 @@ Quality compare(const torch::Tensor& ref_BLV, const torch::Tensor& got_BLV, cons
 
 class GoldenQuant : public ::testing::TestWithParam<QuantCase> {};
 
-// Tolerances (bf16 model vs its quantized twin, masked positions). The tiny fixtures are random
-// models whose logits are ~N(0, 0.5) and whose routing margins are ~1e-4, so a weight error can
-// flip routed experts: the bounds are loose on max |delta| and tight on the averages.
-//   q8: mean |delta| <= 0.02, KL <= 2e-3, top-1 >= 0.95
-//   q4: mean |delta| <= 0.12, KL <= 3e-2, top-1 >= 0.80
+// Quality against the official f32 logits, relative to what bf16 weights alone cost. The LLaDA2
+// fixtures are random models whose sigmoid routing margins are ~2e-5 (README of the fixtures):
+// any weight perturbation, bf16's included, flips routed experts somewhere, so the bound is
+// relative: mean |delta| at most 3x (q8) / 10x (q4) bf16's own (floor 1e-3), KL at most 3x / 20x
+// bf16's (floor 1e-6), and top-1 agreement over the masked positions at most 0.15 (q8) / 0.6 (q4)
+// below bf16's. LLaDA-MoE (softmax routing, wide margins) meets tight absolute bounds as well:
+// q8 mean |delta| <= 1e-3 and q4 <= 5e-3 against bf16, top-1 = 1.
 TEST_P(GoldenQuant, LogitsNearBf16) {
   const auto& c = GetParam();
   if (!test::has_golden(c.fixture)) GTEST_SKIP() << "fixture missing: " << test::golden_dir(c.fixture);
   auto golden = io::SafetensorsSet::open(test::golden_dir(c.fixture) + "/golden.safetensors");
   auto ids = golden.get("input_ids").clone();
+  auto ref32 = golden.get("logits").clone();
 
   const auto bf16_dir = convert_to(c, "", "bf16");
   const auto q_dir = convert_to(c, c.format, "bf16");
@@ -101,20 +105,26 @@ TEST_P(GoldenQuant, LogitsNearBf16) {
   auto qm = load_mapped(q_dir, torch::kBFloat16, &st);
   EXPECT_TRUE(st.quantized);
   EXPECT_EQ(st.stacked_experts, c.layout == ExpertLayout::kStacked);
-  const auto ref = logits(bf16, ids, c.block_length), got = logits(qm, ids, c.block_length);
-  const auto q = compare(ref, got, ids, bf16->config().mask_token_id);
-  std::cout << case_name(c) << ": max |d| " << q.max_abs << "  mean |d| " << q.mean_abs << "  KL " << q.kl
-            << "  top-1 " << q.top1 << "\n";
+  const int64_t mask = bf16->config().mask_token_id;
+  const auto lb = logits(bf16, ids, c.block_length), lq = logits(qm, ids, c.block_length);
+  const auto b = compare(ref32, lb, ids, mask), q = compare(ref32, lq, ids, mask), qb = compare(lb, lq, ids, mask);
+  std::cout << case_name(c) << " vs f32: bf16 mean |d| " << b.mean_abs << " KL " << b.kl << " top-1 " << b.top1
+            << " | " << c.format << " mean |d| " << q.mean_abs << " max |d| " << q.max_abs << " KL " << q.kl
+            << " top-1 " << q.top1 << " | vs bf16: mean |d| " << qb.mean_abs << " top-1 " << qb.top1 << "\n";
   const bool q8 = c.format == "q8";
-  EXPECT_LE(q.mean_abs, q8 ? 0.02 : 0.12);
-  EXPECT_LE(q.kl, q8 ? 2e-3 : 3e-2);
-  EXPECT_GE(q.top1, q8 ? 0.95 : 0.80);
-  EXPECT_LT(q.max_abs, q8 ? 0.5 : 2.0);
+  EXPECT_LE(q.mean_abs, (q8 ? 3.0 : 10.0) * std::max(b.mean_abs, 1e-3));
+  EXPECT_LE(q.kl, (q8 ? 3.0 : 20.0) * std::max(b.kl, 1e-6));
+  EXPECT_GE(q.top1, b.top1 - (q8 ? 0.15 : 0.6));
+  if (c.fixture == "tiny-lladamoe") {
+    EXPECT_LE(qb.mean_abs, q8 ? 1e-3 : 5e-3);
+    EXPECT_EQ(qb.top1, 1.0);
+  }
 }
 
-// The loader binds every packed tensor where it belongs: through the torch path in f32 (exact
-// activations, dequantized f32 weights) the quantized model equals an f32 model whose linear
-// weights were replaced by their dequantization.
+// The loader binds every packed tensor where it belongs: each quantized module of the loaded
+// model, through the torch path in f32 (exact activations, dequantized f32 weights), equals the
+// same module of the f32 model with its weights replaced by their dequantization, and so does the
+// whole forward (measured: bit-identical on all three fixtures, both layouts, q8 and q4).
 TEST_P(GoldenQuant, TorchPathEqualsDequantizedModel) {
   const auto& c = GetParam();
   if (!test::has_golden(c.fixture)) GTEST_SKIP() << "fixture missing: " << test::golden_dir(c.fixture);
@@ -124,13 +134,18 @@ TEST_P(GoldenQuant, TorchPathEqualsDequantizedModel) {
   auto qm = load_mapped(q_dir, torch::kFloat32);
   auto deq = load_model(test::golden_dir(c.fixture));  // f32, private copies
   torch::NoGradGuard ng;
+  const auto saved = kernels::quant_kernel_choice();
+  kernels::set_quant_kernel(kernels::QuantKernel::kTorch);
   auto deq_modules = deq->named_modules();
   int64_t replaced = 0;
+  double module_diff = 0;
   for (const auto& m : qm->named_modules()) {
     if (auto lin = std::dynamic_pointer_cast<LinearNoBiasImpl>(m.value()); lin && lin->quantized()) {
       auto target = std::dynamic_pointer_cast<LinearNoBiasImpl>(deq_modules[m.key()]);
       ASSERT_TRUE(target) << m.key();
       target->weight.copy_(io::dequantize(lin->quant()));
+      const auto x = torch::randn({5, lin->quant().K});
+      module_diff = std::max(module_diff, (lin->forward(x) - target->forward(x)).abs().max().item<double>());
       ++replaced;
     }
     if (auto ex = std::dynamic_pointer_cast<moe::ExpertsImpl>(m.value()); ex && ex->quantized()) {
@@ -139,17 +154,22 @@ TEST_P(GoldenQuant, TorchPathEqualsDequantizedModel) {
       torch::Tensor* w[3] = {&target->gate_proj, &target->up_proj, &target->down_proj};
       for (int p = 0; p < 3; ++p)
         for (int64_t e = 0; e < ex->num_experts(); ++e) (*w[p])[e].copy_(io::dequantize(ex->quant_w(p, e)));
+      for (int64_t e = 0; e < ex->num_experts(); ++e) {
+        const auto x = torch::randn({3, ex->quant_w(0, e).K});
+        module_diff =
+            std::max(module_diff, (ex->forward_one(e, x) - target->forward_one(e, x)).abs().max().item<double>());
+      }
       ++replaced;
     }
   }
   EXPECT_GT(replaced, 3);
-  const auto saved = kernels::quant_kernel_choice();
-  kernels::set_quant_kernel(kernels::QuantKernel::kTorch);
   const auto got = logits(qm, ids, c.block_length);
   kernels::set_quant_kernel(saved);
   const auto want = logits(deq, ids, c.block_length);
   const double diff = (got - want).abs().max().item<double>();
-  std::cout << case_name(c) << ": max |quant(torch) - dequantized f32| = " << diff << "\n";
+  std::cout << case_name(c) << ": max |module(quant, torch) - module(dequantized f32)| = " << module_diff
+            << ", logits " << diff << "\n";
+  EXPECT_LE(module_diff, 1e-4);
   EXPECT_LE(diff, 2e-4);
 }
 
@@ -195,8 +215,11 @@ TEST(QuantCheckpoint, SelectionAndConfigBlock) {
   EXPECT_TRUE(st.has("lm_head.mins"));
   EXPECT_TRUE(st.has("model.layers.0.attention.query_key_value.weight"));  // excluded
   EXPECT_TRUE(st.has("model.layers.0.mlp.gate_proj.qweight"));             // dense MLP
-  EXPECT_TRUE(st.has("model.layers.1.mlp.experts.3.up_proj.qweight"));
-  EXPECT_TRUE(st.has("model.layers.1.mlp.shared_experts.down_proj.qweight"));
+  EXPECT_TRUE(st.has("model.layers.1.mlp.shared_experts.up_proj.qweight"));
+  // K = 32 (down projections) does not fit a group of 64: kept, listed; routed experts (whose
+  // down projection cannot be packed) stay whole.
+  EXPECT_TRUE(st.has("model.layers.1.mlp.shared_experts.down_proj.weight"));
+  EXPECT_TRUE(st.has("model.layers.1.mlp.experts.3.gate_proj.weight"));
   EXPECT_TRUE(st.has("model.layers.1.mlp.gate.weight"));  // the router stays
   EXPECT_TRUE(st.has("model.word_embeddings.weight"));
   const auto cfg = read_json_file(dst + "/config.json");
@@ -204,7 +227,9 @@ TEST(QuantCheckpoint, SelectionAndConfigBlock) {
   EXPECT_EQ(q.at("format"), "q4_g64");
   EXPECT_EQ(q.at("group_size"), 64);
   EXPECT_EQ(q.at("tensors"), rep.quantized);
-  EXPECT_EQ(q.at("quantized"), nlohmann::json({"experts", "shared_experts", "dense_mlp", "lm_head"}));
+  EXPECT_EQ(q.at("quantized"), nlohmann::json({"shared_experts", "dense_mlp", "lm_head"}));
+  EXPECT_EQ(q.at("not_quantized").size(), rep.not_quantized.size());
+  EXPECT_GT(rep.not_quantized.size(), 16u * 3);
   auto m = load_mapped(dst, torch::kBFloat16);
   EXPECT_TRUE(m->lm_head->quantized());
   // Bad patterns name the flag.

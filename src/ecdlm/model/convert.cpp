@@ -242,7 +242,9 @@ std::vector<io::PendingTensor> quantize_tensors(std::vector<io::PendingTensor> i
       out.push_back(std::move(t));
       continue;
     }
-    if (t.shape.back() % f.group != 0) {
+    // Routed experts are packed all three projections or none (down's K is gate's N).
+    const bool expert = quant_category(t.name) == "experts";
+    if (t.shape.back() % f.group != 0 || (expert && t.shape[t.shape.size() - 2] % f.group != 0)) {
       rep.not_quantized.push_back(t.name);
       out.push_back(std::move(t));
       continue;
@@ -254,7 +256,8 @@ std::vector<io::PendingTensor> quantize_tensors(std::vector<io::PendingTensor> i
   if (!rep.not_quantized.empty())
     LOG_WARN(rep.not_quantized.size() << " selected weights have an input dimension that is not a multiple of the group "
                                       << f.group << " and stay unquantized, e.g. " << rep.not_quantized.front()
-                                      << " (listed in config.json quantization.not_quantized; try --quantize-group 32)");
+                                      << " (listed in config.json quantization.not_quantized; try --quantize-group 32; routed experts "
+                                         "need both dimensions to fit)");
   if (rep.quantized == 0)
     fail("", "--quantize", "no tensor matches the selection" +
                                std::string(rep.not_quantized.empty() ? "" : " with a fitting input dimension"),

@@ -127,6 +127,9 @@ std::vector<int64_t> quantized_shape(const io::SafetensorsSet& st, const std::st
 io::QuantFormat check_quantized_header(const io::SafetensorsSet& st, const std::string& weight_name,
                                        const std::vector<int64_t>& shape) {
   const std::string base = quant_base(weight_name), qn = base + ".qweight", sn = base + ".scales", mn = base + ".mins";
+  if (!st.has(qn))
+    fail(st.source(), qn, "missing: the checkpoint packs some of this module's weights but not this one",
+         "re-run ecdlm convert --quantize (it packs routed experts all or none)");
   if (!st.has(sn)) fail(st.source(), sn, "missing beside " + qn, "re-run ecdlm convert --quantize");
   const auto& qi = st.info(qn);
   const auto& si = st.info(sn);

@@ -44,7 +44,11 @@ torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
     const auto i = static_cast<size_t>(e);
     auto x = x_ND.scalar_type() == torch::kFloat32 || x_ND.scalar_type() == torch::kBFloat16 ? x_ND
                                                                                              : x_ND.to(torch::kFloat32);
-    return kernels::quant_swiglu(x.contiguous(), gate_q_[i], up_q_[i], down_q_[i]).to(x_ND.scalar_type());
+    // h stays f32 between the products; one rounding to x's dtype at the end (quant_swiglu
+    // would round to bf16 even for an f32 model).
+    x = x.contiguous();
+    const auto g = kernels::quant_linear(x, gate_q_[i]), u = kernels::quant_linear(x, up_q_[i]);
+    return kernels::quant_linear(torch::silu(g) * u, down_q_[i]).to(x_ND.scalar_type());
   }
   return kernels::swiglu(x_ND, gate_w(e), up_w(e), down_w(e));
 }
