@@ -463,9 +463,13 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
 std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p) {
   std::ostringstream o;
   o << std::fixed;
-  o << "| model | weights | routing | KV cache | kernel | unique experts / block | expert MB / forward | ms / forward | MoE | "
-       "attention | dense | LM head | other | tokens/s | vs token (cache) | vs bf16 |\n"
-       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  // The weights and "vs bf16" columns only when quantized rows are present (--bench-quant).
+  const bool quant = std::any_of(rows.begin(), rows.end(), [](const GenBenchRow& r) { return r.weights != "bf16"; });
+  o << "| model | " << (quant ? "weights | " : "")
+    << "routing | KV cache | kernel | unique experts / block | expert MB / forward | ms / forward | MoE | "
+       "attention | dense | LM head | other | tokens/s | vs token (cache) |"
+    << (quant ? " vs bf16 |" : "") << "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    << (quant ? "---|---|" : "") << "\n";
   auto same = [](const GenBenchRow& a, const GenBenchRow& b) {
     return a.model == b.model && a.routing == b.routing && a.top_p == b.top_p && a.kv_cache == b.kv_cache &&
            a.kernel == b.kernel && a.block_min_experts == b.block_min_experts;
@@ -477,14 +481,15 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
         base = b.tokens_per_s;
       if (same(b, r) && b.weights == "bf16") bf16 = b.tokens_per_s;
     }
-    o << "| " << r.model << " | " << r.weights << " | " << policy_label(r.routing, r.top_p, r.block_min_experts) << " | "
-      << (r.kv_cache ? "on" : "off") << " | " << r.kernel << " | " << std::setprecision(1) << r.unique_experts_per_block
-      << " | " << r.expert_bytes_per_forward / 1048576.0 << " | " << std::setprecision(2) << r.ms_per_forward << " | "
+    o << "| " << r.model << " | " << (quant ? r.weights + " | " : "")
+      << policy_label(r.routing, r.top_p, r.block_min_experts) << " | " << (r.kv_cache ? "on" : "off") << " | "
+      << r.kernel << " | " << std::setprecision(1) << r.unique_experts_per_block << " | "
+      << r.expert_bytes_per_forward / 1048576.0 << " | " << std::setprecision(2) << r.ms_per_forward << " | "
       << r.moe_ms_per_forward << " | " << r.attention_ms_per_forward << " | " << r.dense_ms_per_forward << " | "
       << r.head_ms_per_forward << " | " << r.other_ms_per_forward << " | " << std::setprecision(1) << r.tokens_per_s
-      << " | ";
-    o << (base > 0 ? fmt2(r.tokens_per_s / base) + "x" : std::string("-")) << " | "
-      << (bf16 > 0 && r.weights != "bf16" ? fmt2(r.tokens_per_s / bf16) + "x" : std::string("-")) << " |\n";
+      << " | " << (base > 0 ? fmt2(r.tokens_per_s / base) + "x" : std::string("-")) << " |";
+    if (quant) o << " " << (bf16 > 0 && r.weights != "bf16" ? fmt2(r.tokens_per_s / bf16) + "x" : std::string("-")) << " |";
+    o << "\n";
   }
   // Each part's weight bytes over its time, beside the read bandwidth measured in this run.
   if (!rows.empty() && rows[0].stream_gbps > 0) {
