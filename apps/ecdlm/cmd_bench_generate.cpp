@@ -32,7 +32,7 @@ int run(const GenBenchArgs& a) {
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
                                     << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps
                                     << ", seed " << p.seed << ", policies " << policies << ", kernels "
-                                    << kernels << ", huge pages " << (huge_pages::enabled() ? "on" : "off")
+                                    << kernels << ", weights " << (p.quant.empty() ? "bf16" : join(p.quant)) << ", huge pages " << (huge_pages::enabled() ? "on" : "off")
                                     << " (THP " << huge_pages::thp_mode() << ")");
   auto rows = bench::run_generate_bench(p);
   const auto md = bench::to_markdown(rows, p);
@@ -73,6 +73,11 @@ void register_bench_generate(CLI::App* bench) {
       ->delimiter(',')
       ->check(CLI::IsMember({"auto", "amx", "avx512", "torch"}))
       ->capture_default_str();
+  sub->add_option("--bench-quant", a->p.quant,
+                  "Weight formats of the synthetic model side by side (comma list): bf16, q8, q4, q4s, q8_g64, "
+                  "q4_g64 (convert --quantize's default set of weights)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"bf16", "q8", "q4", "q4s", "q8_g32", "q8_g64", "q4_g32", "q4_g64", "q4s_g32", "q4s_g64"}));
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--bench-reps", a->p.reps, "Repetitions (variants interleaved; medians)")

@@ -1,8 +1,10 @@
-// `ecdlm convert` (expert layout / dtype), `ecdlm export` (LLaDA2 HF directory) and
+// `ecdlm convert` (expert layout / dtype / --quantize), `ecdlm export` (LLaDA2 HF directory) and
 // `ecdlm init` (a random model dir from a config): streaming checkpoint writers.
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "cli_util.h"
 #include "commands.h"
@@ -18,6 +20,9 @@ using nlohmann::json;
 
 struct ConvertArgs {
   std::string src, dst, layout = "per-expert", dtype = "keep", shard = "5GB", config;
+  std::string quantize, q_include, q_exclude;
+  int64_t q_group = 32;
+  bool q_lm_head = false;
   uint64_t seed = 1234;
   bool allow_mismatch = false, json = false;
 };
@@ -25,13 +30,30 @@ struct ConvertArgs {
 int report(const ConvertArgs& a, const ConvertReport& r, const std::string& what) {
   json j = {{"output", a.dst}, {"tensors_in", r.tensors_in}, {"tensors_out", r.tensors_out},
             {"bytes_out", r.bytes_out}, {"expert_groups", r.expert_groups}};
+  if (!a.quantize.empty()) {
+    j["quantized"] = r.quantized;
+    j["not_quantized"] = r.not_quantized;
+  }
   if (a.json) {
     std::cout << j.dump(2) << "\n";
   } else {
     std::cout << what << " " << a.dst << ": " << r.tensors_out << " tensors, "
-              << static_cast<double>(r.bytes_out) / 1e9 << " GB\n";
+              << static_cast<double>(r.bytes_out) / 1e9 << " GB";
+    if (!a.quantize.empty()) std::cout << ", " << r.quantized << " weights quantized (" << a.quantize << ")";
+    std::cout << "\n";
   }
   return 0;
+}
+
+std::vector<std::string> split_patterns(const std::string& s) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (!s.empty() && pos <= s.size()) {
+    const size_t end = std::min(s.find(',', pos), s.size());
+    out.push_back(s.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return out;
 }
 
 void require_dir(const std::string& d) {
@@ -55,6 +77,18 @@ void register_convert(CLI::App& app) {
         ->check(CLI::IsMember({"keep", "f32", "bf16", "f16"}))
         ->capture_default_str();
     sub->add_option("--max-shard-size", a->shard, "Largest shard (e.g. 5GB, 500MB)")->capture_default_str();
+    sub->add_option("--quantize", a->quantize,
+                    "Pack linear weights: q8 (int8) or q4 (4-bit, scale + minimum); q4s (4-bit, scale only). "
+                    "Default set: routed and shared experts, dense MLPs, attention projections")
+        ->check(CLI::IsMember({"q8", "q4", "q4s"}));
+    sub->add_option("--quantize-group", a->q_group, "Inputs per scale: 32 or 64")
+        ->check(CLI::IsMember({32, 64}))
+        ->capture_default_str();
+    sub->add_option("--quantize-include", a->q_include,
+                    "Comma-separated categories (experts, shared_experts, dense_mlp, attention, lm_head) or regexes "
+                    "searched in tensor names: quantize only these (default: the default set)");
+    sub->add_option("--quantize-exclude", a->q_exclude, "Comma-separated categories or regexes to keep unquantized");
+    sub->add_flag("--quantize-lm-head", a->q_lm_head, "Quantize lm_head too (kept bf16 by default)");
     sub->add_flag("--json", a->json, "Print the report as JSON");
     set_runner(sub, [a] {
       require_dir(a->src);
@@ -62,6 +96,14 @@ void register_convert(CLI::App& app) {
       p.layout = parse_expert_layout(a->layout);
       p.dtype = a->dtype;
       p.max_shard_bytes = parse_size(a->shard, "--max-shard-size");
+      if (a->quantize.empty() && (!a->q_include.empty() || !a->q_exclude.empty() || a->q_lm_head))
+        fail("", "--quantize-include/--quantize-exclude/--quantize-lm-head", "given without --quantize",
+             "add --quantize q8 or --quantize q4");
+      p.quantize.format = a->quantize;
+      p.quantize.group = a->q_group;
+      p.quantize.include = split_patterns(a->q_include);
+      p.quantize.exclude = split_patterns(a->q_exclude);
+      p.quantize.lm_head = a->q_lm_head;
       return report(*a, convert_checkpoint(a->src, a->dst, p), "converted");
     });
   }

@@ -16,6 +16,7 @@
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm::cli {
 namespace {
@@ -270,6 +271,23 @@ json build_info(const std::string& dir) {
     ck["elements"] = numel;
     ck["dtypes"] = dtypes;
     ck["expert_layout"] = expert_file_layout(st);
+    // convert --quantize: the config block plus what the file holds packed.
+    int64_t packed = 0, packed_weights = 0;
+    for (const auto& name : st.names())
+      if (ends_with(name, ".qweight") || ends_with(name, ".scales") || ends_with(name, ".mins")) {
+        packed += static_cast<int64_t>(st.info(name).nbytes());
+        packed_weights += ends_with(name, ".qweight") ? 1 : 0;
+      }
+    if (packed_weights > 0) {
+      const json raw = fs::exists(cfg_path) ? read_json_file(cfg_path) : json::object();
+      json q = raw.is_object() && raw.contains("quantization") ? raw["quantization"] : json::object();
+      if (!q.contains("format"))
+        fail(cfg_path, "quantization", "the checkpoint holds packed weights but config.json has no quantization block",
+             "use the config.json ecdlm convert --quantize wrote");
+      q["packed_tensors"] = packed_weights;
+      q["packed_bytes"] = packed;
+      ck["quantization"] = q;
+    }
   }
   const std::string model_dir = fs::is_directory(dir) ? dir : fs::path(cfg_path).parent_path().string();
   ck["tokenizer"] = tokenizer_files(model_dir);
@@ -355,6 +373,13 @@ void print_human(const json& j) {
     row("experts in the file", lay == "per-expert" ? "per-expert (mlp.experts.E.{gate,up,down}_proj.weight)"
                                : lay == "stacked"  ? "stacked (mlp.experts.{gate,up,down}_proj, ecdlm convert)"
                                                    : lay);
+    if (ck.contains("quantization")) {
+      const auto& q = ck["quantization"];
+      std::string what;
+      for (const auto& c : q["quantized"]) what += (what.empty() ? "" : ", ") + c.get<std::string>();
+      row("quantization", s(q["format"]) + " (" + what + "): " + s(q["packed_tensors"]) + " weights, " +
+                              human_bytes(q["packed_bytes"].get<double>()) + " packed");
+    }
   }
   std::string toks;
   for (const auto& f : ck["tokenizer"]) toks += (toks.empty() ? "" : ", ") + f.get<std::string>();

@@ -154,6 +154,7 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
                                    {"copied_bytes", load_stats.copied_bytes},
                                    {"touched_bytes", weight_bytes_touched(model, std::get<0>(at::_unique(ids_BT)).numel())},
                                    {"stacked_experts", load_stats.stacked_experts},
+                                   {"quantized", load_stats.quantized},
                                    {"experts_used", experts_used},
                                    {"experts_total", cfg.num_experts * cfg.num_moe_layers()}}},
                       {"load_s", load_s},

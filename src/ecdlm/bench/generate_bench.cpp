@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -12,6 +13,7 @@
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/init.h"
+#include "ecdlm/model/quantize.h"
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/compat.h"
 #include "ecdlm/util/error.h"
@@ -45,6 +47,43 @@ void copy_weights(MoeDlm& src, MoeDlm& dst) {
 }
 
 constexpr double kSyntheticPopularityBias = 0.045;
+
+// Read bandwidth of this machine now (GB/s): the median of 5 sums over a 512 MB buffer, with
+// torch's threads. The floor a weight-streaming part is compared with.
+double measure_stream_gbps() {
+  auto buf = torch::ones({128LL << 20}, torch::kFloat32);
+  std::vector<double> gbps;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    volatile float s = buf.sum().item<float>();
+    (void)s;
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    gbps.push_back(static_cast<double>(buf.numel() * 4) / sec / 1e9);
+  }
+  return median(gbps);
+}
+
+// Weight bytes per forward of the parts outside the routed experts.
+struct PartBytes {
+  double shared = 0, attention = 0, dense = 0, head = 0;
+};
+PartBytes part_bytes(MoeDlm& m) {
+  PartBytes b;
+  for (auto& mod : m->model->layers->children()) {
+    auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(mod);
+    b.attention += static_cast<double>(layer->attention->query_key_value->weight_bytes() +
+                                       layer->attention->dense->weight_bytes());
+    auto mlp_bytes = [](SwiGluMlp& mlp) {
+      return static_cast<double>(mlp->gate_proj->weight_bytes() + mlp->up_proj->weight_bytes() +
+                                 mlp->down_proj->weight_bytes());
+    };
+    if (!layer->dense_mlp.is_empty()) b.dense += mlp_bytes(layer->dense_mlp);
+    if (!layer->moe_mlp.is_empty() && !layer->moe_mlp->shared_experts.is_empty())
+      b.shared += mlp_bytes(layer->moe_mlp->shared_experts);
+  }
+  b.head = static_cast<double>(m->lm_head->weight_bytes());
+  return b;
+}
 
 // Parameters of the synthetic model (built in bf16: 2 bytes each, and as many again for the
 // expert-choice copy when it is measured).
@@ -175,10 +214,19 @@ void init_synthetic_router(moe::MoeBlockImpl& blk) {
   blk.gate->expert_bias.set_data(-kSyntheticPopularityBias * torch::log1p(rank));
 }
 
+namespace {
+std::string fmt2(double v) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(2) << v;
+  return o.str();
+}
+}  // namespace
+
 std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   struct Model {
     std::string name;
     MoeDlm model{nullptr}, ec_model{nullptr};
+    std::string weights = "bf16";
     int64_t min_experts = 16, topk_cap = 4;
   };
   std::vector<Variant> variants = {{"token", 0, true},   {"token", 0, false}, {"block", 0.5, true},
@@ -208,6 +256,8 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   // Expert-choice copies only when measured (another 2 bytes a parameter for the synthetic one).
   const bool need_ec = std::any_of(variants.begin(), variants.end(), [](const Variant& v) { return v.routing == "ec"; });
   std::vector<Model> models;
+  const double stream_gbps = measure_stream_gbps();
+  LOG_INFO("bench generate: read bandwidth " << stream_gbps << " GB/s (the floor the parts are compared with)");
   if (!p.brown_model.empty()) {
     if (!std::filesystem::exists(std::filesystem::path(p.brown_model) / "config.json")) {
       LOG_WARN("bench generate: no Brown model at " << p.brown_model << " (train one with ecdlm train "
@@ -232,14 +282,31 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     const int64_t moe_layers = p.quick ? 2 : p.synth_moe_layers;
     check_synthetic_fits(moe_layers, p.synth_vocab, need_ec);
     auto cfg = synthetic_llada2_config(moe_layers, p.synth_vocab);
-    Model ms{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
-    if (need_ec) {
-      auto ec_cfg = retrofit_config(cfg, RetrofitParams{});
-      ms.ec_model = empty_bf16_model(ec_cfg);
-      copy_weights(ms.model, ms.ec_model);
-      ms.ec_model->eval();
+    const bool bf16 = p.quant.empty() || std::find(p.quant.begin(), p.quant.end(), "bf16") != p.quant.end();
+    if (bf16) {
+      Model ms{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
+      if (need_ec) {
+        auto ec_cfg = retrofit_config(cfg, RetrofitParams{});
+        ms.ec_model = empty_bf16_model(ec_cfg);
+        copy_weights(ms.model, ms.ec_model);
+        ms.ec_model->eval();
+      }
+      models.push_back(std::move(ms));
     }
-    models.push_back(std::move(ms));
+    for (const auto& q : p.quant) {
+      if (q == "bf16") continue;
+      // The same random weights (same seed), packed in place: the bf16 copy is freed as each
+      // matrix is bound. Expert choice is not measured on quantized copies.
+      Model mq{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
+      QuantizeParams qp;
+      const auto us = q.find("_g");
+      qp.format = q.substr(0, us);
+      if (us != std::string::npos) qp.group = std::stoll(q.substr(us + 2));
+      const int64_t n = quantize_model(*mq.model, qp);
+      mq.weights = io::quant_format_name(quantize_format(qp));
+      LOG_INFO("bench generate: " << mq.weights << " copy of the synthetic model, " << n << " weights packed");
+      models.push_back(std::move(mq));
+    }
   }
   const int64_t reps = p.quick ? 1 : p.reps;
   const int64_t gen_length = p.quick ? 64 : p.gen_length, prompt_len = p.quick ? 32 : p.prompt_len;
@@ -280,6 +347,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         tp.eos_id = -2;  // fixed work per variant: never stop early
         tp.kv_cache = v.kv;
         tp.seed = p.seed;
+        if (v.routing == "ec" && m.ec_model.is_empty()) continue;  // quantized copies: no EC twin
         MoeDlm* model = &m.model;
         if (v.routing == "ec") {
           model = &m.ec_model;
@@ -314,7 +382,16 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
         row.block_min_experts = v.routing == "block" ? tp.routing.block_min_experts : 0;
         row.kv_cache = v.kv;
         row.kernel = kernels::small_m_name(v.kernel);
+        row.weights = m.weights;
         row.gen_length = gen_length;
+        {
+          const auto pb = part_bytes(*model);
+          row.moe_bytes_per_forward = bytes / n + pb.shared;
+          row.attention_bytes = pb.attention;
+          row.dense_bytes = pb.dense;
+          row.head_bytes = pb.head;
+          row.stream_gbps = stream_gbps;
+        }
         row.unique_experts_per_block = res.avg_unique_experts_per_layer;
         row.expert_bytes_per_forward = bytes / n;
         row.forwards = res.forwards + res.cache_forwards;
@@ -326,6 +403,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     }
     for (size_t vi = 0; vi < variants.size(); ++vi) {
       auto& row = mrows[vi];
+      if (row.tokens_per_s_reps.empty()) continue;  // skipped variant
       row.tokens_per_s = median(row.tokens_per_s_reps);
       row.ms_per_forward = median(cols[vi][kMs]);
       row.moe_ms_per_forward = median(cols[vi][kMoe]);
@@ -349,9 +427,9 @@ std::vector<GenBenchCacheRatio> cache_ratios(const std::vector<GenBenchRow>& row
     for (const auto& on : rows) {
       if (!on.kv_cache || on.model != off.model || on.routing != off.routing || on.top_p != off.top_p ||
           on.block_min_experts != off.block_min_experts ||
-          on.kernel != off.kernel)
+          on.kernel != off.kernel || on.weights != off.weights)
         continue;
-      GenBenchCacheRatio c{off.model, off.routing, off.kernel, off.top_p, off.block_min_experts, off.gen_length, {}, 0};
+      GenBenchCacheRatio c{off.model + (off.weights == "bf16" ? "" : " " + off.weights), off.routing, off.kernel, off.top_p, off.block_min_experts, off.gen_length, {}, 0};
       for (size_t r = 0; r < std::min(on.tokens_per_s_reps.size(), off.tokens_per_s_reps.size()); ++r)
         c.ratios.push_back(on.tokens_per_s_reps[r] / off.tokens_per_s_reps[r]);
       c.median = median(c.ratios);
@@ -366,7 +444,9 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
   for (const auto& r : rows)
     arr.push_back({{"model", r.model}, {"routing", r.routing}, {"top_p", r.top_p},
                    {"block_min_experts", r.block_min_experts}, {"kv_cache", r.kv_cache},
-                   {"kernel", r.kernel}, {"gen_length", r.gen_length}, {"unique_experts_per_block", r.unique_experts_per_block},
+                   {"kernel", r.kernel}, {"weights", r.weights}, {"gen_length", r.gen_length},
+                   {"moe_bytes_per_forward", r.moe_bytes_per_forward}, {"attention_bytes", r.attention_bytes},
+                   {"dense_bytes", r.dense_bytes}, {"head_bytes", r.head_bytes}, {"stream_gbps", r.stream_gbps}, {"unique_experts_per_block", r.unique_experts_per_block},
                    {"expert_bytes_per_forward", r.expert_bytes_per_forward}, {"ms_per_forward", r.ms_per_forward},
                    {"moe_ms_per_forward", r.moe_ms_per_forward}, {"attention_ms_per_forward", r.attention_ms_per_forward},
                    {"dense_ms_per_forward", r.dense_ms_per_forward}, {"head_ms_per_forward", r.head_ms_per_forward},
@@ -383,23 +463,50 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
 std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p) {
   std::ostringstream o;
   o << std::fixed;
-  o << "| model | routing | KV cache | kernel | unique experts / block | expert MB / forward | ms / forward | MoE | attention | "
-       "dense | LM head | other | tokens/s | vs token (cache) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  // The weights and "vs bf16" columns only when quantized rows are present (--bench-quant).
+  const bool quant = std::any_of(rows.begin(), rows.end(), [](const GenBenchRow& r) { return r.weights != "bf16"; });
+  o << "| model | " << (quant ? "weights | " : "")
+    << "routing | KV cache | kernel | unique experts / block | expert MB / forward | ms / forward | MoE | "
+       "attention | dense | LM head | other | tokens/s | vs token (cache) |"
+    << (quant ? " vs bf16 |" : "") << "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    << (quant ? "---|---|" : "") << "\n";
+  auto same = [](const GenBenchRow& a, const GenBenchRow& b) {
+    return a.model == b.model && a.routing == b.routing && a.top_p == b.top_p && a.kv_cache == b.kv_cache &&
+           a.kernel == b.kernel && a.block_min_experts == b.block_min_experts;
+  };
   for (const auto& r : rows) {
-    double base = 0;
-    for (const auto& b : rows)
-      if (b.model == r.model && b.routing == "token" && b.kv_cache && b.kernel == r.kernel)
+    double base = 0, bf16 = 0;
+    for (const auto& b : rows) {
+      if (b.model == r.model && b.routing == "token" && b.kv_cache && b.kernel == r.kernel && b.weights == r.weights)
         base = b.tokens_per_s;
-    o << "| " << r.model << " | " << policy_label(r.routing, r.top_p, r.block_min_experts) << " | " << (r.kv_cache ? "on" : "off") << " | "
-      << r.kernel << " | "
-      << std::setprecision(1) << r.unique_experts_per_block << " | " << r.expert_bytes_per_forward / 1048576.0 << " | "
-      << std::setprecision(2) << r.ms_per_forward << " | " << r.moe_ms_per_forward << " | "
-      << r.attention_ms_per_forward << " | " << r.dense_ms_per_forward << " | " << r.head_ms_per_forward << " | "
-      << r.other_ms_per_forward << " | " << std::setprecision(1) << r.tokens_per_s << " | ";
-    if (base > 0)
-      o << std::setprecision(2) << r.tokens_per_s / base << "x |\n";
-    else
-      o << "- |\n";
+      if (same(b, r) && b.weights == "bf16") bf16 = b.tokens_per_s;
+    }
+    o << "| " << r.model << " | " << (quant ? r.weights + " | " : "")
+      << policy_label(r.routing, r.top_p, r.block_min_experts) << " | " << (r.kv_cache ? "on" : "off") << " | "
+      << r.kernel << " | " << std::setprecision(1) << r.unique_experts_per_block << " | "
+      << r.expert_bytes_per_forward / 1048576.0 << " | " << std::setprecision(2) << r.ms_per_forward << " | "
+      << r.moe_ms_per_forward << " | " << r.attention_ms_per_forward << " | " << r.dense_ms_per_forward << " | "
+      << r.head_ms_per_forward << " | " << r.other_ms_per_forward << " | " << std::setprecision(1) << r.tokens_per_s
+      << " | " << (base > 0 ? fmt2(r.tokens_per_s / base) + "x" : std::string("-")) << " |";
+    if (quant) o << " " << (bf16 > 0 && r.weights != "bf16" ? fmt2(r.tokens_per_s / bf16) + "x" : std::string("-")) << " |";
+    o << "\n";
+  }
+  // Each part's weight bytes over its time, beside the read bandwidth measured in this run.
+  if (!rows.empty() && rows[0].stream_gbps > 0) {
+    o << "\nWeight streaming per part (GB/s = weight bytes per forward / ms per forward; read bandwidth "
+      << std::setprecision(1) << rows[0].stream_gbps << " GB/s measured in this run):\n\n"
+      << "| model | weights | routing | KV cache | MoE MB | MoE GB/s | attention MB | attention GB/s | dense MB | "
+         "dense GB/s | LM head MB | LM head GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    auto gbps = [](double bytes, double ms) { return ms > 0 && bytes > 0 ? fmt2(bytes / ms / 1e6) : std::string("-"); };
+    for (const auto& r : rows) {
+      if (r.routing == "ec") continue;
+      o << "| " << r.model << " | " << r.weights << " | " << policy_label(r.routing, r.top_p, r.block_min_experts)
+        << " | " << (r.kv_cache ? "on" : "off") << " | " << std::setprecision(1) << r.moe_bytes_per_forward / 1e6
+        << " | " << gbps(r.moe_bytes_per_forward, r.moe_ms_per_forward) << " | " << r.attention_bytes / 1e6 << " | "
+        << gbps(r.attention_bytes, r.attention_ms_per_forward) << " | " << r.dense_bytes / 1e6 << " | "
+        << gbps(r.dense_bytes, r.dense_ms_per_forward) << " | " << r.head_bytes / 1e6 << " | "
+        << gbps(r.head_bytes, r.head_ms_per_forward) << " |\n";
+    }
   }
   const auto kv = cache_ratios(rows);
   if (!kv.empty()) {

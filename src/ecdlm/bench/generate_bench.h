@@ -25,6 +25,10 @@ struct GenBenchParams {
   // Small-M kernels to compare (kernels::SmallM names: auto, amx, avx512, torch). Every routing
   // variant runs once per kernel.
   std::vector<std::string> kernels = {"auto"};
+  // Weight formats of the synthetic model, side by side (--bench-quant): "bf16", "q8", "q4",
+  // "q8_g64", ... Each quantized copy packs the default set (experts, shared experts, dense MLP,
+  // attention; model/quantize.h) of the same random weights. Empty = bf16 only.
+  std::vector<std::string> quant;
 };
 
 struct GenBenchRow {
@@ -33,7 +37,12 @@ struct GenBenchRow {
   int64_t block_min_experts = 0;    // block routing's minimum coreset size G (0 otherwise)
   bool kv_cache = true;
   std::string kernel = "auto";  // the small-M kernel choice
+  std::string weights = "bf16";  // bf16 or the quantized format (q8_g32, ...)
   int64_t gen_length = 0;
+  // Weight bytes a forward streams per part: routed experts (measured per forward) + shared
+  // experts, attention projections, dense MLP layers, LM head; and the machine's read bandwidth
+  // measured in the same run (the floor each part's GB/s is compared with).
+  double moe_bytes_per_forward = 0, attention_bytes = 0, dense_bytes = 0, head_bytes = 0, stream_gbps = 0;
   double unique_experts_per_block = 0, expert_bytes_per_forward = 0;
   // Per denoising forward (medians over repetitions): the whole step (forward, sampling, commit)
   // and its profiled parts; other = the step minus the parts.

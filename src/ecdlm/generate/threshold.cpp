@@ -59,7 +59,7 @@ torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND) {
   // The head streams its whole [V, D] matrix for the block's few still-masked rows: the small-M
   // kernel's case (f32 logits, no bf16 rounding).
   const auto& w_VD = model->lm_head->weight;
-  if (kernels::small_m_applies(hidden_ND, w_VD)) return kernels::small_m_linear(hidden_ND, w_VD);
+  if (!model->lm_head->quantized() && kernels::small_m_applies(hidden_ND, w_VD)) return kernels::small_m_linear(hidden_ND, w_VD);
   return to_f32_or_wider(model->lm_head(hidden_ND));
 }
 

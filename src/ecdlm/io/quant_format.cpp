@@ -1,5 +1,6 @@
 #include "ecdlm/io/quant_format.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
@@ -66,28 +67,31 @@ QuantWeight quantize_impl(const torch::Tensor& w_NK, QuantFormat f, bool refine)
   const float* wp = w.data_ptr<float>();
   auto* sp = reinterpret_cast<c10::Half*>(out.scales.data_ptr());
   auto* mp = out.mins.defined() ? reinterpret_cast<c10::Half*>(out.mins.data_ptr()) : nullptr;
-  std::vector<int> codes(static_cast<size_t>(K));
-  for (int64_t n = 0; n < N; ++n) {
-    const float* row = wp + n * K;
-    for (int64_t g = 0; g < K / G; ++g) {
-      float d = 0, m = 0;
-      detail::quantize_group(f.kind, row + g * G, G, refine, codes.data() + g * G, &d, &m);
-      sp[n * (K / G) + g] = c10::Half(d);
-      if (mp) mp[n * (K / G) + g] = c10::Half(m);
-    }
-    if (f.kind == QuantKind::kQ8) {
-      int8_t* q = out.qweight.data_ptr<int8_t>() + n * K;
-      for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(codes[static_cast<size_t>(k)]);
-    } else {
-      uint8_t* q = out.qweight.data_ptr<uint8_t>() + n * (K / 2);
-      for (int64_t k0 = 0; k0 < K; k0 += kQ4Chunk) {
-        const int64_t half = std::min(kQ4Chunk, K - k0) / 2;
-        for (int64_t i = 0; i < half; ++i)
-          q[k0 / 2 + i] = static_cast<uint8_t>(codes[static_cast<size_t>(k0 + i)] |
-                                               (codes[static_cast<size_t>(k0 + half + i)] << 4));
+  // Rows are independent: quantized in parallel (convert packs multi-GB checkpoints).
+  at::parallel_for(0, N, 16, [&](int64_t n_begin, int64_t n_end) {
+    std::vector<int> codes(static_cast<size_t>(K));
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const float* row = wp + n * K;
+      for (int64_t g = 0; g < K / G; ++g) {
+        float d = 0, m = 0;
+        detail::quantize_group(f.kind, row + g * G, G, refine, codes.data() + g * G, &d, &m);
+        sp[n * (K / G) + g] = c10::Half(d);
+        if (mp) mp[n * (K / G) + g] = c10::Half(m);
+      }
+      if (f.kind == QuantKind::kQ8) {
+        int8_t* q = out.qweight.data_ptr<int8_t>() + n * K;
+        for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(codes[static_cast<size_t>(k)]);
+      } else {
+        uint8_t* q = out.qweight.data_ptr<uint8_t>() + n * (K / 2);
+        for (int64_t k0 = 0; k0 < K; k0 += kQ4Chunk) {
+          const int64_t half = std::min(kQ4Chunk, K - k0) / 2;
+          for (int64_t i = 0; i < half; ++i)
+            q[k0 / 2 + i] = static_cast<uint8_t>(codes[static_cast<size_t>(k0 + i)] |
+                                                 (codes[static_cast<size_t>(k0 + half + i)] << 4));
+        }
       }
     }
-  }
+  });
   return out;
 }
 

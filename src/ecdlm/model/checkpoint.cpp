@@ -12,6 +12,7 @@
 
 #include "ecdlm/model/init.h"
 #include "ecdlm/model/model_dir.h"
+#include "ecdlm/model/quantize.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/strings.h"
 #include "ecdlm/util/fs.h"
@@ -179,6 +180,21 @@ class WeightLoader {
     return t;
   }
 
+  // A packed weight (model/quantize.h) for logical `shape`: views of the mapping, one per expert
+  // for stacked experts. Inference only.
+  std::vector<io::QuantWeight> quantized(const std::string& weight_name, const std::vector<int64_t>& shape) {
+    if (!opt_.map_weights)
+      fail(st_.source(), quant_base(weight_name) + ".qweight",
+           "a quantized checkpoint is for inference only (generate, logits, eval, info, serve)",
+           "train, retrofit or export from the bf16 original");
+    std::vector<std::string> names;
+    auto out = read_quantized(st_, weight_name, shape, &names);
+    used_.insert(names.begin(), names.end());
+    for (const auto& q : out) stats.mapped_bytes += q.bytes();
+    stats.quantized = true;
+    return out;
+  }
+
   const std::set<std::string>& used() const { return used_; }
   LoadStats stats;
 
@@ -191,6 +207,23 @@ class WeightLoader {
 void load_experts(WeightLoader& ld, const io::SafetensorsSet& st, const std::string& prefix,
                   moe::Experts& ex, const LoadOptions& opt) {
   torch::Tensor* stacked[3] = {&ex->gate_proj, &ex->up_proj, &ex->down_proj};
+  if (stored_quantized(st, prefix + ".gate_proj") || stored_quantized(st, prefix + ".0.gate_proj.weight")) {
+    const bool stacked_file = stored_quantized(st, prefix + ".gate_proj");
+    ld.stats.stacked_experts = stacked_file;
+    std::vector<io::QuantWeight> q[3];
+    for (int p = 0; p < 3; ++p) {
+      const auto shape = stacked[p]->sizes().vec();
+      if (stacked_file) {
+        q[p] = ld.quantized(prefix + "." + kProjs[p], shape);
+        continue;
+      }
+      const std::vector<int64_t> one(shape.begin() + 1, shape.end());
+      for (int64_t e = 0; e < ex->num_experts(); ++e)
+        q[p].push_back(ld.quantized(prefix + "." + std::to_string(e) + "." + kProjs[p] + ".weight", one)[0]);
+    }
+    ex->bind_quantized(std::move(q[0]), std::move(q[1]), std::move(q[2]));
+    return;
+  }
   if (st.has(prefix + ".gate_proj")) {  // stacked layout: one tensor per projection
     ld.stats.stacked_experts = true;
     for (int p = 0; p < 3; ++p)
@@ -237,8 +270,28 @@ std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& s
   }
   WeightLoader ld(st, opt);
   for (auto& [prefix, ex] : expert_modules(model)) load_experts(ld, st, prefix, ex, opt);
+  // Linear weights stored quantized bind their packed form; `weight` shrinks to [0, in].
+  std::set<std::string> quantized;
+  for (const auto& m : model->named_modules()) {
+    auto lin = std::dynamic_pointer_cast<LinearNoBiasImpl>(m.value());
+    if (!lin) continue;
+    const std::string name = m.key() + ".weight";
+    const auto shape = lin->weight.sizes().vec();
+    if (llada && ends_with(name, ".attention.query_key_value.weight")) {
+      const auto parts = llada_qkv_parts(c, name, lin->weight);
+      if (!stored_quantized(st, parts[0].first)) continue;
+      std::vector<io::QuantWeight> q;
+      for (const auto& [hf, view] : parts) q.push_back(ld.quantized(hf, view.sizes().vec())[0]);
+      lin->bind_quantized(concat_rows(q, st.source() + ": " + name));
+    } else {
+      const std::string file_name = llada ? llada_moe_name(name) : name;
+      if (!stored_quantized(st, file_name)) continue;
+      lin->bind_quantized(ld.quantized(file_name, shape)[0]);
+    }
+    quantized.insert(name);
+  }
   auto load_one = [&](const std::string& name, torch::Tensor& t, bool is_buffer) {
-    if (stacked_expert_param(name).second >= 0) return;
+    if (stacked_expert_param(name).second >= 0 || quantized.count(name)) return;
     if (llada && ends_with(name, ".attention.query_key_value.weight")) {
       if (opt.map_weights) t.set_data(torch::empty(t.sizes(), t.options().dtype(opt.dtype)));
       for (auto& [hf, view] : llada_qkv_parts(c, name, t)) ld.assign_part(view, ld.source(hf, view.sizes().vec()));
@@ -309,6 +362,9 @@ int64_t weight_bytes_touched(MoeDlm& model, int64_t embedding_rows) {
   }
   for (const auto& b : model->named_buffers()) total += nbytes(b.value());
   for (const auto& [prefix, ex] : expert_modules(model)) total += ex->num_touched() * ex->bytes_per_expert();
+  for (const auto& m : model->named_modules())  // quantized linears: their packed bytes
+    if (auto lin = std::dynamic_pointer_cast<LinearNoBiasImpl>(m.value()); lin && lin->quantized())
+      total += lin->weight_bytes();
   return total;
 }
 

@@ -27,6 +27,7 @@ struct LoadStats {
   int64_t mapped_bytes = 0;   // used in place from the mapping
   int64_t copied_bytes = 0;   // converted or fused into fresh memory
   bool stacked_experts = false;  // the file stores experts stacked (ecdlm convert --layout stacked)
+  bool quantized = false;        // some weights are packed (ecdlm convert --quantize), mapped as they are
 };
 
 // Loads every tensor the model needs from `st`, per-expert or stacked expert layout; UserError

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "ecdlm/model/checkpoint_check.h"
+#include "ecdlm/model/quantize.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/strings.h"
 
@@ -109,6 +110,17 @@ class HeaderCheck {
   // One expected tensor under its file name(s); `keys` name the config keys of each dim.
   void expect(const std::string& file_name, const std::vector<int64_t>& shape, const std::vector<std::string>& keys,
               const std::string& exists_because) {
+    // A packed weight (convert --quantize): its logical shape is checked as a plain tensor's.
+    const bool packed = !st_.has(file_name) && stored_quantized(st_, file_name);
+    if (packed) {
+      const std::string qn = quant_base(file_name) + ".qweight";
+      const auto file_shape = quantized_shape(st_, file_name);
+      if (file_shape == shape) {
+        check_quantized_header(st_, file_name, shape);
+        return;
+      }
+      mismatch(qn, file_shape, shape, keys);
+    }
     if (!st_.has(file_name)) {
       const std::string missing = st_.source() + ": tensor '" + file_name + "' is missing";
       if (exists_because.empty()) fail(st_.source(), file_name, "tensor missing from the checkpoint",
@@ -121,6 +133,14 @@ class HeaderCheck {
       fail(st_.where(file_name), file_name, "weights stored as " + io::dtype_name(info.dtype) + " are not supported",
            "store weights as F32, BF16 or F16");
     if (info.shape == shape) return;
+    mismatch(file_name, info.shape, shape, keys);
+  }
+
+  [[noreturn]] void mismatch(const std::string& file_name, const std::vector<int64_t>& file_shape,
+                             const std::vector<int64_t>& shape, const std::vector<std::string>& keys) {
+    struct {
+      const std::vector<int64_t>& shape;
+    } info{file_shape};
     size_t d = 0;  // the first dim that differs names the key (a rank mismatch names them all)
     while (info.shape.size() == shape.size() && d < shape.size() && info.shape[d] == shape[d]) ++d;
     std::string key;
@@ -146,7 +166,7 @@ class HeaderCheck {
     for (int p = 0; p < 3; ++p) {
       const std::string suf = std::string("mlp.experts.") + kProjs[p];
       if (!ends_with(t.name, suf)) continue;
-      if (st_.has(t.name)) return expect(t.name, t.shape, t.keys, t.exists_because);  // stacked
+      if (st_.has(t.name) || stored_quantized(st_, t.name)) return expect(t.name, t.shape, t.keys, t.exists_because);  // stacked
       // Per expert: [F, D] / [D, F] each. The router (checked first) already pinned E to the
       // file's count, so this loop is as long as the checkpoint.
       const std::vector<int64_t> one(t.shape.begin() + 1, t.shape.end());

@@ -120,7 +120,8 @@ const std::set<std::string>& known_keys() {
       // ecdlm
       "moe_router_type", "moe_capacity_factor", "moe_aux_loss_coeff", "moe_z_loss_coeff",
       "moe_loss_free_bias_rate", "moe_enable_scaling_factor", "moe_capacity_schedule",
-      "moe_capacity_k_min", "moe_capacity_k_max", "moe_capacity_gaussian_sigma", "ecdlm_version"};
+      "moe_capacity_k_min", "moe_capacity_k_max", "moe_capacity_gaussian_sigma", "ecdlm_version",
+      "quantization"};  // convert --quantize's block (model/quantize.h); the loader reads the tensors
   return k;
 }
 

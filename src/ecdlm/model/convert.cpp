@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <regex>
+#include <set>
 
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/checkpoint_check.h"
@@ -88,14 +89,16 @@ void check_group(const io::SafetensorsSet& st, const ExpertGroup& g) {
   }
 }
 
-void copy_side_files(const std::string& src, const std::string& dst, const std::optional<io::DType>& dt) {
+void copy_side_files(const std::string& src, const std::string& dst, const std::optional<io::DType>& dt,
+                     const json* quantization = nullptr) {
   for (const auto& e : fs::directory_iterator(src)) {
     if (!e.is_regular_file()) continue;
     const std::string name = e.path().filename().string();
     if (ends_with(name, ".safetensors") || name == "model.safetensors.index.json") continue;
-    if (name == "config.json" && dt) {
+    if (name == "config.json" && (dt || quantization)) {
       json cfg = read_json_file(e.path().string());
-      cfg["torch_dtype"] = torch_dtype_name(*dt);
+      if (dt) cfg["torch_dtype"] = torch_dtype_name(*dt);
+      if (quantization) cfg["quantization"] = *quantization;
       write_file_atomic((fs::path(dst) / name).string(), cfg.dump(2) + "\n");
       continue;
     }
@@ -224,18 +227,73 @@ ExpertLayout parse_expert_layout(const std::string& s) {
   fail("", "--layout", "unknown layout '" + s + "'", "use per-expert or stacked");
 }
 
+namespace {
+
+// Replaces every selected weight by its packed tensors; fills rep and the config block.
+std::vector<io::PendingTensor> quantize_tensors(std::vector<io::PendingTensor> in, const QuantizeParams& q,
+                                                ConvertReport& rep, json& block) {
+  const auto f = quantize_format(q);
+  const QuantSelector sel(q);
+  std::vector<io::PendingTensor> out;
+  std::set<std::string> cats;
+  for (auto& t : in) {
+    const bool shaped = t.shape.size() == 2 || (t.shape.size() == 3 && quant_category(t.name) == "experts");
+    if (!shaped || !is_float(t.dtype) || !sel.selects(t.name)) {
+      out.push_back(std::move(t));
+      continue;
+    }
+    // Routed experts are packed all three projections or none (down's K is gate's N).
+    const bool expert = quant_category(t.name) == "experts";
+    if (t.shape.back() % f.group != 0 || (expert && t.shape[t.shape.size() - 2] % f.group != 0)) {
+      rep.not_quantized.push_back(t.name);
+      out.push_back(std::move(t));
+      continue;
+    }
+    cats.insert(quant_category(t.name));
+    ++rep.quantized;
+    for (auto& pq : quantized_pending(t, f)) out.push_back(std::move(pq));
+  }
+  if (!rep.not_quantized.empty())
+    LOG_WARN(rep.not_quantized.size() << " selected weights have an input dimension that is not a multiple of the group "
+                                      << f.group << " and stay unquantized, e.g. " << rep.not_quantized.front()
+                                      << " (listed in config.json quantization.not_quantized; try --quantize-group 32; routed experts "
+                                         "need both dimensions to fit)");
+  if (rep.quantized == 0)
+    fail("", "--quantize", "no tensor matches the selection" +
+                               std::string(rep.not_quantized.empty() ? "" : " with a fitting input dimension"),
+         "check --quantize-include / --quantize-exclude / --quantize-group");
+  std::vector<std::string> order;
+  for (const char* c : {"experts", "shared_experts", "dense_mlp", "attention", "lm_head"})
+    if (cats.count(c)) order.push_back(c);
+  block = quantization_block(q, order, rep.quantized, rep.not_quantized);
+  return out;
+}
+
+}  // namespace
+
 ConvertReport convert_checkpoint(const std::string& src, const std::string& dst, const ConvertParams& p) {
   const auto want = parse_out_dtype(p.dtype, "--dtype");
   auto st = std::make_shared<io::SafetensorsSet>(io::SafetensorsSet::open(src));
   ModelConfig::load(src);  // a readable config, or a clear error before any writing
+  if (any_quantized(*st))
+    fail(src, "config.json quantization", "the checkpoint is already quantized",
+         "convert the bf16 (or f32) original instead");
+  if (!p.quantize.format.empty()) {
+    quantize_format(p.quantize);  // flag errors before any work
+    QuantSelector check(p.quantize);
+  }
   ConvertReport rep;
   auto tensors = relayout(st, p.layout, want, rep);
+  json block;
+  if (!p.quantize.format.empty()) tensors = quantize_tensors(std::move(tensors), p.quantize, rep, block);
   write_dir_atomically(src, dst, [&](const std::string& tmp) {
     finish(tensors, tmp, p.max_shard_bytes, rep);
-    copy_side_files(src, tmp, want);
+    copy_side_files(src, tmp, want, p.quantize.format.empty() ? nullptr : &block);
   });
   return rep;
 }
+
+
 
 std::vector<std::string> llada2_export_mismatches(const ModelConfig& c) {
   std::vector<std::string> m;
@@ -281,6 +339,9 @@ json llada2_config_json(const ModelConfig& c, const std::string& torch_dtype) {
 }
 
 ConvertReport export_llada2(const std::string& src, const std::string& dst, const ExportParams& p) {
+  if (any_quantized(io::SafetensorsSet::open(src)))
+    fail(src, "config.json quantization", "export writes bf16/f32 LLaDA2 checkpoints; this one is quantized",
+         "export the bf16 original");
   if (p.dtype != "f32" && p.dtype != "bf16") fail("", "--dtype", "unknown dtype '" + p.dtype + "'", "use f32 or bf16");
   const auto want = parse_out_dtype(p.dtype, "--dtype");
   const std::string cfg_path = (fs::path(src) / "config.json").string();

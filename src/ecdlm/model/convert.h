@@ -7,6 +7,7 @@
 
 #include "ecdlm/io/safetensors.h"
 #include "ecdlm/model/config.h"
+#include "ecdlm/model/quantize.h"
 
 namespace ecdlm {
 
@@ -20,16 +21,21 @@ struct ConvertParams {
   ExpertLayout layout = ExpertLayout::kPerExpert;
   std::string dtype = "keep";                     // keep | f32 | bf16 | f16 (floating tensors)
   uint64_t max_shard_bytes = 5ull << 30;          // HF's default shard size
+  QuantizeParams quantize;                        // format "" = keep the weights as they are
 };
 
 struct ConvertReport {
   int64_t tensors_in = 0, tensors_out = 0;
   uint64_t bytes_out = 0;
   int64_t expert_groups = 0;  // (layer, projection) pairs re-laid out
+  int64_t quantized = 0;      // weights packed by --quantize
+  std::vector<std::string> not_quantized;  // selected, but K is not a multiple of the group: kept
 };
 
 // Rewrites the weights of model dir `src` into `dst` (created atomically; other files such as
-// config.json and tokenizer files are copied, config's torch_dtype updated).
+// config.json and tokenizer files are copied, config's torch_dtype updated). With p.quantize the
+// selected linear weights are packed (model/quantize.h) and config.json gets a `quantization`
+// block. A quantized `src` is refused (convert the bf16 original).
 ConvertReport convert_checkpoint(const std::string& src, const std::string& dst, const ConvertParams& p);
 
 struct ExportParams {

@@ -6,6 +6,7 @@
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm {
 namespace fs = std::filesystem;
@@ -25,7 +26,9 @@ std::string stored_weight_dtype(const io::SafetensorsSet& st) {
   std::map<std::string, int64_t> elements;
   for (const auto& name : st.names()) {
     const auto& t = st.info(name);
-    if (is_float(t.dtype)) elements[io::dtype_name(t.dtype)] += t.numel();
+    // Quantized weights' f16 scales and minimums are no compute dtype.
+    if (is_float(t.dtype) && !ends_with(name, ".scales") && !ends_with(name, ".mins"))
+      elements[io::dtype_name(t.dtype)] += t.numel();
   }
   std::string best;
   int64_t most = -1;
@@ -38,7 +41,8 @@ std::map<std::string, int64_t> conversion_bytes(const io::SafetensorsSet& st, to
   std::map<std::string, int64_t> out;
   for (const auto& name : st.names()) {
     const auto& t = st.info(name);
-    if (is_float(t.dtype) && io::dtype_to_torch(t.dtype) != target)
+    if (is_float(t.dtype) && io::dtype_to_torch(t.dtype) != target && !ends_with(name, ".scales") &&
+        !ends_with(name, ".mins"))
       out[io::dtype_name(t.dtype)] += static_cast<int64_t>(t.nbytes());
   }
   return out;

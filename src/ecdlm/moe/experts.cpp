@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/nn/dtype.h"
 #include "ecdlm/nn/init.h"
@@ -39,6 +40,16 @@ torch::Tensor ExpertsImpl::forward_slots(const torch::Tensor& x_END) {
 
 torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
   touched_E_[static_cast<size_t>(e)] = 1;
+  if (quantized()) {
+    const auto i = static_cast<size_t>(e);
+    auto x = x_ND.scalar_type() == torch::kFloat32 || x_ND.scalar_type() == torch::kBFloat16 ? x_ND
+                                                                                             : x_ND.to(torch::kFloat32);
+    // h stays f32 between the products; one rounding to x's dtype at the end (quant_swiglu
+    // would round to bf16 even for an f32 model).
+    x = x.contiguous();
+    const auto g = kernels::quant_linear(x, gate_q_[i]), u = kernels::quant_linear(x, up_q_[i]);
+    return kernels::quant_linear(torch::silu(g) * u, down_q_[i]).to(x_ND.scalar_type());
+  }
   return kernels::swiglu(x_ND, gate_w(e), up_w(e), down_w(e));
 }
 
@@ -50,13 +61,14 @@ torch::Tensor ExpertsImpl::forward_sorted(const torch::Tensor& x_PD, const std::
     if (c == 0) continue;
     ids.push_back(e);
     counts.push_back(c);
+    if (quantized()) continue;
     g.push_back(gate_w(e));
     u.push_back(up_w(e));
     d.push_back(down_w(e));
   }
   if (ids.empty()) return x_PD.new_empty({0, x_PD.size(1)});
   for (auto e : ids) touched_E_[static_cast<size_t>(e)] = 1;
-  if (kernels::small_m_moe_applies(x_PD, counts, g, u, d)) return kernels::small_m_moe(x_PD, counts, g, u, d);
+  if (!quantized() && kernels::small_m_moe_applies(x_PD, counts, g, u, d)) return kernels::small_m_moe(x_PD, counts, g, u, d);
   std::vector<torch::Tensor> outs;
   outs.reserve(ids.size());
   int64_t off = 0;
@@ -82,8 +94,29 @@ void ExpertsImpl::bind_per_expert(std::vector<torch::Tensor> gate_FD, std::vecto
   down_proj.set_data(torch::empty({0, down_proj.size(1), down_proj.size(2)}, opt));
 }
 
+void ExpertsImpl::bind_quantized(std::vector<io::QuantWeight> gate_FD, std::vector<io::QuantWeight> up_FD,
+                                 std::vector<io::QuantWeight> down_DF) {
+  const auto E = static_cast<size_t>(num_experts_);
+  TORCH_CHECK(gate_FD.size() == E && up_FD.size() == E && down_DF.size() == E, "bind_quantized: expected ", E,
+              " experts");
+  const int64_t F = gate_proj.size(1), D = gate_proj.size(2);
+  for (size_t e = 0; e < E; ++e)
+    TORCH_CHECK(gate_FD[e].N == F && gate_FD[e].K == D && up_FD[e].N == F && up_FD[e].K == D && down_DF[e].N == D &&
+                    down_DF[e].K == F,
+                "bind_quantized: expert ", e, " has the wrong shape");
+  gate_q_ = std::move(gate_FD);
+  up_q_ = std::move(up_FD);
+  down_q_ = std::move(down_DF);
+  torch::NoGradGuard ng;
+  for (auto* p : {&gate_proj, &up_proj, &down_proj}) {
+    p->set_data(torch::empty({0, p->size(1), p->size(2)}, p->options()));
+    p->set_requires_grad(false);
+  }
+}
+
 int64_t ExpertsImpl::bytes_per_expert() const {
   if (num_experts_ == 0) return 0;
+  if (quantized()) return gate_q_[0].bytes() + up_q_[0].bytes() + down_q_[0].bytes();
   const auto g = gate_w(0), u = up_w(0), d = down_w(0);
   return (g.numel() + u.numel() + d.numel()) * static_cast<int64_t>(g.element_size());
 }

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "ecdlm/io/quant_format.h"
 #include "ecdlm/moe/moe.h"
 
 namespace ecdlm::moe {
@@ -27,7 +28,18 @@ class ExpertsImpl : public torch::nn::Module {
   // of an expert stays one contiguous slice, so an expert never routed to is never read.
   void bind_per_expert(std::vector<torch::Tensor> gate_FD, std::vector<torch::Tensor> up_FD,
                        std::vector<torch::Tensor> down_DF);
-  bool per_expert_bound() const { return !gate_e_.empty(); }
+  // Inference only: quantized per-expert weights (views of a mapped file, one contiguous slice
+  // per expert and matrix); the stacked parameters shrink to [0, ...] and every expert product
+  // runs through kernels/quant.h.
+  void bind_quantized(std::vector<io::QuantWeight> gate_FD, std::vector<io::QuantWeight> up_FD,
+                      std::vector<io::QuantWeight> down_DF);
+  bool quantized() const { return !gate_q_.empty(); }
+  // Expert e's packed matrices (proj 0 gate, 1 up, 2 down); requires quantized().
+  const io::QuantWeight& quant_w(int proj, int64_t e) const {
+    const auto& v = proj == 0 ? gate_q_ : proj == 1 ? up_q_ : down_q_;
+    return v.at(static_cast<size_t>(e));
+  }
+  bool per_expert_bound() const { return !gate_e_.empty() || quantized(); }
   // Expert e's matrices: gate / up [F, D], down [D, F] (views; stacked or bound).
   torch::Tensor gate_w(int64_t e) const { return gate_e_.empty() ? gate_proj[e] : gate_e_[size_t(e)]; }
   torch::Tensor up_w(int64_t e) const { return up_e_.empty() ? up_proj[e] : up_e_[size_t(e)]; }
@@ -42,6 +54,7 @@ class ExpertsImpl : public torch::nn::Module {
  private:
   int64_t num_experts_;
   std::vector<torch::Tensor> gate_e_, up_e_, down_e_;
+  std::vector<io::QuantWeight> gate_q_, up_q_, down_q_;
   std::vector<uint8_t> touched_E_;
 };
 TORCH_MODULE(Experts);
