@@ -22,7 +22,7 @@ namespace {
 
 struct BenchDistArgs {
   std::string config = "configs/brown-small.json", data, out_md, work_dir;
-  int64_t ranks = 2, steps = 8, reps = 2, batch = 8, seq_len = 128;
+  int64_t ranks = 2, steps = 8, reps = 3, batch = 16, seq_len = 256;  // the main job's global batch (configs/brown-small.json)
   bool json = false;
 };
 
