@@ -8,18 +8,7 @@
 # Faults and bad input: dist_faults.sh.
 # Usage: bash dist_train.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
-ECDLM="$1"; ROOT="$2"
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2> /dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-source "$ROOT/tests/e2e/lib.bash"
-cd "$TMP"
-python3 "$ROOT/tests/e2e/toy_corpus.py" 3 80 corpus.jsonl
-"$ECDLM" -q prepare-data --source jsonl --input corpus.jsonl --out data --vocab-size 300 --val-fraction 0.1
-BASE=(train --config "$ROOT/configs/tiny.json" --samples 0 --train-bf16 false --train-log-every 1
-      --train-eval-every 2 --train-save-every 2 --train-steps 4 --dist-timeout 30)
-TRAIN=("${BASE[@]}" --data data)
+source "$2/tests/e2e/dist_common.bash" "$@"
 TC=(--moe-router tc --moe-capacity-factor 0 --moe-aux-loss-coeff 0 --moe-loss-free-bias-rate 0.01 --train-grad-accum 2)
 
 # Per-step loss and grad norm of two runs agree within float reordering (fp32 sums in another order,
