@@ -14,6 +14,7 @@
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/stats.h"
 
 namespace ecdlm::cli {
 namespace fs = std::filesystem;
@@ -30,13 +31,6 @@ std::string quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 struct RunStats {

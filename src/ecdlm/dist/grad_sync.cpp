@@ -71,10 +71,10 @@ GradReducer::GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params,
   s.pg = group.impl().pg;
   s.params = std::move(params);
   s.bucket_of.resize(s.params.size());
-  int64_t bytes = bucket_bytes + 1;
+  int64_t bytes = 0;
   for (size_t k = s.params.size(); k-- > 0;) {
     const int64_t nb = s.params[k].numel() * static_cast<int64_t>(s.params[k].element_size());
-    if (bytes + nb > bucket_bytes && !(s.buckets.size() && s.buckets.back().empty())) {
+    if (s.buckets.empty() || bytes + nb > bucket_bytes) {
       s.buckets.emplace_back();
       bytes = 0;
     }

@@ -131,7 +131,7 @@ std::vector<RowEvent> ContinuousBatcher::step(StepStats* stats) {
   StepStats st;
   std::vector<RowEvent> events;
   auto finish = [&](Row& r, RowEvent& ev) {
-    r.res.tokens = r.cancelled ? std::vector<int64_t>(r.res.tokens) : r.output();
+    if (!r.cancelled) r.res.tokens = r.output();
     double u = 0.0;
     for (const auto& f : r.res.per_forward) u += f.unique_experts_per_layer;
     r.res.avg_unique_experts_per_layer = r.res.per_forward.empty() ? 0.0 : u / static_cast<double>(r.res.per_forward.size());
@@ -139,7 +139,7 @@ std::vector<RowEvent> ContinuousBatcher::step(StepStats* stats) {
     if (!r.cancelled && r.res.tokens.size() > r.emitted)
       ev.final_tokens.assign(r.res.tokens.begin() + static_cast<int64_t>(r.emitted), r.res.tokens.end());
     ev.finished = true;
-    ev.result = r.res;
+    ev.result = std::move(r.res);  // the row leaves at the end of this step
   };
 
   // Cancelled rows leave first: their caches go with them.
@@ -193,12 +193,13 @@ std::vector<RowEvent> ContinuousBatcher::step(StepStats* stats) {
     const auto fr = forward_segments(model_, segs, L, routing);
     ++st.forwards;
     // The LM head on every row's still-masked positions at once.
-    std::vector<torch::Tensor> rows_idx, masked;
+    std::vector<torch::Tensor> rows_idx, masked, masked_pos;
     for (size_t j = 0; j < work.size(); ++j) {
       const Row& r = *work[j];
       auto m_L = r.x_T.narrow(0, r.b * L, L) == r.mask;
       masked.push_back(m_L);
-      rows_idx.push_back(m_L.nonzero().squeeze(1) + (fr.offset[j] + segs[j].ids_L.size(0) - L));
+      masked_pos.push_back(m_L.nonzero().squeeze(1));
+      rows_idx.push_back(masked_pos.back() + (fr.offset[j] + segs[j].ids_L.size(0) - L));
     }
     const auto logits_MV = head_logits(model_, fr.hidden_ND.index_select(0, torch::cat(rows_idx)));
     const double fwd_ms = std::chrono::duration<double, std::milli>(Clock::now() - tf).count();
@@ -209,7 +210,7 @@ std::vector<RowEvent> ContinuousBatcher::step(StepStats* stats) {
       const int64_t lo = r.b * L, n_masked = rows_idx[j].size(0);
       auto block_x = r.x_T.narrow(0, lo, L);
       const auto& masked_L = masked[j];
-      auto cand = block_candidates(logits_MV.narrow(0, row_off, n_masked), masked_L.nonzero().squeeze(1), L, r.p, r.gen);
+      auto cand = block_candidates(logits_MV.narrow(0, row_off, n_masked), masked_pos[j], L, r.p, r.gen);
       row_off += n_masked;
       const int64_t n = r.p.rule == ThresholdRule::kLlada2 ? r.schedule[static_cast<size_t>(r.s)] : 1;
       auto commit_L = threshold_commit(cand.conf_N, r.p.rule, r.p.threshold, r.p.factor, n).logical_and(masked_L);

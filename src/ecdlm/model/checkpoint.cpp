@@ -56,8 +56,6 @@ std::string llada_moe_checkpoint_name(const std::string& n) {
 
 namespace {
 
-std::string llada_moe_name(const std::string& n) { return llada_moe_checkpoint_name(n); }
-
 // Expert modules by their module path ("model.layers.3.mlp.experts").
 std::map<std::string, moe::Experts> expert_modules(MoeDlm& model) {
   std::map<std::string, moe::Experts> out;
@@ -108,7 +106,7 @@ std::vector<Slot> checkpoint_slots(MoeDlm& model) {
       for (auto& [hf, view] : llada_qkv_parts(c, name, t)) slots.push_back({hf, view});
       return;
     }
-    slots.push_back({llada ? llada_moe_name(name) : name, t});
+    slots.push_back({llada ? llada_moe_checkpoint_name(name) : name, t});
   };
   for (const auto& p : model->named_parameters()) add(p.key(), p.value());
   for (const auto& b : model->named_buffers()) add(b.key(), b.value());
@@ -284,7 +282,7 @@ std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& s
       for (const auto& [hf, view] : parts) q.push_back(ld.quantized(hf, view.sizes().vec())[0]);
       lin->bind_quantized(concat_rows(q, st.source() + ": " + name));
     } else {
-      const std::string file_name = llada ? llada_moe_name(name) : name;
+      const std::string file_name = llada ? llada_moe_checkpoint_name(name) : name;
       if (!stored_quantized(st, file_name)) continue;
       lin->bind_quantized(ld.quantized(file_name, shape)[0]);
     }
@@ -297,7 +295,7 @@ std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& s
       for (auto& [hf, view] : llada_qkv_parts(c, name, t)) ld.assign_part(view, ld.source(hf, view.sizes().vec()));
       return;
     }
-    ld.assign(t, ld.source(llada ? llada_moe_name(name) : name, t.sizes().vec()), is_buffer);
+    ld.assign(t, ld.source(llada ? llada_moe_checkpoint_name(name) : name, t.sizes().vec()), is_buffer);
   };
   for (auto& p : model->named_parameters()) load_one(p.key(), p.value(), false);
   for (auto& b : model->named_buffers()) load_one(b.key(), b.value(), true);

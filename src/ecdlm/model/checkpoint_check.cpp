@@ -138,25 +138,22 @@ class HeaderCheck {
 
   [[noreturn]] void mismatch(const std::string& file_name, const std::vector<int64_t>& file_shape,
                              const std::vector<int64_t>& shape, const std::vector<std::string>& keys) {
-    struct {
-      const std::vector<int64_t>& shape;
-    } info{file_shape};
     size_t d = 0;  // the first dim that differs names the key (a rank mismatch names them all)
-    while (info.shape.size() == shape.size() && d < shape.size() && info.shape[d] == shape[d]) ++d;
+    while (file_shape.size() == shape.size() && d < shape.size() && file_shape[d] == shape[d]) ++d;
     std::string key;
-    if (info.shape.size() != shape.size()) {
+    if (file_shape.size() != shape.size()) {
       for (const auto& k : keys) key += (key.empty() ? "" : ", ") + k;
     } else {
       key = keys[d];
     }
     std::string fix = "use the config.json that came with these weights, or correct " + key_names(key);
     // A dim that is one key's value itself: say which value the checkpoint holds.
-    if (info.shape.size() == shape.size() && d < shape.size() && key.find_first_of(",*") == std::string::npos &&
+    if (file_shape.size() == shape.size() && d < shape.size() && key.find_first_of(",*") == std::string::npos &&
         ends_with(key, " = " + std::to_string(shape[d])))
-      fix = "set " + key_names(key) + " to " + std::to_string(info.shape[d]) +
+      fix = "set " + key_names(key) + " to " + std::to_string(file_shape[d]) +
             " (what the checkpoint holds), or use the config.json that came with these weights";
     fail(cfg_, "", key + (key.find(',') == std::string::npos ? " disagrees" : " disagree") + " with " +
-                       st_.where(file_name) + ": tensor '" + file_name + "' has shape " + shape_str(info.shape) +
+                       st_.where(file_name) + ": tensor '" + file_name + "' has shape " + shape_str(file_shape) +
                        ", the config implies " + shape_str(shape),
          fix);
   }

@@ -36,8 +36,6 @@ void check_patterns(const std::vector<std::string>& ps, const char* flag) {
   }
 }
 
-std::string where(const io::SafetensorsSet& st, const std::string& name) { return st.where(name); }
-
 }  // namespace
 
 std::string quant_category(const std::string& n) {
@@ -135,26 +133,26 @@ io::QuantFormat check_quantized_header(const io::SafetensorsSet& st, const std::
   const auto& si = st.info(sn);
   const bool q8 = qi.dtype == io::DType::I8;
   if (!q8 && qi.dtype != io::DType::U8)
-    fail(where(st, qn), qn, "packed weights must be I8 (q8) or U8 (q4), not " + io::dtype_name(qi.dtype),
+    fail(st.where(qn), qn, "packed weights must be I8 (q8) or U8 (q4), not " + io::dtype_name(qi.dtype),
          "re-run ecdlm convert --quantize");
-  if (shape.size() < 2) fail(where(st, qn), qn, "a packed tensor must be a matrix or stacked matrices");
+  if (shape.size() < 2) fail(st.where(qn), qn, "a packed tensor must be a matrix or stacked matrices");
   const int64_t K = shape.back(), N = shape[shape.size() - 2];
   std::vector<int64_t> want_q = shape;
   want_q.back() = q8 ? K : K / 2;
   if (qi.shape != want_q || (!q8 && K % 2 != 0))
-    fail(where(st, qn), qn, "shape does not match the weight the config implies (N = " + std::to_string(N) +
+    fail(st.where(qn), qn, "shape does not match the weight the config implies (N = " + std::to_string(N) +
                                 ", K = " + std::to_string(K) + ")",
          "use the config.json that came with these weights");
   if (si.shape.size() != shape.size() || si.shape.back() < 1 || K % si.shape.back() != 0 || si.dtype != io::DType::F16)
-    fail(where(st, sn), sn, "must be F16 with a last dim dividing the input dimension " + std::to_string(K),
+    fail(st.where(sn), sn, "must be F16 with a last dim dividing the input dimension " + std::to_string(K),
          "re-run ecdlm convert --quantize");
   io::QuantFormat f;
   f.kind = q8 ? io::QuantKind::kQ8 : st.has(mn) ? io::QuantKind::kQ4 : io::QuantKind::kQ4Sym;
   f.group = K / si.shape.back();
   if (f.group != 32 && f.group != 64)
-    fail(where(st, sn), sn, "group size " + std::to_string(f.group) + " is not supported", "use 32 or 64");
+    fail(st.where(sn), sn, "group size " + std::to_string(f.group) + " is not supported", "use 32 or 64");
   if (f.kind == io::QuantKind::kQ4 && (st.info(mn).shape != si.shape || st.info(mn).dtype != io::DType::F16))
-    fail(where(st, mn), mn, "must be F16 shaped as " + sn, "re-run ecdlm convert --quantize");
+    fail(st.where(mn), mn, "must be F16 shaped as " + sn, "re-run ecdlm convert --quantize");
   return f;
 }
 
@@ -171,12 +169,12 @@ std::vector<io::QuantWeight> read_quantized(const io::SafetensorsSet& st, const 
   }
   std::vector<io::QuantWeight> out;
   if (shape.size() == 2) {
-    out.push_back(io::make_quant_weight(f, q, s, m, where(st, qn) + ": " + base));
+    out.push_back(io::make_quant_weight(f, q, s, m, st.where(qn) + ": " + base));
     return out;
   }
   for (int64_t e = 0; e < shape[0]; ++e)
     out.push_back(io::make_quant_weight(f, q[e], s[e], m.defined() ? m[e] : torch::Tensor(),
-                                        where(st, qn) + ": " + base + "[" + std::to_string(e) + "]"));
+                                        st.where(qn) + ": " + base + "[" + std::to_string(e) + "]"));
   return out;
 }
 
@@ -201,20 +199,15 @@ std::vector<io::PendingTensor> quantized_pending(const io::PendingTensor& src, i
   int64_t rows = 1;
   for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
   // The first of the packed tensors to be written quantizes; the last one frees it again.
-  struct Cache {
-    io::QuantWeight q;
-    bool ready = false;
-  };
-  auto cache = std::make_shared<Cache>();
+  auto cache = std::make_shared<io::QuantWeight>();
   auto make = src.make;
   auto get = [cache, make, f, rows, K]() -> const io::QuantWeight& {
-    if (!cache->ready) {
+    if (!cache->qweight.defined()) {
       auto w = make();
       if (w.scalar_type() != torch::kFloat32 && w.scalar_type() != torch::kBFloat16) w = w.to(torch::kFloat32);
-      cache->q = io::quantize(w.reshape({rows, K}), f);
-      cache->ready = true;
+      *cache = io::quantize(w.reshape({rows, K}), f);
     }
-    return cache->q;
+    return *cache;
   };
   const std::string base = quant_base(src.name);
   const bool has_mins = f.kind == io::QuantKind::kQ4;
@@ -229,10 +222,7 @@ std::vector<io::PendingTensor> quantized_pending(const io::PendingTensor& src, i
     p.make = [cache, get, which, last, out_shape] {
       const auto& q = get();
       auto t = (which == 0 ? q.qweight : which == 1 ? q.scales : q.mins).reshape(out_shape);
-      if (last) {  // t keeps its own storage alive
-        cache->q = io::QuantWeight();
-        cache->ready = false;
-      }
+      if (last) *cache = io::QuantWeight();  // t keeps its own storage alive
       return t;
     };
     out.push_back(std::move(p));

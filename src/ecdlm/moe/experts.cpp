@@ -10,6 +10,7 @@
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/nn/dtype.h"
 #include "ecdlm/nn/init.h"
+#include "ecdlm/nn/linear.h"
 
 namespace ecdlm::moe {
 
@@ -42,13 +43,10 @@ torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
   touched_E_[static_cast<size_t>(e)] = 1;
   if (quantized()) {
     const auto i = static_cast<size_t>(e);
-    auto x = x_ND.scalar_type() == torch::kFloat32 || x_ND.scalar_type() == torch::kBFloat16 ? x_ND
-                                                                                             : x_ND.to(torch::kFloat32);
     // h stays f32 between the products; one rounding to x's dtype at the end (quant_swiglu
     // would round to bf16 even for an f32 model).
-    x = x.contiguous();
-    const auto g = kernels::quant_linear(x, gate_q_[i]), u = kernels::quant_linear(x, up_q_[i]);
-    return kernels::quant_linear(torch::silu(g) * u, down_q_[i]).to(x_ND.scalar_type());
+    const auto g = quant_forward(x_ND, gate_q_[i], torch::kFloat32), u = quant_forward(x_ND, up_q_[i], torch::kFloat32);
+    return quant_forward(torch::silu(g) * u, down_q_[i], x_ND.scalar_type());
   }
   return kernels::swiglu(x_ND, gate_w(e), up_w(e), down_w(e));
 }

@@ -102,8 +102,6 @@ void Scheduler::admit_locked() {
     for (int c = 0; c < static_cast<int>(n); ++c) {
       // The handler validated the params against the model: a throw here is a bug, not input.
       const int64_t id = batcher_->add(job->prompt, job->params[static_cast<size_t>(c)]);
-      std::lock_guard<std::mutex> jl(job->mu);
-      job->choices[static_cast<size_t>(c)].row = id;
       rows_[id] = {job, c};
       ++m_.rows_started;
     }
@@ -143,7 +141,6 @@ void Scheduler::apply(const gen::RowEvent& ev) {
   auto& ch = job->choices[static_cast<size_t>(c)];
   if (!ch.finish_reason.empty()) return;  // ended by a stop string: the row was cancelled for that
   const auto& p = job->params[static_cast<size_t>(c)];
-  const int64_t mask = p.mask_id >= 0 ? p.mask_id : model_->config().mask_token_id;
   if (ev.stepped) {
     ++ch.forwards;
     ++ch.block_forwards;
@@ -156,10 +153,12 @@ void Scheduler::apply(const gen::RowEvent& ev) {
     u.choice = c;
     u.block = ev.block;
     u.step = ch.forwards;
-    u.text = render_canvas(tok_, ev.canvas, mask);
+    u.text = render_canvas(tok_, ev.canvas, p.mask_id >= 0 ? p.mask_id : model_->config().mask_token_id);
     job->updates.push_back(std::move(u));
   }
-  const auto stops = gen::output_stop_ids(p, model_->config());
+  // Only a block that became final, or the row's end, needs the stop ids.
+  const auto stops = ev.final_tokens.empty() && !ev.finished ? std::vector<int64_t>()
+                                                             : gen::output_stop_ids(p, model_->config());
   bool hit_stop_id = false;
   for (auto t : ev.final_tokens) {
     ch.tokens.push_back(t);
@@ -169,7 +168,6 @@ void Scheduler::apply(const gen::RowEvent& ev) {
   }
   m_.generated_tokens += static_cast<int64_t>(ev.final_tokens.size());
   if (!ev.final_tokens.empty() || ev.finished) {
-    if (!job->has_first_block) job->has_first_block = true, job->t_first_block = Clock::now();
     std::string text = tok_.decode(ch.body);
     bool stop_string = false;
     for (const auto& s : job->stop) {

@@ -50,7 +50,6 @@ struct Job {
     std::string text;              // the answer so far (cut at a stop string)
     size_t sent = 0;               // bytes of text already turned into updates
     std::string finish_reason;     // "" while running
-    int64_t row = -1;
     double unique_sum = 0.0, block_unique_sum = 0.0;  // over all forwards / the current block's
     int64_t forwards = 0, block_forwards = 0;
   };
@@ -61,8 +60,7 @@ struct Job {
   int finished = 0;
   uint64_t steps = 0;              // events seen (one per step of a running row): wakes streams
   bool failed = false;             // shut down before it could finish
-  Clock::time_point t_submit, t_first_block;
-  bool has_first_block = false;
+  Clock::time_point t_submit;
 
   bool done() const { return failed || finished == static_cast<int>(choices.size()); }
 };

@@ -1,12 +1,12 @@
 #include "ecdlm/train/data_parallel.h"
 
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <sstream>
 
 #include "ecdlm/data/shards.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
 
 namespace ecdlm {
@@ -18,13 +18,6 @@ std::string digest(const std::string& s) {
   std::ostringstream os;
   os << std::hex << std::hash<std::string>{}(s);
   return os.str();
-}
-
-std::string file_digest(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return digest(ss.str());
 }
 
 }  // namespace
@@ -45,7 +38,7 @@ std::unique_ptr<DataParallel> start_data_parallel(const ModelConfig& cfg, const 
   auto va = data::TokenShard::open(p.data_dir, "val");
   g.check_same("--data", std::to_string(tr.size()) + " train / " + std::to_string(va.size()) +
                              " val tokens, meta.json hash " +
-                             file_digest((fs::path(p.data_dir) / "meta.json").string()),
+                             digest(read_text_file((fs::path(p.data_dir) / "meta.json").string())),
                "give every rank the same prepared data directory (--data)");
   auto tj = p.to_json();
   tj.erase("data_dir");

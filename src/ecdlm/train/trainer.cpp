@@ -23,7 +23,6 @@
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/train/run_plots.h"
-#include "ecdlm/util/plot.h"
 #include "ecdlm/util/progress.h"
 
 namespace ecdlm {
@@ -389,9 +388,10 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
   auto train_s = [&] {
     return train_s_before + std::chrono::duration<double>(Clock::now() - t_start).count() - overhead_s;
   };
-  auto progress_of = [&](int64_t step) {
+  // el: elapsed() taken by the caller (distributed, each call is a broadcast from rank 0).
+  auto progress_of = [&](int64_t step, double el) {
     double a = p.max_steps > 0 ? static_cast<double>(step) / static_cast<double>(p.max_steps) : 0.0;
-    double b = p.time_budget_s > 0 ? elapsed() / p.time_budget_s : 0.0;
+    double b = p.time_budget_s > 0 ? el / p.time_budget_s : 0.0;
     return std::max(a, b);
   };
   ProgressBar bar("train", p.max_steps > 0 ? p.max_steps : 100, "tok");
@@ -405,8 +405,9 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
 
   while (true) {
     if (p.max_steps > 0 && step >= p.max_steps) break;
-    if (p.time_budget_s > 0 && elapsed() >= p.time_budget_s) break;
-    const double lr = p.lr_at(step, progress_of(step));
+    const double el_start = p.time_budget_s > 0 ? elapsed() : 0.0;
+    if (p.time_budget_s > 0 && el_start >= p.time_budget_s) break;
+    const double lr = p.lr_at(step, progress_of(step, el_start));
     set_lr(*opt, lr);
     opt->zero_grad();
     std::vector<torch::Tensor> micro;
@@ -443,7 +444,7 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
       bar.update(step, extra.str(), static_cast<double>(tokens - start_step * tokens_per_step));
     else {
       bar.set_total(1000);
-      bar.update(static_cast<int64_t>(1000 * progress_of(step)), extra.str(),
+      bar.update(static_cast<int64_t>(1000 * progress_of(step, p.time_budget_s > 0 ? elapsed() : 0.0)), extra.str(),
                  static_cast<double>(tokens - start_step * tokens_per_step));
     }
 
