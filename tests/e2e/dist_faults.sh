@@ -18,8 +18,10 @@ for r in 0 1; do
     "$ECDLM" -q --threads 1 "${LONG[@]}" --out killed > "rank$r.out" 2> "rank$r.err" &
   PIDS+=($!)
 done
-for _ in $(seq 300); do [ -f killed/checkpoints/step-00000006/trainer_state.json ] && break; sleep 0.2; done
-test -f killed/checkpoints/step-00000006/trainer_state.json || { cat rank0.err rank1.err; fail "no checkpoint before the kill"; }
+# Older checkpoints are pruned as new ones land, so wait for the second save of any step, not one name.
+saved() { ls killed/checkpoints/step-*/trainer_state.json 2> /dev/null | grep -v step-00000003 | head -1; }
+for _ in $(seq 600); do [ -n "$(saved)" ] && break; sleep 0.2; done
+[ -n "$(saved)" ] || { cat rank0.err rank1.err; fail "no checkpoint before the kill"; }
 kill -9 "${PIDS[1]}"
 start=$(date +%s)
 set +e; wait "${PIDS[0]}"; rc=$?; set -e
