@@ -20,7 +20,7 @@ namespace ecdlm::cli {
 namespace {
 
 struct LogitsOptions {
-  std::string model_dir, text, input, out, attention = "bidirectional";
+  std::string model_dir, text, input, out, routing_out, attention = "bidirectional";
   int64_t block_length = 32, reps = 1;
   RoutingFlags routing;
   bool json = false;
@@ -57,6 +57,24 @@ void read_input(const std::string& path, torch::Tensor& ids_BT, torch::Tensor& r
   }
 }
 
+// Each MoE layer's routing decisions of the last forward, under layers.<i>.<field> (the RoutingPlan's
+// defined tensors; bool coresets as u8): compare routing across weights, e.g. bf16 against q8.
+void write_routing(const std::string& path, MoeDlm& model, const std::string& model_dir) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  int64_t i = 0;
+  for (auto& blk : model->moe_blocks()) {
+    const auto& plan = blk->last_plan();
+    const std::string pre = "layers." + std::to_string(i++) + ".";
+    for (const auto& [name, t] : {std::pair{"idx_TK", plan.idx_TK}, {"gate_TK", plan.gate_TK},
+                                  {"token_EN", plan.token_EN}, {"gate_EN", plan.gate_EN},
+                                  {"coreset_BCE", plan.coreset_BCE}})
+      if (t.defined())
+        out.emplace_back(pre + name, (t.scalar_type() == torch::kBool ? t.to(torch::kUInt8) : t).contiguous());
+  }
+  if (out.empty()) fail(model_dir, "", "has no MoE layer: no routing to write", "drop --routing-out");
+  io::save_safetensors(path, out, {{"model", model_dir}});
+}
+
 int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
   if (has_text == has_input)
     throw UserError(format_error("", "--text/--input",
@@ -72,8 +90,9 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
     source = o.input;
   }
   if (o.reps < 1) fail("", "--reps", "must be >= 1", "pass 1 to time one forward");
-  if (!o.out.empty()) {
-    const auto parent = std::filesystem::path(o.out).parent_path();
+  for (const auto* path : {&o.out, &o.routing_out}) {
+    if (path->empty()) continue;
+    const auto parent = std::filesystem::path(*path).parent_path();
     if (!parent.empty()) ensure_writable_dir(parent.string());  // before the load, not after
   }
   if (has_text) {  // the tokenizer before the model: a missing one fails fast
@@ -134,6 +153,7 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
                           {"attention", o.attention},
                           {"block_length", std::to_string(opt.block_length)}});
   }
+  if (!o.routing_out.empty()) write_routing(o.routing_out, model, o.model_dir);
   if (!o.json) {
     if (!o.out.empty()) std::cout << "wrote " << o.out << ": logits " << shape_str(shape) << " f32\n";
     else std::cout << "logits " << shape_str(shape) << ": forward " << median_ms << " ms, " << tokens_per_s << " tokens/s\n";
@@ -177,6 +197,9 @@ void register_logits(CLI::App& app) {
       "capacity input; default #mask / T per row)");
   sub->add_option("--out", o->out, "OUT.safetensors: logits (f32 [B, T, V]) and input_ids (default: none, "
                                   "only the forward is timed)");
+  sub->add_option("--routing-out", o->routing_out,
+                  "OUT.safetensors: every MoE layer's routing of the (last) forward: layers.<i>.idx_TK / gate_TK "
+                  "(token-major), token_EN / gate_EN (expert-major), coreset_BCE (block routing, u8)");
   sub->add_option("--reps", o->reps, "Time the forward this many times (median reported; the first also pages "
                                      "the weights in)")
       ->capture_default_str();

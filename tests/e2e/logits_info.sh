@@ -50,6 +50,21 @@ if [ -f "$GOLDEN/tiny-lladamoe/golden.safetensors" ]; then
     || fail "tiny-lladamoe logits differ from golden"
 fi
 
+# --- --routing-out: every MoE layer's routing, comparable across runs -------------------------------
+DMOE="$GOLDEN/tiny-dmoe"
+for p in 0.6 0.3; do
+  "$ECDLM" -q logits -m "$DMOE" --input "$DMOE/golden.safetensors" --moe-routing block --block-top-p $p \
+    --block-min-experts 4 --routing-out "$TMP/route-$p.safetensors" || fail "logits --routing-out"
+done
+python3 "$ROOT/scripts/routing_agreement.py" "$TMP/route-0.6.safetensors" "$TMP/route-0.6.safetensors" > "$TMP/same.json"
+python3 "$ROOT/scripts/routing_agreement.py" "$TMP/route-0.6.safetensors" "$TMP/route-0.3.safetensors" > "$TMP/diff.json"
+python3 - "$TMP/same.json" "$TMP/diff.json" <<'PY' || fail "routing agreement"
+import json, sys
+same, diff = (json.load(open(p))["mean"] for p in sys.argv[1:])
+assert same["coreset_jaccard"] == 1.0 and same["token_set_equal"] == 1.0, same
+assert diff["coreset_jaccard"] < 1.0 and diff["coreset_size_b"] < diff["coreset_size_a"], diff
+PY
+
 # --- logits error paths (exit 2, message names the file / tensor) ---------------------------------
 expect_rc 2 "$ECDLM" logits -m "$TINY" --input "$TMP/missing.safetensors" --out "$TMP/x.safetensors"
 grep -q "$TMP/missing.safetensors" "$TMP/err.txt" || fail "missing --input: path not in stderr"
