@@ -18,7 +18,10 @@ python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 ARGS=(bench serve -m "$M" --no-synthetic --clients 1,2 --requests 2 --max-tokens 32)
 "$ECDLM" -q --threads 1 "${ARGS[@]}" --out-json "$TMP/rows.json" > "$TMP/table.md"
 grep -q "^| model | routing | clients | tokens/s | speed-up |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "no table header"; }
-[ "$(grep -c "^| $M | token | [12] |" "$TMP/table.md")" = 2 ] || { cat "$TMP/table.md"; fail "want a row for 1 and 2 clients"; }
+[ "$(grep -c "^| $M | token | [12] | [0-9.]* | [0-9.]*x |" "$TMP/table.md")" = 2 ] || { cat "$TMP/table.md"; fail "want a row for 1 and 2 clients"; }
+# Where a step's time goes: the forward's parts per step, one row per level.
+grep -q "^| model | routing | clients | rows per step | ms per step | attention | router | experts |" "$TMP/table.md" \
+  || { cat "$TMP/table.md"; fail "no step split table"; }
 grep -q "^| $M | token | 1 | [0-9.]* | 1.00x |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "the 1-client row is not the 1.00x baseline"; }
 check_json() {
   python3 - "$1" <<'PY'
@@ -31,6 +34,9 @@ for r in rows:
     assert r["tokens_per_s"] > 0 and r["seconds"] > 0 and r["latency_p50_ms"] > 0 and r["step_ms"] > 0, r
     assert 0 < r["ttfb_p50_ms"] <= r["latency_p99_ms"], r
     assert r["batch_rows_mean"] >= 1.0, r
+    split = r["step_split_ms"]
+    assert set(split) == {"attention", "router", "experts", "shared", "dense", "head"}, split
+    assert split["experts"] > 0 and split["attention"] > 0, split
 assert abs(rows[0]["speedup"] - 1.0) < 1e-9, rows[0]
 PY
 }

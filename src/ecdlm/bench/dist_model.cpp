@@ -67,7 +67,14 @@ Routed route_and_time(const std::string& dir, const EpModelParams& p, bool want_
                                  " experts: one must divide the other",
            "e.g. 8,32,64 for 32 experts");
 
+  if (cfg.mask_token_id < 0)
+    fail(dir + "/config.json", "mask_token_id", "not set: the training noise needs the mask id",
+         "set mask_token_id to the data's mask id (its meta.json)");
   const auto shard = data::TokenShard::open(p.data_dir, "val");
+  if (shard.vocab_size() > cfg.vocab_size)
+    fail(p.data_dir + "/val.json", "vocab_size", "the data's vocabulary (" + std::to_string(shard.vocab_size()) +
+                                                    ") is larger than the model's (" + std::to_string(cfg.vocab_size) + ")",
+         "pass the data the model was trained on");
   const data::EvalWindows windows(shard, p.seq_len, 0);
   const int64_t distinct = windows.size() / p.batch;
   if (distinct < 1)
