@@ -379,7 +379,7 @@ void ep_model_plot(const json& r, const std::string& png) {
   spec.xlabel = "expert-parallel ranks (EP)";
   spec.ylabel = "step time / EC step time";
   spec.log_x = true;
-  spec.key = "top left";
+  spec.key = "below";
   if (!plot_lines(png, spec, series)) LOG_WARN("bench dist: gnuplot not found; " << png << " not written");
 }
 
