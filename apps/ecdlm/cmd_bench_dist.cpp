@@ -1,6 +1,7 @@
 // ecdlm bench dist: data-parallel training throughput on this machine, side by side in one run:
 // 1 rank x T threads against T ranks x 1 thread (ecdlm launch), the same model and global batch;
-// plus the gradient all-reduce's bytes and exposed wait per step (from rank 0's metrics).
+// plus the gradient all-reduce's bytes and exposed wait per step (from rank 0's metrics). With
+// --bench-ec-model / --bench-tc-model: the expert-parallel scaling model (bench/dist_model.h).
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "ecdlm/bench/dist_model.h"
 #include "ecdlm/train/metrics.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
@@ -25,6 +27,8 @@ struct BenchDistArgs {
   std::string config = "configs/brown-small.json", data, out_md, work_dir;
   int64_t ranks = 2, steps = 8, reps = 3, batch = 16, seq_len = 256;  // the main job's global batch (configs/brown-small.json)
   bool json = false;
+  bench::EpModelParams ep;  // with --bench-ec-model and --bench-tc-model: the EP scaling model instead
+  std::string plot;
 };
 
 std::string quote(const std::string& s) {
@@ -114,12 +118,53 @@ int run_bench_dist(const BenchDistArgs& a) {
   return 0;
 }
 
+// The EP model (src/ecdlm/bench/dist_model.h) with the loopback link measured by a 2-rank probe.
+int run_ep_model(BenchDistArgs& a) {
+  auto& p = a.ep;
+  p.data_dir = a.data;
+  p.batch = a.batch;
+  p.seq_len = a.seq_len;
+  if (p.ec_model.empty() != p.tc_model.empty())
+    fail("", p.ec_model.empty() ? "--bench-ec-model" : "--bench-tc-model", "the EP model needs both checkpoints",
+         "pass --bench-ec-model EC_DIR --bench-tc-model TC_DIR");
+  if (p.loopback_gbps <= 0) {
+    char exe[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) fail("/proc/self/exe", "", "cannot find this binary");
+    exe[n] = '\0';
+    const auto out = (fs::temp_directory_path() / ("ecdlm-a2a-probe." + std::to_string(::getpid()) + ".json")).string();
+    std::ostringstream cmd;
+    cmd << quote(exe) << " launch --nproc-per-node 2 -- --threads 1 -q bench a2a-probe --bytes " << (4 << 20)
+        << " --out " << quote(out) << " > " << quote(out + ".log") << " 2>&1";
+    LOG_INFO("bench dist: measuring all_to_all on loopback (2 ranks, Gloo)");
+    if (std::system(cmd.str().c_str()) != 0 || !fs::exists(out)) {
+      const auto log = fs::exists(out + ".log") ? read_text_file(out + ".log") : std::string();
+      fs::remove(out + ".log");
+      fail(out + ".log", "", "the loopback all_to_all probe failed: " + log, "or pass --bench-loopback-gbps");
+    }
+    const auto j = nlohmann::json::parse(read_text_file(out));
+    fs::remove(out);
+    fs::remove(out + ".log");
+    p.loopback_gbps = j["gbps"].get<double>();
+    p.loopback_latency_us = j["latency_us"].get<double>();
+    LOG_INFO("bench dist: loopback all_to_all " << p.loopback_gbps << " Gb/s, " << p.loopback_latency_us << " us per call");
+  }
+  const auto r = bench::run_ep_model(p);
+  const auto md = bench::ep_model_markdown(r);
+  if (!a.out_md.empty()) write_file_atomic(a.out_md, md);
+  if (!a.plot.empty()) bench::ep_model_plot(r, a.plot);
+  if (a.json) std::cout << r.dump(2) << std::endl;
+  else std::cout << md;
+  return 0;
+}
+
 }  // namespace
 
 void register_bench_dist(CLI::App* bench) {
   auto a = std::make_shared<BenchDistArgs>();
   auto* s = bench->add_subcommand("dist", "Data-parallel throughput: 1 rank x N threads vs N ranks x 1 thread, "
-                                          "same global batch, plus all-reduce bytes and wait per step");
+                                          "same global batch, plus all-reduce bytes and wait per step; with "
+                                          "--bench-ec-model and --bench-tc-model, the expert-parallel scaling model instead");
   s->add_option("--config", a->config, "Run config JSON (the model)")->capture_default_str()->check(CLI::ExistingFile);
   s->add_option("--data", a->data, "Prepared data directory")->required();
   s->add_option("--bench-ranks", a->ranks, "N: ranks, and threads of the 1-rank run")->capture_default_str()->check(CLI::Range(2, 64));
@@ -130,7 +175,38 @@ void register_bench_dist(CLI::App* bench) {
   s->add_option("--work-dir", a->work_dir, "Keep the runs here (default: a temporary dir, removed)");
   s->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
   s->add_flag("--json", a->json, "Print the numbers as JSON");
-  set_runner(s, [a] { return run_bench_dist(*a); });
+  s->add_option("--bench-ec-model", a->ep.ec_model,
+                "EP scaling model (instead of the data-parallel run): the expert-choice checkpoint, e.g. runs/brown-ec/best");
+  s->add_option("--bench-tc-model", a->ep.tc_model, "EP scaling model: the token-choice (dropless) checkpoint");
+  s->add_option("--bench-ep", a->ep.ep, "EP model: expert-parallel sizes (EP > experts: replicated experts)")
+      ->delimiter(',')->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--bench-link-gbps", a->ep.link_gbps, "EP model: the assumed inter-node link, Gb/s per rank")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--bench-link-latency-us", a->ep.link_latency_us, "EP model: its cost per all_to_all call, us")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  s->add_option("--bench-loopback-gbps", a->ep.loopback_gbps,
+                "EP model: the loopback link's Gb/s (default: measured by a 2-rank all_to_all probe)")->check(CLI::PositiveNumber);
+  s->add_option("--bench-loopback-latency-us", a->ep.loopback_latency_us, "EP model: with --bench-loopback-gbps, its us per call")
+      ->check(CLI::NonNegativeNumber);
+  s->add_option("--bench-capacity-factor", a->ep.capacity_factor, "EP model: the capacity of the \"TC, capacity\" rows")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--bench-ep-batches", a->ep.batches, "EP model: routed validation batches per model (>= the largest EP)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--bench-ep-steps", a->ep.steps, "EP model: sampled steps per EP")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--bench-bytes-per-value", a->ep.bytes_per_elem, "EP model: bytes per exchanged activation (4: f32, 2: bf16)")
+      ->capture_default_str()->check(CLI::Range(1, 8));
+  s->add_option("--plot", a->plot, "EP model: also write the step-time ratios to this PNG");
+  set_runner(s, [a] { return a->ep.ec_model.empty() && a->ep.tc_model.empty() ? run_bench_dist(*a) : run_ep_model(*a); });
+  // Hidden: the loopback all_to_all probe the EP model launches on 2 ranks.
+  auto probe = std::make_shared<std::pair<int64_t, std::string>>(4 << 20, "");
+  auto* pr = bench->add_subcommand("a2a-probe", "");
+  pr->group("");
+  pr->add_option("--bytes", probe->first, "Bytes per peer")->check(CLI::PositiveNumber);
+  pr->add_option("--out", probe->second, "JSON result (rank 0)")->required();
+  set_runner(pr, [probe] {
+    bench::probe_all_to_all(probe->first, 10, probe->second);
+    return 0;
+  });
 }
 
 }  // namespace ecdlm::cli

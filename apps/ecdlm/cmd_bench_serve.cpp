@@ -15,6 +15,7 @@ void register_bench_serve(CLI::App* bench) {
   struct Args {
     serve::ServeBenchParams p;
     std::string out_md, out_json;
+    bool json = false, no_synthetic = false;
   };
   auto a = std::make_shared<Args>();
   sub->add_flag("--quick", a->p.quick, "Small run (CI smoke): 1, 2 and 4 clients, 4 requests, 32 tokens");
@@ -26,10 +27,13 @@ void register_bench_serve(CLI::App* bench) {
   sub->add_option("--steps", a->p.steps, "Denoising steps per block")->capture_default_str();
   sub->add_option("--max-batch", a->p.max_batch, "Server --max-batch")->capture_default_str();
   sub->add_option("--synth-moe-layers", a->p.synth_moe_layers, "MoE layers of the synthetic model")->capture_default_str();
+  sub->add_flag("--no-synthetic", a->no_synthetic, "Only the -m model (no synthetic LLaDA2-shaped model)");
+  sub->add_flag("--json", a->json, "Print the rows as JSON instead of the table");
   sub->add_option("--out-md", a->out_md, "Write the markdown table here");
   sub->add_option("--out-json", a->out_json, "Write the rows as JSON here");
   set_runner(sub, [a]() {
     auto p = a->p;
+    p.synthetic = !a->no_synthetic;
     if (p.quick) {
       p.clients = {1, 2, 4};
       p.requests = 4;
@@ -43,8 +47,9 @@ void register_bench_serve(CLI::App* bench) {
     const auto rows = serve::run_serve_bench(p);
     const auto md = serve::to_markdown(rows, p);
     if (!a->out_md.empty()) write_file_atomic(a->out_md, md);
-    if (!a->out_json.empty()) write_file_atomic(a->out_json, serve::to_json(rows).dump(2) + "\n");
-    std::cout << md;
+    const auto js = serve::to_json(rows).dump(2) + "\n";
+    if (!a->out_json.empty()) write_file_atomic(a->out_json, js);
+    std::cout << (a->json ? js : md);
     return 0;
   });
 }

@@ -18,6 +18,7 @@
 #include "inference_opts.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/model_dir.h"
+#include "ecdlm/text/canvas.h"
 #include "ecdlm/text/chat.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
@@ -138,27 +139,6 @@ void cut_at_stop(const std::vector<int64_t>& stops, std::vector<int32_t>& body, 
     }
 }
 
-// The generated part of one row with runs of real tokens decoded and each MASK shown as ░.
-std::string render_canvas(const text::Tokenizer& tok, const torch::Tensor& row_G, int64_t mask) {
-  std::string out;
-  std::vector<int32_t> run;
-  auto flush = [&] {
-    if (!run.empty()) out += tok.decode(run);
-    run.clear();
-  };
-  auto acc = row_G.accessor<int64_t, 1>();
-  for (int64_t j = 0; j < row_G.size(0); ++j) {
-    if (acc[j] == mask) {
-      flush();
-      out += "\u2591";
-    } else {
-      run.push_back(static_cast<int32_t>(acc[j]));
-    }
-  }
-  flush();
-  return out;
-}
-
 std::string resolve_decoder(const GenerateOptions& o, const ModelConfig& cfg) {
   if (o.decoder != "auto") return o.decoder;
   // LLaDA2 checkpoints are block-causal and decode by threshold; ecdlm's own models and
@@ -216,17 +196,9 @@ int run_generate(GenerateOptions o) {
                  "pass --tokenizer FILE, or use --decoder llada2 (prints the ids)");
   }
   if (need_tok || !o.tokenizer.empty()) tok = text::load_tokenizer(o.tokenizer.empty() ? o.model_dir : o.tokenizer);
-  if (tok && tok->vocab_size() > cfg.vocab_size)
-    throw UserError(format_error(o.model_dir, "vocab_size",
-                                 "tokenizer has " + std::to_string(tok->vocab_size()) +
-                                     " pieces but the model only " + std::to_string(cfg.vocab_size),
-                                 "use the tokenizer the model was trained with"));
-  const auto mask_found = o.mask_id >= 0 ? SpecialId{o.mask_id, "--mask-id"} : resolve_mask_id(o.model_dir, cfg, tok.get());
+  if (tok) check_tokenizer_fits(*tok, cfg, o.tokenizer.empty() ? o.model_dir : o.tokenizer);
+  const auto mask_found = require_mask_id(o.model_dir, cfg, tok.get(), o.mask_id);
   const int64_t mask = mask_found.id;
-  if (mask < 0)
-    throw UserError(format_error(o.model_dir + "/config.json", "mask_token_id", "the model has no mask token id",
-                                 "set mask_token_id (config.json or generation_config.json), pass --mask-id, or give "
-                                 "a tokenizer that has <|mask|>"));
   if (tok && cfg.mask_token_id >= 0 && tok->mask_id() != cfg.mask_token_id)
     LOG_WARN("tokenizer mask id " << tok->mask_id() << " != config mask_token_id " << cfg.mask_token_id
                                   << "; using the config's");
@@ -294,9 +266,11 @@ int run_generate(GenerateOptions o) {
       std::ostringstream os;
       if (tty) os << "\033[H\033[2J";  // redraw in place
       os << "[step " << s.step + 1 << "/" << s.total_steps << ", block " << s.block + 1 << "]\n";
-      for (int64_t r = 0; r < s.x_BL->size(0); ++r)
-        os << render_canvas(*tok, (*s.x_BL)[r].narrow(0, P, p.gen_length), mask)
-           << "\n";
+      for (int64_t r = 0; r < s.x_BL->size(0); ++r) {
+        const auto row_G = (*s.x_BL)[r].narrow(0, P, p.gen_length).contiguous();
+        const auto* ids_G = row_G.data_ptr<int64_t>();
+        os << text::render_canvas(*tok, std::vector<int64_t>(ids_G, ids_G + row_G.numel()), mask) << "\n";
+      }
       std::cerr << os.str() << std::flush;
     }
     return !g_interrupted.load();
@@ -420,7 +394,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
     if (o.canvas && tok) {
       std::vector<int64_t> row(s.x_BL->data_ptr<int64_t>() + ids.size(), s.x_BL->data_ptr<int64_t>() + s.x_BL->size(1));
       std::cerr << (::isatty(2) ? "\033[H\033[2J" : "") << "[block " << s.block << ", step " << s.step << "]\n"
-                << render_canvas(*tok, torch::tensor(row, torch::kInt64), tp.mask_id) << "\n" << std::flush;
+                << text::render_canvas(*tok, row, tp.mask_id) << "\n" << std::flush;
     }
     return !g_interrupted.load();
   };

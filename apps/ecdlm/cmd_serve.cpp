@@ -64,15 +64,8 @@ serve::Loaded load(ServeOptions& o) {
                "copy the model's tokenizer into the directory, or pass --tokenizer");
   serve::Loaded L;
   L.tok = text::load_tokenizer(tok_src);
-  if (L.tok->vocab_size() > cfg.vocab_size)
-    throw UserError(format_error(tok_src, "vocab_size",
-                                 "tokenizer has " + std::to_string(L.tok->vocab_size()) + " pieces but the model only " +
-                                     std::to_string(cfg.vocab_size),
-                                 "use the tokenizer the model was trained with"));
-  const auto mask = o.mask_id >= 0 ? SpecialId{o.mask_id, "--mask-id"} : resolve_mask_id(o.model_dir, cfg, L.tok.get());
-  if (mask.id < 0)
-    throw UserError(format_error(o.model_dir + "/config.json", "mask_token_id", "the model has no mask token id",
-                                 "set mask_token_id, pass --mask-id, or give a tokenizer that has <|mask|>"));
+  check_tokenizer_fits(*L.tok, cfg, tok_src);
+  const auto mask = require_mask_id(o.model_dir, cfg, L.tok.get(), o.mask_id);
   auto& d = L.defaults;
   d.model_id = o.model_id.empty() ? std::filesystem::path(o.model_dir).lexically_normal().filename().string() : o.model_id;
   if (d.model_id.empty()) d.model_id = std::filesystem::path(o.model_dir).lexically_normal().parent_path().filename().string();

@@ -195,6 +195,41 @@ async function api() {
   }
   check(cancelled === cancelledBefore + 1 && running === 0 && kv === 0,
         `disconnect: cancelled ${cancelledBefore} -> ${cancelled}, running rows ${running}, kv bytes ${kv}`);
+  // The same for a non-streamed request: the handler watches its socket while it waits.
+  const cancelledBefore2 = cancelled;
+  const ac2 = new AbortController();
+  const pending = client.completions.create(
+    { model, prompt: "hello", max_tokens: 2000, ecdlm: { threshold: 1.0, ignore_eos: true } }, { signal: ac2.signal })
+    .then(() => "finished", () => "aborted");
+  for (let i = 0; i < 200 && (await metric("ecdlm_running_rows")) < 1; ++i) await sleep(20);
+  ac2.abort();
+  check((await pending) === "aborted", "non-streamed disconnect: the request was still running when aborted");
+  running = 1, kv = 1;
+  for (let i = 0; i < 100 && !(cancelled > cancelledBefore2 && running === 0 && kv === 0); ++i) {
+    await sleep(100);
+    cancelled = await metric("ecdlm_rows_cancelled_total");
+    running = await metric("ecdlm_running_rows");
+    kv = await metric("ecdlm_kv_cache_bytes");
+  }
+  check(cancelled === cancelledBefore2 + 1 && running === 0 && kv === 0,
+        `non-streamed disconnect: cancelled ${cancelledBefore2} -> ${cancelled}, running rows ${running}, kv bytes ${kv}`);
+  // A request with its own MoE routing runs beside the running batch (a batcher of its own kind,
+  // stepped in the same rounds) instead of waiting for that batch to drain.
+  let longDone = false;
+  const ac3 = new AbortController();
+  const longReq = client.completions.create(
+    { model, prompt: "hello", max_tokens: 2000, ecdlm: { threshold: 1.0, ignore_eos: true } }, { signal: ac3.signal })
+    .then(() => { longDone = true; }, () => {});
+  for (let i = 0; i < 200 && (await metric("ecdlm_running_rows")) < 1; ++i) await sleep(20);
+  const other = await client.completions.create(
+    { model, prompt: "The", max_tokens: 8, ecdlm: { moe_routing: "token", ignore_eos: true } });
+  check(!longDone && other.choices[0].finish_reason === "length" && other.usage.completion_tokens === 8,
+        `a request of another kind finished while the batch ran (long one done: ${longDone})`);
+  ac3.abort();
+  await longReq;
+  running = 1;
+  for (let i = 0; i < 100 && running !== 0; ++i) { await sleep(100); running = await metric("ecdlm_running_rows"); }
+  check(running === 0 && (await metric("ecdlm_running_kinds")) === 0, "kinds: every row and batcher gone");
   const m = await raw("/metrics");
   check(/ecdlm_requests_total\{status="400"\} \d+/.test(m.text) && /ecdlm_step_seconds_count \d+/.test(m.text) &&
         /ecdlm_unique_experts_per_block_sum/.test(m.text), "metrics text");

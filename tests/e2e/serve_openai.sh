@@ -2,8 +2,8 @@
 # `ecdlm serve` end to end with the official OpenAI Node client (tests/e2e/serve_client.cjs) on the golden
 # tiny-dmoe LLaDA2 checkpoint (copied) with the fixture LLaDA2 tokenizer: chat and completions, streamed or
 # not, n > 1, stop, usage, errors as the client's types, the same text as `ecdlm generate`, every bad input,
-# 32 concurrent clients (metrics show a batch of several rows), a disconnect mid-stream (row cancelled, KV
-# freed), 429 + Retry-After on a full queue, 401 with --api-key, SIGTERM during a request (exit 0).
+# 32 concurrent clients (metrics show a batch of several rows), a disconnect mid-stream or mid-request (row
+# cancelled, KV freed), 429 + Retry-After on a full queue, 401 with --api-key, SIGTERM during a request (exit 0).
 # Usage: bash serve_openai.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
 ECDLM="$1"; ROOT="$2"
@@ -57,6 +57,8 @@ grep -q "serve: defaults: decoder llada2, max_tokens 128, block 32, steps 32, th
   || fail "the decoding defaults are not logged"
 node "$CLIENT" api "http://127.0.0.1:$PORT" tiny-llada2 "$TMP" || { tail -20 "$TMP/main.err"; fail "api checks"; }
 grep -q "cancelled (client gone)" "$TMP/main.err" || fail "the log does not show the cancelled row"
+grep -q "the client of a non-streamed request closed its connection" "$TMP/main.err" \
+  || fail "the log does not show the non-streamed disconnect"
 stop_server main
 
 # A full queue (one row running, one waiting) answers 429; --api-key guards /v1.

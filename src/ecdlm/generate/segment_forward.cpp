@@ -1,6 +1,7 @@
 #include "ecdlm/generate/segment_forward.h"
 
 #include <cmath>
+#include <map>
 #include <stdexcept>
 #include <string>
 
@@ -116,17 +117,20 @@ SegmentForwardResult forward_segments(MoeDlm& model, const std::vector<Segment>&
     margs.capacity_B = model->capacity_for(r_B, L0);
   }
   std::vector<int64_t> layers_with_plan(S, 0);
-  // Unique experts of segment s in the plan of the MoE call that covered it (B sequences of Lp).
-  auto add_stats = [&](const moe::MoeBlockImpl& blk, size_t s, int64_t B, int64_t Lp, int64_t row_in_call,
-                       int64_t seq) {
-    const auto& plan = blk.last_plan();
-    if (segs[s].stats_n == 0 || (!plan.idx_TK.defined() && !plan.token_EN.defined())) return;
-    const int64_t L = segs[s].ids_L.size(0);
-    const double u = moe::unique_experts_B(plan, B, Lp, row_in_call + L - segs[s].stats_n, segs[s].stats_n)[seq]
-                         .item<double>();
+  auto has_plan = [](const moe::MoeBlockImpl& blk) {
+    return blk.last_plan().idx_TK.defined() || blk.last_plan().token_EN.defined();
+  };
+  auto add_unique = [&](const moe::MoeBlockImpl& blk, size_t s, double u) {
     r.unique_experts[s] += u;
     r.expert_bytes[s] += u * static_cast<double>(blk.experts->bytes_per_expert());
     ++layers_with_plan[s];
+  };
+  // Unique experts of segment s in the plan of the one-sequence MoE call that covered it (Lp rows).
+  auto add_stats = [&](const moe::MoeBlockImpl& blk, size_t s, int64_t Lp, int64_t row_in_call) {
+    if (segs[s].stats_n == 0 || !has_plan(blk)) return;
+    const int64_t L = segs[s].ids_L.size(0);
+    add_unique(blk, s, moe::unique_experts_B(blk.last_plan(), 1, Lp, row_in_call + L - segs[s].stats_n, segs[s].stats_n)[0]
+                           .item<double>());
   };
   size_t li = 0;
   for (auto& m : model->model->layers->children()) {
@@ -139,18 +143,31 @@ SegmentForwardResult forward_segments(MoeDlm& model, const std::vector<Segment>&
     } else if (ec) {
       const auto B = static_cast<int64_t>(S);
       x = h + layer->moe_mlp(n.view({B, L0, n.size(2)}), margs).view({1, N, n.size(2)});
-      for (size_t s = 0; s < S; ++s) add_stats(*layer->moe_mlp, s, B, L0, 0, static_cast<int64_t>(s));
+      // One pass over the plan per distinct stats_n (all sequences at once), not one per segment.
+      if (has_plan(*layer->moe_mlp)) {
+        std::map<int64_t, std::vector<double>> u_by_n;
+        for (size_t s = 0; s < S; ++s) {
+          const int64_t sn = segs[s].stats_n;
+          if (sn == 0) continue;
+          auto& u = u_by_n[sn];
+          if (u.empty()) {
+            const auto u_B = moe::unique_experts_B(layer->moe_mlp->last_plan(), B, L0, L0 - sn, sn).contiguous();
+            u.assign(u_B.data_ptr<double>(), u_B.data_ptr<double>() + B);
+          }
+          add_unique(*layer->moe_mlp, s, u[s]);
+        }
+      }
     } else if (moe_per_segment) {
       std::vector<torch::Tensor> ys;
       for (size_t s = 0; s < S; ++s) {
         const int64_t L = segs[s].ids_L.size(0);
         ys.push_back(layer->moe_mlp(n.narrow(1, r.offset[s], L), margs));
-        add_stats(*layer->moe_mlp, s, 1, L, 0, 0);
+        add_stats(*layer->moe_mlp, s, L, 0);
       }
       x = h + torch::cat(ys, 1);
     } else {
       x = h + layer->moe_mlp(n, margs);
-      for (size_t s = 0; s < S; ++s) add_stats(*layer->moe_mlp, s, 1, N, r.offset[s], 0);
+      for (size_t s = 0; s < S; ++s) add_stats(*layer->moe_mlp, s, N, r.offset[s]);
     }
     ++li;
   }

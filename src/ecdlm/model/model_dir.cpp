@@ -91,6 +91,23 @@ SpecialId resolve_mask_id(const std::string& dir, const ModelConfig& cfg, const 
   return {};
 }
 
+SpecialId require_mask_id(const std::string& dir, const ModelConfig& cfg, const text::Tokenizer* tok,
+                          int64_t override_id) {
+  if (override_id >= 0) return {override_id, "--mask-id"};
+  auto m = resolve_mask_id(dir, cfg, tok);
+  if (m.id < 0)
+    fail((fs::path(dir) / "config.json").string(), "mask_token_id", "the model has no mask token id",
+         "set mask_token_id (config.json or generation_config.json), pass --mask-id, or give a tokenizer that has <|mask|>");
+  return m;
+}
+
+void check_tokenizer_fits(const text::Tokenizer& tok, const ModelConfig& cfg, const std::string& source) {
+  if (tok.vocab_size() > cfg.vocab_size)
+    fail(source, "vocab_size",
+         "tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but the model only " + std::to_string(cfg.vocab_size),
+         "use the tokenizer the model was trained with");
+}
+
 SpecialId resolve_eos_id(const std::string& dir, const ModelConfig& cfg) {
   if (cfg.eos_token_id < 0) return {};
   const auto path = fs::is_directory(dir) ? (fs::path(dir) / "config.json").string() : dir;

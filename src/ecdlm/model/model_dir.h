@@ -39,6 +39,15 @@ struct SpecialId {
 // directory's tokenizer when null). UserError naming the file and key for an id outside the vocabulary.
 SpecialId resolve_mask_id(const std::string& dir, const ModelConfig& cfg, const text::Tokenizer* tok = nullptr);
 
+// resolve_mask_id, or `override_id` (a --mask-id flag) when >= 0; no id at all -> UserError naming
+// config.json's mask_token_id and the ways to give one.
+SpecialId require_mask_id(const std::string& dir, const ModelConfig& cfg, const text::Tokenizer* tok,
+                          int64_t override_id = -1);
+
+// UserError naming `source` (the tokenizer's file or directory) when the tokenizer has more
+// pieces than the model's vocabulary.
+void check_tokenizer_fits(const text::Tokenizer& tok, const ModelConfig& cfg, const std::string& source);
+
 // The EOS id both decoders stop at by default: config.json eos_token_id, else (LLaDA2) its
 // pad_token_id; -1 with an empty source when the config has neither.
 SpecialId resolve_eos_id(const std::string& dir, const ModelConfig& cfg);

@@ -16,6 +16,7 @@
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/profile.h"
 
 namespace ecdlm::serve {
 namespace {
@@ -128,6 +129,7 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
       const double steps0 = metric(port, "ecdlm_steps_total"), rows0 = metric(port, "ecdlm_batch_rows_sum");
       const double sec0 = metric(port, "ecdlm_step_seconds_sum");
       const double u0 = metric(port, "ecdlm_unique_experts_per_block_sum"), n0 = metric(port, "ecdlm_unique_experts_per_block_count");
+      prof::reset();  // where the level's steps spend their time
       std::vector<Sample> samples(static_cast<size_t>(p.requests));
       std::atomic<int64_t> next{0};
       std::string error;
@@ -167,6 +169,7 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
       const double steps = metric(port, "ecdlm_steps_total") - steps0;
       r.batch_rows_mean = steps > 0 ? (metric(port, "ecdlm_batch_rows_sum") - rows0) / steps : 0;
       r.step_ms = steps > 0 ? 1000.0 * (metric(port, "ecdlm_step_seconds_sum") - sec0) / steps : 0;
+      for (double ms : prof::totals_ms()) r.part_ms.push_back(steps > 0 ? ms / steps : 0);
       const double un = metric(port, "ecdlm_unique_experts_per_block_count") - n0;
       r.unique_experts_per_block = un > 0 ? (metric(port, "ecdlm_unique_experts_per_block_sum") - u0) / un : 0;
       LOG_INFO("bench serve: " << name << " " << routing << " " << c << " clients: " << r.tokens << " tokens in "
@@ -185,7 +188,10 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
   if (p.clients.empty() || p.clients.front() != 1)
     fail("", "--clients", "the list must start at 1 (the one-after-another baseline)", "e.g. 1,2,4,8,16");
   if (p.requests < 1) fail("", "--requests", "must be >= 1", "e.g. 16");
+  if (!p.synthetic && p.model_dir.empty())
+    fail("", "--no-synthetic", "nothing to benchmark: no synthetic model and no -m", "pass -m MODEL_DIR");
   std::vector<ServeBenchRow> rows;
+  prof::set_enabled(true);
   auto defaults = [&](int64_t mask) {
     ApiDefaults d;
     d.model_id = "bench";
@@ -197,7 +203,7 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     d.max_n = 1;
     return d;
   };
-  {
+  if (p.synthetic) {
     const auto cfg = bench::synthetic_llada2_config(p.synth_moe_layers, p.synth_vocab);
     Loaded L;
     L.model = bench::make_synthetic_model(cfg, p.seed);
@@ -210,8 +216,8 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     const auto cfg = ModelConfig::load(p.model_dir);
     Loaded L;
     L.tok = text::load_tokenizer(p.model_dir);
-    const auto mask = resolve_mask_id(p.model_dir, cfg, L.tok.get());
-    if (mask.id < 0) fail(p.model_dir + "/config.json", "mask_token_id", "the model has no mask token id", "");
+    check_tokenizer_fits(*L.tok, cfg, p.model_dir);
+    const auto mask = require_mask_id(p.model_dir, cfg, L.tok.get());
     L.model = load_model(p.model_dir);
     L.defaults = defaults(mask.id);
     auto q = p;
@@ -229,6 +235,9 @@ json to_json(const std::vector<ServeBenchRow>& rows) {
                    {"ttfb_p50_ms", r.ttfb_p50_ms}, {"latency_p50_ms", r.latency_p50_ms},
                    {"latency_p99_ms", r.latency_p99_ms}, {"batch_rows_mean", r.batch_rows_mean}, {"step_ms", r.step_ms},
                    {"unique_experts_per_block", r.unique_experts_per_block}});
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (int k = 0; k < prof::kParts && k < static_cast<int>(rows[i].part_ms.size()); ++k)
+      out[i]["step_split_ms"][prof::part_name(static_cast<prof::Part>(k))] = rows[i].part_ms[static_cast<size_t>(k)];
   return out;
 }
 
@@ -247,6 +256,27 @@ std::string to_markdown(const std::vector<ServeBenchRow>& rows, const ServeBench
                   r.model.c_str(), r.routing.c_str(), static_cast<long long>(r.clients), r.tokens_per_s, r.speedup,
                   r.ttfb_p50_ms, r.latency_p50_ms, r.latency_p99_ms, r.batch_rows_mean, r.step_ms,
                   r.unique_experts_per_block);
+    o << buf;
+  }
+  // Where a step's time goes (model forward parts; "rest": sampling, cache upkeep, batching).
+  o << "\nPer step (ms): ";
+  for (int k = 0; k < prof::kParts; ++k) o << (k ? ", " : "") << prof::part_name(static_cast<prof::Part>(k));
+  o << ", rest.\n\n| model | routing | clients | rows per step | ms per step |";
+  for (int k = 0; k < prof::kParts; ++k) o << " " << prof::part_name(static_cast<prof::Part>(k)) << " |";
+  o << " rest |\n|---|---|---:|---:|---:|";
+  for (int k = 0; k <= prof::kParts; ++k) o << "---:|";
+  o << "\n";
+  for (const auto& r : rows) {
+    std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %.2f | %.0f |", r.model.c_str(), r.routing.c_str(),
+                  static_cast<long long>(r.clients), r.batch_rows_mean, r.step_ms);
+    o << buf;
+    double sum = 0;
+    for (double ms : r.part_ms) {
+      std::snprintf(buf, sizeof buf, " %.1f |", ms);
+      o << buf;
+      sum += ms;
+    }
+    std::snprintf(buf, sizeof buf, " %.1f |\n", std::max(0.0, r.step_ms - sum));
     o << buf;
   }
   return o.str();

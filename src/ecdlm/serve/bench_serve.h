@@ -14,6 +14,7 @@ namespace ecdlm::serve {
 struct ServeBenchParams {
   bool quick = false;
   std::string model_dir;                     // a model directory with a tokenizer ("" = synthetic only)
+  bool synthetic = true;                     // also (first) the synthetic model
   std::vector<int64_t> clients = {1, 2, 4, 8, 16};
   std::vector<std::string> routings = {"token", "block"};
   int64_t requests = 16;                     // per level (each client takes requests / clients)
@@ -29,6 +30,7 @@ struct ServeBenchRow {
   double seconds = 0, tokens_per_s = 0, speedup = 0;  // speedup: tokens/s over 1 client
   double ttfb_p50_ms = 0, latency_p50_ms = 0, latency_p99_ms = 0;
   double batch_rows_mean = 0, step_ms = 0, unique_experts_per_block = 0;  // step_ms: mean batched step
+  std::vector<double> part_ms;  // per step: prof::Part order (attention, router, experts, shared, dense, head)
 };
 
 std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "ecdlm/text/canvas.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
 
@@ -23,25 +24,6 @@ void set_max(std::atomic<int64_t>& a, int64_t v) {
 }
 
 }  // namespace
-
-std::string render_canvas(const text::Tokenizer& tok, const std::vector<int64_t>& ids, int64_t mask) {
-  std::string out;
-  std::vector<int32_t> run;
-  auto flush = [&] {
-    if (!run.empty()) out += tok.decode(run);
-    run.clear();
-  };
-  for (auto id : ids) {
-    if (id == mask) {
-      flush();
-      out += "\u2591";
-    } else {
-      run.push_back(static_cast<int32_t>(id));
-    }
-  }
-  flush();
-  return out;
-}
 
 Scheduler::Scheduler(MoeDlm& model, const text::Tokenizer& tok, const SchedulerParams& sp)
     : model_(model), tok_(tok), sp_(sp) {
@@ -93,16 +75,23 @@ void Scheduler::admit_locked() {
       continue;
     }
     const auto n = static_cast<int64_t>(job->params.size());
-    const bool fresh = !batcher_ || batcher_->rows() == 0;
-    if (!fresh && (batcher_->rows() + n > sp_.max_batch || !batcher_->compatible(job->params[0]))) break;
-    if (fresh && (!batcher_ || !batcher_->compatible(job->params[0])))
-      batcher_ = std::make_unique<gen::ContinuousBatcher>(model_, job->batch);
+    if (static_cast<int64_t>(rows_.size()) + n > sp_.max_batch && !rows_.empty()) break;
+    gen::ContinuousBatcher* b = nullptr;
+    for (auto& k : batchers_)
+      if (k->compatible(job->params[0])) b = k.get();
+    if (!b) {
+      batchers_.push_back(std::make_unique<gen::ContinuousBatcher>(model_, job->batch));
+      b = batchers_.back().get();
+      if (batchers_.size() > 1)
+        LOG_INFO("serve: a request with block length " << job->batch.block_length
+                 << " and its own routing runs beside the others (" << batchers_.size() << " kinds this round)");
+    }
     queue_.pop_front();
     m_.queue_rows -= n;
     for (int c = 0; c < static_cast<int>(n); ++c) {
       // The handler validated the params against the model: a throw here is a bug, not input.
-      const int64_t id = batcher_->add(job->prompt, job->params[static_cast<size_t>(c)]);
-      rows_[id] = {job, c};
+      const int64_t id = b->add(job->prompt, job->params[static_cast<size_t>(c)]);
+      rows_[{b, id}] = {job, c};
       ++m_.rows_started;
     }
   }
@@ -120,8 +109,8 @@ void Scheduler::finish_choice(Job& job, int c, const std::string& reason) {
   job.updates.push_back(u);
 }
 
-void Scheduler::apply(const gen::RowEvent& ev) {
-  auto it = rows_.find(ev.id);
+void Scheduler::apply(gen::ContinuousBatcher* b, const gen::RowEvent& ev) {
+  auto it = rows_.find({b, ev.id});
   if (it == rows_.end()) return;
   auto job = it->second.first;
   const int c = it->second.second;
@@ -153,7 +142,7 @@ void Scheduler::apply(const gen::RowEvent& ev) {
     u.choice = c;
     u.block = ev.block;
     u.step = ch.forwards;
-    u.text = render_canvas(tok_, ev.canvas, p.mask_id >= 0 ? p.mask_id : model_->config().mask_token_id);
+    u.text = text::render_canvas(tok_, ev.canvas, p.mask_id >= 0 ? p.mask_id : model_->config().mask_token_id);
     job->updates.push_back(std::move(u));
   }
   // Only a block that became final, or the row's end, needs the stop ids.
@@ -202,7 +191,7 @@ void Scheduler::apply(const gen::RowEvent& ev) {
       ch.sent = ready;
     }
     if (stop_string) {
-      batcher_->cancel(ev.id);  // leaves at the next step
+      b->cancel(ev.id);  // leaves at the next step
       finish_choice(*job, c, "stop");
     }
   }
@@ -222,7 +211,7 @@ void Scheduler::loop() {
       std::unique_lock<std::mutex> lk(mu_);
       cv_.wait(lk, [&] { return exit_ || !queue_.empty() || !rows_.empty(); });
       if (cancel_all_) {
-        for (auto& [id, jc] : rows_) batcher_->cancel(id);
+        for (auto& [key, jc] : rows_) key.first->cancel(key.second);
         for (auto& job : queue_) {
           m_.queue_rows -= static_cast<int64_t>(job->params.size());
           std::lock_guard<std::mutex> jl(job->mu);
@@ -232,48 +221,64 @@ void Scheduler::loop() {
         queue_.clear();
       }
       if (exit_ && rows_.empty()) break;
-      for (auto& [id, jc] : rows_)
-        if (jc.first->client_gone.load()) batcher_->cancel(id);
+      for (auto& [key, jc] : rows_)
+        if (jc.first->client_gone.load()) key.first->cancel(key.second);
       if (!cancel_all_) admit_locked();
       if (rows_.empty()) {
+        batchers_.clear();
+        m_.running_kinds = 0;
         cv_.notify_all();
         continue;
       }
     }
-    gen::StepStats st;
-    std::vector<gen::RowEvent> events;
-    try {
-      events = batcher_->step(&st);
-    } catch (const std::exception& e) {
-      // A failed forward (out of memory, a bug): fail every running request, keep serving.
-      LOG_WARN("serve: step failed: " << e.what());
-      std::lock_guard<std::mutex> lk(mu_);
-      for (auto& [id, jc] : rows_) {
-        std::lock_guard<std::mutex> jl(jc.first->mu);
-        jc.first->failed = true;
-        jc.first->cv.notify_all();
+    // One step of every kind (the scheduler thread alone touches the batchers).
+    for (size_t k = 0; k < batchers_.size(); ++k) {
+      auto* b = batchers_[k].get();
+      gen::StepStats st;
+      std::vector<gen::RowEvent> events;
+      try {
+        events = b->step(&st);
+      } catch (const std::exception& e) {
+        // A failed forward (out of memory, a bug): fail this kind's requests, keep serving.
+        LOG_WARN("serve: step failed: " << e.what());
+        std::lock_guard<std::mutex> lk(mu_);
+        for (auto it = rows_.begin(); it != rows_.end();) {
+          if (it->first.first != b) {
+            ++it;
+            continue;
+          }
+          std::lock_guard<std::mutex> jl(it->second.first->mu);
+          it->second.first->failed = true;
+          it->second.first->cv.notify_all();
+          it = rows_.erase(it);
+        }
+        batchers_[k] = std::make_unique<gen::ContinuousBatcher>(model_, b->params());  // drops the failed rows
+        cv_.notify_all();
+        continue;
       }
-      rows_.clear();
-      batcher_.reset();
-      m_.running_rows = 0;
-      cv_.notify_all();
-      continue;
+      std::lock_guard<std::mutex> lk(mu_);
+      for (const auto& ev : events) apply(b, ev);
+      if (st.rows > 0) {
+        ++m_.steps;
+        m_.forwards += st.forwards;
+        m_.forward_us += static_cast<int64_t>(st.ms * 1000.0);
+        m_.batch_rows_sum += st.rows;
+        set_max(m_.batch_rows_max, st.rows);
+        const auto u = static_cast<int64_t>(st.unique_experts_per_block * 1000.0);
+        m_.unique_milli_sum += u;
+        m_.unique_milli_last = u;
+        ++m_.unique_n;
+      }
     }
     std::lock_guard<std::mutex> lk(mu_);
-    for (const auto& ev : events) apply(ev);
-    if (st.rows > 0) {
-      ++m_.steps;
-      m_.forwards += st.forwards;
-      m_.forward_us += static_cast<int64_t>(st.ms * 1000.0);
-      m_.batch_rows_sum += st.rows;
-      set_max(m_.batch_rows_max, st.rows);
-      const auto u = static_cast<int64_t>(st.unique_experts_per_block * 1000.0);
-      m_.unique_milli_sum += u;
-      m_.unique_milli_last = u;
-      ++m_.unique_n;
-    }
-    m_.running_rows = batcher_ ? batcher_->rows() : 0;
-    m_.kv_bytes = batcher_ ? batcher_->kv_bytes() : 0;
+    // Kinds without rows go (a later request of that kind starts a fresh one).
+    batchers_.erase(std::remove_if(batchers_.begin(), batchers_.end(), [](const auto& b) { return b->rows() == 0; }),
+                    batchers_.end());
+    int64_t running = 0, kv = 0;
+    for (const auto& b : batchers_) running += b->rows(), kv += b->kv_bytes();
+    m_.running_rows = running;
+    m_.kv_bytes = kv;
+    m_.running_kinds = static_cast<int64_t>(batchers_.size());
     cv_.notify_all();
   }
 }

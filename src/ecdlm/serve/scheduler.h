@@ -4,6 +4,10 @@
 // jobs, first come first served), runs one step, turns the rows' events into text deltas per
 // choice (stop strings cut here), and wakes the handlers. Finished rows leave at once; a job whose
 // client went away has its rows cancelled at the next step (their KV caches freed).
+// A batcher's forward has one block length and one MoE routing: requests that override them
+// (ecdlm.block_length, ecdlm.moe_routing) get a batcher of their own kind, and every round steps
+// each kind once, so they run beside the others instead of waiting for the batch to drain;
+// --max-batch bounds the rows of all kinds together.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -74,6 +78,7 @@ struct Metrics {
   std::atomic<int64_t> queue_rows{0}, running_rows{0}, generated_tokens{0}, forwards{0}, steps{0};
   std::atomic<int64_t> batch_rows_sum{0}, batch_rows_max{0}, rows_started{0}, rows_finished{0}, rows_cancelled{0};
   std::atomic<int64_t> kv_bytes{0}, forward_us{0};
+  std::atomic<int64_t> running_kinds{0};  // batchers held: kinds of (block length, routing) running side by side
   // Unique experts per layer per block, x1000 (integers: atomics without compare-exchange loops).
   std::atomic<int64_t> unique_milli_sum{0}, unique_milli_last{0}, unique_n{0};
 };
@@ -94,23 +99,21 @@ class Scheduler {
  private:
   void loop();
   void admit_locked();
-  void apply(const gen::RowEvent& ev);
+  void apply(gen::ContinuousBatcher* b, const gen::RowEvent& ev);
   void finish_choice(Job& job, int c, const std::string& reason);
 
   MoeDlm& model_;
   const text::Tokenizer& tok_;
   SchedulerParams sp_;
   Metrics m_;
-  std::unique_ptr<gen::ContinuousBatcher> batcher_;
+  std::vector<std::unique_ptr<gen::ContinuousBatcher>> batchers_;  // one per kind (block length, routing)
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
-  std::map<int64_t, std::pair<std::shared_ptr<Job>, int>> rows_;  // batcher row id -> job, choice
+  // (batcher, its row id) -> job, choice
+  std::map<std::pair<gen::ContinuousBatcher*, int64_t>, std::pair<std::shared_ptr<Job>, int>> rows_;
   bool stopping_ = false, cancel_all_ = false, exit_ = false;
   std::thread thread_;
 };
-
-// The generated part of a block with runs of tokens decoded and each mask shown as U+2591.
-std::string render_canvas(const text::Tokenizer& tok, const std::vector<int64_t>& ids, int64_t mask);
 
 }  // namespace ecdlm::serve

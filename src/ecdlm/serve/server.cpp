@@ -1,10 +1,15 @@
 #include "ecdlm/serve/server.h"
 
+#include <dirent.h>
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -45,6 +50,8 @@ std::string metrics_text(const Metrics& m, StatusCounts& sc, const SchedulerPara
   metric("ecdlm_queue_limit", "gauge", "--max-queue", sp.max_queue);
   metric("ecdlm_running_rows", "gauge", "rows in the running batch", m.running_rows.load());
   metric("ecdlm_batch_limit", "gauge", "--max-batch", sp.max_batch);
+  metric("ecdlm_running_kinds", "gauge", "batches of different block length / routing stepped side by side",
+         m.running_kinds.load());
   metric("ecdlm_batch_rows_max", "gauge", "most rows one step has served", m.batch_rows_max.load());
   metric("ecdlm_batch_rows_sum", "counter", "rows summed over steps (divide by ecdlm_steps_total for the mean)",
          m.batch_rows_sum.load());
@@ -116,6 +123,47 @@ void stream_job(httplib::Response& res, const std::shared_ptr<Job>& job, const R
       });
 }
 
+// "address:port" of a socket's local or peer end, as cpp-httplib writes it into a Request.
+std::pair<std::string, int> sock_end(int fd, bool peer) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof(a);
+  if ((peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) : getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len)) != 0)
+    return {"", -1};
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<sockaddr*>(&a), len, host, sizeof(host), port, sizeof(port),
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return {"", -1};
+  return {host, std::atoi(port)};
+}
+
+// cpp-httplib 0.11 gives a blocking handler no handle on its connection (later versions have
+// Request::is_connection_closed): find the socket by its address pair, which is unique while the
+// handler runs. -1 if not found (then a disconnect is not noticed, as before).
+int connection_fd(const httplib::Request& req) {
+  DIR* d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int found = -1;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const int fd = std::atoi(e->d_name);
+    if (fd == dirfd(d)) continue;
+    if (sock_end(fd, true) == std::make_pair(req.remote_addr, req.remote_port) &&
+        sock_end(fd, false) == std::make_pair(req.local_addr, req.local_port)) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// The peer closed (or reset) the connection. HTTP clients do not half-close while they wait
+// for an answer, so end-of-stream from the peer means it went away.
+bool peer_closed(int fd) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 sigset_t stop_signals() {
   sigset_t s;
   sigemptyset(&s);
@@ -159,8 +207,16 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       break;
   }
   if (info.stream) return stream_job(res, job, info, L->defaults);
+  // Not streamed: nothing is written until the end, so watch the socket for the client leaving.
+  const int fd = connection_fd(req);
   std::unique_lock<std::mutex> lk(job->mu);
-  job->cv.wait(lk, [&] { return job->done(); });
+  while (!job->cv.wait_for(lk, std::chrono::milliseconds(100), [&] { return job->done(); })) {
+    if (fd >= 0 && peer_closed(fd)) {
+      job->client_gone = true;  // the scheduler cancels its rows at the next step
+      LOG_INFO("serve: the client of a non-streamed request closed its connection");
+      return send_error(res, 499, "the client closed the connection", "", "client_closed");
+    }
+  }
   if (job->failed) return send_error(res, 503, "the server shut down before the request finished", "", "server_error");
   res.set_content(response_json(*job, info, L->defaults).dump(-1, ' ', false, json::error_handler_t::replace),
                   "application/json");

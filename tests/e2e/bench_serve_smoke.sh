@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `ecdlm bench serve` smoke on the golden tiny-dmoe LLaDA2 checkpoint (copied) with the fixture tokenizer:
+# 1 and 2 concurrent streaming clients, the markdown table on stdout, --out-json / --json that parse with
+# the fields the README table needs, and its bad-flag errors. Seconds, not a measurement.
+# Usage: bash bench_serve_smoke.sh <path-to-ecdlm-binary> <repo-root>
+set -euo pipefail
+ECDLM="$1"; ROOT="$2"
+G="$ROOT/../shared/golden/tiny-dmoe"
+[ -f "$G/model.safetensors" ] || { echo "SKIP: golden fixtures missing ($G)"; exit 0; }
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+source "$ROOT/tests/e2e/lib.bash"
+M="$TMP/tiny-llada2"
+mkdir "$M"
+cp "$G/config.json" "$G/model.safetensors" "$M/"
+python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
+
+ARGS=(bench serve -m "$M" --no-synthetic --clients 1,2 --requests 2 --max-tokens 32)
+"$ECDLM" -q --threads 1 "${ARGS[@]}" --out-json "$TMP/rows.json" > "$TMP/table.md"
+grep -q "^| model | routing | clients | tokens/s | speed-up |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "no table header"; }
+[ "$(grep -c "^| $M | token | [12] | [0-9.]* | [0-9.]*x |" "$TMP/table.md")" = 2 ] || { cat "$TMP/table.md"; fail "want a row for 1 and 2 clients"; }
+# Where a step's time goes: the forward's parts per step, one row per level.
+grep -q "^| model | routing | clients | rows per step | ms per step | attention | router | experts |" "$TMP/table.md" \
+  || { cat "$TMP/table.md"; fail "no step split table"; }
+grep -q "^| $M | token | 1 | [0-9.]* | 1.00x |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "the 1-client row is not the 1.00x baseline"; }
+check_json() {
+  python3 - "$1" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+assert [r["clients"] for r in rows] == [1, 2], rows
+for r in rows:
+    # 2 requests of 32 tokens each (EOS ignored), all served.
+    assert r["routing"] == "token" and r["requests"] == 2 and r["tokens"] == 64, r
+    assert r["tokens_per_s"] > 0 and r["seconds"] > 0 and r["latency_p50_ms"] > 0 and r["step_ms"] > 0, r
+    assert 0 < r["ttfb_p50_ms"] <= r["latency_p99_ms"], r
+    assert r["batch_rows_mean"] >= 1.0, r
+    split = r["step_split_ms"]
+    assert set(split) == {"attention", "router", "experts", "shared", "dense", "head"}, split
+    assert split["experts"] > 0 and split["attention"] > 0, split
+assert abs(rows[0]["speedup"] - 1.0) < 1e-9, rows[0]
+PY
+}
+check_json "$TMP/rows.json" || fail "--out-json rows"
+"$ECDLM" -q --threads 1 "${ARGS[@]}" --json > "$TMP/stdout.json"
+check_json "$TMP/stdout.json" || fail "--json rows"
+
+expect_fail "--no-synthetic" "$ECDLM" -q bench serve --no-synthetic
+expect_fail "--clients" "$ECDLM" -q bench serve -m "$M" --no-synthetic --clients 2,4
+echo "bench_serve_smoke: OK"
