@@ -9,23 +9,28 @@
 //           adds Σ_g m[n,g] · d_x[m,g] · Σ q_x over the group, a K/G-long dot product per output.
 //   avx2    AVX2 maddubs (u8 x s8 -> s16 pairs): q8 with llama.cpp's sign trick (|w| x sign(x, w),
 //           no s16 saturation), q4 as vnni. 1 weight row x 4 token rows. The fallback.
+//   bf16    AVX512-BF16: 32 weight rows dequantized to bf16 into an L2 tile, then the bf16 small-M
+//           kernel's vdpbf16ps 4 x 4 tiles over all token rows (x exact, bf16). Half the
+//           instructions per weight and token of the int8 tiles: the path for several token rows.
 //   torch   dequantize 64-row tiles to bf16 and multiply with torch's GEMM: the reference-grade
 //           path (x exact), and the many-row (prefill) path whatever the choice.
 // AMX-INT8 is not written: no CPU here has it to test on.
-// `auto` picks vnni, else avx2, else torch; kernels run for M <= quant_max_rows(), more rows take torch.
+// `auto` picks vnni, else avx2, else torch, up to quant_max_rows() token rows (more rows take
+// torch); for bf16 x on AVX512-BF16 CPUs it takes bf16 from 8 token rows on (deq_applies).
 #pragma once
 #include <torch/torch.h>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ecdlm/io/quant_format.h"
 
 namespace ecdlm::kernels {
 
-enum class QuantKernel { kAuto, kVnni, kAvx2, kTorch };
+enum class QuantKernel { kAuto, kVnni, kAvx2, kTorch, kBf16 };
 
-// --quant-kernel NAME (auto | vnni | avx2 | torch). A forced path this CPU lacks is a UserError.
+// --quant-kernel NAME (auto | vnni | avx2 | bf16 | torch). A forced path this CPU lacks is a UserError.
 QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag);
 const char* quant_kernel_name(QuantKernel k);
 void set_quant_kernel(QuantKernel k);  // process-wide choice, default kAuto
@@ -35,6 +40,8 @@ bool cpu_has_avx512_vnni();          // AVX512F, BW, VL and VNNI
 bool cpu_has_avx2();                 // AVX2, FMA and F16C
 // Token rows up to which the int8 kernels run (0 for torch).
 int64_t quant_max_rows();
+// Whether `auto` takes the bf16 path for x_MK: bf16, 8 to quant_max_rows() rows, AVX512-BF16.
+bool deq_applies(const torch::Tensor& x_MK);
 
 // Activations quantized per row and group of G: x ≈ d_x[m, k / G] · q_x[m, k], q_x in [-127, 127],
 // d_x = max|x| / 127 over the group (f32), round to nearest even. x_MK f32 or bf16.
@@ -52,9 +59,22 @@ torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, 
 // f64 references: x exact (quantize_x false) or x quantized as the int8 kernels do (true).
 torch::Tensor quant_linear_reference(const torch::Tensor& x_MK, const io::QuantWeight& w, bool quantize_x);
 
-// A SwiGLU expert (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ with quantized gate/up [F, D], down [D, F]:
-// x_MD f32 or bf16, out bf16 [M, D] (h stays f32 between the products).
+// Routed experts' packed matrices, one entry per expert: gate / up [F, D], down [D, F].
+struct QuantExperts {
+  std::vector<const io::QuantWeight*> gate, up, down;
+};
+
+// Many SwiGLU experts (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ in one parallel region (a MoE layer of a
+// cached step): x_PD (f32 or bf16) holds counts[i] rows for expert i, one expert after another.
+// Activations are quantized once per row (x for gate and up; h, kept f32 until then, for down), and
+// the work units are (expert, 64 weight rows) over all experts, so no expert boundary costs a
+// fork/join. Out [P, D] in `out` (f32 or bf16). Runs the int8 kernels (vnni / avx2: `k`, or the
+// choice) when no count exceeds quant_max_rows(), else expert by expert through quant_linear.
+// Throws UserError on mismatched lengths, shapes or formats (gate and up alike, every expert alike).
+torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& counts, const QuantExperts& ex,
+                        torch::ScalarType out, QuantKernel k = QuantKernel::kAuto);
+// One SwiGLU MLP (an expert, a shared expert, a dense MLP) through quant_moe: x_MD [M, D].
 torch::Tensor quant_swiglu(const torch::Tensor& x_MD, const io::QuantWeight& gate, const io::QuantWeight& up,
-                           const io::QuantWeight& down);
+                           const io::QuantWeight& down, torch::ScalarType out = torch::kBFloat16);
 
 }  // namespace ecdlm::kernels

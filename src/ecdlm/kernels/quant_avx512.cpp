@@ -197,3 +197,113 @@ void vnni_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, f
 }
 
 }  // namespace ecdlm::kernels::detail
+
+// --- Activation helpers (AVX512F/BW; every VNNI CPU has them) -------------------------------
+namespace ecdlm::kernels::detail {
+
+ECDLM_VNNI_TARGET void avx512_quantize_row(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0,
+                                           int32_t z) {
+  const int64_t K = x.K, G = x.G;
+  const __m512 lo = _mm512_set1_ps(-127.0F), hi = _mm512_set1_ps(127.0F);
+  const __m128i ones8 = _mm_set1_epi8(1), ones16 = _mm_set1_epi16(1), negz = _mm_set1_epi32(-z);
+  for (int64_t g0 = 0; g0 < n; g0 += G) {
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < G; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(v + g0 + i)));
+    const float a = _mm512_reduce_max_ps(amax);
+    const float dg = a / 127.0F, inv = a > 0 ? 127.0F / a : 0.0F;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const int64_t k = k0 + g0;
+    int8_t* q = x.q + m * K + k;
+    __m128i sum4 = _mm_setzero_si128();
+    for (int64_t i = 0; i < G; i += 16) {
+      __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(v + g0 + i), vinv),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m128i codes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(t, lo), hi)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), codes);
+      // The 4 lanes' code sums: u8 ones x s8 codes into s16 pairs, then pairs into s32 quads.
+      const __m128i quads = _mm_madd_epi16(_mm_maddubs_epi16(ones8, codes), ones16);
+      sum4 = _mm_add_epi32(sum4, quads);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(x.bias + (m * K + k + i) / 4), _mm_mullo_epi32(quads, negz));
+      _mm_storeu_ps(x.s + (m * K + k + i) / 4, _mm_set1_ps(dg));
+    }
+    sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0x4E));
+    sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0xB1));
+    x.d[(m * K + k) / G] = dg;
+    x.c[(m * K + k) / G] = dg * static_cast<float>(_mm_cvtsi128_si32(sum4));
+  }
+}
+
+ECDLM_VNNI_TARGET void avx512_silu_mul(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto mask = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
+    const __m512 gv = _mm512_maskz_loadu_ps(mask, g + i), uv = _mm512_maskz_loadu_ps(mask, u + i);
+    const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0F), exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    _mm512_mask_storeu_ps(g + i, mask, _mm512_mul_ps(s, uv));
+  }
+}
+
+ECDLM_VNNI_TARGET void avx512_round_bf16_f(const float* y, int64_t n, uint16_t* out) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto mask = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(mask, y + i);
+    const __m512i b = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, bias)), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
+    _mm256_mask_storeu_epi16(out + i, mask, _mm512_cvtepi32_epi16(r));
+  }
+}
+
+}  // namespace ecdlm::kernels::detail
+
+// --- Dequantized bf16 rows (AVX512-BF16): the many-token-row path ------------------------------
+namespace ecdlm::kernels::detail {
+
+#define ECDLM_DEQ_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")))
+
+namespace {
+
+// 16 values (codes - z) · d + m to bf16 at out (multiply, then add: io::dequantize_rows' order).
+ECDLM_DEQ_TARGET inline void put16(__m512i codes, float z, float d, float m, uint16_t* out) {
+  const __m512 v = _mm512_sub_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(z));
+  const __m512 y = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(d)), _mm512_set1_ps(m));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(y));
+}
+
+// Group g's scale and minimum (0 without mins) from f16.
+ECDLM_DEQ_TARGET inline void group_dm(const uint16_t* dp, const uint16_t* mp, int64_t g, float* d, float* m) {
+  *d = _cvtsh_ss(dp[g]);
+  *m = mp ? _cvtsh_ss(mp[g]) : 0.0F;
+}
+
+}  // namespace
+
+ECDLM_DEQ_TARGET void avx512_dequant_row_bf16(const QwOperand& w, int64_t n, uint16_t* out) {
+  const int64_t K = w.K, G = w.G, KG = K / G;
+  const uint8_t* row = w.q + n * w.row_bytes;
+  const uint16_t* dp = w.d + n * KG;
+  const uint16_t* mp = w.m ? w.m + n * KG : nullptr;
+  float d, m;
+  if (w.kind == io::QuantKind::kQ8) {
+    for (int64_t k = 0; k < K; k += 16) {
+      group_dm(dp, mp, k / G, &d, &m);
+      put16(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))), 0.0F, d, m, out + k);
+    }
+    return;
+  }
+  const float z = w.kind == io::QuantKind::kQ4Sym ? 8.0F : 0.0F;
+  const __m512i low = _mm512_set1_epi32(15);
+  for (int64_t k0 = 0; k0 < K; k0 += io::kQ4Chunk) {
+    const int64_t half = std::min(io::kQ4Chunk, K - k0) / 2;  // a multiple of 16 (K % 32 == 0)
+    for (int64_t i = 0; i < half; i += 16) {
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k0 / 2 + i)));
+      group_dm(dp, mp, (k0 + i) / G, &d, &m);
+      put16(_mm512_and_si512(b, low), z, d, m, out + k0 + i);
+      group_dm(dp, mp, (k0 + half + i) / G, &d, &m);
+      put16(_mm512_srli_epi32(b, 4), z, d, m, out + k0 + half + i);
+    }
+  }
+}
+
+}  // namespace ecdlm::kernels::detail
