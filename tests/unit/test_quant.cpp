@@ -227,8 +227,8 @@ TEST_P(QuantKernelTest, MatchesReferenceOnEveryTail) {
                                    std::to_string(N) + " K " + std::to_string(K);
           const auto y = kernels::quant_linear(x, q, path);
           const auto terms = torch::matmul(x.abs().to(torch::kFloat64), absw.t());
-          if (path == QuantKernel::kBf16) {  // x and the weight rounded to bf16: 2^-9 relative each
-            expect_close(y, kernels::quant_linear_reference(x, q, false), terms * 4e-3 + 1e-6, what + " bf16");
+          if (path == QuantKernel::kBf16) {  // x and the weight rounded to bf16: up to 2^-8 relative each
+            expect_close(y, kernels::quant_linear_reference(x, q, false), terms * 8e-3 + 1e-6, what + " bf16");
             continue;
           }
           expect_close(y, kernels::quant_linear_reference(x, q, int8), terms * 2e-6 + 1e-6, what + " tight");
