@@ -26,10 +26,8 @@ std::atomic<QuantKernel> g_choice{QuantKernel::kAuto};
 using detail::kInt8MaxRows;
 // Weight rows per parallel work unit, as the bf16 kernels.
 constexpr int64_t kUnitRows = 64;
-// The dequantizing path: weight rows per tile (32 x K = 2048 in bf16: 128 KB, in L2), and the token
-// rows from which `auto` takes it for bf16 x (bench: BM_QuantLinear).
+// The dequantizing bf16 path: weight rows per tile (32 x K = 2048 in bf16: 128 KB, in L2).
 constexpr int64_t kDeqRows = 32;
-constexpr int64_t kDeqMinRows = 8;
 
 bool cpuid_bit(unsigned leaf, unsigned sub, int reg, int bit) {
   unsigned r[4] = {0, 0, 0, 0};
@@ -110,11 +108,12 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   return y_MN;
 }
 
-// Many token rows, bf16 x: each unit's weight rows dequantized to bf16 in a thread-local tile (L2),
-// then the bf16 kernel's 4 x 4 vdpbf16ps tiles (gemm_avx512.cpp) over all rows. Per 64 inputs and
-// (row, token) that is 2 instructions against the int8 tiles' 4 (dot, convert, scale product, FMA),
-// and x stays exact in bf16; the weight is rounded to bf16 (at most 2^-8 relative, ~0.1% RMS: well
-// below q8's own rounding step).
+// The bf16 path (opt-in, --quant-kernel bf16): each unit's weight rows dequantized to bf16 in a
+// thread-local tile (L2), then the bf16 kernel's 4 x 4 vdpbf16ps tiles (gemm_avx512.cpp) over all
+// rows: 2 instructions per 64 inputs and (row, token) against the int8 tiles' 4, x exact in bf16,
+// the weight rounded to bf16 (at most 2^-8 relative). The dequantizing costs about as much again:
+// BM_QuantLinear (one thread, 2048 x 2048, a loaded Zen 5) measured it no faster than vnni at 32
+// rows and ~3x slower at 1-4, so `auto` does not take it.
 torch::Tensor run_deq(const torch::Tensor& x_MK, const io::QuantWeight& w) {
   const auto xb = x_MK.to(torch::kBFloat16).contiguous();
   const int64_t M = xb.size(0), K = w.K, N = w.N;
@@ -302,11 +301,6 @@ QuantizedX quantize_activations(const torch::Tensor& x_MK, int64_t G) {
   return out;
 }
 
-bool deq_applies(const torch::Tensor& x_MK) {
-  return x_MK.dim() == 2 && x_MK.size(0) >= kDeqMinRows && x_MK.size(0) <= kInt8MaxRows &&
-         x_MK.scalar_type() == torch::kBFloat16 && cpu_has_avx512_bf16();
-}
-
 torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w) {
   return quant_linear(x_MK, w, QuantKernel::kAuto);
 }
@@ -316,12 +310,8 @@ torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, 
   check_available(k, "quant_linear");
   if (k == QuantKernel::kAuto) {
     const int64_t M = x_MK.size(0);
-    const auto choice = quant_kernel_choice();
-    k = resolve(choice);
-    if (k != QuantKernel::kBf16 && M > kInt8MaxRows)
-      k = QuantKernel::kTorch;
-    else if (choice == QuantKernel::kAuto && k != QuantKernel::kTorch && deq_applies(x_MK))
-      k = QuantKernel::kBf16;
+    k = resolve(quant_kernel_choice());
+    if (k != QuantKernel::kBf16 && M > kInt8MaxRows) k = QuantKernel::kTorch;
   }
   if (x_MK.size(0) == 0 || w.N == 0) return torch::zeros({x_MK.size(0), w.N}, torch::kFloat32);
   switch (k) {

@@ -10,13 +10,13 @@
 //   avx2    AVX2 maddubs (u8 x s8 -> s16 pairs): q8 with llama.cpp's sign trick (|w| x sign(x, w),
 //           no s16 saturation), q4 as vnni. 1 weight row x 4 token rows. The fallback.
 //   bf16    AVX512-BF16: 32 weight rows dequantized to bf16 into an L2 tile, then the bf16 small-M
-//           kernel's vdpbf16ps 4 x 4 tiles over all token rows (x exact, bf16). Half the
-//           instructions per weight and token of the int8 tiles: the path for several token rows.
+//           kernel's vdpbf16ps 4 x 4 tiles over all token rows (x exact in bf16). Opt-in: measured
+//           no faster than vnni at 32 rows, slower at fewer (BM_QuantLinear).
 //   torch   dequantize 64-row tiles to bf16 and multiply with torch's GEMM: the reference-grade
 //           path (x exact), and the many-row (prefill) path whatever the choice.
 // AMX-INT8 is not written: no CPU here has it to test on.
 // `auto` picks vnni, else avx2, else torch, up to quant_max_rows() token rows (more rows take
-// torch); for bf16 x on AVX512-BF16 CPUs it takes bf16 from 8 token rows on (deq_applies).
+// torch); bf16 runs only when chosen (every M).
 #pragma once
 #include <torch/torch.h>
 
@@ -40,8 +40,6 @@ bool cpu_has_avx512_vnni();          // AVX512F, BW, VL and VNNI
 bool cpu_has_avx2();                 // AVX2, FMA and F16C
 // Token rows up to which the int8 kernels run (0 for torch).
 int64_t quant_max_rows();
-// Whether `auto` takes the bf16 path for x_MK: bf16, 8 to quant_max_rows() rows, AVX512-BF16.
-bool deq_applies(const torch::Tensor& x_MK);
 
 // Activations quantized per row and group of G: x ≈ d_x[m, k / G] · q_x[m, k], q_x in [-127, 127],
 // d_x = max|x| / 127 over the group (f32), round to nearest even. x_MK f32 or bf16.

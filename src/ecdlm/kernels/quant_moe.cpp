@@ -81,12 +81,8 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   const int64_t P = x_PD.size(0), D = x_PD.size(1);
   const int64_t max_m = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
   if (P == 0) return torch::empty({0, D}, out);
-  // One MLP on many rows (a shared expert, a dense MLP: a block's 32 tokens): the bf16 path's
-  // products beat the int8 tiles there (quant_linear's `auto`).
-  const bool deq = k == QuantKernel::kAuto && quant_kernel_choice() == QuantKernel::kAuto && counts.size() == 1 &&
-                   x_PD.scalar_type() == torch::kBFloat16 && deq_applies(x_PD);
-  if (backend == QuantKernel::kTorch || backend == QuantKernel::kBf16 || deq || max_m > detail::kInt8MaxRows)
-    return moe_by_expert(x_PD, counts, ex, out, deq ? QuantKernel::kBf16 : k);
+  if (backend == QuantKernel::kTorch || backend == QuantKernel::kBf16 || max_m > detail::kInt8MaxRows)
+    return moe_by_expert(x_PD, counts, ex, out, k);
 
   const bool vnni = backend == QuantKernel::kVnni;
   const auto gf = ex.gate[0]->format, df = ex.down[0]->format;
