@@ -108,7 +108,7 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   return y_MN;
 }
 
-// The bf16 path (opt-in, --quant-kernel bf16): each unit's weight rows dequantized to bf16 in a
+// The bf16 path (opt-in: set_quant_kernel(kBf16) or a forced path): each unit's weight rows dequantized to bf16 in a
 // thread-local tile (L2), then the bf16 kernel's 4 x 4 vdpbf16ps tiles (gemm_avx512.cpp) over all
 // rows: 2 instructions per 64 inputs and (row, token) against the int8 tiles' 4, x exact in bf16,
 // the weight rounded to bf16 (at most 2^-8 relative). The dequantizing costs about as much again:
