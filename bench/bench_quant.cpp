@@ -85,14 +85,51 @@ BENCHMARK(BM_QuantExpert)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// All 64 experts in one call, M rows each (a cached step's MoE layer): kernels::quant_moe against
+// the bf16 kernels::small_m_moe. args: format (as BM_QuantExpert), M, threads.
+void BM_QuantMoe(benchmark::State& state) {
+  const int fmt = static_cast<int>(state.range(0)) - 1;
+  const int64_t M = state.range(1);
+  torch::set_num_threads(static_cast<int>(state.range(2)));
+  torch::NoGradGuard ng;
+  auto& ex = experts(fmt);
+  const auto x = torch::randn({M * kExperts, kD}).to(torch::kBFloat16);
+  const std::vector<int64_t> counts(kExperts, M);
+  std::vector<torch::Tensor> g, u, d;
+  kernels::QuantExperts q;
+  for (const auto& e : ex) {
+    g.push_back(e.gate);
+    u.push_back(e.up);
+    d.push_back(e.down);
+    q.gate.push_back(&e.qgate);
+    q.up.push_back(&e.qup);
+    q.down.push_back(&e.qdown);
+  }
+  if (fmt < 0 && !kernels::small_m_moe_applies(x, counts, g, u, d)) {
+    state.SkipWithError("no bf16 small-M kernel on this CPU for these rows");
+    return;
+  }
+  const double bytes = fmt < 0 ? 3.0 * kD * kF * 2 : 3.0 * static_cast<double>(ex[0].qgate.bytes());
+  for (auto _ : state) {
+    auto y = fmt < 0 ? kernels::small_m_moe(x, counts, g, u, d) : kernels::quant_moe(x, counts, q, torch::kBFloat16);
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  state.counters["GB/s"] = benchmark::Counter(bytes * kExperts * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel((fmt < 0 ? std::string("bf16") : io::quant_format_name(kFormats[static_cast<size_t>(fmt)])) + " M " +
+                 std::to_string(M));
+}
+
+BENCHMARK(BM_QuantMoe)->ArgsProduct({{0, 1, 3}, {1, 4, 8}, {2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // One projection [M, 2048] x [2048, 2048]ᵀ over 24 weights per path. args: format index (as
-// above), M, path (kernels::QuantKernel 1 vnni, 2 avx2, 3 torch)
+// above), M, path (kernels::QuantKernel 1 vnni, 2 avx2, 3 torch, 4 bf16)
 void BM_QuantLinear(benchmark::State& state) {  // one thread (see above)
   const int fmt = static_cast<int>(state.range(0)) - 1;
   const int64_t M = state.range(1);
   const auto path = static_cast<kernels::QuantKernel>(state.range(2));
   if ((path == kernels::QuantKernel::kVnni && !kernels::cpu_has_avx512_vnni()) ||
-      (path == kernels::QuantKernel::kAvx2 && !kernels::cpu_has_avx2())) {
+      (path == kernels::QuantKernel::kAvx2 && !kernels::cpu_has_avx2()) ||
+      (path == kernels::QuantKernel::kBf16 && !kernels::cpu_has_avx512_bf16())) {
     state.SkipWithError("path not available on this CPU");
     return;
   }
@@ -110,7 +147,7 @@ void BM_QuantLinear(benchmark::State& state) {  // one thread (see above)
 }
 
 BENCHMARK(BM_QuantLinear)
-    ->ArgsProduct({{1, 3}, {1, 4, 16, 32, 64}, {1, 2, 3}})
+    ->ArgsProduct({{1, 3}, {1, 4, 8, 16, 32, 64}, {1, 2, 3, 4}})
     ->Unit(benchmark::kMillisecond);
 
 }  // namespace

@@ -75,9 +75,15 @@ void register_bench_generate(CLI::App* bench) {
       ->capture_default_str();
   sub->add_option("--bench-quant", a->p.quant,
                   "Weight formats of the synthetic model side by side (comma list): bf16, q8, q4, q4s, q8_g64, "
-                  "q4_g64 (convert --quantize's default set of weights)")
+                  "q4_g64 (convert --quantize's default set of weights); a '+head' suffix (q4+head) packs the LM "
+                  "head too (--quantize-lm-head)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"bf16", "q8", "q4", "q4s", "q8_g32", "q8_g64", "q4_g32", "q4_g64", "q4s_g32", "q4s_g64"}));
+      ->check([](const std::string& v) {
+        const std::string f = v.size() > 5 && v.compare(v.size() - 5, 5, "+head") == 0 ? v.substr(0, v.size() - 5) : v;
+        for (const char* ok : {"bf16", "q8", "q4", "q4s", "q8_g32", "q8_g64", "q4_g32", "q4_g64", "q4s_g32", "q4s_g64"})
+          if (f == ok && !(f == "bf16" && f != v)) return std::string();
+        return "unknown format '" + v + "': use bf16, q8, q4, q4s, q8_g64, q4_g64, ... optionally with +head";
+      });
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--bench-reps", a->p.reps, "Repetitions (variants interleaved; medians)")

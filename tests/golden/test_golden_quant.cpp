@@ -55,6 +55,13 @@ torch::Tensor logits(MoeDlm& model, const torch::Tensor& ids, int64_t block_leng
   return model->forward(ids, opt).logits_BLV.to(torch::kFloat32);
 }
 
+bool any_of_names(const io::SafetensorsSet& st, const std::string& prefix, const std::string& suffix) {
+  for (const auto& n : st.names())
+    if (n.rfind(prefix, 0) == 0 && n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
+  return false;
+}
+
 MoeDlm load_mapped(const std::string& dir, torch::ScalarType dt, LoadStats* stats = nullptr) {
   LoadOptions lo;
   lo.dtype = dt;
@@ -241,6 +248,50 @@ TEST(QuantCheckpoint, SelectionAndConfigBlock) {
     FAIL();
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("--quantize-include"), std::string::npos) << e.what();
+  }
+}
+
+// Routed experts are decided per layer by <prefix>.mlp.experts.gate_proj (review bug: a pattern
+// naming down_proj or one expert used to pack part of a layer's experts, and the loader then refused
+// the file). Patterns still choose among shared experts, dense MLPs and attention per tensor.
+TEST(QuantCheckpoint, RoutedExpertsPackWholeWhateverThePatterns) {
+  if (!test::has_golden("tiny-dmoe")) GTEST_SKIP();
+  const auto convert = [](std::vector<std::string> exclude, ExpertLayout layout) {
+    ConvertParams p;
+    p.layout = layout;
+    p.dtype = "bf16";
+    p.quantize.format = "q8";
+    p.quantize.exclude = std::move(exclude);
+    const auto dst = test::temp_dir("gq") + "/m";
+    convert_checkpoint(test::golden_dir("tiny-dmoe"), dst, p);
+    return dst;
+  };
+  const auto experts_packed = [](MoeDlm& m, int layer) {  // layer: 1 or 2 (layer 0 is dense)
+    return m->moe_blocks().at(size_t(layer - 1))->experts->quantized();
+  };
+  for (auto layout : {ExpertLayout::kPerExpert, ExpertLayout::kStacked}) {
+    // down_proj: the shared expert's and the dense MLP's stay bf16, routed experts pack whole.
+    auto dir = convert({"down_proj"}, layout);
+    auto st = io::SafetensorsSet::open(dir);
+    EXPECT_TRUE(st.has("model.layers.1.mlp.shared_experts.down_proj.weight"));
+    EXPECT_TRUE(st.has("model.layers.1.mlp.shared_experts.gate_proj.qweight"));
+    EXPECT_TRUE(st.has("model.layers.0.mlp.down_proj.weight"));
+    EXPECT_TRUE(st.has(layout == ExpertLayout::kStacked ? "model.layers.1.mlp.experts.down_proj.qweight"
+                                                        : "model.layers.1.mlp.experts.7.down_proj.qweight"));
+    auto m = load_mapped(dir, torch::kBFloat16);
+    EXPECT_TRUE(experts_packed(m, 1) && experts_packed(m, 2));
+    EXPECT_FALSE(m->moe_blocks()[0]->shared_experts->down_proj->quantized());
+    // One expert named: no effect on routed experts (a warning says so); the file loads.
+    dir = convert({"experts\\.3\\."}, layout);
+    m = load_mapped(dir, torch::kBFloat16);
+    EXPECT_TRUE(experts_packed(m, 1) && experts_packed(m, 2));
+    // A layer's expert module named: that layer's experts stay bf16 whole.
+    dir = convert({"^model\\.layers\\.1\\.mlp\\.experts"}, layout);
+    st = io::SafetensorsSet::open(dir);
+    EXPECT_FALSE(any_of_names(st, "model.layers.1.mlp.experts", ".qweight"));
+    m = load_mapped(dir, torch::kBFloat16);
+    EXPECT_FALSE(experts_packed(m, 1));
+    EXPECT_TRUE(experts_packed(m, 2));
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm {
@@ -166,6 +167,7 @@ TEST(QuantFormat, ErrorTable) {
 
 std::vector<QuantKernel> paths() {
   std::vector<QuantKernel> p{QuantKernel::kTorch};
+  if (kernels::cpu_has_avx512_bf16()) p.push_back(QuantKernel::kBf16);
   if (kernels::cpu_has_avx2()) p.push_back(QuantKernel::kAvx2);
   if (kernels::cpu_has_avx512_vnni()) p.push_back(QuantKernel::kVnni);
   return p;
@@ -206,7 +208,7 @@ void expect_close(const torch::Tensor& y, const torch::Tensor& ref, const torch:
 TEST_P(QuantKernelTest, MatchesReferenceOnEveryTail) {
   torch::manual_seed(11);
   const auto path = GetParam();
-  const bool int8 = path != QuantKernel::kTorch;
+  const bool int8 = path == QuantKernel::kVnni || path == QuantKernel::kAvx2;
   std::vector<int64_t> ms;
   for (int64_t m = 1; m <= 16; ++m) ms.push_back(m);
   for (int64_t m : {17, 21, 32, 47, 64}) ms.push_back(m);
@@ -225,6 +227,10 @@ TEST_P(QuantKernelTest, MatchesReferenceOnEveryTail) {
                                    std::to_string(N) + " K " + std::to_string(K);
           const auto y = kernels::quant_linear(x, q, path);
           const auto terms = torch::matmul(x.abs().to(torch::kFloat64), absw.t());
+          if (path == QuantKernel::kBf16) {  // x and the weight rounded to bf16: up to 2^-8 relative each
+            expect_close(y, kernels::quant_linear_reference(x, q, false), terms * 8e-3 + 1e-6, what + " bf16");
+            continue;
+          }
           expect_close(y, kernels::quant_linear_reference(x, q, int8), terms * 2e-6 + 1e-6, what + " tight");
           if (int8) {
             const auto amax = x.abs().view({M, -1, f.group}).amax(2, true).expand({M, K / f.group, f.group});
@@ -246,9 +252,9 @@ TEST_P(QuantKernelTest, Bf16InputAndLlada2ExpertShapes) {
       for (int64_t M : {1, 4, 16}) {
         const auto x = torch::randn({M, nk.second}).to(torch::kBFloat16);
         const auto y = kernels::quant_linear(x, q, GetParam());
-        const bool int8 = GetParam() != QuantKernel::kTorch;
+        const bool int8 = GetParam() == QuantKernel::kVnni || GetParam() == QuantKernel::kAvx2;
         const auto ref = kernels::quant_linear_reference(x, q, int8);
-        // torch's path multiplies in bf16 (the weight rounded to bf16): a relative 2^-8 per term.
+        // torch's and the bf16 path multiply in bf16 (the weight rounded to bf16): 2^-8 per term.
         const double tol = (int8 ? 2e-6 : 8e-3) * ref.abs().max().item<double>() * std::sqrt(nk.second);
         EXPECT_LT((y.to(torch::kFloat64) - ref).abs().max().item<double>(), tol) << io::quant_format_name(f) << " M " << M;
       }
@@ -257,7 +263,8 @@ TEST_P(QuantKernelTest, Bf16InputAndLlada2ExpertShapes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, QuantKernelTest,
-                         ::testing::Values(QuantKernel::kVnni, QuantKernel::kAvx2, QuantKernel::kTorch),
+                         ::testing::Values(QuantKernel::kVnni, QuantKernel::kAvx2, QuantKernel::kBf16,
+                                           QuantKernel::kTorch),
                          [](const auto& info) { return std::string(kernels::quant_kernel_name(info.param)); });
 
 TEST(QuantKernels, SwiGluMatchesComposition) {
@@ -297,6 +304,11 @@ TEST(QuantKernels, AutoPicksTheBestPathAndTorchForManyRows) {
                 .max()
                 .item<double>(),
             1e-4);
+  // bf16 x: auto keeps the int8 tiles (the bf16 path is opt-in).
+  if (!kernels::cpu_has_avx512_bf16() || b != QuantKernel::kVnni) return;
+  const auto w = io::quantize(torch::randn({40, 128}), {QuantKind::kQ4, 32});
+  const auto xb = torch::randn({32, 128}).to(torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(kernels::quant_linear(xb, w), kernels::quant_linear(xb, w, QuantKernel::kVnni)));
 }
 
 }  // namespace

@@ -299,11 +299,14 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       // matrix is bound. Expert choice is not measured on quantized copies.
       Model mq{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
       QuantizeParams qp;
-      const auto us = q.find("_g");
-      qp.format = q.substr(0, us);
-      if (us != std::string::npos) qp.group = std::stoll(q.substr(us + 2));
+      const auto plus = q.find("+head");
+      qp.lm_head = plus != std::string::npos;
+      const auto f = q.substr(0, plus);
+      const auto us = f.find("_g");
+      qp.format = f.substr(0, us);
+      if (us != std::string::npos) qp.group = std::stoll(f.substr(us + 2));
       const int64_t n = quantize_model(*mq.model, qp);
-      mq.weights = io::quant_format_name(quantize_format(qp));
+      mq.weights = io::quant_format_name(quantize_format(qp)) + (qp.lm_head ? "+head" : "");
       LOG_INFO("bench generate: " << mq.weights << " copy of the synthetic model, " << n << " weights packed");
       models.push_back(std::move(mq));
     }

@@ -1,4 +1,4 @@
-// Horizontal sums shared by the AVX512 backends (bf16 and int8). Targeted at AVX512F alone, so it
+// Helpers shared by the AVX512 backends (bf16 and int8): horizontal sums and exp. Targeted at AVX512F alone, so it
 // inlines into callers compiled for any AVX512 superset (BF16, VNNI).
 #pragma once
 #include <immintrin.h>
@@ -14,6 +14,24 @@ __attribute__((target("avx512f"))) inline void reduce4(__m512 a, __m512 b, __m51
   t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
   t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
   _mm_storeu_ps(y, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, t)));
+}
+
+// exp(x) for |x| <= 88: 2^n · p(r), r = x - n ln 2, Cephes' degree-6 expf polynomial (relative
+// error about 1e-7). The SwiGLU activations of the bf16 and int8 backends.
+__attribute__((target("avx512f"))) inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0F)), _mm512_set1_ps(-88.0F));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341F)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375F), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4F), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4F);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1F));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1F));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0F));
+  return _mm512_scalef_ps(y, n);
 }
 
 }  // namespace ecdlm::kernels::detail

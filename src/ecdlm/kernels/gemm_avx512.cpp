@@ -169,24 +169,6 @@ void avx512_rows_f32(const float* x, int64_t M, int64_t K, const float* w, int64
 namespace ecdlm::kernels::detail {
 namespace {
 
-// exp(x) for |x| <= 88: 2^n · p(r), r = x - n ln 2, Cephes' degree-6 expf polynomial
-// (relative error about 1e-7, far below the bf16 rounding that follows).
-ECDLM_BF16_TARGET inline __m512 exp_ps(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0F)), _mm512_set1_ps(-88.0F));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341F)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375F), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4F), r);
-  __m512 p = _mm512_set1_ps(1.9875691500E-4F);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3F));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3F));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2F));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1F));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1F));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0F));
-  return _mm512_scalef_ps(y, n);
-}
-
 // Round to bf16, nearest-even (NaN stays NaN), as c10::BFloat16 does for normal numbers.
 ECDLM_BF16_TARGET inline __m256i to_bf16_ps(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 

@@ -1,6 +1,7 @@
 #include "ecdlm/kernels/quant.h"
 
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cpuid.h>
 #include <omp.h>
@@ -10,7 +11,9 @@
 #include <cmath>
 #include <vector>
 
+#include "ecdlm/kernels/backend.h"
 #include "ecdlm/kernels/quant_backend.h"
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::kernels {
@@ -20,13 +23,11 @@ using io::QuantKind;
 
 std::atomic<QuantKernel> g_choice{QuantKernel::kAuto};
 
-// Token rows up to which the int8 kernels run. Their arithmetic per weight byte grows with the
-// rows (about 4 vector ops per 64 inputs and token), so past a few tokens they are compute-bound,
-// but at 64 rows still 2-4x faster than dequantizing + torch's GEMM (BM_QuantLinear, one thread,
-// 2048 x 2048: q8 107 ms against 200 ms per 24 weights).
-constexpr int64_t kMaxRows = 64;
+using detail::kInt8MaxRows;
 // Weight rows per parallel work unit, as the bf16 kernels.
 constexpr int64_t kUnitRows = 64;
+// The dequantizing bf16 path: weight rows per tile (32 x K = 2048 in bf16: 128 KB, in L2).
+constexpr int64_t kDeqRows = 32;
 
 bool cpuid_bit(unsigned leaf, unsigned sub, int reg, int bit) {
   unsigned r[4] = {0, 0, 0, 0};
@@ -45,7 +46,7 @@ bool probe_avx2() {
 }
 
 QuantKernel resolve(QuantKernel c) {
-  if (c != QuantKernel::kAuto) return c;
+  if (c != QuantKernel::kAuto) return c;  // kBf16 forced: every M
   if (cpu_has_avx512_vnni()) return QuantKernel::kVnni;
   return cpu_has_avx2() ? QuantKernel::kAvx2 : QuantKernel::kTorch;
 }
@@ -54,6 +55,7 @@ void check_available(QuantKernel k, const std::string& flag) {
   if (k == QuantKernel::kVnni && !cpu_has_avx512_vnni())
     fail("", flag, "this CPU has no AVX512-VNNI", "use auto, avx2 or torch");
   if (k == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", flag, "this CPU has no AVX2/FMA/F16C", "use auto or torch");
+  if (k == QuantKernel::kBf16 && !cpu_has_avx512_bf16()) fail("", flag, "this CPU has no AVX512-BF16", "use auto or torch");
 }
 
 int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
@@ -70,68 +72,20 @@ void check_operands(const torch::Tensor& x_MK, const io::QuantWeight& w, const c
   if (!w.qweight.defined() || !w.scales.defined()) fail("", what, "the quantized weight is empty");
 }
 
-template <typename T>
-T* scratch(std::vector<T>& buf, int64_t n) {
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
-}
-
-// The int8 kernels' operand: codes and scales of x, each 4-code lane's scale and zero-point bias,
-// and the per-group code sums q4's minimum needs. Thread-local buffers, reused across calls.
+// The int8 kernels' operand for x_MK's rows: thread-local buffers, reused across calls.
 detail::QxOperand prepare_x(const torch::Tensor& x_MK, const io::QuantWeight& w) {
-  thread_local std::vector<int8_t> q;
-  thread_local std::vector<float> d, s, c;
-  thread_local std::vector<int32_t> bias;
-  const int64_t M = x_MK.size(0), K = w.K, G = w.format.group, KG = K / G;
-  detail::QxOperand op;
-  op.M = M;
-  op.K = K;
-  op.G = G;
-  auto* qp = scratch(q, M * K);
-  auto* dp = scratch(d, M * KG);
-  auto* sp = scratch(s, M * K / 4);
-  auto* cp = scratch(c, M * KG);
-  auto* bp = scratch(bias, M * K / 4);
-  const auto xf = x_MK.to(torch::kFloat32).contiguous();
-  const float* x = xf.data_ptr<float>();
+  thread_local detail::QxScratch buf;
+  const int64_t M = x_MK.size(0), K = w.K;
+  const auto store = buf.store(M, K, w.format.group);
   const int32_t z = detail::vnni_zero_point(w.format.kind);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < KG; ++g) {
-      const float* v = x + m * K + g * G;
-      float amax = 0;
-      for (int64_t i = 0; i < G; ++i) amax = std::max(amax, std::fabs(v[i]));
-      const float dg = amax / 127.0F, inv = amax > 0 ? 127.0F / amax : 0.0F;
-      int8_t* qg = qp + m * K + g * G;
-      int32_t sum = 0;
-      for (int64_t i = 0; i < G; ++i) {
-        qg[i] = static_cast<int8_t>(std::clamp(std::nearbyint(v[i] * inv), -127.0F, 127.0F));
-        sum += qg[i];
-      }
-      dp[m * KG + g] = dg;
-      cp[m * KG + g] = dg * static_cast<float>(sum);
-      for (int64_t l = 0; l < G / 4; ++l) {
-        sp[(m * K + g * G) / 4 + l] = dg;
-        bp[(m * K + g * G) / 4 + l] = -z * (qg[4 * l] + qg[4 * l + 1] + qg[4 * l + 2] + qg[4 * l + 3]);
-      }
-    }
-  op.q = qp;
-  op.d = dp;
-  op.s = sp;
-  op.c = cp;
-  op.bias = bp;
-  return op;
-}
-
-detail::QwOperand weight_operand(const io::QuantWeight& w) {
-  detail::QwOperand op;
-  op.kind = w.format.kind;
-  op.K = w.K;
-  op.G = w.format.group;
-  op.row_bytes = w.qweight.size(1);
-  op.q = reinterpret_cast<const uint8_t*>(w.qweight.data_ptr());
-  op.d = reinterpret_cast<const uint16_t*>(w.scales.data_ptr());
-  op.m = w.mins.defined() ? reinterpret_cast<const uint16_t*>(w.mins.data_ptr()) : nullptr;
-  return op;
+  const bool f32 = x_MK.scalar_type() == torch::kFloat32;
+  const auto xc = x_MK.contiguous();
+  thread_local std::vector<float> row;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* v = f32 ? xc.data_ptr<float>() + m * K : detail::bf16_row(xc.data_ptr<at::BFloat16>() + m * K, K, row);
+    detail::quantize_row(v, K, store, m, 0, z);
+  }
+  return store.view();
 }
 
 torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, QuantKernel k) {
@@ -139,7 +93,7 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   auto y_MN = torch::empty({M, N}, torch::kFloat32);
   if (N == 0) return y_MN;
   const auto x = prepare_x(x_MK, w);
-  const auto wo = weight_operand(w);
+  const auto wo = detail::weight_operand(w);
   float* y = y_MN.data_ptr<float>();
   const int64_t units = (N + kUnitRows - 1) / kUnitRows;
   const bool vnni = k == QuantKernel::kVnni;
@@ -150,6 +104,33 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
       detail::vnni_rows(x, wo, n0, n1, y + n0, N);
     else
       detail::avx2_rows(x, wo, n0, n1, y + n0, N);
+  }
+  return y_MN;
+}
+
+// The bf16 path (opt-in: set_quant_kernel(kBf16) or a forced path): each unit's weight rows dequantized to bf16 in a
+// thread-local tile (L2), then the bf16 kernel's 4 x 4 vdpbf16ps tiles (gemm_avx512.cpp) over all
+// rows: 2 instructions per 64 inputs and (row, token) against the int8 tiles' 4, x exact in bf16,
+// the weight rounded to bf16 (at most 2^-8 relative). The dequantizing costs about as much again:
+// BM_QuantLinear (one thread, 2048 x 2048, a loaded Zen 5) measured it no faster than vnni at 32
+// rows and ~3x slower at 1-4, so `auto` does not take it.
+torch::Tensor run_deq(const torch::Tensor& x_MK, const io::QuantWeight& w) {
+  const auto xb = x_MK.to(torch::kBFloat16).contiguous();
+  const int64_t M = xb.size(0), K = w.K, N = w.N;
+  auto y_MN = torch::empty({M, N}, torch::kFloat32);
+  const auto wo = detail::weight_operand(w);
+  const auto* x = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+  float* y = y_MN.data_ptr<float>();
+  const int64_t units = (N + kDeqRows - 1) / kDeqRows;
+#pragma omp parallel num_threads(num_threads())
+  {
+    std::vector<uint16_t> tile(static_cast<size_t>(kDeqRows * K));
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t n0 = u * kDeqRows, n1 = std::min(N, n0 + kDeqRows);
+      for (int64_t n = n0; n < n1; ++n) detail::avx512_dequant_row_bf16(wo, n, tile.data() + (n - n0) * K);
+      detail::avx512_rows(x, M, K, tile.data(), 0, n1 - n0, y + n0, N);
+    }
   }
   return y_MN;
 }
@@ -173,6 +154,78 @@ torch::Tensor run_torch(const torch::Tensor& x_MK, const io::QuantWeight& w) {
 }  // namespace
 
 namespace detail {
+
+QwOperand weight_operand(const io::QuantWeight& w) {
+  QwOperand op;
+  op.kind = w.format.kind;
+  op.K = w.K;
+  op.G = w.format.group;
+  op.row_bytes = w.qweight.size(1);
+  op.q = reinterpret_cast<const uint8_t*>(w.qweight.data_ptr());
+  op.d = reinterpret_cast<const uint16_t*>(w.scales.data_ptr());
+  op.m = w.mins.defined() ? reinterpret_cast<const uint16_t*>(w.mins.data_ptr()) : nullptr;
+  return op;
+}
+
+QxStore QxScratch::store(int64_t M, int64_t K, int64_t G) {
+  const auto grow = [](auto& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  };
+  QxStore st;
+  st.M = M;
+  st.K = K;
+  st.G = G;
+  st.q = grow(q, M * K);
+  st.d = grow(d, M * K / G);
+  st.c = grow(c, M * K / G);
+  st.s = grow(s, M * K / 4);
+  st.bias = grow(bias, M * K / 4);
+  return st;
+}
+
+const float* bf16_row(const at::BFloat16* x, int64_t n, std::vector<float>& buf) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = static_cast<float>(x[i]);
+  return buf.data();
+}
+
+void quantize_row_scalar(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0, int32_t z) {
+  const int64_t K = x.K, G = x.G;
+  for (int64_t g0 = 0; g0 < n; g0 += G) {
+    float amax = 0;
+    for (int64_t i = 0; i < G; ++i) amax = std::max(amax, std::fabs(v[g0 + i]));
+    const float dg = amax / 127.0F, inv = amax > 0 ? 127.0F / amax : 0.0F;
+    const int64_t k = m * K + k0 + g0;
+    int8_t* qg = x.q + k;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < G; ++i) {
+      qg[i] = static_cast<int8_t>(std::clamp(std::nearbyint(v[g0 + i] * inv), -127.0F, 127.0F));
+      sum += qg[i];
+    }
+    x.d[k / G] = dg;
+    x.c[k / G] = dg * static_cast<float>(sum);
+    for (int64_t l = 0; l < G / 4; ++l) {
+      x.s[k / 4 + l] = dg;
+      x.bias[k / 4 + l] = -z * (qg[4 * l] + qg[4 * l + 1] + qg[4 * l + 2] + qg[4 * l + 3]);
+    }
+  }
+}
+
+void quantize_row(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0, int32_t z) {
+  if (cpu_has_avx512_vnni())
+    avx512_quantize_row(v, n, x, m, k0, z);
+  else
+    quantize_row_scalar(v, n, x, m, k0, z);
+}
+
+void silu_mul_scalar(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0F + std::exp(-g[i])) * u[i];
+}
+
+void round_bf16_scalar(const float* y, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::BFloat16(y[i]).x;
+}
 
 float q4_tail(const QxOperand& x, int64_t m, const QwOperand& w, int64_t n, int64_t k0) {
   const int64_t K = w.K, G = w.G, KG = K / G, half = (K - k0) / 2;
@@ -202,7 +255,8 @@ QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag)
   else if (name == "vnni") k = QuantKernel::kVnni;
   else if (name == "avx2") k = QuantKernel::kAvx2;
   else if (name == "torch") k = QuantKernel::kTorch;
-  else fail("", flag, "unknown quantized kernel '" + name + "'", "use auto, vnni, avx2 or torch");
+  else if (name == "bf16") k = QuantKernel::kBf16;
+  else fail("", flag, "unknown quantized kernel '" + name + "'", "use auto, vnni, avx2, bf16 or torch");
   check_available(k, flag);
   return k;
 }
@@ -213,6 +267,7 @@ const char* quant_kernel_name(QuantKernel k) {
     case QuantKernel::kVnni: return "vnni";
     case QuantKernel::kAvx2: return "avx2";
     case QuantKernel::kTorch: return "torch";
+    case QuantKernel::kBf16: return "bf16";
   }
   return "?";
 }
@@ -231,7 +286,7 @@ bool cpu_has_avx2() {
   return has;
 }
 
-int64_t quant_max_rows() { return quant_kernel_backend() == QuantKernel::kTorch ? 0 : kMaxRows; }
+int64_t quant_max_rows() { return quant_kernel_backend() == QuantKernel::kTorch ? 0 : kInt8MaxRows; }
 
 QuantizedX quantize_activations(const torch::Tensor& x_MK, int64_t G) {
   TORCH_CHECK(x_MK.dim() == 2 && G > 0 && x_MK.size(1) % G == 0, "quantize_activations: bad shape");
@@ -247,17 +302,23 @@ QuantizedX quantize_activations(const torch::Tensor& x_MK, int64_t G) {
 }
 
 torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w) {
-  check_operands(x_MK, w, "quant_linear");
-  const auto k = quant_kernel_backend();
-  if (k == QuantKernel::kTorch || x_MK.size(0) > kMaxRows) return run_torch(x_MK, w);
-  return run_int8(x_MK, w, k);
+  return quant_linear(x_MK, w, QuantKernel::kAuto);
 }
 
 torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, QuantKernel k) {
   check_operands(x_MK, w, "quant_linear");
   check_available(k, "quant_linear");
-  if (k == QuantKernel::kAuto) return quant_linear(x_MK, w);
-  return k == QuantKernel::kTorch ? run_torch(x_MK, w) : run_int8(x_MK, w, k);
+  if (k == QuantKernel::kAuto) {
+    const int64_t M = x_MK.size(0);
+    k = resolve(quant_kernel_choice());
+    if (k != QuantKernel::kBf16 && M > kInt8MaxRows) k = QuantKernel::kTorch;
+  }
+  if (x_MK.size(0) == 0 || w.N == 0) return torch::zeros({x_MK.size(0), w.N}, torch::kFloat32);
+  switch (k) {
+    case QuantKernel::kTorch: return run_torch(x_MK, w);
+    case QuantKernel::kBf16: return run_deq(x_MK, w);
+    default: return run_int8(x_MK, w, k);
+  }
 }
 
 torch::Tensor quant_linear_reference(const torch::Tensor& x_MK, const io::QuantWeight& w, bool quantize_x) {
@@ -273,13 +334,9 @@ torch::Tensor quant_linear_reference(const torch::Tensor& x_MK, const io::QuantW
 }
 
 torch::Tensor quant_swiglu(const torch::Tensor& x_MD, const io::QuantWeight& gate, const io::QuantWeight& up,
-                           const io::QuantWeight& down) {
-  if (gate.N != up.N || gate.K != up.K || down.K != gate.N || down.N != gate.K)
-    fail("", "quant_swiglu", "expert shapes disagree: gate " + std::to_string(gate.N) + " x " + std::to_string(gate.K) +
-                                 ", up " + std::to_string(up.N) + " x " + std::to_string(up.K) + ", down " +
-                                 std::to_string(down.N) + " x " + std::to_string(down.K));
-  const auto g = quant_linear(x_MD, gate), u = quant_linear(x_MD, up);
-  return quant_linear(torch::silu(g) * u, down).to(torch::kBFloat16);
+                           const io::QuantWeight& down, torch::ScalarType out) {
+  if (!x_MD.defined() || x_MD.dim() != 2) fail("", "quant_swiglu", "x must be 2-D [M, D]");
+  return quant_moe(x_MD, {x_MD.size(0)}, QuantExperts{{&gate}, {&up}, {&down}}, out);
 }
 
 }  // namespace ecdlm::kernels

@@ -9,23 +9,28 @@
 //           adds Σ_g m[n,g] · d_x[m,g] · Σ q_x over the group, a K/G-long dot product per output.
 //   avx2    AVX2 maddubs (u8 x s8 -> s16 pairs): q8 with llama.cpp's sign trick (|w| x sign(x, w),
 //           no s16 saturation), q4 as vnni. 1 weight row x 4 token rows. The fallback.
+//   bf16    AVX512-BF16: 32 weight rows dequantized to bf16 into an L2 tile, then the bf16 small-M
+//           kernel's vdpbf16ps 4 x 4 tiles over all token rows (x exact in bf16). Opt-in: measured
+//           no faster than vnni at 32 rows, slower at fewer (BM_QuantLinear).
 //   torch   dequantize 64-row tiles to bf16 and multiply with torch's GEMM: the reference-grade
 //           path (x exact), and the many-row (prefill) path whatever the choice.
 // AMX-INT8 is not written: no CPU here has it to test on.
-// `auto` picks vnni, else avx2, else torch; kernels run for M <= quant_max_rows(), more rows take torch.
+// `auto` picks vnni, else avx2, else torch, up to quant_max_rows() token rows (more rows take
+// torch); bf16 runs only when chosen (every M).
 #pragma once
 #include <torch/torch.h>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ecdlm/io/quant_format.h"
 
 namespace ecdlm::kernels {
 
-enum class QuantKernel { kAuto, kVnni, kAvx2, kTorch };
+enum class QuantKernel { kAuto, kVnni, kAvx2, kTorch, kBf16 };
 
-// --quant-kernel NAME (auto | vnni | avx2 | torch). A forced path this CPU lacks is a UserError.
+// --quant-kernel NAME (auto | vnni | avx2 | bf16 | torch). A forced path this CPU lacks is a UserError.
 QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag);
 const char* quant_kernel_name(QuantKernel k);
 void set_quant_kernel(QuantKernel k);  // process-wide choice, default kAuto
@@ -52,9 +57,22 @@ torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, 
 // f64 references: x exact (quantize_x false) or x quantized as the int8 kernels do (true).
 torch::Tensor quant_linear_reference(const torch::Tensor& x_MK, const io::QuantWeight& w, bool quantize_x);
 
-// A SwiGLU expert (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ with quantized gate/up [F, D], down [D, F]:
-// x_MD f32 or bf16, out bf16 [M, D] (h stays f32 between the products).
+// Routed experts' packed matrices, one entry per expert: gate / up [F, D], down [D, F].
+struct QuantExperts {
+  std::vector<const io::QuantWeight*> gate, up, down;
+};
+
+// Many SwiGLU experts (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ in one parallel region (a MoE layer of a
+// cached step): x_PD (f32 or bf16) holds counts[i] rows for expert i, one expert after another.
+// Activations are quantized once per row (x for gate and up; h, kept f32 until then, for down), and
+// the work units are (expert, 64 weight rows) over all experts, so no expert boundary costs a
+// fork/join. Out [P, D] in `out` (f32 or bf16). Runs the int8 kernels (vnni / avx2: `k`, or the
+// choice) when no count exceeds quant_max_rows(), else expert by expert through quant_linear.
+// Throws UserError on mismatched lengths, shapes or formats (gate and up alike, every expert alike).
+torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& counts, const QuantExperts& ex,
+                        torch::ScalarType out, QuantKernel k = QuantKernel::kAuto);
+// One SwiGLU MLP (an expert, a shared expert, a dense MLP) through quant_moe: x_MD [M, D].
 torch::Tensor quant_swiglu(const torch::Tensor& x_MD, const io::QuantWeight& gate, const io::QuantWeight& up,
-                           const io::QuantWeight& down);
+                           const io::QuantWeight& down, torch::ScalarType out = torch::kBFloat16);
 
 }  // namespace ecdlm::kernels

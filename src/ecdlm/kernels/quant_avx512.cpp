@@ -34,6 +34,29 @@ ECDLM_VNNI_TARGET inline __m512 lane_scales(const uint16_t* d, int64_t g, int64_
                                _mm512_castps128_ps512(f));
 }
 
+// The per-lane weight scales of RT rows, 16 groups' f16 scales converted once per row and reused by
+// the next 8 (G = 32) or 16 (G = 64) chunks through one permute each: a chunk's scales cost one
+// instruction per row instead of a load, a conversion and a permute. Steps must visit every group
+// from 0 on (k = 0, then k += 64).
+template <int RT>
+struct RowScales {
+  __m512 sc[RT];
+  ECDLM_VNNI_TARGET inline void at(const QwOperand& w, int64_t n, int64_t k, __m512 (&sw)[RT]) {
+    const int64_t G = w.G, KG = w.K / G, g = k / G, j = g & 15;
+    if (j == 0) {
+      const auto mask = static_cast<__mmask16>(KG - g >= 16 ? 0xFFFF : (1U << (KG - g)) - 1);
+#pragma GCC unroll 4
+      for (int r = 0; r < RT; ++r) sc[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.d + (n + r) * KG + g));
+    }
+    const int jj = static_cast<int>(j);
+    const __m512i idx = G == 64 ? _mm512_set1_epi32(jj)
+                                : _mm512_set_epi32(jj + 1, jj + 1, jj + 1, jj + 1, jj + 1, jj + 1, jj + 1, jj + 1, jj,
+                                                   jj, jj, jj, jj, jj, jj, jj);
+#pragma GCC unroll 4
+    for (int r = 0; r < RT; ++r) sw[r] = _mm512_permutexvar_ps(idx, sc[r]);
+  }
+};
+
 // acc[r][m] += Σ_lanes (bias + wu[r] · x_m) · sw[r] · s_m over the 64 inputs at k (Tail: the
 // first 32 only).
 template <int MC, int RT, bool Tail>
@@ -104,6 +127,7 @@ ECDLM_VNNI_TARGET void tile_q8(const QxOperand& x, int64_t m0, const QwOperand& 
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512i wu[RT];
   __m512 sw[RT];
+  RowScales<RT> scales;
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
 #pragma GCC unroll 4
@@ -111,8 +135,8 @@ ECDLM_VNNI_TARGET void tile_q8(const QxOperand& x, int64_t m0, const QwOperand& 
       const uint8_t* row = w.q + (n + r) * w.row_bytes;
       wu[r] = _mm512_xor_si512(_mm512_loadu_si512(row + k), offset);  // q + 128 as u8
       if constexpr (PF) _mm_prefetch(reinterpret_cast<const char*>(row + k + kPrefetch), _MM_HINT_T1);
-      sw[r] = lane_scales(w.d + (n + r) * KG, k / G, G, true);
     }
+    scales.at(w, n, k, sw);
     step<MC, RT, false>(acc, wu, sw, x, m0, k);
   }
   if (k < K) {  // 32 inputs left (G = 32): masked lanes see x = 0 and bias 0, so their dot is 0
@@ -135,24 +159,24 @@ ECDLM_VNNI_TARGET void tile_q4(const QxOperand& x, int64_t m0, const QwOperand& 
   for (int r = 0; r < RT; ++r)
 #pragma GCC unroll 4
     for (int m = 0; m < MC; ++m) acc[r][m] = _mm512_setzero_ps();
-  const int64_t K = w.K, G = w.G, KG = K / G;
+  const int64_t K = w.K;
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512i wu[RT];
   __m512 sw[RT];
+  RowScales<RT> scales;
   for (int64_t k = 0; k + io::kQ4Chunk <= K; k += io::kQ4Chunk) {
 #pragma GCC unroll 4
     for (int r = 0; r < RT; ++r) {
       const uint8_t* row = w.q + (n + r) * w.row_bytes;
       wu[r] = _mm512_and_si512(_mm512_loadu_si512(row + k / 2), low);
       if constexpr (PF) _mm_prefetch(reinterpret_cast<const char*>(row + k / 2 + kPrefetch), _MM_HINT_T1);
-      sw[r] = lane_scales(w.d + (n + r) * KG, k / G, G, true);
     }
+    scales.at(w, n, k, sw);
     step<MC, RT, false>(acc, wu, sw, x, m0, k);
 #pragma GCC unroll 4
-    for (int r = 0; r < RT; ++r) {  // reloaded from L1: keeps the 64-byte vector out of registers
+    for (int r = 0; r < RT; ++r)  // reloaded from L1: keeps the 64-byte vector out of registers
       wu[r] = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(w.q + (n + r) * w.row_bytes + k / 2), 4), low);
-      sw[r] = lane_scales(w.d + (n + r) * KG, (k + 64) / G, G, true);
-    }
+    scales.at(w, n, k + 64, sw);
     step<MC, RT, false>(acc, wu, sw, x, m0, k + 64);
   }
   finish<MC, RT>(acc, x, m0, w, n, y, ldy);
@@ -194,6 +218,116 @@ void vnni_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, f
   if (w.kind != io::QuantKind::kQ8 && k_tail < w.K)
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t m = 0; m < x.M; ++m) y[m * ldy + (n - n0)] += q4_tail(x, m, w, n, k_tail);
+}
+
+}  // namespace ecdlm::kernels::detail
+
+// --- Activation helpers (AVX512F/BW; every VNNI CPU has them) -------------------------------
+namespace ecdlm::kernels::detail {
+
+ECDLM_VNNI_TARGET void avx512_quantize_row(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0,
+                                           int32_t z) {
+  const int64_t K = x.K, G = x.G;
+  const __m512 lo = _mm512_set1_ps(-127.0F), hi = _mm512_set1_ps(127.0F);
+  const __m128i ones8 = _mm_set1_epi8(1), ones16 = _mm_set1_epi16(1), negz = _mm_set1_epi32(-z);
+  for (int64_t g0 = 0; g0 < n; g0 += G) {
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < G; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(v + g0 + i)));
+    const float a = _mm512_reduce_max_ps(amax);
+    const float dg = a / 127.0F, inv = a > 0 ? 127.0F / a : 0.0F;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const int64_t k = k0 + g0;
+    int8_t* q = x.q + m * K + k;
+    __m128i sum4 = _mm_setzero_si128();
+    for (int64_t i = 0; i < G; i += 16) {
+      __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(v + g0 + i), vinv),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m128i codes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(t, lo), hi)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), codes);
+      // The 4 lanes' code sums: u8 ones x s8 codes into s16 pairs, then pairs into s32 quads.
+      const __m128i quads = _mm_madd_epi16(_mm_maddubs_epi16(ones8, codes), ones16);
+      sum4 = _mm_add_epi32(sum4, quads);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(x.bias + (m * K + k + i) / 4), _mm_mullo_epi32(quads, negz));
+      _mm_storeu_ps(x.s + (m * K + k + i) / 4, _mm_set1_ps(dg));
+    }
+    sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0x4E));
+    sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0xB1));
+    x.d[(m * K + k) / G] = dg;
+    x.c[(m * K + k) / G] = dg * static_cast<float>(_mm_cvtsi128_si32(sum4));
+  }
+}
+
+ECDLM_VNNI_TARGET void avx512_silu_mul(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto mask = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
+    const __m512 gv = _mm512_maskz_loadu_ps(mask, g + i), uv = _mm512_maskz_loadu_ps(mask, u + i);
+    const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0F), exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    _mm512_mask_storeu_ps(g + i, mask, _mm512_mul_ps(s, uv));
+  }
+}
+
+ECDLM_VNNI_TARGET void avx512_round_bf16_f(const float* y, int64_t n, uint16_t* out) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF), qnan = _mm512_set1_epi32(0x7FC0);
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto mask = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(mask, y + i);
+    const __m512i b = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, bias)), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
+    _mm256_mask_storeu_epi16(out + i, mask, _mm512_cvtepi32_epi16(r));
+  }
+}
+
+}  // namespace ecdlm::kernels::detail
+
+// --- Dequantized bf16 rows (AVX512-BF16): the many-token-row path ------------------------------
+namespace ecdlm::kernels::detail {
+
+#define ECDLM_DEQ_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")))
+
+namespace {
+
+// 16 values (codes - z) · d + m to bf16 at out (multiply, then add: io::dequantize_rows' order).
+ECDLM_DEQ_TARGET inline void put16(__m512i codes, float z, float d, float m, uint16_t* out) {
+  const __m512 v = _mm512_sub_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(z));
+  const __m512 y = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(d)), _mm512_set1_ps(m));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(y));
+}
+
+// Group g's scale and minimum (0 without mins) from f16.
+ECDLM_DEQ_TARGET inline void group_dm(const uint16_t* dp, const uint16_t* mp, int64_t g, float* d, float* m) {
+  *d = _cvtsh_ss(dp[g]);
+  *m = mp ? _cvtsh_ss(mp[g]) : 0.0F;
+}
+
+}  // namespace
+
+ECDLM_DEQ_TARGET void avx512_dequant_row_bf16(const QwOperand& w, int64_t n, uint16_t* out) {
+  const int64_t K = w.K, G = w.G, KG = K / G;
+  const uint8_t* row = w.q + n * w.row_bytes;
+  const uint16_t* dp = w.d + n * KG;
+  const uint16_t* mp = w.m ? w.m + n * KG : nullptr;
+  float d, m;
+  if (w.kind == io::QuantKind::kQ8) {
+    for (int64_t k = 0; k < K; k += 16) {
+      group_dm(dp, mp, k / G, &d, &m);
+      put16(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))), 0.0F, d, m, out + k);
+    }
+    return;
+  }
+  const float z = w.kind == io::QuantKind::kQ4Sym ? 8.0F : 0.0F;
+  const __m512i low = _mm512_set1_epi32(15);
+  for (int64_t k0 = 0; k0 < K; k0 += io::kQ4Chunk) {
+    const int64_t half = std::min(io::kQ4Chunk, K - k0) / 2;  // a multiple of 16 (K % 32 == 0)
+    for (int64_t i = 0; i < half; i += 16) {
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k0 / 2 + i)));
+      group_dm(dp, mp, (k0 + i) / G, &d, &m);
+      put16(_mm512_and_si512(b, low), z, d, m, out + k0 + i);
+      group_dm(dp, mp, (k0 + half + i) / G, &d, &m);
+      put16(_mm512_srli_epi32(b, 4), z, d, m, out + k0 + half + i);
+    }
+  }
 }
 
 }  // namespace ecdlm::kernels::detail

@@ -2,11 +2,20 @@
 // backends (quant_avx512.cpp, quant_avx2.cpp). Every function runs on one thread inside a
 // parallel region the driver owns.
 #pragma once
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
+#include <vector>
 
 #include "ecdlm/io/quant_format.h"
 
 namespace ecdlm::kernels::detail {
+
+// Token rows up to which the int8 kernels run (quant_max_rows()). Their arithmetic per weight byte
+// grows with the rows (about 4 vector ops per 64 inputs and token), so past a few tokens they are
+// compute-bound, but at 64 rows still 2-4x faster than dequantizing + torch's GEMM (BM_QuantLinear,
+// one thread, 2048 x 2048: q8 107 ms against 200 ms per 24 weights).
+constexpr int64_t kInt8MaxRows = 64;
 
 // The token rows of one call, quantized per row and group of G (driver-owned scratch).
 struct QxOperand {
@@ -18,6 +27,50 @@ struct QxOperand {
   const float* c = nullptr;       // [M, K / G] d · (sum of the group's codes): q4's minimum term
 };
 
+// Writable buffers of a QxOperand (the drivers' thread-local scratch): rows of K codes, K / G
+// group scales and sums, K / 4 lane scales and biases.
+struct QxStore {
+  int64_t M = 0, K = 0, G = 32;
+  int8_t* q = nullptr;
+  float* d = nullptr;
+  float* s = nullptr;
+  int32_t* bias = nullptr;
+  float* c = nullptr;
+  QxOperand view() const { return {M, K, G, q, d, s, bias, c}; }
+};
+
+// Growable buffers behind a QxStore (thread-local in the drivers).
+struct QxScratch {
+  std::vector<int8_t> q;
+  std::vector<float> d, s, c;
+  std::vector<int32_t> bias;
+  QxStore store(int64_t M, int64_t K, int64_t G);  // room for M rows of K
+};
+
+// f32 copy of a bf16 row in buf (grown as needed).
+const float* bf16_row(const at::BFloat16* x, int64_t n, std::vector<float>& buf);
+
+// Rows [m0, m0 + M) of x as an operand of their own (one expert's rows).
+inline QxOperand rows_of(const QxOperand& x, int64_t m0, int64_t M) {
+  const int64_t KG = x.K / x.G, K4 = x.K / 4;
+  return {M, x.K, x.G, x.q + m0 * x.K, x.d + m0 * KG, x.s + m0 * K4, x.bias + m0 * K4, x.c + m0 * KG};
+}
+
+// Quantizes n values v (n a multiple of G) of row m into the store at input k0 (a multiple of G):
+// per group d = max|v| / 127, q = clamp(round_even(v · 127 / max|v|), ±127), the group sum c =
+// d · Σ q, each 4-code lane's scale d and bias -z · (its 4 codes' sum). The AVX512 version gives
+// the scalar one's values bit for bit (tests: QuantKernels.RowQuantizersAgree).
+void quantize_row_scalar(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0, int32_t z);
+void avx512_quantize_row(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0, int32_t z);
+// The AVX512 version on a VNNI CPU, else the scalar one.
+void quantize_row(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0, int32_t z);
+// g = silu(g) · u in place (AVX512: a polynomial exp, relative error ~1e-7).
+void silu_mul_scalar(float* g, const float* u, int64_t n);
+void avx512_silu_mul(float* g, const float* u, int64_t n);
+// out = bf16(y), nearest-even as c10::BFloat16 (NaN -> 0x7FC0).
+void round_bf16_scalar(const float* y, int64_t n, uint16_t* out);
+void avx512_round_bf16_f(const float* y, int64_t n, uint16_t* out);
+
 // One packed weight (io::QuantWeight's tensors as raw pointers). Row n's codes start at
 // q + n * row_bytes; scales and mins are f16 bits, [N, K / G].
 struct QwOperand {
@@ -28,6 +81,8 @@ struct QwOperand {
   const uint16_t* m = nullptr;  // q4 only
 };
 
+QwOperand weight_operand(const io::QuantWeight& w);
+
 // The zero point the vnni kernels' bias pays back: q8 codes enter as u8 = q + 128, q4s as q (w ∝ q - 8).
 inline int32_t vnni_zero_point(io::QuantKind k) {
   return k == io::QuantKind::kQ8 ? 128 : k == io::QuantKind::kQ4Sym ? 8 : 0;
@@ -37,6 +92,10 @@ inline int32_t vnni_zero_point(io::QuantKind k) {
 // x.bias is built with vnni_zero_point(w.kind); avx2 reads it for q4 only (q8: sign trick).
 void vnni_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
 void avx2_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
+
+// Row n of w dequantized to bf16 (AVX512-BF16): out[k] = bf16((code - z) · d + m), the values
+// io::dequantize_rows gives, rounded to nearest-even.
+void avx512_dequant_row_bf16(const QwOperand& w, int64_t n, uint16_t* out);
 
 // q4 rows whose K is not a multiple of 128 end in a shorter chunk: its groups' integer dot
 // products, scaled (without the minimum term, which the kernels add over all groups). Scalar.

@@ -236,15 +236,17 @@ std::vector<io::PendingTensor> quantize_tensors(std::vector<io::PendingTensor> i
   const QuantSelector sel(q);
   std::vector<io::PendingTensor> out;
   std::set<std::string> cats;
+  std::vector<std::string> split;  // expert tensors a pattern named apart from their module
   for (auto& t : in) {
-    const bool shaped = t.shape.size() == 2 || (t.shape.size() == 3 && quant_category(t.name) == "experts");
+    const std::string cat = quant_category(t.name);
+    const bool shaped = t.shape.size() == 2 || (t.shape.size() == 3 && cat == "experts");
+    if (shaped && is_float(t.dtype) && sel.splits_experts(t.name)) split.push_back(t.name);
     if (!shaped || !is_float(t.dtype) || !sel.selects(t.name)) {
       out.push_back(std::move(t));
       continue;
     }
     // Routed experts are packed all three projections or none (down's K is gate's N).
-    const bool expert = quant_category(t.name) == "experts";
-    if (t.shape.back() % f.group != 0 || (expert && t.shape[t.shape.size() - 2] % f.group != 0)) {
+    if (!quantizable_shape(cat, t.shape, f)) {
       rep.not_quantized.push_back(t.name);
       out.push_back(std::move(t));
       continue;
@@ -258,6 +260,12 @@ std::vector<io::PendingTensor> quantize_tensors(std::vector<io::PendingTensor> i
                                       << f.group << " and stay unquantized, e.g. " << rep.not_quantized.front()
                                       << " (listed in config.json quantization.not_quantized; try --quantize-group 32; routed experts "
                                          "need both dimensions to fit)");
+  if (!split.empty())
+    LOG_WARN("routed experts are selected per layer by the name <prefix>.mlp.experts.gate_proj, so the patterns' "
+             "choice for "
+             << split.size() << " expert tensors (e.g. " << quant_selection_name(split.front())
+             << " covers " << split.front() << ") does not apply: a layer's experts are packed all three projections "
+                "or none (match or exclude e.g. '^model\\.layers\\.3\\.mlp\\.experts' to choose per layer)");
   if (rep.quantized == 0)
     fail("", "--quantize", "no tensor matches the selection" +
                                std::string(rep.not_quantized.empty() ? "" : " with a fitting input dimension"),

@@ -68,8 +68,7 @@ QuantSelector::QuantSelector(const QuantizeParams& p) : include_(p.include), exc
   check_patterns(exclude_, "--quantize-exclude");
 }
 
-bool QuantSelector::selects(const std::string& name) const {
-  const std::string cat = quant_category(name);
+bool QuantSelector::decide(const std::string& name, const std::string& cat) const {
   if (cat.empty()) return false;
   bool in = false;
   if (cat == "lm_head" && lm_head_) {
@@ -81,6 +80,26 @@ bool QuantSelector::selects(const std::string& name) const {
   }
   for (const auto& p : exclude_) in = in && !matches(p, name, cat);
   return in;
+}
+
+bool QuantSelector::selects(const std::string& name) const {
+  return decide(quant_selection_name(name), quant_category(name));
+}
+
+bool QuantSelector::splits_experts(const std::string& name) const {
+  const std::string cat = quant_category(name);
+  return cat == "experts" && decide(name, cat) != decide(quant_selection_name(name), cat);
+}
+
+std::string quant_selection_name(const std::string& name) {
+  const auto p = name.find(".mlp.experts.");
+  if (p == std::string::npos || quant_category(name) != "experts") return name;
+  return name.substr(0, p) + ".mlp.experts.gate_proj";
+}
+
+bool quantizable_shape(const std::string& category, const std::vector<int64_t>& shape, io::QuantFormat f) {
+  if (shape.size() < 2 || shape.back() < 1 || shape.back() % f.group != 0) return false;
+  return category != "experts" || shape[shape.size() - 2] % f.group == 0;
 }
 
 nlohmann::json quantization_block(const QuantizeParams& p, const std::vector<std::string>& categories,
@@ -241,11 +260,16 @@ int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p) {
   int64_t n = 0;
   for (const auto& m : model.named_modules()) {
     if (auto lin = std::dynamic_pointer_cast<LinearNoBiasImpl>(m.value())) {
-      if (lin->quantized() || !sel.selects(m.key() + ".weight") || lin->weight.size(1) % f.group != 0) continue;
+      const std::string name = m.key() + ".weight";
+      if (lin->quantized() || !sel.selects(name) ||
+          !quantizable_shape(quant_category(name), lin->weight.sizes().vec(), f))
+        continue;
       lin->bind_quantized(io::quantize(lin->weight.to(torch::kFloat32), f));
       ++n;
     } else if (auto ex = std::dynamic_pointer_cast<moe::ExpertsImpl>(m.value())) {
-      if (ex->quantized() || !sel.selects(m.key() + ".gate_proj")) continue;
+      if (ex->quantized() || !sel.selects(m.key() + ".gate_proj") ||
+          !quantizable_shape("experts", ex->gate_w(0).sizes().vec(), f))
+        continue;
       std::vector<io::QuantWeight> q[3];
       for (int64_t e = 0; e < ex->num_experts(); ++e) {
         q[0].push_back(io::quantize(ex->gate_w(e).to(torch::kFloat32), f));

@@ -32,18 +32,30 @@ struct QuantizeParams {
 
 // The io format of p ("q8" + group 32 -> q8_g32). UserError naming the flag otherwise.
 io::QuantFormat quantize_format(const QuantizeParams& p);
-// Whether tensor `name` of `shape` is quantized under p: a category in the default set (experts,
-// shared experts, dense MLP, attention; + lm_head with the flag) or matching include, and not
-// matching exclude. Patterns are compiled once by QuantSelector.
+// Whether tensor `name` is quantized under p: a category in the default set (experts, shared
+// experts, dense MLP, attention; + lm_head with the flag) or matching include, and not matching
+// exclude. A routed expert's tensor (per-expert `<prefix>.mlp.experts.<e>.<proj>.weight` or stacked
+// `<prefix>.mlp.experts.<proj>`) is decided by its module's canonical name
+// `<prefix>.mlp.experts.gate_proj`, so a layer's experts are packed all or none whatever the
+// patterns (the loader takes nothing else). `splits_experts` tells when the tensor's own name
+// would have been decided otherwise (convert warns).
 class QuantSelector {
  public:
   explicit QuantSelector(const QuantizeParams& p);
   bool selects(const std::string& name) const;
+  bool splits_experts(const std::string& name) const;
 
  private:
+  bool decide(const std::string& name, const std::string& cat) const;
   std::vector<std::string> include_, exclude_;
   bool lm_head_;
 };
+// "<prefix>.mlp.experts.gate_proj" for a routed expert tensor of any layout; other names as they are.
+std::string quant_selection_name(const std::string& name);
+// Whether a weight of `shape` [..., N, K] in `category` can be packed in f: K a multiple of the
+// group, and for routed experts N too (down's K is gate's N, so an expert packs whole). The one
+// rule of convert --quantize and quantize_model.
+bool quantizable_shape(const std::string& category, const std::vector<int64_t>& shape, io::QuantFormat f);
 
 // The config.json block: {"quant_method": "ecdlm", "format": "q8_g32", "bits": 8, "group_size": 32,
 // "scale_dtype": "float16", "zero_point": false, "quantized": [categories], "include": [...],

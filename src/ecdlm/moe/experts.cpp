@@ -43,10 +43,10 @@ torch::Tensor ExpertsImpl::forward_one(int64_t e, const torch::Tensor& x_ND) {
   touched_E_[static_cast<size_t>(e)] = 1;
   if (quantized()) {
     const auto i = static_cast<size_t>(e);
-    // h stays f32 between the products; one rounding to x's dtype at the end (quant_swiglu
-    // would round to bf16 even for an f32 model).
-    const auto g = quant_forward(x_ND, gate_q_[i], torch::kFloat32), u = quant_forward(x_ND, up_q_[i], torch::kFloat32);
-    return quant_forward(torch::silu(g) * u, down_q_[i], x_ND.scalar_type());
+    // h stays f32 between the products; one rounding to x's dtype at the end.
+    const bool bf16 = x_ND.scalar_type() == torch::kBFloat16;
+    const auto x = bf16 ? x_ND : x_ND.to(torch::kFloat32);
+    return kernels::quant_swiglu(x, gate_q_[i], up_q_[i], down_q_[i], x.scalar_type()).to(x_ND.scalar_type());
   }
   return kernels::swiglu(x_ND, gate_w(e), up_w(e), down_w(e));
 }
@@ -66,6 +66,16 @@ torch::Tensor ExpertsImpl::forward_sorted(const torch::Tensor& x_PD, const std::
   }
   if (ids.empty()) return x_PD.new_empty({0, x_PD.size(1)});
   for (auto e : ids) touched_E_[static_cast<size_t>(e)] = 1;
+  if (quantized() && (x_PD.scalar_type() == torch::kBFloat16 || x_PD.scalar_type() == torch::kFloat32)) {
+    // All experts in one parallel region, each row's activations quantized once (kernels/quant.h).
+    kernels::QuantExperts ex;
+    for (auto e : ids) {
+      ex.gate.push_back(&gate_q_[size_t(e)]);
+      ex.up.push_back(&up_q_[size_t(e)]);
+      ex.down.push_back(&down_q_[size_t(e)]);
+    }
+    return kernels::quant_moe(x_PD, counts, ex, x_PD.scalar_type());
+  }
   if (!quantized() && kernels::small_m_moe_applies(x_PD, counts, g, u, d)) return kernels::small_m_moe(x_PD, counts, g, u, d);
   std::vector<torch::Tensor> outs;
   outs.reserve(ids.size());

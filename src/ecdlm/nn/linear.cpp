@@ -45,6 +45,13 @@ SwiGluMlpImpl::SwiGluMlpImpl(int64_t hidden, int64_t inter) {
 }
 
 torch::Tensor SwiGluMlpImpl::forward(const torch::Tensor& x) {
+  const auto dt = x.scalar_type();
+  if (gate_proj->quantized() && up_proj->quantized() && down_proj->quantized() && x.dim() >= 1 &&
+      (dt == torch::kBFloat16 || dt == torch::kFloat32)) {
+    // One parallel region, x quantized once for gate and up (kernels/quant.h quant_swiglu).
+    const auto x_MD = x.reshape({-1, x.size(-1)});
+    return kernels::quant_swiglu(x_MD, gate_proj->quant(), up_proj->quant(), down_proj->quant(), dt).view(x.sizes());
+  }
   if (gate_proj->quantized() || up_proj->quantized() || down_proj->quantized()) {
     // h stays f32 between the products (one rounding at the end, as the small-M kernel).
     auto g = gate_proj->quantized() ? quant_forward(x, gate_proj->quant(), torch::kFloat32) : gate_proj(x).to(torch::kFloat32);

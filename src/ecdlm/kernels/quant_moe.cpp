@@ -1,0 +1,158 @@
+// Quantized SwiGLU experts in one parallel region (kernels/quant.h quant_moe): the int8 twin of
+// small_m.cpp's run_swiglu. Three phases, each one `omp for` over equal work units:
+//   1. quantize every token row of x once (gate and up share one zero point: one format);
+//   2. (expert, 64 rows of F): gate and up over the expert's rows, h = silu(g) · u, and h's
+//      64 columns quantized right away (64 is a multiple of the group, so no group straddles
+//      two units) into the down projection's operand;
+//   3. (expert, 64 rows of D): down, written as f32 or rounded to bf16.
+// Expert by expert, each product was its own fork/join with a single-threaded scalar activation
+// quantization (x quantized twice, for gate and for up); a cached step has ~70 experts a layer.
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_backend.h"
+#include "ecdlm/util/error.h"
+
+namespace ecdlm::kernels {
+namespace {
+
+constexpr int64_t kUnitRows = 64;  // weight rows per work unit, as quant_linear's
+
+int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
+std::string shape(const io::QuantWeight& w) { return std::to_string(w.N) + " x " + std::to_string(w.K); }
+
+void check_experts(const torch::Tensor& x_PD, const std::vector<int64_t>& counts, const QuantExperts& ex) {
+  const size_t n = counts.size();
+  if (ex.gate.size() != n || ex.up.size() != n || ex.down.size() != n)
+    fail("", "quant_moe", "counts and the gate / up / down lists differ in length");
+  if (!x_PD.defined() || x_PD.dim() != 2 || !x_PD.device().is_cpu() ||
+      (x_PD.scalar_type() != torch::kFloat32 && x_PD.scalar_type() != torch::kBFloat16))
+    fail("", "quant_moe", "x must be a 2-D f32 or bf16 CPU tensor");
+  int64_t total = 0;
+  for (auto c : counts) {
+    if (c < 0) fail("", "quant_moe", "negative row count");
+    total += c;
+  }
+  if (total != x_PD.size(0))
+    fail("", "quant_moe", "counts sum to " + std::to_string(total) + ", x has " + std::to_string(x_PD.size(0)) + " rows");
+  if (n == 0) return;
+  const int64_t D = x_PD.size(1), F = ex.gate[0]->N;
+  for (size_t i = 0; i < n; ++i) {
+    const auto &g = *ex.gate[i], &u = *ex.up[i], &d = *ex.down[i];
+    if (g.K != D || u.K != D || u.N != F || g.N != F || d.N != D || d.K != F)
+      fail("", "quant_moe", "expert " + std::to_string(i) + " shapes disagree: gate " + shape(g) + ", up " + shape(u) +
+                                ", down " + shape(d) + " for D = " + std::to_string(D));
+    if (!(g.format == ex.gate[0]->format) || !(u.format == g.format) || !(d.format == ex.down[0]->format))
+      fail("", "quant_moe", "experts are quantized in different formats", "quantize all experts alike");
+  }
+}
+
+// Expert by expert through quant_linear: the torch path and rows beyond the int8 kernels.
+torch::Tensor moe_by_expert(const torch::Tensor& x_PD, const std::vector<int64_t>& counts, const QuantExperts& ex,
+                            torch::ScalarType out, QuantKernel k) {
+  auto out_PD = torch::empty({x_PD.size(0), x_PD.size(1)}, out);
+  int64_t row = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    const auto x = x_PD.narrow(0, row, counts[i]);
+    const auto g = quant_linear(x, *ex.gate[i], k), u = quant_linear(x, *ex.up[i], k);
+    auto h = torch::silu(g) * u;
+    if (k == QuantKernel::kBf16) h = h.to(torch::kBFloat16);  // as the bf16 MLP rounds h
+    out_PD.narrow(0, row, counts[i]).copy_(quant_linear(h, *ex.down[i], k));
+    row += counts[i];
+  }
+  return out_PD;
+}
+
+}  // namespace
+
+torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& counts, const QuantExperts& ex,
+                        torch::ScalarType out, QuantKernel k) {
+  check_experts(x_PD, counts, ex);
+  if (out != torch::kFloat32 && out != torch::kBFloat16) fail("", "quant_moe", "out must be f32 or bf16");
+  const auto backend = k == QuantKernel::kAuto ? quant_kernel_backend() : k;
+  if (backend == QuantKernel::kVnni && !cpu_has_avx512_vnni()) fail("", "quant_moe", "this CPU has no AVX512-VNNI");
+  if (backend == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", "quant_moe", "this CPU has no AVX2/FMA/F16C");
+  const int64_t P = x_PD.size(0), D = x_PD.size(1);
+  const int64_t max_m = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
+  if (P == 0) return torch::empty({0, D}, out);
+  if (backend == QuantKernel::kTorch || backend == QuantKernel::kBf16 || max_m > detail::kInt8MaxRows)
+    return moe_by_expert(x_PD, counts, ex, out, k);
+
+  const bool vnni = backend == QuantKernel::kVnni;
+  const auto gf = ex.gate[0]->format, df = ex.down[0]->format;
+  const int64_t F = ex.gate[0]->N;
+  // Non-empty experts and their first rows.
+  std::vector<size_t> ids;
+  std::vector<int64_t> row0;
+  for (int64_t i = 0, r = 0; i < static_cast<int64_t>(counts.size()); r += counts[size_t(i)], ++i)
+    if (counts[size_t(i)] > 0) {
+      ids.push_back(size_t(i));
+      row0.push_back(r);
+    }
+  const auto n = static_cast<int64_t>(ids.size());
+  std::vector<detail::QwOperand> gw, uw, dw;
+  for (auto i : ids) {
+    gw.push_back(detail::weight_operand(*ex.gate[i]));
+    uw.push_back(detail::weight_operand(*ex.up[i]));
+    dw.push_back(detail::weight_operand(*ex.down[i]));
+  }
+  thread_local detail::QxScratch xbuf, hbuf;
+  const auto xs = xbuf.store(P, D, gf.group), hs = hbuf.store(P, F, df.group);
+  const auto xq = xs.view(), hq = hs.view();
+  const int32_t zx = detail::vnni_zero_point(gf.kind), zh = detail::vnni_zero_point(df.kind);
+  const auto xc = x_PD.contiguous();
+  const bool x_f32 = xc.scalar_type() == torch::kFloat32;
+  auto out_PD = torch::empty({P, D}, out);
+  const bool out_f32 = out == torch::kFloat32;
+  const int64_t f_units = (F + kUnitRows - 1) / kUnitRows, d_units = (D + kUnitRows - 1) / kUnitRows;
+  const auto rows = vnni ? detail::vnni_rows : detail::avx2_rows;
+  const auto silu_mul = vnni ? detail::avx512_silu_mul : detail::silu_mul_scalar;
+  const auto round_bf16 = vnni ? detail::avx512_round_bf16_f : detail::round_bf16_scalar;
+#pragma omp parallel num_threads(num_threads())
+  {
+    std::vector<float> row_f32;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < P; ++r) {
+      const float* v = x_f32 ? xc.data_ptr<float>() + r * D
+                             : detail::bf16_row(xc.data_ptr<at::BFloat16>() + r * D, D, row_f32);
+      detail::quantize_row(v, D, xs, r, 0, zx);
+    }
+    // [rows of one expert, 64 weight rows] tiles; max_m <= kInt8MaxRows.
+    std::vector<float> g(static_cast<size_t>(max_m * kUnitRows)), u(g.size());
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n * f_units; ++t) {
+      const int64_t e = t / f_units, f0 = (t % f_units) * kUnitRows, f1 = std::min(F, f0 + kUnitRows);
+      const int64_t M = counts[ids[size_t(e)]], r0 = row0[size_t(e)];
+      const auto x = detail::rows_of(xq, r0, M);
+      rows(x, gw[size_t(e)], f0, f1, g.data(), kUnitRows);
+      rows(x, uw[size_t(e)], f0, f1, u.data(), kUnitRows);
+      for (int64_t m = 0; m < M; ++m) {
+        float* gm = g.data() + m * kUnitRows;
+        silu_mul(gm, u.data() + m * kUnitRows, f1 - f0);
+        detail::quantize_row(gm, f1 - f0, hs, r0 + m, f0, zh);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n * d_units; ++t) {
+      const int64_t e = t / d_units, d0 = (t % d_units) * kUnitRows, d1 = std::min(D, d0 + kUnitRows);
+      const int64_t M = counts[ids[size_t(e)]], r0 = row0[size_t(e)];
+      const auto h = detail::rows_of(hq, r0, M);
+      if (out_f32) {
+        rows(h, dw[size_t(e)], d0, d1, out_PD.data_ptr<float>() + r0 * D + d0, D);
+        continue;
+      }
+      rows(h, dw[size_t(e)], d0, d1, g.data(), kUnitRows);
+      auto* o = reinterpret_cast<uint16_t*>(out_PD.data_ptr<at::BFloat16>());
+      for (int64_t m = 0; m < M; ++m) round_bf16(g.data() + m * kUnitRows, d1 - d0, o + (r0 + m) * D + d0);
+    }
+  }
+  return out_PD;
+}
+
+}  // namespace ecdlm::kernels
