@@ -6,11 +6,11 @@
 #  - routing agreement with bf16 on 16 half-masked validation windows (`logits --routing-out`,
 #    scripts/routing_agreement.py): the model's own routing and, for token-choice models, block
 #    routing (dMoE coresets, p 0.6, G 4, 32-token chunks).
-# Usage: scripts/study_quant_quality.sh NAME=MODEL_DIR [NAME=MODEL_DIR ...]
+# Usage: [EVAL_WINDOWS=N] [ECDLM="build/ecdlm --threads 1"] scripts/study_quant_quality.sh NAME=MODEL_DIR [...]
 #   e.g. scripts/study_quant_quality.sh ec=runs/brown-ec/best tc=runs/brown-tc/best
 # Writes runs/quant-quality/ (models, JSON) and docs/results/quantization/brown_quality.md.
 set -euo pipefail
-ECDLM=${ECDLM:-build/ecdlm}
+read -ra ECDLM <<< "${ECDLM:-build/ecdlm}"  # may carry global flags, e.g. "build/ecdlm --threads 1"
 OUT=${OUT:-runs/quant-quality}
 MD=${MD:-docs/results/quantization/brown_quality.md}
 FORMATS=(bf16 q8 q4 q4s)
@@ -23,7 +23,7 @@ python3 scripts/make_masked_windows.py data/brown "$OUT/windows.safetensors" 16 
   echo "($(nproc) cores), $(date -u +%Y-%m-%d). Every format is converted from the same checkpoint"
   echo "(\`convert --dtype bf16 [--quantize FMT]\`, group 32, default set: routed and shared experts,"
   echo "dense MLPs, attention; embedding, norms, router and LM head bf16) and scored on the same windows,"
-  echo "masks and cloze spans: the whole validation split, 2 mask draws per window (ELBO), 4 spans"
+  echo "masks and cloze spans: ${EVAL_WINDOWS:-all} validation windows of 256, 2 mask draws per window (ELBO), 4 spans"
   echo "of 8 tokens per window (cloze). Ratios are against bf16, with paired bootstrap 95% intervals."
 } > "$MD.tmp"
 for spec in "$@"; do
@@ -32,14 +32,14 @@ for spec in "$@"; do
   for f in "${FORMATS[@]}"; do
     dir="$OUT/$name-$f"
     q=(); [ "$f" = bf16 ] || q=(--quantize "$f")
-    [ -f "$dir/config.json" ] || "$ECDLM" -q convert -m "$src" -o "$dir" --dtype bf16 "${q[@]}"
+    [ -f "$dir/config.json" ] || "${ECDLM[@]}" -q convert -m "$src" -o "$dir" --dtype bf16 "${q[@]}"
     [ -f "$OUT/$name-$f.eval.json" ] || {
-      "$ECDLM" eval -m "$dir" --data data/brown --eval-seq-len 256 --eval-windows "${EVAL_WINDOWS:-100000}" --eval-mask-samples 2 \
+      "${ECDLM[@]}" eval -m "$dir" --data data/brown --eval-seq-len 256 --eval-windows "${EVAL_WINDOWS:-100000}" --eval-mask-samples 2 \
         --eval-cloze-span 8 --eval-cloze-positions 4 --json > "$OUT/$name-$f.eval.json.tmp" 2> "$OUT/$name-$f.eval.log"
       mv "$OUT/$name-$f.eval.json.tmp" "$OUT/$name-$f.eval.json"; }
-    "$ECDLM" -q logits -m "$dir" --input "$OUT/windows.safetensors" --routing-out "$OUT/$name-$f.route.safetensors"
+    "${ECDLM[@]}" -q logits -m "$dir" --input "$OUT/windows.safetensors" --routing-out "$OUT/$name-$f.route.safetensors"
     if [ "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('moe_router_type', ''))" "$src/config.json")" != expert_choice ]; then
-      "$ECDLM" -q logits -m "$dir" --input "$OUT/windows.safetensors" --moe-routing block --block-top-p 0.6 \
+      "${ECDLM[@]}" -q logits -m "$dir" --input "$OUT/windows.safetensors" --moe-routing block --block-top-p 0.6 \
         --block-min-experts 4 --block-chunk 32 --routing-out "$OUT/$name-$f.block.safetensors"
     fi
   done
