@@ -6,7 +6,10 @@
 #    2 accumulated micro-batches); metrics carry the all_to_all bytes and seconds;
 #  - checkpoints have the single-process layout (expert shards and their AdamW moments gathered to
 #    rank 0): EP 2 -> 1 process and 1 process -> EP 2 resume exactly;
-#  - bad --dist-ep (WORLD_SIZE or the expert count not divisible) exits 2 before writing anything.
+#  - evaluation split over the ranks (DP and EP) gives the one-process val loss and per-bin table;
+#  - bad --dist-ep (WORLD_SIZE or the expert count not divisible) exits 2 before writing anything;
+#  - retrofit (with fine-tuning) runs data parallel under `ecdlm launch`; conversion alone and
+#    experiment refuse with exit 2.
 # Usage: bash dist_ep.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
 source "$2/tests/e2e/dist_common.bash" "$@"
@@ -35,6 +38,36 @@ same_curve ec1 ec4
 "$ECDLM" -q --threads 1 "${TRAIN[@]}" "${TC[@]}" --out tc1
 launch_ep tcep "${TC[@]}"
 same_curve tc1 tcep
+
+# --- evaluation split over the ranks: one window per batch, 2 mask samples -> 8 batches shared out;
+# the all-reduced val loss, per-bin losses and counts equal one process (DP 2 and EP 2) -------------
+python3 - "$ROOT/configs/tiny.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["train"].update(eval_batch_size=1, eval_mask_samples=2)
+json.dump(c, open("tiny-evalsplit.json", "w"))
+PY
+SAVED=("${TRAIN[@]}")
+TRAIN=("${TRAIN[@]/#$ROOT\/configs\/tiny.json/tiny-evalsplit.json}")
+"$ECDLM" -q --threads 1 "${TRAIN[@]}" --out ev1
+"$ECDLM" launch --nproc-per-node 2 -- -q --threads 1 "${TRAIN[@]}" --out ev2 > ev2.log 2>&1 \
+  || { cat ev2.log; fail "2-rank eval split run"; }
+launch_ep evep
+TRAIN=("${SAVED[@]}")
+for r in ev2 evep; do same_curve ev1 $r; done
+python3 - <<'PY'
+import json
+def evals(d):
+    return [(l["val_loss"], l["val_per_bin"]["4"]) for l in map(json.loads, open(d + "/metrics.jsonl")) if "val_loss" in l]
+a = evals("ev1")
+for other in ("ev2", "evep"):
+    b = evals(other)
+    assert len(a) == len(b) == 2, (a, b)
+    for (la, ba), (lb, bb) in zip(a, b):
+        assert abs(la - lb) <= 1e-4 * abs(la), (other, la, lb)
+        assert [x["count"] for x in ba] == [x["count"] for x in bb], (ba, bb)
+        assert all(abs(x["loss"] - y["loss"]) <= 1e-4 * max(1, abs(x["loss"])) for x, y in zip(ba, bb)), (ba, bb)
+print("eval split: val loss and per-bin losses/counts as one process:", [round(x[0], 5) for x in a])
+PY
 
 # --- checkpoints: the single-process layout, the same weights -----------------------------------
 python3 - <<'PY'

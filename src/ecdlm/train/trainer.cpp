@@ -293,6 +293,20 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
   // Validation routes as training does (a block-routing fine-tune is judged under block routing).
   EvalParams eval_params = p.eval;
   eval_params.routing = p.routing();
+  if (dp) {
+    // The windows' batches split over the data-parallel replicas; an EP group evaluates its share
+    // together (its ranks run the same forwards, so the world's sum counts each part EP times).
+    const auto& g = dp->group;
+    const int64_t ep = std::max<int64_t>(1, dist_opt.ep);
+    eval_params.parts = g->size() / ep;
+    eval_params.part = g->rank() / ep;
+    eval_params.all_reduce = [g, ep](std::vector<double>& v) {
+      auto t = torch::tensor(v, torch::kFloat64);
+      g->all_reduce_sum(t);
+      t /= static_cast<double>(ep);
+      for (size_t i = 0; i < v.size(); ++i) v[i] = t[static_cast<int64_t>(i)].item<double>();
+    };
+  }
 
   // Loaded before the seeded init, so the student starts exactly as without a teacher.
   MoeDlm teacher{nullptr};
