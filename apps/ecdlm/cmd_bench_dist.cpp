@@ -1,6 +1,8 @@
 // ecdlm bench dist: data-parallel training throughput on this machine, side by side in one run:
 // 1 rank x T threads against T ranks x 1 thread (ecdlm launch), the same model and global batch;
 // plus the gradient all-reduce's bytes and exposed wait per step (from rank 0's metrics). With
+// --dist-ep EP, a third setup: the same ranks expert parallel (train --dist-ep EP), with the
+// all_to_all bytes and seconds per step.
 // --bench-ec-model / --bench-tc-model: the expert-parallel scaling model (bench/dist_model.h).
 #include <unistd.h>
 
@@ -25,7 +27,7 @@ namespace {
 
 struct BenchDistArgs {
   std::string config = "configs/brown-small.json", data, out_md, work_dir;
-  int64_t ranks = 2, steps = 8, reps = 3, batch = 16, seq_len = 256;  // the main job's global batch (configs/brown-small.json)
+  int64_t ranks = 2, steps = 8, reps = 3, batch = 16, seq_len = 256, ep = 1;  // the main job's global batch (configs/brown-small.json)
   bool json = false;
   bench::EpModelParams ep;  // with --bench-ec-model and --bench-tc-model: the EP scaling model instead
   std::string plot;
@@ -38,7 +40,7 @@ std::string quote(const std::string& s) {
 }
 
 struct RunStats {
-  std::vector<double> tps, ar_bytes, ar_wait_s;
+  std::vector<double> tps, ar_bytes, ar_wait_s, a2a_bytes, a2a_s;
 };
 
 // Windows of log_every steps after the first one (warm-up), from a run's metrics.jsonl.
@@ -54,6 +56,10 @@ void collect(const std::string& out_dir, RunStats& s) {
     if (l.contains("dist")) {
       s.ar_bytes.push_back(l["dist"]["allreduce_bytes"].get<double>());
       s.ar_wait_s.push_back(l["dist"]["allreduce_wait_s"].get<double>());
+      if (l["dist"].contains("alltoall_bytes")) {
+        s.a2a_bytes.push_back(l["dist"]["alltoall_bytes"].get<double>());
+        s.a2a_s.push_back(l["dist"]["alltoall_wait_s"].get<double>());
+      }
     }
   }
 }
@@ -74,24 +80,30 @@ int run_bench_dist(const BenchDistArgs& a) {
         << " --train-steps " << a.steps << " --train-batch-size " << a.batch << " --train-seq-len " << a.seq_len
         << " --train-log-every 2 --train-eval-every 0 --train-save-every 0 --eval-windows 1 --eval-mask-samples 1"
         << " --train-warmup 2";
-  RunStats one, many;
+  if (a.ep < 1 || a.ranks % a.ep != 0)
+    fail("", "--dist-ep", std::to_string(a.ep) + " does not divide --bench-ranks " + std::to_string(a.ranks),
+         "a divisor of the rank count, e.g. --dist-ep " + std::to_string(a.ranks));
+  RunStats one, many, ep;
+  const int setups = a.ep > 1 ? 3 : 2;
   for (int64_t rep = 0; rep < a.reps; ++rep) {
-    // Alternated, so load from other work on the machine hits both alike.
-    for (int which = 0; which < 2; ++which) {
-      const std::string out = (fs::path(work) / ((which ? "ranks-" : "threads-") + std::to_string(rep))).string();
+    // Alternated, so load from other work on the machine hits all setups alike.
+    for (int which = 0; which < setups; ++which) {
+      const char* name = which == 0 ? "threads-" : which == 1 ? "ranks-" : "ep-";
+      const std::string out = (fs::path(work) / (name + std::to_string(rep))).string();
       fs::remove_all(out);
       std::ostringstream cmd;
       if (which == 0)
         cmd << quote(exe) << " --threads " << a.ranks << train.str() << " --out " << quote(out);
       else
         cmd << quote(exe) << " launch --nproc-per-node " << a.ranks << " -- --threads 1" << train.str() << " --out "
-            << quote(out);
+            << quote(out) << (which == 2 ? " --dist-ep " + std::to_string(a.ep) : std::string());
       cmd << " > " << quote(out + ".log") << " 2>&1";
       LOG_INFO("bench dist: " << (which ? std::to_string(a.ranks) + " ranks x 1 thread" : "1 rank x " + std::to_string(a.ranks) + " threads")
+                              << (which == 2 ? ", expert parallel " + std::to_string(a.ep) : std::string())
                               << ", rep " << rep + 1 << "/" << a.reps);
       if (std::system(cmd.str().c_str()) != 0)
         fail(out + ".log", "", "the benchmarked run failed", "see the log");
-      collect(out, which ? many : one);
+      collect(out, which == 0 ? one : which == 1 ? many : ep);
     }
   }
   if (a.work_dir.empty()) fs::remove_all(work);
@@ -102,14 +114,33 @@ int run_bench_dist(const BenchDistArgs& a) {
                       {"one_rank_tokens_per_s", t1}, {"ranks_tokens_per_s", tn}, {"ratio", ratio},
                       {"allreduce_bytes_per_step", median(many.ar_bytes)},
                       {"allreduce_wait_s_per_step", median(many.ar_wait_s)}};
+  const double tep = a.ep > 1 ? median(ep.tps) : 0.0;
+  if (a.ep > 1) {
+    j["dist_ep"] = a.ep;
+    j["ep_tokens_per_s"] = tep;
+    j["ep_ratio"] = t1 > 0 ? tep / t1 : 0.0;
+    j["ep_allreduce_bytes_per_step"] = median(ep.ar_bytes);
+    j["ep_alltoall_bytes_per_step"] = median(ep.a2a_bytes);
+    j["ep_alltoall_s_per_step"] = median(ep.a2a_s);
+  }
   std::ostringstream md;
   md << "| setup | tokens/s | vs 1 rank |\n|---|---:|---:|\n"
      << "| 1 rank x " << a.ranks << " threads | " << static_cast<int64_t>(t1) << " | 1.00x |\n"
      << "| " << a.ranks << " ranks x 1 thread (ecdlm launch) | " << static_cast<int64_t>(tn) << " | " << std::fixed
-     << std::setprecision(2) << ratio << "x |\n\n"
+     << std::setprecision(2) << ratio << "x |\n";
+  if (a.ep > 1)
+    md << "| " << a.ranks << " ranks x 1 thread, --dist-ep " << a.ep << " | " << static_cast<int64_t>(tep) << " | "
+       << std::fixed << std::setprecision(2) << (t1 > 0 ? tep / t1 : 0.0) << "x |\n";
+  md << "\n"
      << "Gradient all-reduce per step (" << a.ranks << " ranks, Gloo on loopback): "
      << std::setprecision(2) << median(many.ar_bytes) / 1e6 << " MB, " << std::setprecision(1)
-     << 1e3 * median(many.ar_wait_s) << " ms waited after backward (the rest overlapped with it).\n"
+     << 1e3 * median(many.ar_wait_s) << " ms waited after backward (the rest overlapped with it).\n";
+  if (a.ep > 1)
+    md << "Expert parallel " << a.ep << ": all-reduce " << std::setprecision(2) << median(ep.ar_bytes) / 1e6
+       << " MB per step (dense parameters over the world; expert shards over their replicas), all_to_all "
+       << median(ep.a2a_bytes) / 1e6 << " MB sent per step and rank (forward and backward, every MoE layer), "
+       << std::setprecision(1) << 1e3 * median(ep.a2a_s) << " ms in the exchanges.\n";
+  md
      << "Model " << a.config << ", global batch " << a.batch << " x " << a.seq_len << ", " << a.steps
      << " steps per run (first window dropped), median of " << a.reps << " alternated runs each.\n";
   if (!a.out_md.empty()) write_file_atomic(a.out_md, md.str());
@@ -172,6 +203,8 @@ void register_bench_dist(CLI::App* bench) {
   s->add_option("--bench-reps", a->reps, "Runs of each setup (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
   s->add_option("--train-batch-size", a->batch, "Global batch")->capture_default_str()->check(CLI::PositiveNumber);
   s->add_option("--train-seq-len", a->seq_len, "Sequence length")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--dist-ep", a->ep, "Also run the ranks expert parallel (train --dist-ep N) and report the "
+                                    "all_to_all bytes and time per step")->capture_default_str();
   s->add_option("--work-dir", a->work_dir, "Keep the runs here (default: a temporary dir, removed)");
   s->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
   s->add_flag("--json", a->json, "Print the numbers as JSON");

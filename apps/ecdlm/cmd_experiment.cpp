@@ -3,9 +3,11 @@
 #include <iostream>
 
 #include "commands.h"
+#include "ecdlm/dist/process_group.h"
 #include "ecdlm/moe/capacity.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/train/experiment.h"
+#include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
 
 namespace ecdlm::cli {
@@ -26,6 +28,14 @@ std::string command_line(const ExperimentArgs& a) {
 }
 
 int run(const ExperimentArgs& a) {
+  // The arms run one after another in one process and share one report; a distributed run of
+  // every arm would need each rank to agree on the whole matrix and its skips. Not supported.
+  if (const auto env = dist::DistEnv::from_environment(); env.distributed())
+    fail("environment", "WORLD_SIZE",
+         "experiment does not run distributed (WORLD_SIZE " + std::to_string(env.world_size) +
+             "): it trains its runs one after another in one process",
+         "run `ecdlm experiment` as one process, or launch the runs you want distributed as `ecdlm launch "
+         "--nproc-per-node N -- train ...`");
   auto spec = ExperimentSpec::load(a.spec, a.quick);
   if (!a.runs_dir.empty()) spec.runs_dir = a.runs_dir;
   if (!a.results_dir.empty()) spec.results_dir = a.results_dir;

@@ -31,7 +31,14 @@ int run(const RetrofitArgs& a) {
                         << ec_cfg.num_experts_per_tok << ", k_min " << ec_cfg.moe_capacity_k_min << ", k_max "
                         << ec_cfg.moe_capacity_k_max << "), train " << a.trainable);
   nlohmann::json out = {{"from", a.from}, {"out", a.out}, {"config", ec_cfg.to_json()}};
+  const auto env = dist::DistEnv::from_environment();
   if (a.steps == 0 && a.time_budget.empty()) {
+    // Every rank would write the same directory at once, and there is nothing to share out.
+    if (env.distributed())
+      fail("environment", "WORLD_SIZE",
+           "retrofit without fine-tuning only converts a checkpoint; it does not run distributed (WORLD_SIZE " +
+               std::to_string(env.world_size) + ")",
+           "run the conversion as one process, or add --train-steps to fine-tune data parallel");
     // Conversion only: the same weights under the new router.
     auto model = load_model(a.from, &ec_cfg);
     save_model_dir(model, a.out, a.from);
@@ -52,7 +59,9 @@ int run(const RetrofitArgs& a) {
     p.eval_every = a.eval_every;
     p.save_every = a.eval_every;
     p.seed = a.seed;
+    // With the torchrun environment: data parallel, as `train` (rank 0 writes and reports).
     auto res = run_training(ec_cfg, p, false);
+    if (env.rank != 0) return res.diverged ? 4 : 0;
     out["train"] = res.to_json();
     out["model_dir"] = res.last_checkpoint;
     if (res.diverged) {

@@ -31,6 +31,7 @@ struct TrainArgs {
   bool resume = false, json = false, no_inverse_r = false;
   std::string bf16;
   double dist_timeout = 300.0;
+  int64_t dist_ep = 1;
   std::map<std::string, CLI::Option*> opt;
 };
 
@@ -124,6 +125,7 @@ int run(TrainArgs& a) {
 
   DistOptions dopt;
   dopt.timeout_s = a.dist_timeout;
+  dopt.ep = a.dist_ep;
   auto res = run_training(cfg, p, a.resume, dopt);
   // Distributed: rank 0 reports for the run (the others trained the same model).
   if (dist::DistEnv::from_environment().rank != 0) return res.diverged ? 4 : 0;
@@ -229,6 +231,9 @@ void register_train(CLI::App& app) {
                                                              "T^2; default 1)");
   add("--dist-timeout", a->dist_timeout, "Distributed runs (torchrun environment): seconds to wait for the other "
                                          "ranks at start-up and in every collective before failing (default 300)")
+      ->check(CLI::PositiveNumber);
+  add("--dist-ep", a->dist_ep, "Expert parallel: ranks that split every MoE layer's experts (default 1); "
+                               "WORLD_SIZE = data parallel x this, and it must divide the expert count")
       ->check(CLI::PositiveNumber);
   add("--samples", a->samples, "Samples to generate from the final model")->check(CLI::NonNegativeNumber);
   add("--sample-length", a->sample_length, "Tokens per sample")->check(CLI::PositiveNumber);

@@ -120,5 +120,32 @@ TEST(GradReducer, AveragesBucketsDuringBackward) {
   for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(close("grad", params[i].grad(), local[i] / g.size()));
 }
 
+// Sub-groups (train --dist-ep builds its EP and replica groups so): a pair and a singleton from the
+// same store; collectives stay among the members; a custom divisor in the reducer.
+TEST(ProcessGroup, SubgroupsCollectAmongMembers) {
+  auto& g = group();
+  auto pair = g.subgroup("test-pair", {0, 1});
+  auto solo = g.subgroup("test-solo" + std::to_string(g.rank()), {g.rank()});
+  EXPECT_EQ(pair->size(), 2);
+  EXPECT_EQ(pair->rank(), g.rank());
+  EXPECT_EQ(solo->size(), 1);
+  EXPECT_EQ(solo->rank(), 0);
+  auto x = torch::full({3}, static_cast<double>(g.rank() + 1));
+  auto y = x.clone();
+  pair->all_reduce_sum(x);
+  solo->all_reduce_sum(y);
+  EXPECT_TRUE(close("pair sum", x, torch::full({3}, 3.0)));
+  EXPECT_TRUE(close("solo sum", y, torch::full({3}, static_cast<double>(g.rank() + 1))));
+  auto gathered = pair->all_gather(torch::full({2}, static_cast<float>(10 * g.rank())));
+  EXPECT_TRUE(close("all_gather", gathered, torch::tensor({0.f, 0.f, 10.f, 10.f}).view({2, 2})));
+  // The reducer's divisor: a sum over the pair divided by 4 (the world of a DP 2 x EP 2 run).
+  auto w = torch::ones({2}, torch::requires_grad());
+  GradReducer reducer(*pair, {w}, 1024, 4.0);
+  reducer.arm();
+  (w * static_cast<double>(g.rank() + 1)).sum().backward();
+  reducer.finish();
+  EXPECT_TRUE(close("divided grad", w.grad(), torch::full({2}, 3.0 / 4.0)));
+}
+
 }  // namespace
 }  // namespace ecdlm::dist

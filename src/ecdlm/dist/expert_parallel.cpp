@@ -1,6 +1,7 @@
 #include "ecdlm/dist/expert_parallel.h"
 
 #include <chrono>
+#include <cmath>
 #include <numeric>
 
 #include "ecdlm/dist/c10d_impl.h"
@@ -16,29 +17,52 @@ torch::Tensor exchange(ProcessGroup& g, const torch::Tensor& x_ND, std::vector<i
   auto in = x_ND.contiguous();
   auto out = torch::empty({std::accumulate(recv.begin(), recv.end(), int64_t{0}), D}, in.options());
   if (g.size() == 1) return in.clone();
+  // Gloo has no bfloat16 (bf16 autocast activations): move the same 2-byte words as half, an
+  // all_to_all only copies them.
+  const bool bf16 = in.scalar_type() == torch::kBFloat16;
+  auto in_w = bf16 ? in.view(torch::kHalf) : in;
+  auto out_w = bf16 ? out.view(torch::kHalf) : out;
   try {
-    g.impl().pg->alltoall_base(out, in, recv, send)->wait();
+    g.impl().pg->alltoall_base(out_w, in_w, recv, send)->wait();
   } catch (const std::exception& e) {
     g.rethrow_peer_failure("expert all_to_all", e);
   }
   return out;
 }
 
+// The exchange, timed, its bytes to other ranks counted into *st (if given).
+torch::Tensor counted_exchange(ProcessGroup& g, const torch::Tensor& x_ND, const std::vector<int64_t>& send,
+                               const std::vector<int64_t>& recv, ExpertParallelStats* st) {
+  const auto t0 = Clock::now();
+  auto out = exchange(g, x_ND, send, recv);
+  if (st) {
+    st->seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    int64_t rows = 0;
+    for (int r = 0; r < g.size(); ++r)
+      if (r != g.rank()) rows += send[static_cast<size_t>(r)];
+    st->bytes_sent += rows * x_ND.size(1) * static_cast<int64_t>(x_ND.element_size());
+  }
+  return out;
+}
+
 struct AllToAll : torch::autograd::Function<AllToAll> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x_ND, ProcessGroup* g,
-                               std::vector<int64_t> send, std::vector<int64_t> recv) {
+                               std::vector<int64_t> send, std::vector<int64_t> recv, ExpertParallelStats* st) {
     ctx->saved_data["g"] = reinterpret_cast<int64_t>(g);
+    ctx->saved_data["st"] = reinterpret_cast<int64_t>(st);
     ctx->saved_data["send"] = send;
     ctx->saved_data["recv"] = recv;
-    return exchange(*g, x_ND, send, recv);
+    return counted_exchange(*g, x_ND, send, recv, st);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad) {
     auto* g = reinterpret_cast<ProcessGroup*>(ctx->saved_data["g"].toInt());
+    auto* st = reinterpret_cast<ExpertParallelStats*>(ctx->saved_data["st"].toInt());
     auto send = ctx->saved_data["send"].toIntVector();
     auto recv = ctx->saved_data["recv"].toIntVector();
     // The gradient of a row goes back to the rank it came from: the reverse exchange.
-    return {exchange(*g, grad[0], recv, send), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {counted_exchange(*g, grad[0], recv, send, st), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -48,7 +72,14 @@ torch::Tensor all_to_all_rows(ProcessGroup& group, const torch::Tensor& x_ND, co
                               const std::vector<int64_t>& recv) {
   if (static_cast<int>(send.size()) != group.size() || static_cast<int>(recv.size()) != group.size())
     throw std::invalid_argument("all_to_all_rows: one send and one receive count per rank");
-  return AllToAll::apply(x_ND, &group, send, recv);
+  return all_to_all_rows(group, x_ND, send, recv, nullptr);
+}
+
+torch::Tensor all_to_all_rows(ProcessGroup& group, const torch::Tensor& x_ND, const std::vector<int64_t>& send,
+                              const std::vector<int64_t>& recv, ExpertParallelStats* stats) {
+  if (static_cast<int>(send.size()) != group.size() || static_cast<int>(recv.size()) != group.size())
+    throw std::invalid_argument("all_to_all_rows: one send and one receive count per rank");
+  return AllToAll::apply(x_ND, &group, send, recv, stats);
 }
 
 ExpertParallelMoe::ExpertParallelMoe(ProcessGroup& group, int64_t num_experts)
@@ -76,6 +107,21 @@ torch::Tensor ExpertParallelMoe::forward(moe::MoeBlock& block, moe::Experts& loc
   return y_BLD;
 }
 
+torch::Tensor ExpertParallelMoe::run(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local) {
+  if (local->num_experts() != local_)
+    throw std::invalid_argument("ExpertParallelMoe: the local shard must hold E / EP experts");
+  if (!plan.expert_major) return run_token_major(x_TD, plan, local);
+  int64_t slots = 0;
+  if (plan.stats.capacity_B.defined()) {
+    // Expert choice: C_b <= max(floor(L k_max / E), 1) <= L (capacity.h), so B * that bound is a
+    // split size every rank knows before routing, whatever its sequences' mask ratios.
+    const int64_t B = plan.stats.capacity_B.size(0), L = x_TD.size(0) / B;
+    const auto bound = static_cast<int64_t>(std::floor(static_cast<double>(L) * k_max_ / num_experts_ + 1e-9));
+    slots = B * std::min(L, std::max<int64_t>(1, bound));
+  }
+  return run_expert_major(x_TD, plan, local, slots);
+}
+
 torch::Tensor ExpertParallelMoe::run_expert_major(const torch::Tensor& x_TD, const moe::RoutingPlan& plan,
                                                   moe::Experts& local, int64_t slots_per_expert) {
   const int64_t EP = group_.size(), El = local_, D = x_TD.size(1), T = x_TD.size(0);
@@ -94,17 +140,12 @@ torch::Tensor ExpertParallelMoe::run_expert_major(const torch::Tensor& x_TD, con
   // Fixed split sizes, known before routing: El experts x N slots to every rank, and back.
   const std::vector<int64_t> split(static_cast<size_t>(EP), El * N);
   auto x_END = moe::dispatch_slots(x_TD, token_EN);  // [E, N, D]: experts owned by rank r are rows r*El..
-  const auto t0 = Clock::now();
-  auto recv = all_to_all_rows(group_, x_END.reshape({num_experts_ * N, D}), split, split);
-  stats_.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  auto recv = all_to_all_rows(group_, x_END.reshape({num_experts_ * N, D}), split, split, &stats_);
   // [EP (source), El, N, D] -> each local expert's slots from every source: [El, EP * N, D].
   auto x_local = recv.view({EP, El, N, D}).permute({1, 0, 2, 3}).reshape({El, EP * N, D});
   auto y_local = local->forward_slots(x_local);
   auto y_send = y_local.reshape({El, EP, N, D}).permute({1, 0, 2, 3}).reshape({EP * El * N, D});
-  const auto t1 = Clock::now();
-  auto y_END = all_to_all_rows(group_, y_send, split, split).view({num_experts_, N, D});
-  stats_.seconds += std::chrono::duration<double>(Clock::now() - t1).count();
-  stats_.bytes_sent = 2 * (EP - 1) * El * N * D * static_cast<int64_t>(x_TD.element_size());
+  auto y_END = all_to_all_rows(group_, y_send, split, split, &stats_).view({num_experts_, N, D});
   return moe::combine_slots(y_END, gate_EN, token_EN, T);
 }
 
@@ -119,7 +160,7 @@ torch::Tensor ExpertParallelMoe::run_token_major(const torch::Tensor& x_TD, cons
   auto counts_E = torch::bincount(flat_P, {}, E).to(torch::kInt64).contiguous();
   // Dropless: the sizes are data dependent, so the counts go first (E integers per rank).
   std::vector<int64_t> by_rank(static_cast<size_t>(EP), El);
-  auto counts_in = exchange(group_, counts_E.view({E, 1}), by_rank, by_rank).view({EP, El}).contiguous();
+  auto counts_in = counted_exchange(group_, counts_E.view({E, 1}), by_rank, by_rank, &stats_).view({EP, El}).contiguous();
   ++stats_.count_exchanges;
   std::vector<int64_t> send(static_cast<size_t>(EP), 0), recv(static_cast<size_t>(EP), 0);
   const int64_t* ce = counts_E.data_ptr<int64_t>();
@@ -127,9 +168,7 @@ torch::Tensor ExpertParallelMoe::run_token_major(const torch::Tensor& x_TD, cons
   for (int64_t r = 0; r < EP; ++r)
     for (int64_t e = 0; e < El; ++e) send[r] += ce[r * El + e], recv[r] += ci[r * El + e];
   auto x_PD = x_TD.index_select(0, token_P);
-  const auto t0 = Clock::now();
-  auto x_recv = all_to_all_rows(group_, x_PD, send, recv);  // grouped by (source, local expert)
-  stats_.seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  auto x_recv = all_to_all_rows(group_, x_PD, send, recv, &stats_);  // grouped by (source, local expert)
   // Regroup by (local expert, source) for one GEMM chain per expert, and back afterwards.
   std::vector<int64_t> start(static_cast<size_t>(EP * El)), perm, counts_local(static_cast<size_t>(El), 0);
   int64_t off = 0;
@@ -143,13 +182,7 @@ torch::Tensor ExpertParallelMoe::run_token_major(const torch::Tensor& x_TD, cons
   auto perm_t = torch::tensor(perm, torch::kInt64);
   auto y_sorted = local->forward_sorted(x_recv.index_select(0, perm_t), counts_local);
   auto y_recv = torch::zeros_like(y_sorted).index_copy(0, perm_t, y_sorted);
-  const auto t1 = Clock::now();
-  auto y_PD = all_to_all_rows(group_, y_recv, recv, send);
-  stats_.seconds += std::chrono::duration<double>(Clock::now() - t1).count();
-  int64_t rows_out = 0;
-  for (int64_t r = 0; r < EP; ++r)
-    if (r != group_.rank()) rows_out += send[r] + recv[r];
-  stats_.bytes_sent = rows_out * D * static_cast<int64_t>(x_TD.element_size());
+  auto y_PD = all_to_all_rows(group_, y_recv, recv, send, &stats_);
   auto g_P = plan.gate_TK.reshape({-1}).index_select(0, order_P).unsqueeze(-1);
   auto yw_PD = y_PD.to(torch::kFloat32) * g_P;
   return torch::zeros({T, D}, yw_PD.options()).index_add(0, token_P, yw_PD);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ecdlm/dist/process_group.h"
+#include "ecdlm/moe/expert_exchange.h"
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/moe/moe_block.h"
 
@@ -28,12 +29,18 @@ torch::Tensor all_to_all_rows(ProcessGroup& group, const torch::Tensor& x_ND, co
                               const std::vector<int64_t>& recv);
 
 struct ExpertParallelStats {
-  int64_t bytes_sent = 0;      // activations sent by this rank (forward, both directions)
+  int64_t bytes_sent = 0;      // activations sent by this rank to other ranks (forward and backward)
   int64_t count_exchanges = 0; // size exchanges (0 for expert-major plans)
-  double seconds = 0.0;        // in all_to_all (forward)
+  double seconds = 0.0;        // in all_to_all (forward and backward)
 };
 
-class ExpertParallelMoe {
+// Autograd all_to_all as above that also adds its bytes and seconds (both directions) to *stats.
+torch::Tensor all_to_all_rows(ProcessGroup& group, const torch::Tensor& x_ND, const std::vector<int64_t>& send,
+                              const std::vector<int64_t>& recv, ExpertParallelStats* stats);
+
+// Also a moe::ExpertExchange: registered in every MoE layer of a model whose `experts` hold this
+// rank's shard (train --dist-ep), the layer runs its plans through it.
+class ExpertParallelMoe : public moe::ExpertExchange {
  public:
   // EP over every rank of `group` (size EP). `num_experts` E must divide by EP (UserError).
   ExpertParallelMoe(ProcessGroup& group, int64_t num_experts);
@@ -48,7 +55,16 @@ class ExpertParallelMoe {
   // the same on every rank (same B and capacity).
   torch::Tensor forward(moe::MoeBlock& block, moe::Experts& local, const torch::Tensor& x_BLD,
                         const moe::MoeForwardArgs& args, int64_t slots_per_expert = 0);
+  // The statistics since the last forward() / take_stats() (backward exchanges included).
   const ExpertParallelStats& last_stats() const { return stats_; }
+  ExpertParallelStats take_stats() { auto s = stats_; stats_ = {}; return s; }
+
+  // moe::ExpertExchange: the plan's routed experts on the EP ranks; x_TD [T, D] -> f32 [T, D].
+  // Expert-choice plans are padded to B * the largest capacity the schedule can give (below), so
+  // every rank's split sizes are fixed whatever its mask ratios; TC with capacity has C(T) slots.
+  torch::Tensor run(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local) override;
+  // Expert choice: the schedule's largest k (k_max, or k when static); capacity C <= floor(L k / E).
+  void set_capacity_k_max(double k_max) { k_max_ = k_max; }
 
  private:
   torch::Tensor run_expert_major(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local,
@@ -57,6 +73,7 @@ class ExpertParallelMoe {
 
   ProcessGroup& group_;
   int64_t num_experts_, local_;
+  double k_max_ = 0.0;
   ExpertParallelStats stats_;
 };
 

@@ -65,8 +65,9 @@ struct ReadyHook : torch::autograd::FunctionPostHook {
 
 }  // namespace
 
-GradReducer::GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params, int64_t bucket_bytes)
-    : group_(group), state_(std::make_shared<State>()) {
+GradReducer::GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params, int64_t bucket_bytes,
+                         double divisor)
+    : group_(group), state_(std::make_shared<State>()), divisor_(divisor > 0 ? divisor : group.size()) {
   auto& s = *state_;
   s.pg = group.impl().pg;
   s.params = std::move(params);
@@ -120,7 +121,7 @@ void GradReducer::finish() {
   }
   stats_.wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   torch::NoGradGuard ng;
-  const double inv_world = 1.0 / static_cast<double>(group_.size());
+  const double inv_world = 1.0 / divisor_;
   for (size_t b = 0; b < s.buckets.size(); ++b) {
     auto& f = s.flat[b];
     f.mul_(inv_world);

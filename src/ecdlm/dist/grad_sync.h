@@ -27,7 +27,10 @@ namespace ecdlm::dist {
 class GradReducer {
  public:
   // `params`: the trainable parameters, in the same order on every rank. The group outlives this.
-  GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params, int64_t bucket_bytes = 8 << 20);
+  // `divisor`: the averaged gradient is the sum / divisor (0: the group size; expert parallel
+  // divides expert shards reduced over their replicas by the whole world).
+  GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params, int64_t bucket_bytes = 8 << 20,
+              double divisor = 0.0);
   ~GradReducer();
   // Arms the hooks for the next backward (the last micro-batch of an accumulation: earlier ones
   // only accumulate locally, like DDP's no_sync).
@@ -49,6 +52,7 @@ class GradReducer {
  private:
   ProcessGroup& group_;
   std::shared_ptr<State> state_;
+  double divisor_;
   Stats stats_;
 };
 

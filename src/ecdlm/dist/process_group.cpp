@@ -1,5 +1,6 @@
 #include "ecdlm/dist/process_group.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <sstream>
@@ -107,6 +108,8 @@ std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, double time
     opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
   else
     opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  im.options = opts;
+  for (int r = 0; r < env.world_size; ++r) im.members.push_back(r);
   try {
     im.pg = c10::make_intrusive<c10d::ProcessGroupGloo>(im.store, env.rank, env.world_size, opts);
   } catch (const std::exception& e) {
@@ -131,6 +134,28 @@ std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, double time
   return g;
 }
 
+std::shared_ptr<ProcessGroup> ProcessGroup::subgroup(const std::string& name, const std::vector<int>& ranks) {
+  auto me = std::find(ranks.begin(), ranks.end(), rank());
+  if (me == ranks.end()) throw std::invalid_argument("ProcessGroup::subgroup: this rank is not a member of " + name);
+  std::shared_ptr<ProcessGroup> g(new ProcessGroup());
+  g->env_ = env_;
+  g->env_.rank = static_cast<int>(me - ranks.begin());
+  g->env_.world_size = static_cast<int>(ranks.size());
+  g->impl_ = std::make_unique<Impl>();
+  auto& im = *g->impl_;
+  im.timeout_s = impl_->timeout_s;
+  im.hb_store = impl_->hb_store;  // the parent's heartbeat: it ticks for this rank already
+  im.options = impl_->options;
+  for (int r : ranks) im.members.push_back(impl_->members.at(static_cast<size_t>(r)));
+  im.store = c10::make_intrusive<c10d::PrefixStore>("ecdlm/group/" + name, impl_->store);
+  try {
+    im.pg = c10::make_intrusive<c10d::ProcessGroupGloo>(im.store, g->env_.rank, g->env_.world_size, im.options);
+  } catch (const std::exception& e) {
+    rethrow_peer_failure("creating the process group " + name, e);
+  }
+  return g;
+}
+
 ProcessGroup::~ProcessGroup() {
   if (!impl_) return;
   impl_->stop = true;
@@ -139,16 +164,17 @@ ProcessGroup::~ProcessGroup() {
 
 void ProcessGroup::rethrow_peer_failure(const std::string& op, const std::exception& e) {
   std::ostringstream os;
-  os << "rank " << rank() << ": " << op << " failed: " << brief(e) << ". ";
+  os << "rank " << impl_->members.at(static_cast<size_t>(rank())) << ": " << op << " failed: " << brief(e) << ". ";
   // Which peers stopped ticking? Two reads 2.5 s apart on the heartbeat connection.
   std::vector<int> dead;
   try {
-    std::vector<int64_t> a(static_cast<size_t>(size())), b(a.size());
-    for (int r = 0; r < size(); ++r) a[r] = impl_->hb_store->add(hb_key(r), 0);
+    const auto& m = impl_->members;
+    std::vector<int64_t> a(m.size()), b(m.size());
+    for (size_t i = 0; i < m.size(); ++i) a[i] = impl_->hb_store->add(hb_key(m[i]), 0);
     std::this_thread::sleep_for(Ms(2500));
-    for (int r = 0; r < size(); ++r) b[r] = impl_->hb_store->add(hb_key(r), 0);
-    for (int r = 0; r < size(); ++r)
-      if (r != rank() && a[r] == b[r]) dead.push_back(r);
+    for (size_t i = 0; i < m.size(); ++i) b[i] = impl_->hb_store->add(hb_key(m[i]), 0);
+    for (size_t i = 0; i < m.size(); ++i)
+      if (static_cast<int>(i) != rank() && a[i] == b[i]) dead.push_back(m[i]);
   } catch (...) {
     dead = {0};  // rank 0 hosts the store: it cannot be reached, so rank 0 is gone
   }
@@ -202,6 +228,23 @@ void ProcessGroup::broadcast(torch::Tensor& t, int root) {
     torch::NoGradGuard ng;
     t.copy_(v[0]);
   }
+}
+
+torch::Tensor ProcessGroup::all_gather(const torch::Tensor& t) {
+  auto in = t.contiguous();
+  if (size() == 1) return in.unsqueeze(0).clone();
+  std::vector<int64_t> shape{size()};
+  for (auto d : in.sizes()) shape.push_back(d);
+  auto out = torch::empty(shape, in.options());
+  std::vector<std::vector<torch::Tensor>> outs(1);
+  for (int r = 0; r < size(); ++r) outs[0].push_back(out[r]);
+  std::vector<torch::Tensor> ins{in};
+  try {
+    impl_->pg->allgather(outs, ins)->wait();
+  } catch (const std::exception& e) {
+    rethrow_peer_failure("all_gather", e);
+  }
+  return out;
 }
 
 void ProcessGroup::barrier() {

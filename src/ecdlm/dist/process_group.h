@@ -39,6 +39,12 @@ class ProcessGroup {
   static std::shared_ptr<ProcessGroup> join(const DistEnv& env, double timeout_s);
   ~ProcessGroup();
 
+  // A sub-group of this group's ranks `ranks` (ascending), e.g. the expert-parallel ranks of one
+  // data-parallel index. Only its members call it (each with the same `name`, unique per
+  // sub-group): it rendezvous through the parent's store under the prefix `name`. The sub-group's
+  // rank() is this rank's index in `ranks`; failures name global ranks.
+  std::shared_ptr<ProcessGroup> subgroup(const std::string& name, const std::vector<int>& ranks);
+
   int rank() const { return env_.rank; }
   int size() const { return env_.world_size; }
   const DistEnv& env() const { return env_; }
@@ -47,6 +53,8 @@ class ProcessGroup {
   void all_reduce_sum(std::vector<torch::Tensor>& tensors);
   void all_reduce_sum(torch::Tensor& t);
   void broadcast(torch::Tensor& t, int root);
+  // Every rank's `t` (same shape on all): [size(), *t.shape], row r from rank r. PeerError on failure.
+  torch::Tensor all_gather(const torch::Tensor& t);
   void barrier();
   // Every rank passes its own `value` (a hash or a short string) of `what`; if any differ, every
   // rank throws UserError "`what` differs across ranks: rank 0 has X, rank R has Y (fix: FIX)".

@@ -99,6 +99,55 @@ torch::Tensor mean_capacity_B(const std::vector<moe::RoutingStats>& layers) {
   }
   return n ? sum / static_cast<double>(n) : sum;
 }
+// Distributed evaluation: every partial sum of `res` (and the loss / unique-expert sums) summed
+// over the processes with p.all_reduce. The layout is the same on every process, whatever batches
+// it had (bins from p.bins, capacity bins always present).
+void merge_parts(EvalResult& res, double& sum, double& uniq_sum, int64_t& uniq_count, const EvalParams& p) {
+  std::vector<double> v = {sum, static_cast<double>(res.sequences), uniq_sum, static_cast<double>(uniq_count),
+                           res.routing.load_cv, res.routing.drop_rate, res.routing.zero_expert_rate,
+                           res.routing.mean_capacity, static_cast<double>(res.routing.forwards),
+                           res.capacity_per_bin.empty() ? 0.0 : 1.0};
+  auto pack = [&](const std::vector<BinnedLoss>& bins, size_t n) {
+    for (int64_t i = 0; i < p.bins[n]; ++i) {
+      const bool have = n < bins.size();
+      v.push_back(have ? bins[n].mean(i) * static_cast<double>(bins[n].count(i)) : 0.0);
+      v.push_back(have ? static_cast<double>(bins[n].count(i)) : 0.0);
+    }
+  };
+  for (size_t n = 0; n < p.bins.size(); ++n) pack(res.per_bin, n), pack(res.capacity_per_bin, n);
+  p.all_reduce(v);
+  sum = v[0];
+  res.sequences = std::llround(v[1]);
+  uniq_sum = v[2];
+  uniq_count = std::llround(v[3]);
+  res.routing.load_cv = v[4];
+  res.routing.drop_rate = v[5];
+  res.routing.zero_expert_rate = v[6];
+  res.routing.mean_capacity = v[7];
+  res.routing.forwards = std::llround(v[8]);
+  const bool capacity = v[9] > 0;
+  res.per_bin.clear();
+  res.capacity_per_bin.clear();
+  // Rebuilt from (sum, count) per bin: count rows in the bin's middle, each with the mean.
+  auto rebuild = [](int64_t nb, const double* sc) {
+    BinnedLoss b(nb);
+    for (int64_t i = 0; i < nb; ++i) {
+      const auto c = std::llround(sc[2 * i + 1]);
+      if (c > 0)
+        b.add(torch::full({c}, (static_cast<float>(i) + 0.5f) / static_cast<float>(nb)),
+              torch::full({c}, static_cast<float>(sc[2 * i] / static_cast<double>(c))));
+    }
+    return b;
+  };
+  size_t off = 10;
+  for (auto nb : p.bins) {
+    res.per_bin.push_back(rebuild(nb, &v[off]));
+    off += 2 * static_cast<size_t>(nb);
+    if (capacity) res.capacity_per_bin.push_back(rebuild(nb, &v[off]));
+    off += 2 * static_cast<size_t>(nb);
+  }
+}
+
 }  // namespace
 
 EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const EvalParams& p,
@@ -125,9 +174,13 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
   const int64_t mask_id = model->config().mask_token_id;
   const int64_t total = windows.size() * p.mask_samples;
   double sum = 0.0, uniq_sum = 0.0;
-  int64_t done = 0, uniq_count = 0;
+  int64_t done = 0, uniq_count = 0, batch_index = 0;
+  if (p.parts < 1 || p.part < 0 || p.part >= p.parts || (p.parts > 1 && !p.all_reduce))
+    throw std::invalid_argument("evaluate_elbo: part must be in [0, parts) and parts > 1 needs all_reduce");
   for (int64_t s = 0; s < p.mask_samples; ++s) {
     for (int64_t first = 0; first < windows.size(); first += p.batch_size) {
+      // The same batches (and so the same numbers) as one process; this process's share only.
+      if (batch_index++ % p.parts != p.part) continue;
       const int64_t count = std::min(p.batch_size, windows.size() - first);
       auto x0 = windows.batch(first, count);
       torch::Tensor input_r_B;
@@ -160,6 +213,7 @@ EvalResult evaluate_elbo(MoeDlm& model, const data::EvalWindows& windows, const 
       if (progress) progress(done, total);
     }
   }
+  if (p.parts > 1) merge_parts(res, sum, uniq_sum, uniq_count, p);
   res.loss = res.sequences ? sum / static_cast<double>(res.sequences) : 0.0;
   res.ppl = std::exp(std::min(20.0, res.loss));
   res.routing = res.routing.averaged();

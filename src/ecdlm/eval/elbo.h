@@ -29,6 +29,11 @@ struct EvalParams {
   // same per-token NELBO of the semi-autoregressive factorization.
   std::string mask_mode = "uniform";
   int64_t block_length = 32;     // semi-ar block; also the unit of unique_experts_per_block
+  // Distributed evaluation (train): this process evaluates the batches i with i % parts == part;
+  // `all_reduce` (an in-place sum over the processes, each part counted once) merges the partial
+  // sums, so every process returns the one-process result. parts 1: every batch, nothing merged.
+  int64_t part = 0, parts = 1;
+  std::function<void(std::vector<double>&)> all_reduce;
 };
 
 struct EvalResult {

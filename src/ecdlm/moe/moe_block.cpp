@@ -1,6 +1,7 @@
 #include "ecdlm/moe/moe_block.h"
 
 #include "ecdlm/moe/des_routing.h"
+#include "ecdlm/moe/expert_exchange.h"
 #include "ecdlm/moe/router_infer.h"
 #include "ecdlm/moe/scaling.h"
 #include "ecdlm/nn/init.h"
@@ -97,7 +98,13 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x_BLD, const MoeForward
   torch::Tensor y_BLD;
   {
     prof::Scope ps(prof::kExperts);
-    auto y_TD = args.reference ? run_plan_reference(x_TD, plan, experts) : run_plan(x_TD, plan, experts);
+    // Expert parallel: the trainer registered an exchange and `experts` holds this rank's shard.
+    const auto children = named_children();
+    const auto* child = children.find(kExpertExchangeModule);
+    auto* exchange = child ? (*child)->as<ExpertExchange>() : nullptr;
+    auto y_TD = exchange         ? exchange->run(x_TD, plan, experts)
+                : args.reference ? run_plan_reference(x_TD, plan, experts)
+                                 : run_plan(x_TD, plan, experts);
     // Weighted sum in fp32, cast back, then the shared expert (as the LLaDA2 reference).
     y_BLD = y_TD.to(x_BLD.scalar_type()).view({B, L, D});
   }

@@ -143,6 +143,7 @@ StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& mic
   const double n = static_cast<double>(micro_x0.size());
   const auto routing_policy = p.routing();
   const bool track_loads = dp && cfg.moe_loss_free_bias_rate > 0;
+  if (dp && dp->exchange) dp->exchange->take_stats();  // count this step's exchanges only
   for (size_t micro = 0; micro < micro_x0.size(); ++micro) {
     auto x0 = micro_x0[micro];
     auto nb = noise_batch(x0, cfg.mask_token_id, mix_seed(p.seed, static_cast<uint64_t>(step), micro),
@@ -187,8 +188,10 @@ StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& mic
     if (dp && micro + 1 == micro_x0.size()) {
       // Earlier micro-batches only accumulate locally (DDP's no_sync); this backward all-reduces.
       dp->reducer->arm();
+      if (dp->expert_reducer) dp->expert_reducer->arm();
       scaled.backward();
       dp->reducer->finish();
+      if (dp->expert_parallel()) finish_expert_grads(*dp);
     } else {
       scaled.backward();
     }
@@ -211,8 +214,14 @@ StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& mic
     out.aux_loss = v[1].item<double>();
     out.distill_kl = v[2].item<double>();
   }
-  out.grad_norm = p.grad_clip > 0 ? torch::nn::utils::clip_grad_norm_(model->parameters(), p.grad_clip)
-                                  : 0.0;
+  if (p.grad_clip > 0)
+    out.grad_norm = dp && dp->expert_parallel() ? clip_grad_norm_global(*dp, model, p.grad_clip)
+                                                : torch::nn::utils::clip_grad_norm_(model->parameters(), p.grad_clip);
+  if (dp && dp->exchange) {
+    const auto st = dp->exchange->take_stats();
+    out.alltoall_bytes = st.bytes_sent;
+    out.alltoall_s = st.seconds;
+  }
   return out;
 }
 
@@ -284,6 +293,20 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
   // Validation routes as training does (a block-routing fine-tune is judged under block routing).
   EvalParams eval_params = p.eval;
   eval_params.routing = p.routing();
+  if (dp) {
+    // The windows' batches split over the data-parallel replicas; an EP group evaluates its share
+    // together (its ranks run the same forwards, so the world's sum counts each part EP times).
+    const auto& g = dp->group;
+    const int64_t ep = std::max<int64_t>(1, dist_opt.ep);
+    eval_params.parts = g->size() / ep;
+    eval_params.part = g->rank() / ep;
+    eval_params.all_reduce = [g, ep](std::vector<double>& v) {
+      auto t = torch::tensor(v, torch::kFloat64);
+      g->all_reduce_sum(t);
+      t /= static_cast<double>(ep);
+      for (size_t i = 0; i < v.size(); ++i) v[i] = t[static_cast<int64_t>(i)].item<double>();
+    };
+  }
 
   // Loaded before the seeded init, so the student starts exactly as without a teacher.
   MoeDlm teacher{nullptr};
@@ -336,6 +359,8 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
       best_val = state["best_val_loss"].get<double>();
     LOG_INFO("resumed from " << last_ckpt << " at step " << start_step);
   }
+  // Expert parallel: each rank keeps its shard of the full model it initialized or loaded.
+  if (dp && dp->expert_parallel()) opt = shard_experts(*dp, model, *opt, p);
   if (dp) attach_reducer(*dp, model);
   // Rank 0 alone writes the run directory; the others keep a log that discards its lines.
   MetricsLog metrics(rank0 ? (fs::path(p.out_dir) / "metrics.jsonl").string() : std::string(), start_step);
@@ -353,16 +378,24 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
   LOG_INFO("data: " << train_shard.size() << " train tokens, " << val_shard.size()
                     << " val tokens, " << val_windows.size() << " val windows of " << p.seq_len);
 
+  // Expert parallel: the shards (and their moments) gathered into the single-process model on rank 0.
+  auto full_copy = [&](bool with_optimizer) {
+    return dp && dp->expert_parallel() ? gather_full(*dp, model, with_optimizer ? opt.get() : nullptr, p)
+                                       : FullCopy{};
+  };
   auto save = [&](int64_t step, const json& extra_state) {
+    auto full = full_copy(true);
     if (!rank0) return;
+    MoeDlm& save_model = full.model.is_empty() ? model : full.model;
+    torch::optim::AdamW& save_opt = full.opt ? *full.opt : *opt;
     fs::path dir = fs::path(p.out_dir) / "checkpoints" / step_name(step);
     fs::create_directories(dir.parent_path());
     json state = {{"step", step}, {"tokens", tokens}, {"sampler", sampler.state()}};
     if (std::isfinite(best_val)) state["best_val_loss"] = best_val;
     state.update(extra_state);
-    save_model_dir(model, dir.string(), p.data_dir,
+    save_model_dir(save_model, dir.string(), p.data_dir,
                    {{"trainer_state.json", state.dump(2) + "\n"},
-                    {"optimizer.pt", serialize_optimizer(*opt)}});
+                    {"optimizer.pt", serialize_optimizer(save_opt)}});
     last_ckpt = dir.string();
     // Keep the newest keep_last checkpoints.
     std::vector<std::string> all;
@@ -462,6 +495,12 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
         line["dist"] = {{"world_size", dp->group->size()}, {"allreduce_bytes", rs.bytes},
                         {"allreduce_wait_s", rs.wait_s}, {"buckets", rs.buckets},
                         {"buckets_overlapped", rs.overlapped}};
+        if (dp->expert_parallel()) {
+          // The last step's token exchanges (forward and backward, every MoE layer and micro-batch).
+          line["dist"]["expert_parallel"] = dp->ep;
+          line["dist"]["alltoall_bytes"] = so.alltoall_bytes;
+          line["dist"]["alltoall_wait_s"] = so.alltoall_s;
+        }
       }
       if (teacher) line["distill_kl"] = kl_acc / loss_n;
       metrics.write(line);
@@ -490,9 +529,11 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
       metrics.write(line);
       res.final_val_loss = ev.loss;
       res.final_val_ppl = ev.ppl;
-      if (ev.loss < best_val) {
+      // Every rank must take the same decision (expert parallel: all join the gather).
+      if (agree(dp && dp->expert_parallel() ? dp.get() : nullptr, ev.loss) < best_val) {
         best_val = ev.loss;
-        if (rank0) save_model_dir(model, best_ckpt, p.data_dir,
+        auto full = full_copy(false);
+        if (rank0) save_model_dir(full.model.is_empty() ? model : full.model, best_ckpt, p.data_dir,
                        {{"best.json", json({{"step", step}, {"val_loss", ev.loss}}).dump() + "\n"}});
         res.best_checkpoint = best_ckpt;
       }

@@ -43,6 +43,8 @@ struct StepOutput {
   double loss = 0.0, aux_loss = 0.0, grad_norm = 0.0;  // loss: the CE, whatever is optimized
   double distill_kl = 0.0;                              // with a teacher: T^2 * mean KL per masked token
   std::vector<torch::Tensor> load_E;  // with `dp`: per MoE layer, this rank's summed loads (int64 [E])
+  int64_t alltoall_bytes = 0;         // expert parallel: bytes this rank sent to others (fwd + bwd)
+  double alltoall_s = 0.0;            //   and the seconds spent in those exchanges
 };
 // One optimizer step over grad_accum micro-batches (x0 int64 [B, L] each): noising seeded by
 // (p.seed, step, micro), forward under bf16 autocast if p.bf16, backward, clip. The optimizer
@@ -51,7 +53,9 @@ struct StepOutput {
 // (1 - p.distill_weight) * CE (+ aux losses), the teacher running its own token routing.
 // `dp`: micro_x0 are global batches; noise is drawn for all rows (so it matches one process),
 // this rank trains rows [dp->first, +dp->count), gradients are averaged across ranks during the
-// last micro-batch's backward, and the losses returned are the global means.
+// last micro-batch's backward, and the losses returned are the global means. With expert parallelism
+// (dp->ep > 1) the MoE layers exchange tokens, expert shards reduce over their replicas and the
+// clipping norm counts every shard once.
 StepOutput forward_backward(MoeDlm& model, const std::vector<torch::Tensor>& micro_x0, int64_t step,
                             const TrainParams& p, moe::RoutingSummary* routing = nullptr,
                             MoeDlm* teacher = nullptr, DataParallel* dp = nullptr);
