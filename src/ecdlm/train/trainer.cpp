@@ -374,6 +374,13 @@ TrainResult run_training(ModelConfig cfg, const TrainParams& p, bool resume, con
                      << ", shared " << cfg.shared_expert_intermediate_size << "), "
                      << model->num_parameters() / 1e6 << "M params, "
                      << model->num_active_parameters() / 1e6 << "M active");
+  LOG_INFO("model config: " << cfg.to_json().dump());
+  // Unbalanced token choice collapses: a 300-step Brown run sent ~16x the mean load to one expert.
+  if (cfg.router_type == moe::RouterType::kTokenChoice && cfg.moe_aux_loss_coeff == 0.0 &&
+      cfg.moe_loss_free_bias_rate == 0.0)
+    LOG_WARN("token-choice router with no load balancing (moe_aux_loss_coeff 0, moe_loss_free_bias_rate 0): "
+             "routers tend to collapse onto a few experts; pass --moe-aux-loss-coeff 0.01 or "
+             "--moe-loss-free-bias-rate 0.001");
   LOG_INFO("train: " << p.to_json().dump());
   LOG_INFO("data: " << train_shard.size() << " train tokens, " << val_shard.size()
                     << " val tokens, " << val_windows.size() << " val windows of " << p.seq_len);
