@@ -29,7 +29,7 @@ struct BenchDistArgs {
   std::string config = "configs/brown-small.json", data, out_md, work_dir;
   int64_t ranks = 2, steps = 8, reps = 3, batch = 16, seq_len = 256, ep = 1;  // the main job's global batch (configs/brown-small.json)
   bool json = false;
-  bench::EpModelParams ep;  // with --bench-ec-model and --bench-tc-model: the EP scaling model instead
+  bench::EpModelParams model;  // with --bench-ec-model and --bench-tc-model: the EP scaling model instead
   std::string plot;
 };
 
@@ -151,7 +151,7 @@ int run_bench_dist(const BenchDistArgs& a) {
 
 // The EP model (src/ecdlm/bench/dist_model.h) with the loopback link measured by a 2-rank probe.
 int run_ep_model(BenchDistArgs& a) {
-  auto& p = a.ep;
+  auto& p = a.model;
   p.data_dir = a.data;
   p.batch = a.batch;
   p.seq_len = a.seq_len;
@@ -208,28 +208,28 @@ void register_bench_dist(CLI::App* bench) {
   s->add_option("--work-dir", a->work_dir, "Keep the runs here (default: a temporary dir, removed)");
   s->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
   s->add_flag("--json", a->json, "Print the numbers as JSON");
-  s->add_option("--bench-ec-model", a->ep.ec_model,
+  s->add_option("--bench-ec-model", a->model.ec_model,
                 "EP scaling model (instead of the data-parallel run): the expert-choice checkpoint, e.g. runs/brown-ec/best");
-  s->add_option("--bench-tc-model", a->ep.tc_model, "EP scaling model: the token-choice (dropless) checkpoint");
-  s->add_option("--bench-ep", a->ep.ep, "EP model: expert-parallel sizes (EP > experts: replicated experts)")
+  s->add_option("--bench-tc-model", a->model.tc_model, "EP scaling model: the token-choice (dropless) checkpoint");
+  s->add_option("--bench-ep", a->model.ep, "EP model: expert-parallel sizes (EP > experts: replicated experts)")
       ->delimiter(',')->capture_default_str()->check(CLI::PositiveNumber);
-  s->add_option("--bench-link-gbps", a->ep.link_gbps, "EP model: the assumed inter-node link, Gb/s per rank")
+  s->add_option("--bench-link-gbps", a->model.link_gbps, "EP model: the assumed inter-node link, Gb/s per rank")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  s->add_option("--bench-link-latency-us", a->ep.link_latency_us, "EP model: its cost per all_to_all call, us")
+  s->add_option("--bench-link-latency-us", a->model.link_latency_us, "EP model: its cost per all_to_all call, us")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
-  s->add_option("--bench-loopback-gbps", a->ep.loopback_gbps,
+  s->add_option("--bench-loopback-gbps", a->model.loopback_gbps,
                 "EP model: the loopback link's Gb/s (default: measured by a 2-rank all_to_all probe)")->check(CLI::PositiveNumber);
-  s->add_option("--bench-loopback-latency-us", a->ep.loopback_latency_us, "EP model: with --bench-loopback-gbps, its us per call")
+  s->add_option("--bench-loopback-latency-us", a->model.loopback_latency_us, "EP model: with --bench-loopback-gbps, its us per call")
       ->check(CLI::NonNegativeNumber);
-  s->add_option("--bench-capacity-factor", a->ep.capacity_factor, "EP model: the capacity of the \"TC, capacity\" rows")
+  s->add_option("--bench-capacity-factor", a->model.capacity_factor, "EP model: the capacity of the \"TC, capacity\" rows")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  s->add_option("--bench-ep-batches", a->ep.batches, "EP model: routed validation batches per model (>= the largest EP)")
+  s->add_option("--bench-ep-batches", a->model.batches, "EP model: routed validation batches per model (>= the largest EP)")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  s->add_option("--bench-ep-steps", a->ep.steps, "EP model: sampled steps per EP")->capture_default_str()->check(CLI::PositiveNumber);
-  s->add_option("--bench-bytes-per-value", a->ep.bytes_per_elem, "EP model: bytes per exchanged activation (4: f32, 2: bf16)")
+  s->add_option("--bench-ep-steps", a->model.steps, "EP model: sampled steps per EP")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--bench-bytes-per-value", a->model.bytes_per_elem, "EP model: bytes per exchanged activation (4: f32, 2: bf16)")
       ->capture_default_str()->check(CLI::Range(1, 8));
   s->add_option("--plot", a->plot, "EP model: also write the step-time ratios to this PNG");
-  set_runner(s, [a] { return a->ep.ec_model.empty() && a->ep.tc_model.empty() ? run_bench_dist(*a) : run_ep_model(*a); });
+  set_runner(s, [a] { return a->model.ec_model.empty() && a->model.tc_model.empty() ? run_bench_dist(*a) : run_ep_model(*a); });
   // Hidden: the loopback all_to_all probe the EP model launches on 2 ranks.
   auto probe = std::make_shared<std::pair<int64_t, std::string>>(4 << 20, "");
   auto* pr = bench->add_subcommand("a2a-probe", "");
