@@ -19,7 +19,7 @@ python3 scripts/make_masked_windows.py data/brown "$OUT/windows.safetensors" 16 
 {
   echo "# Quantized weights on the trained Brown models"
   echo
-  echo "\`scripts/study_quant_quality.sh $*\` on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "\`scripts/study_quant_quality.sh $*\` on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) (CPU family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs))"
   echo "($(nproc) cores), $(date -u +%Y-%m-%d). Every format is converted from the same checkpoint"
   echo "(\`convert --dtype bf16 [--quantize FMT]\`, group 32, default set: routed and shared experts,"
   echo "dense MLPs, attention; embedding, norms, router and LM head bf16) and scored on the same windows,"
