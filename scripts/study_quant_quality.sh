@@ -29,6 +29,7 @@ python3 scripts/make_masked_windows.py data/brown "$OUT/windows.safetensors" 16 
 for spec in "$@"; do
   name=${spec%%=*}; src=${spec#*=}
   [ -f "$src/config.json" ] || { echo "study_quant_quality: $src/config.json: not found" >&2; exit 2; }
+  router=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('moe_router_type', ''))" "$src/config.json")
   for f in "${FORMATS[@]}"; do
     dir="$OUT/$name-$f"
     q=(); [ "$f" = bf16 ] || q=(--quantize "$f")
@@ -38,7 +39,7 @@ for spec in "$@"; do
         --eval-cloze-span 8 --eval-cloze-positions 4 --json > "$OUT/$name-$f.eval.json.tmp" 2> "$OUT/$name-$f.eval.log"
       mv "$OUT/$name-$f.eval.json.tmp" "$OUT/$name-$f.eval.json"; }
     "${ECDLM[@]}" -q logits -m "$dir" --input "$OUT/windows.safetensors" --routing-out "$OUT/$name-$f.route.safetensors"
-    if [ "$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('moe_router_type', ''))" "$src/config.json")" != expert_choice ]; then
+    if [ "$router" != expert_choice ]; then
       "${ECDLM[@]}" -q logits -m "$dir" --input "$OUT/windows.safetensors" --moe-routing block --block-top-p 0.6 \
         --block-min-experts 4 --block-chunk 32 --routing-out "$OUT/$name-$f.block.safetensors"
     fi
