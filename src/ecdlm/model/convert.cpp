@@ -389,18 +389,44 @@ ConvertReport export_llada2(const std::string& src, const std::string& dst, cons
   return rep;
 }
 
+// Every layer of a kind has the same tensors, so the placeholders need one dense and one MoE layer,
+// not all of them: a model far beyond memory (LLaDA2.0-mini's 16.3B parameters) can still be
+// written, one tensor at a time. Names and order are those of the whole model's export_tensors.
+static std::vector<std::pair<std::string, std::vector<int64_t>>> init_shapes(const ModelConfig& cfg, const std::string& dst) {
+  ModelConfig probe = cfg;
+  const bool has_dense = cfg.first_k_dense_replace > 0, has_moe = cfg.num_hidden_layers > cfg.first_k_dense_replace;
+  probe.first_k_dense_replace = has_dense ? 1 : 0;
+  probe.num_hidden_layers = probe.first_k_dense_replace + (has_moe ? 1 : 0);
+  check_model_fits_memory(probe, dst, 4.0, "init (the f32 placeholders of one dense and one MoE layer)");
+  std::vector<std::pair<std::string, std::vector<int64_t>>> head, tail;
+  std::vector<std::vector<std::pair<std::string, std::vector<int64_t>>>> layer(probe.num_hidden_layers);
+  {
+    SkipWeightInit skip;  // only names and shapes are needed: nothing is touched
+    MoeDlm model(probe);
+    for (const auto& [name, t] : export_tensors(model)) {
+      const std::string pre = "model.layers.";
+      if (name.rfind(pre, 0) == 0) {
+        const size_t dot = name.find('.', pre.size());
+        layer[std::stoll(name.substr(pre.size(), dot - pre.size()))].emplace_back(name.substr(dot), t.sizes().vec());
+      } else {
+        (layer.empty() || layer[0].empty() ? head : tail).emplace_back(name, t.sizes().vec());
+      }
+    }
+  }
+  auto out = head;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    for (const auto& [suffix, shape] : layer[cfg.is_moe_layer(l) ? probe.first_k_dense_replace : 0])
+      out.emplace_back("model.layers." + std::to_string(l) + suffix, shape);
+  out.insert(out.end(), tail.begin(), tail.end());
+  return out;
+}
+
 ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, const std::string& dtype,
                               uint64_t seed, uint64_t max_shard_bytes, const json* raw_config) {
   const auto want = parse_out_dtype(dtype, "--dtype");
   if (!want) fail("", "--dtype", "'keep' has no meaning for a new model", "use f32, bf16 or f16");
   cfg.validate(dst);
-  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
-  check_model_fits_memory(cfg, dst, 4.0, "init (the f32 model placeholders)");
-  {
-    SkipWeightInit skip;  // only names and shapes are needed: nothing is touched
-    MoeDlm model(cfg);
-    for (const auto& [name, t] : export_tensors(model)) shapes.emplace_back(name, t.sizes().vec());
-  }
+  const auto shapes = init_shapes(cfg, dst);
   auto gen = std::make_shared<torch::Generator>(at::detail::createCPUGenerator(seed));
   const auto dt = io::dtype_to_torch(*want);
   std::vector<io::PendingTensor> tensors;
