@@ -7,25 +7,10 @@ q8 weights of one model). Prints JSON: per-layer means and the overall mean of
   expert_jaccard    expert choice: Jaccard of each expert's chosen token set (token_EN, gate > 0)
 Pure Python (no numpy), so it runs wherever the tests do.
 Usage: routing_agreement.py A.safetensors B.safetensors"""
-import json, struct, sys
+import json, os, sys
 
-FMT = {"I64": ("q", 8), "F32": ("f", 4), "U8": ("B", 1), "I32": ("i", 4)}
-
-
-def read(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in head.items():
-        if name == "__metadata__":
-            continue
-        code, size = FMT[info["dtype"]]
-        b, e = info["data_offsets"]
-        vals = struct.unpack("<%d%s" % ((e - b) // size, code), data[b:e])
-        out[name] = (info["shape"], vals)
-    return out
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
+from st import read  # noqa: E402  (the project's one safetensors reader)
 
 
 def rows(t):

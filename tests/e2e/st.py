@@ -12,7 +12,7 @@ def read(path):
     for name, t in header.items():
         if name == "__metadata__":
             continue
-        code = {"F32": "f", "I64": "q"}.get(t["dtype"])
+        code = {"F32": "f", "I64": "q", "I32": "i", "U8": "B"}.get(t["dtype"])
         if code is None:
             continue
         a = array(code)
