@@ -302,6 +302,16 @@ const TensorInfo& SafetensorsFile::require(const std::string& name) const {
 
 const uint8_t* SafetensorsFile::data(const TensorInfo& t) const { return data_base_ + t.begin; }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const TensorInfo& t = require(name);
+  if (t.nbytes() == 0) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto lo = reinterpret_cast<uintptr_t>(data(t)) / page * page;
+  const auto hi = reinterpret_cast<uintptr_t>(data(t)) + t.nbytes();
+  // Advice only: a failure leaves the pages resident, which is merely what happens without it.
+  ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 torch::Tensor SafetensorsFile::get(const std::string& name) const {
   const TensorInfo& t = require(name);
   auto opts = torch::TensorOptions().dtype(dtype_to_torch(t.dtype)).device(torch::kCPU);
@@ -416,6 +426,15 @@ const SafetensorsFile& SafetensorsSet::shard_of(const std::string& name) const {
 }
 
 torch::Tensor SafetensorsSet::get(const std::string& name) const { return shard_of(name).get(name); }
+
+torch::Tensor SafetensorsSet::copy_and_release(const std::string& name) const {
+  const auto& f = shard_of(name);
+  torch::Tensor out = f.get(name).clone();
+  f.release(name);
+  return out;
+}
+
+void SafetensorsSet::release(const std::string& name) const { shard_of(name).release(name); }
 
 torch::Tensor SafetensorsSet::get(const std::string& name,
                                   const std::vector<int64_t>& expected_shape) const {

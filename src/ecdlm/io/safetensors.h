@@ -55,6 +55,9 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
   torch::Tensor get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
   // Raw bytes of a tensor inside the mapping (t must come from tensors()/find() of this file).
   const uint8_t* data(const TensorInfo& t) const;
+  // Unmaps a tensor's pages from this process (the page cache keeps them; a later get() faults
+  // them back in), so a pass over a checkpoint larger than memory keeps a small resident set.
+  void release(const std::string& name) const;
 
  private:
   SafetensorsFile() = default;
@@ -84,6 +87,10 @@ class SafetensorsSet {
   uint64_t total_bytes() const;
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
   const std::string& source() const { return source_; }  // the file or index that was opened
+  // get(name) copied out of the mapping, then the tensor's pages released (see
+  // SafetensorsFile::release): streaming conversions peak at about one tensor of resident memory.
+  torch::Tensor copy_and_release(const std::string& name) const;
+  void release(const std::string& name) const;
 
  private:
   const SafetensorsFile& shard_of(const std::string& name) const;

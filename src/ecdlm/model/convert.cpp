@@ -64,7 +64,7 @@ io::PendingTensor pass(const StPtr& st, const std::string& src_name, const std::
   p.name = out_name;
   p.dtype = dt;
   p.shape = info.shape;
-  p.make = [st, src_name, dt] { return st->get(src_name).to(io::dtype_to_torch(dt)); };
+  p.make = [st, src_name, dt] { return st->copy_and_release(src_name).to(io::dtype_to_torch(dt)); };
   return p;
 }
 
@@ -182,7 +182,11 @@ std::vector<io::PendingTensor> relayout(const StPtr& st, ExpertLayout layout, st
         p.dtype = dt;
         p.shape = shape;
         const std::string src = g.stacked_name;
-        p.make = [st, src, e, dt] { return st->get(src)[e].to(io::dtype_to_torch(dt)).contiguous(); };
+        p.make = [st, src, e, dt] {
+          auto w_FD = st->get(src)[e].to(io::dtype_to_torch(dt)).clone();
+          st->release(src);  // only this expert's pages were mapped in
+          return w_FD;
+        };
         out.push_back(std::move(p));
       }
       continue;
@@ -205,7 +209,9 @@ std::vector<io::PendingTensor> relayout(const StPtr& st, ExpertLayout layout, st
       std::vector<torch::Tensor> parts;
       parts.reserve(names.size());
       for (const auto& n : names) parts.push_back(st->get(n));
-      return torch::stack(parts, 0).to(io::dtype_to_torch(dt));
+      auto w_EFD = torch::stack(parts, 0).to(io::dtype_to_torch(dt));
+      for (const auto& n : names) st->release(n);
+      return w_EFD;
     };
     out.push_back(std::move(p));
   }
