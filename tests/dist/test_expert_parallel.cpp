@@ -166,6 +166,43 @@ TEST(ExpertParallel, Bf16PayloadExpertChoice) { check_equivalence(Kind::kEc, tru
 TEST(ExpertParallel, Bf16PayloadTokenChoiceCapacity) { check_equivalence(Kind::kTcCapacity, true); }
 TEST(ExpertParallel, Bf16PayloadDroplessTokenChoice) { check_equivalence(Kind::kTcDropless, true); }
 
+// The trainer's path: the exchange registered in the layer as the child "expert_exchange",
+// `experts` replaced by the shard; MoeBlock::forward itself then equals the single-process layer.
+TEST(ExpertParallel, LayerForwardRunsThroughTheRegisteredExchange) {
+  auto& g = group();
+  const int W = g.size(), R = g.rank();
+  moe::MoeConfig c;
+  c.hidden_size = 16;
+  c.num_experts = 8;
+  c.moe_intermediate_size = 12;
+  c.num_experts_per_tok = 2;
+  c.router_type = moe::RouterType::kExpertChoice;
+  const int64_t B = 2, L = 8, D = c.hidden_size;
+  torch::manual_seed(12);
+  moe::MoeBlock full(c), mine(c);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : full->parameters()) p.normal_(0.0, 0.3);
+    auto src = full->named_parameters();
+    for (auto& kv : mine->named_parameters()) kv.value().copy_(src[kv.key()]);
+  }
+  auto x_all = torch::randn({W * B, L, D});
+  moe::MoeForwardArgs args;
+  args.capacity_B = torch::full({B}, 2, torch::kInt64);  // = floor(L k / E): the fixed slot bound
+  auto y_ref = full->forward(x_all.narrow(0, R * B, B), args);
+  auto ep = std::make_shared<ExpertParallelMoe>(g, c.num_experts);
+  ep->set_capacity_k_max(c.num_experts_per_tok);
+  moe::Experts local(ep->local_experts(), D, c.moe_intermediate_size);
+  copy_expert_shard(full->experts, local, ep->first_expert());
+  mine->experts = mine->replace_module("experts", local);
+  mine->register_module(moe::kExpertExchangeModule, std::static_pointer_cast<moe::ExpertExchange>(ep));
+  EXPECT_EQ(mine->named_children().size(), full->named_children().size() + 1);
+  EXPECT_EQ(mine->named_parameters().size(), full->named_parameters().size());  // state dict unchanged
+  auto y = mine->forward(x_all.narrow(0, R * B, B), args);
+  EXPECT_TRUE(close("layer output", y, y_ref));
+  EXPECT_GT(ep->last_stats().bytes_sent, 0);
+}
+
 TEST(ExpertParallel, ExpertsMustDivide) {
   EXPECT_THROW(ExpertParallelMoe(group(), 7), ecdlm::UserError);
 }
