@@ -68,6 +68,13 @@ int run_bench_dist(const BenchDistArgs& a) {
   if (a.data.empty() || !fs::exists(fs::path(a.data) / "meta.json"))
     fail(a.data, "--data", "not a prepared data directory",
          "run `ecdlm prepare-data --source brown --out DIR` and pass --data DIR");
+  // Bad flags fail before the work dir exists (nothing left behind).
+  if (a.ep < 1 || a.ranks % a.ep != 0)
+    fail("", "--dist-ep", std::to_string(a.ep) + " does not divide --bench-ranks " + std::to_string(a.ranks),
+         "a divisor of the rank count, e.g. --dist-ep " + std::to_string(a.ranks));
+  if (a.ep_f32_payload && a.ep <= 1)
+    fail("", "--bench-ep-f32-payload", "compares expert-parallel payloads, but no --dist-ep is given",
+         "add --dist-ep " + std::to_string(a.ranks) + " (or drop the flag)");
   char exe[4096];
   const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0) fail("/proc/self/exe", "", "cannot find this binary");
@@ -80,12 +87,6 @@ int run_bench_dist(const BenchDistArgs& a) {
         << " --train-steps " << a.steps << " --train-batch-size " << a.batch << " --train-seq-len " << a.seq_len
         << " --train-log-every 2 --train-eval-every 0 --train-save-every 0 --eval-windows 1 --eval-mask-samples 1"
         << " --train-warmup 2";
-  if (a.ep < 1 || a.ranks % a.ep != 0)
-    fail("", "--dist-ep", std::to_string(a.ep) + " does not divide --bench-ranks " + std::to_string(a.ranks),
-         "a divisor of the rank count, e.g. --dist-ep " + std::to_string(a.ranks));
-  if (a.ep_f32_payload && a.ep <= 1)
-    fail("", "--bench-ep-f32-payload", "compares expert-parallel payloads, but no --dist-ep is given",
-         "add --dist-ep " + std::to_string(a.ranks) + " (or drop the flag)");
   // The setups, alternated within each rep so load from other work on the machine hits all alike.
   struct Setup {
     std::string name, label, args;  // args: after the binary (threads, launch, extra train flags)
