@@ -2,7 +2,7 @@
 // 1 rank x T threads against T ranks x 1 thread (ecdlm launch), the same model and global batch;
 // plus the gradient all-reduce's bytes and exposed wait per step (from rank 0's metrics). With
 // --dist-ep EP, a third setup: the same ranks expert parallel (train --dist-ep EP), with the
-// all_to_all bytes and seconds per step.
+// all_to_all bytes and seconds per step (and with --bench-ep-f32-payload a fourth: f32 dispatch rows).
 // --bench-ec-model / --bench-tc-model: the expert-parallel scaling model (bench/dist_model.h).
 #include <unistd.h>
 
@@ -28,7 +28,7 @@ namespace {
 struct BenchDistArgs {
   std::string config = "configs/brown-small.json", data, out_md, work_dir;
   int64_t ranks = 2, steps = 8, reps = 3, batch = 16, seq_len = 256, ep = 1;  // the main job's global batch (configs/brown-small.json)
-  bool json = false;
+  bool json = false, ep_f32_payload = false;
   bench::EpModelParams model;  // with --bench-ec-model and --bench-tc-model: the EP scaling model instead
   std::string plot;
 };
@@ -68,6 +68,13 @@ int run_bench_dist(const BenchDistArgs& a) {
   if (a.data.empty() || !fs::exists(fs::path(a.data) / "meta.json"))
     fail(a.data, "--data", "not a prepared data directory",
          "run `ecdlm prepare-data --source brown --out DIR` and pass --data DIR");
+  // Bad flags fail before the work dir exists (nothing left behind).
+  if (a.ep < 1 || a.ranks % a.ep != 0)
+    fail("", "--dist-ep", std::to_string(a.ep) + " does not divide --bench-ranks " + std::to_string(a.ranks),
+         "a divisor of the rank count, e.g. --dist-ep " + std::to_string(a.ranks));
+  if (a.ep_f32_payload && a.ep <= 1)
+    fail("", "--bench-ep-f32-payload", "compares expert-parallel payloads, but no --dist-ep is given",
+         "add --dist-ep " + std::to_string(a.ranks) + " (or drop the flag)");
   char exe[4096];
   const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0) fail("/proc/self/exe", "", "cannot find this binary");
@@ -80,67 +87,73 @@ int run_bench_dist(const BenchDistArgs& a) {
         << " --train-steps " << a.steps << " --train-batch-size " << a.batch << " --train-seq-len " << a.seq_len
         << " --train-log-every 2 --train-eval-every 0 --train-save-every 0 --eval-windows 1 --eval-mask-samples 1"
         << " --train-warmup 2";
-  if (a.ep < 1 || a.ranks % a.ep != 0)
-    fail("", "--dist-ep", std::to_string(a.ep) + " does not divide --bench-ranks " + std::to_string(a.ranks),
-         "a divisor of the rank count, e.g. --dist-ep " + std::to_string(a.ranks));
-  RunStats one, many, ep;
-  const int setups = a.ep > 1 ? 3 : 2;
+  // The setups, alternated within each rep so load from other work on the machine hits all alike.
+  struct Setup {
+    std::string name, label, args;  // args: after the binary (threads, launch, extra train flags)
+    RunStats st;
+  };
+  const std::string rk = std::to_string(a.ranks), launch = " launch --nproc-per-node " + rk + " -- --threads 1";
+  std::vector<Setup> setups = {{"threads", "1 rank x " + rk + " threads", " --threads " + rk, {}},
+                               {"ranks", rk + " ranks x 1 thread, data parallel", launch, {}}};
+  if (a.ep > 1) {
+    const std::string ep = std::to_string(a.ep);
+    setups.push_back({"ep", rk + " ranks x 1 thread, --dist-ep " + ep, launch, {}});
+    if (a.ep_f32_payload)
+      setups.push_back({"ep-f32", rk + " ranks x 1 thread, --dist-ep " + ep + " --dist-ep-f32-payload", launch, {}});
+  }
   for (int64_t rep = 0; rep < a.reps; ++rep) {
-    // Alternated, so load from other work on the machine hits all setups alike.
-    for (int which = 0; which < setups; ++which) {
-      const char* name = which == 0 ? "threads-" : which == 1 ? "ranks-" : "ep-";
-      const std::string out = (fs::path(work) / (name + std::to_string(rep))).string();
+    for (auto& su : setups) {
+      const std::string out = (fs::path(work) / (su.name + "-" + std::to_string(rep))).string();
       fs::remove_all(out);
       std::ostringstream cmd;
-      if (which == 0)
-        cmd << quote(exe) << " --threads " << a.ranks << train.str() << " --out " << quote(out);
-      else
-        cmd << quote(exe) << " launch --nproc-per-node " << a.ranks << " -- --threads 1" << train.str() << " --out "
-            << quote(out) << (which == 2 ? " --dist-ep " + std::to_string(a.ep) : std::string());
+      cmd << quote(exe) << su.args << train.str() << " --out " << quote(out);
+      if (su.name.rfind("ep", 0) == 0) cmd << " --dist-ep " << a.ep;
+      if (su.name == "ep-f32") cmd << " --dist-ep-f32-payload";
       cmd << " > " << quote(out + ".log") << " 2>&1";
-      LOG_INFO("bench dist: " << (which ? std::to_string(a.ranks) + " ranks x 1 thread" : "1 rank x " + std::to_string(a.ranks) + " threads")
-                              << (which == 2 ? ", expert parallel " + std::to_string(a.ep) : std::string())
-                              << ", rep " << rep + 1 << "/" << a.reps);
+      LOG_INFO("bench dist: " << su.label << ", rep " << rep + 1 << "/" << a.reps);
       if (std::system(cmd.str().c_str()) != 0)
         fail(out + ".log", "", "the benchmarked run failed", "see the log");
-      collect(out, which == 0 ? one : which == 1 ? many : ep);
+      collect(out, su.st);
     }
   }
   if (a.work_dir.empty()) fs::remove_all(work);
-  const double t1 = median(one.tps), tn = median(many.tps);
+  const auto med = [](const std::vector<double>& v) { return v.empty() ? 0.0 : median(v); };
+  const double t1 = med(setups[0].st.tps), tn = med(setups[1].st.tps);
   const double ratio = t1 > 0 ? tn / t1 : 0.0;
   nlohmann::json j = {{"config", a.config}, {"batch", a.batch}, {"seq_len", a.seq_len}, {"steps", a.steps},
                       {"reps", a.reps}, {"ranks", a.ranks},
                       {"one_rank_tokens_per_s", t1}, {"ranks_tokens_per_s", tn}, {"ratio", ratio},
-                      {"allreduce_bytes_per_step", median(many.ar_bytes)},
-                      {"allreduce_wait_s_per_step", median(many.ar_wait_s)}};
-  const double tep = a.ep > 1 ? median(ep.tps) : 0.0;
-  if (a.ep > 1) {
+                      {"allreduce_bytes_per_step", med(setups[1].st.ar_bytes)},
+                      {"allreduce_wait_s_per_step", med(setups[1].st.ar_wait_s)}};
+  for (size_t i = 2; i < setups.size(); ++i) {
+    const auto& st = setups[i].st;
+    const std::string k = setups[i].name == "ep" ? "ep_" : "ep_f32_payload_";
     j["dist_ep"] = a.ep;
-    j["ep_tokens_per_s"] = tep;
-    j["ep_ratio"] = t1 > 0 ? tep / t1 : 0.0;
-    j["ep_allreduce_bytes_per_step"] = median(ep.ar_bytes);
-    j["ep_alltoall_bytes_per_step"] = median(ep.a2a_bytes);
-    j["ep_alltoall_s_per_step"] = median(ep.a2a_s);
+    j[k + "tokens_per_s"] = med(st.tps);
+    j[k + "ratio"] = t1 > 0 ? med(st.tps) / t1 : 0.0;
+    j[k + "allreduce_bytes_per_step"] = med(st.ar_bytes);
+    j[k + "allreduce_wait_s_per_step"] = med(st.ar_wait_s);
+    j[k + "alltoall_bytes_per_step"] = med(st.a2a_bytes);
+    j[k + "alltoall_s_per_step"] = med(st.a2a_s);
   }
+  // One row per setup, side by side; per step: rank 0's bytes sent and seconds waited.
   std::ostringstream md;
-  md << "| setup | tokens/s | vs 1 rank |\n|---|---:|---:|\n"
-     << "| 1 rank x " << a.ranks << " threads | " << static_cast<int64_t>(t1) << " | 1.00x |\n"
-     << "| " << a.ranks << " ranks x 1 thread (ecdlm launch) | " << static_cast<int64_t>(tn) << " | " << std::fixed
-     << std::setprecision(2) << ratio << "x |\n";
-  if (a.ep > 1)
-    md << "| " << a.ranks << " ranks x 1 thread, --dist-ep " << a.ep << " | " << static_cast<int64_t>(tep) << " | "
-       << std::fixed << std::setprecision(2) << (t1 > 0 ? tep / t1 : 0.0) << "x |\n";
-  md << "\n"
-     << "Gradient all-reduce per step (" << a.ranks << " ranks, Gloo on loopback): "
-     << std::setprecision(2) << median(many.ar_bytes) / 1e6 << " MB, " << std::setprecision(1)
-     << 1e3 * median(many.ar_wait_s) << " ms waited after backward (the rest overlapped with it).\n";
-  if (a.ep > 1)
-    md << "Expert parallel " << a.ep << ": all-reduce " << std::setprecision(2) << median(ep.ar_bytes) / 1e6
-       << " MB per step (dense parameters over the world; expert shards over their replicas), all_to_all "
-       << median(ep.a2a_bytes) / 1e6 << " MB sent per step and rank (forward and backward, every MoE layer), "
-       << std::setprecision(1) << 1e3 * median(ep.a2a_s) << " ms in the exchanges.\n";
-  md
+  md << "| setup | tokens/s | vs 1 rank | all-reduce MB/step | all-reduce wait ms/step | all_to_all MB/step "
+        "| all_to_all ms/step |\n|---|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& su : setups) {
+    const auto& st = su.st;
+    const double t = med(st.tps);
+    md << "| " << su.label << " | " << static_cast<int64_t>(t) << " | " << std::fixed << std::setprecision(2)
+       << (t1 > 0 ? t / t1 : 0.0) << "x | ";
+    if (st.ar_bytes.empty()) md << "- | - | ";
+    else md << std::setprecision(2) << med(st.ar_bytes) / 1e6 << " | " << std::setprecision(1) << 1e3 * med(st.ar_wait_s) << " | ";
+    if (st.a2a_bytes.empty()) md << "- | - |\n";
+    else md << std::setprecision(2) << med(st.a2a_bytes) / 1e6 << " | " << std::setprecision(1) << 1e3 * med(st.a2a_s) << " |\n";
+  }
+  md << "\nAll-reduce: the gradients averaged over the ranks (expert parallel: the dense parameters; the "
+        "expert shards only over their replicas), the wait left after backward. all_to_all: the token "
+        "rows rank 0 sent to other ranks (dispatch and return, forward and backward, every MoE layer) and "
+        "the seconds in those exchanges.\n"
      << "Model " << a.config << ", global batch " << a.batch << " x " << a.seq_len << ", " << a.steps
      << " steps per run (first window dropped), median of " << a.reps << " alternated runs each.\n";
   if (!a.out_md.empty()) write_file_atomic(a.out_md, md.str());
@@ -205,6 +218,8 @@ void register_bench_dist(CLI::App* bench) {
   s->add_option("--train-seq-len", a->seq_len, "Sequence length")->capture_default_str()->check(CLI::PositiveNumber);
   s->add_option("--dist-ep", a->ep, "Also run the ranks expert parallel (train --dist-ep N) and report the "
                                     "all_to_all bytes and time per step")->capture_default_str();
+  s->add_flag("--bench-ep-f32-payload", a->ep_f32_payload,
+              "With --dist-ep: also run the expert-parallel setup with --dist-ep-f32-payload (f32 dispatch rows)");
   s->add_option("--work-dir", a->work_dir, "Keep the runs here (default: a temporary dir, removed)");
   s->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
   s->add_flag("--json", a->json, "Print the numbers as JSON");

@@ -32,6 +32,7 @@ struct TrainArgs {
   std::string bf16;
   double dist_timeout = 300.0;
   int64_t dist_ep = 1;
+  bool dist_ep_f32_payload = false;
   std::map<std::string, CLI::Option*> opt;
 };
 
@@ -126,6 +127,8 @@ int run(TrainArgs& a) {
   DistOptions dopt;
   dopt.timeout_s = a.dist_timeout;
   dopt.ep = a.dist_ep;
+  dopt.ep_f32_payload = a.dist_ep_f32_payload;
+  if (a.dist_ep_f32_payload && a.dist_ep <= 1) LOG_WARN("--dist-ep-f32-payload has no effect without --dist-ep > 1");
   auto res = run_training(cfg, p, a.resume, dopt);
   // Distributed: rank 0 reports for the run (the others trained the same model).
   if (dist::DistEnv::from_environment().rank != 0) return res.diverged ? 4 : 0;
@@ -235,6 +238,9 @@ void register_train(CLI::App& app) {
   add("--dist-ep", a->dist_ep, "Expert parallel: ranks that split every MoE layer's experts (default 1); "
                                "WORLD_SIZE = data parallel x this, and it must divide the expert count")
       ->check(CLI::PositiveNumber);
+  sub->add_flag("--dist-ep-f32-payload", a->dist_ep_f32_payload,
+                "Expert parallel: send the dispatched token rows as f32 even under bf16 autocast (default: bf16, "
+                "the rounding the experts' bf16 GEMMs make anyway, half the bytes; for comparisons)");
   add("--samples", a->samples, "Samples to generate from the final model")->check(CLI::NonNegativeNumber);
   add("--sample-length", a->sample_length, "Tokens per sample")->check(CLI::PositiveNumber);
   set_runner(sub, [a] { return run(*a); });

@@ -66,4 +66,5 @@ expect_fail "moe_router_type" "$ECDLM" -q bench dist --data data --bench-ec-mode
 expect_fail "--bench-ep" "$ECDLM" -q bench dist "${ARGS[@]}" --bench-ep 3 --bench-loopback-gbps 1
 expect_fail "--bench-ep-batches" "$ECDLM" -q bench dist "${ARGS[@]}" --bench-ep 64 --bench-loopback-gbps 1
 expect_fail "no config.json" "$ECDLM" -q bench dist --data data --bench-ec-model nothere --bench-tc-model tc --bench-loopback-gbps 1
+expect_fail "no --dist-ep is given" "$ECDLM" -q bench dist --data data --bench-ep-f32-payload
 echo "bench_dist_model: OK"

@@ -2,8 +2,11 @@
 # Expert-parallel training end to end (`train --dist-ep 2`), 2 ranks on loopback with Gloo:
 #  - each rank holds 4 of the 8 experts of every MoE layer and trains its own rows of the global
 #    batch; loss, gradient norm and val loss equal one process with the same global batch at every
-#    step (fp32), for expert choice and for dropless token choice (loss-free bias on global loads,
-#    2 accumulated micro-batches); metrics carry the all_to_all bytes and seconds;
+#    step (fp32), for expert choice, dropless token choice (loss-free bias on global loads,
+#    2 accumulated micro-batches) and token choice with capacity 1.25 (fixed split sizes); metrics
+#    carry the all_to_all bytes and seconds;
+#  - bf16 autocast: the dispatched rows travel as bf16 (2/3 of the f32-payload bytes, reported in
+#    metrics), and --dist-ep-f32-payload sends f32 rows; the two runs' losses agree closely;
 #  - checkpoints have the single-process layout (expert shards and their AdamW moments gathered to
 #    rank 0): EP 2 -> 1 process and 1 process -> EP 2 resume exactly;
 #  - evaluation split over the ranks (DP and EP) gives the one-process val loss and per-bin table;
@@ -38,6 +41,36 @@ same_curve ec1 ec4
 "$ECDLM" -q --threads 1 "${TRAIN[@]}" "${TC[@]}" --out tc1
 launch_ep tcep "${TC[@]}"
 same_curve tc1 tcep
+# Token choice with capacity: every expert has C slots (padded), fixed split sizes. C comes from
+# each rank's tokens (as in data parallel), one process's from the whole batch, so the dropped
+# pairs differ a little: still within 1e-3 here (this tiny model drops ~30% of the pairs).
+TCC=(--moe-router tc --moe-capacity-factor 1.25 --moe-aux-loss-coeff 0)
+"$ECDLM" -q --threads 1 "${TRAIN[@]}" "${TCC[@]}" --out tcc1
+launch_ep tccep "${TCC[@]}"
+same_curve tcc1 tccep
+
+# --- bf16 autocast: bf16 dispatch rows (the experts' GEMMs round them to bf16 anyway) -------------
+BF16=("${TRAIN[@]/#false/true}")  # --train-bf16 true
+SAVED=("${TRAIN[@]}"); TRAIN=("${BF16[@]}")
+launch_ep bfep
+launch_ep bff32 --dist-ep-f32-payload
+TRAIN=("${SAVED[@]}")
+python3 - <<'PY'
+import json
+def steps(d):
+    return [l for l in map(json.loads, open(d + "/metrics.jsonl")) if "loss" in l]
+a, b = steps("bfep"), steps("bff32")
+assert len(a) == len(b) == 4, (len(a), len(b))
+assert a[0]["loss"] == b[0]["loss"], (a[0]["loss"], b[0]["loss"])  # step 1: the same forward, bit for bit
+for x, y in zip(a, b):
+    # EC's fixed splits: dispatch and return, forward and backward, all bf16 (2+2+2+2 bytes per
+    # value) against f32 dispatch rows (4+4+2+2).
+    assert 3 * x["dist"]["alltoall_bytes"] == 2 * y["dist"]["alltoall_bytes"], (x["dist"], y["dist"])
+    # The forward is the same; only the rows' gradients are rounded to bf16 once more.
+    assert abs(x["loss"] - y["loss"]) <= 1e-3 * abs(y["loss"]), (x["step"], x["loss"], y["loss"])
+print("bf16 payload: all_to_all bytes", a[-1]["dist"]["alltoall_bytes"], "vs f32 rows", b[-1]["dist"]["alltoall_bytes"],
+      "; max loss diff", max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)))
+PY
 
 # --- evaluation split over the ranks: one window per batch, 2 mask samples -> 8 batches shared out;
 # the all-reduced val loss, per-bin losses and counts equal one process (DP 2 and EP 2) -------------

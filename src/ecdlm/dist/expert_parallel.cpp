@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "ecdlm/dist/c10d_impl.h"
+#include "ecdlm/util/compat_autocast.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::dist {
@@ -122,6 +123,14 @@ torch::Tensor ExpertParallelMoe::run(const torch::Tensor& x_TD, const moe::Routi
   return run_expert_major(x_TD, plan, local, slots);
 }
 
+torch::Tensor ExpertParallelMoe::payload(const torch::Tensor& x_ND) const {
+  if (f32_payload_ || x_ND.scalar_type() != torch::kFloat32) return x_ND;
+  if (compat::cpu_autocast_dtype() != torch::kBFloat16) return x_ND;
+  // Autocast would make exactly this cast in the experts' first GEMM; made here, it halves the
+  // bytes. Its backward turns the bf16 gradient that comes back into f32 for the gather.
+  return x_ND.to(torch::kBFloat16);
+}
+
 torch::Tensor ExpertParallelMoe::run_expert_major(const torch::Tensor& x_TD, const moe::RoutingPlan& plan,
                                                   moe::Experts& local, int64_t slots_per_expert) {
   const int64_t EP = group_.size(), El = local_, D = x_TD.size(1), T = x_TD.size(0);
@@ -140,7 +149,7 @@ torch::Tensor ExpertParallelMoe::run_expert_major(const torch::Tensor& x_TD, con
   // Fixed split sizes, known before routing: El experts x N slots to every rank, and back.
   const std::vector<int64_t> split(static_cast<size_t>(EP), El * N);
   auto x_END = moe::dispatch_slots(x_TD, token_EN);  // [E, N, D]: experts owned by rank r are rows r*El..
-  auto recv = all_to_all_rows(group_, x_END.reshape({num_experts_ * N, D}), split, split, &stats_);
+  auto recv = all_to_all_rows(group_, payload(x_END.reshape({num_experts_ * N, D})), split, split, &stats_);
   // [EP (source), El, N, D] -> each local expert's slots from every source: [El, EP * N, D].
   auto x_local = recv.view({EP, El, N, D}).permute({1, 0, 2, 3}).reshape({El, EP * N, D});
   auto y_local = local->forward_slots(x_local);
@@ -167,7 +176,7 @@ torch::Tensor ExpertParallelMoe::run_token_major(const torch::Tensor& x_TD, cons
   const int64_t* ci = counts_in.data_ptr<int64_t>();
   for (int64_t r = 0; r < EP; ++r)
     for (int64_t e = 0; e < El; ++e) send[r] += ce[r * El + e], recv[r] += ci[r * El + e];
-  auto x_PD = x_TD.index_select(0, token_P);
+  auto x_PD = payload(x_TD.index_select(0, token_P));
   auto x_recv = all_to_all_rows(group_, x_PD, send, recv, &stats_);  // grouped by (source, local expert)
   // Regroup by (local expert, source) for one GEMM chain per expert, and back afterwards.
   std::vector<int64_t> start(static_cast<size_t>(EP * El)), perm, counts_local(static_cast<size_t>(El), 0);

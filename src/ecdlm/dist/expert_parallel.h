@@ -10,6 +10,16 @@
 //    are known before routing and nothing is exchanged but the activations.
 //  - token-major plans (dropless token choice): the per-expert counts go first (one small
 //    all_to_all of E integers), then the variable-size exchange.
+//
+// Payload dtype. Under bf16 autocast (train --train-bf16, the default) the experts' GEMMs (bmm /
+// linear, autocast ops) round their f32 input rows to bf16 as their first step, so the dispatch
+// casts the gathered rows to bf16 just before sending (after the gather, so a token's gradient
+// from several experts is still summed in f32 by the gather's backward) and the experts get the
+// very rows autocast would have made: the forward is bit for bit the f32-payload forward. Backward
+// sends the gradient of those bf16 rows in bf16; the one difference from f32 payloads is that the
+// gate and up GEMMs' two bf16 input gradients are summed in bf16 (one rounding, 2^-9 relative)
+// instead of in f32. The return already travels in bf16 (the down GEMM's output under autocast).
+// In fp32 training (no autocast) everything stays f32, so fp32 runs equal one process exactly.
 #pragma once
 #include <torch/torch.h>
 
@@ -65,15 +75,22 @@ class ExpertParallelMoe : public moe::ExpertExchange {
   torch::Tensor run(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local) override;
   // Expert choice: the schedule's largest k (k_max, or k when static); capacity C <= floor(L k / E).
   void set_capacity_k_max(double k_max) { k_max_ = k_max; }
+  // true: dispatch the rows in their own dtype (f32) even under bf16 autocast (the behaviour
+  // before bf16 payloads; for comparisons). Every rank of the group must agree.
+  void set_f32_payload(bool on) { f32_payload_ = on; }
 
  private:
   torch::Tensor run_expert_major(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local,
                                  int64_t slots_per_expert);
   torch::Tensor run_token_major(const torch::Tensor& x_TD, const moe::RoutingPlan& plan, moe::Experts& local);
 
+  // The dispatched rows as they travel: bf16 under bf16 autocast (see the top), else unchanged.
+  torch::Tensor payload(const torch::Tensor& x_ND) const;
+
   ProcessGroup& group_;
   int64_t num_experts_, local_;
   double k_max_ = 0.0;
+  bool f32_payload_ = false;
   ExpertParallelStats stats_;
 };
 

@@ -65,6 +65,9 @@ std::unique_ptr<DataParallel> start_data_parallel(const ModelConfig& cfg, const 
              std::to_string(g.size()),
          "use a multiple of " + std::to_string(g.size()) + " (each rank trains batch / WORLD_SIZE rows)");
   g.check_same("--dist-ep", std::to_string(opt.ep), "start every rank with the same --dist-ep");
+  // The all_to_all needs the same payload dtype on every rank.
+  g.check_same("--dist-ep-f32-payload", opt.ep_f32_payload ? "on" : "off",
+               "start every rank with the same --dist-ep-f32-payload");
   dp->count = p.batch_size / g.size();
   dp->first = g.rank() * dp->count;
   LOG_INFO("dist: data parallel, rank " << g.rank() << " trains rows [" << dp->first << ", "
@@ -81,6 +84,7 @@ std::unique_ptr<DataParallel> start_data_parallel(const ModelConfig& cfg, const 
     if (ndp > 1) dp->replica_group = g.subgroup("replica" + std::to_string(dp->ep_index), replica_ranks);
     dp->exchange = std::make_shared<dist::ExpertParallelMoe>(*dp->ep_group, cfg.num_experts);
     dp->exchange->set_capacity_k_max(make_schedule(cfg).k_max());
+    dp->exchange->set_f32_payload(opt.ep_f32_payload);
     LOG_INFO("dist: expert parallel " << ep << " x data parallel " << ndp << ": rank " << g.rank() << " holds experts ["
                                       << dp->exchange->first_expert() << ", "
                                       << dp->exchange->first_expert() + dp->exchange->local_experts() << ") of "

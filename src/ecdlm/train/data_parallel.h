@@ -20,6 +20,7 @@ namespace ecdlm {
 struct DistOptions {
   double timeout_s = 300.0;  // --dist-timeout: rendezvous and every collective
   int64_t ep = 1;            // --dist-ep: expert-parallel ranks; WORLD_SIZE = DP x EP
+  bool ep_f32_payload = false;  // --dist-ep-f32-payload: f32 dispatch rows under bf16 autocast too
 };
 
 // Expert parallel (--dist-ep EP > 1) borrows the data-parallel dimension, as torchtitan does: every

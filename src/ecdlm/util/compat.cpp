@@ -1,4 +1,5 @@
 #include "ecdlm/util/compat.h"
+#include "ecdlm/util/compat_autocast.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
@@ -55,4 +56,11 @@ DefaultDtype::DefaultDtype(at::ScalarType dtype) : prev_(c10::get_default_dtype(
   c10::set_default_dtype(c10::scalarTypeToTypeMeta(dtype));
 }
 DefaultDtype::~DefaultDtype() { c10::set_default_dtype(prev_); }
+}  // namespace ecdlm::compat
+
+namespace ecdlm::compat {
+std::optional<at::ScalarType> cpu_autocast_dtype() {
+  if (!at::autocast::is_cpu_enabled()) return std::nullopt;
+  return at::autocast::get_autocast_cpu_dtype();
+}
 }  // namespace ecdlm::compat
