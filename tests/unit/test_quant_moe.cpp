@@ -119,7 +119,7 @@ torch::Tensor reference(const torch::Tensor& x, const QuantWeight& g, const Quan
 
 TEST_P(QuantMoeTest, AllExpertsAtOnceEqualOneByOneAndMatchTheReference) {
   torch::manual_seed(23);
-  const std::vector<int64_t> counts = {1, 0, 3, 5, 2, 17, 4};  // an empty expert, M = 17 (tile tails)
+  const std::vector<int64_t> counts = {1, 0, 3, 5, 2, 17, 4, 8};  // an empty expert, M = 17 (tile tails), 8 and 17 token lanes
   int64_t P = 0;
   for (auto c : counts) P += c;
   struct Shape {
