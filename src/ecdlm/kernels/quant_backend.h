@@ -116,9 +116,9 @@ struct QxLaneScratch {
 QxLanes build_lanes(const QxOperand& x, int32_t z, QxLaneScratch& buf);
 // Token rows from which the drivers take the token-lane kernel instead of the 4 x 4 tiles. Below,
 // lanes sit idle (at 8 rows half of every instruction is padding): BM_QuantStepMin (one thread,
-// 2048 x 2048, loaded Zen 5) measured the tiles 1.5x faster at 8 rows, even at 16, and the lanes
-// 1.1x (q8) / 1.3x (q4) faster at 32.
-constexpr int64_t kLaneMinRows = 32;
+// loaded Zen 5, fastest of 40 interleaved calls) measured the tiles 1.6x faster at 8 rows, the
+// lanes 1.05x (q8) / 1.2x (q4) faster at 16 and 1.4x / 1.8x at 32 (2048 x 2048).
+constexpr int64_t kLaneMinRows = 16;
 // y[m * ldy + (n - n0)] = x_m · deq(w_n) for n in [n0, n1), m < M, from the token-lane operand.
 void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
