@@ -6,6 +6,9 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <chrono>
+#include <iterator>
 #include <map>
 
 #include "ecdlm/io/quant_format.h"
@@ -148,6 +151,157 @@ void BM_QuantLinear(benchmark::State& state) {  // one thread (see above)
 
 BENCHMARK(BM_QuantLinear)
     ->ArgsProduct({{1, 3}, {1, 4, 8, 16, 32, 64}, {1, 2, 3, 4}})
+    ->Unit(benchmark::kMillisecond);
+
+
+// ---- The cached step's shapes (issue 18): one product y = x · wᵀ per call, M = 1, 4, 8, 32 token
+// rows, bf16 (the model's kernels::linear: small-M kernel or oneDNN) against q8 / q4 per path. Each
+// weight is cloned until the q4 copies pass 48 MB, so every format streams from memory (not L3).
+// Counters: GB/s of weight bytes, GFLOP/s (2 M N K per product). One thread, CPU time: on a shared
+// 2-core machine two busy-waiting OpenMP threads measure the neighbours, not the kernel.
+// Run: build/ecdlm_microbench --benchmark_filter='BM_QuantShape'
+struct StepShape {
+  const char* name;
+  int64_t N, K;
+};
+const StepShape kStepShapes[] = {{"qkv 2048->3072", 3072, 2048},   {"o 2048->2048", 2048, 2048},
+                                 {"dense up 2048->5120", 5120, 2048}, {"dense down 5120->2048", 2048, 5120},
+                                 {"expert up 2048->512", 512, 2048},  {"expert down 512->2048", 2048, 512}};
+
+// Paths by argument: 0 bf16, then (format, kernel) pairs.
+struct StepPath {
+  const char* name;
+  int fmt;  // index into kFormats, -1 bf16
+  kernels::QuantKernel k;
+};
+const StepPath kStepPaths[] = {{"bf16", -1, kernels::QuantKernel::kAuto},
+                               {"q8 auto", 0, kernels::QuantKernel::kAuto},
+                               {"q8 vnni", 0, kernels::QuantKernel::kVnni},
+                               {"q8 deq-bf16", 0, kernels::QuantKernel::kBf16},
+                               {"q4 auto", 2, kernels::QuantKernel::kAuto},
+                               {"q4 vnni", 2, kernels::QuantKernel::kVnni},
+                               {"q4 deq-bf16", 2, kernels::QuantKernel::kBf16}};
+
+struct ShapeWeights {
+  int shape = -1;
+  std::vector<torch::Tensor> bf16;
+  std::map<int, std::vector<io::QuantWeight>> q;  // by format index
+};
+
+ShapeWeights& shape_weights(int shape, int fmt) {
+  static ShapeWeights sw;
+  if (sw.shape != shape) sw = ShapeWeights{shape, {}, {}};
+  const auto& s = kStepShapes[shape];
+  const auto q4 = io::quant_bytes(kFormats[2], s.N, s.K);
+  const int64_t copies = std::max<int64_t>(2, (48LL << 20) / q4 + 1);
+  torch::manual_seed(shape);
+  torch::NoGradGuard ng;
+  const auto w = torch::randn({s.N, s.K}) * 0.02;
+  if (fmt < 0 && sw.bf16.empty())
+    for (int64_t i = 0; i < copies; ++i) sw.bf16.push_back(w.to(torch::kBFloat16).clone());
+  if (fmt >= 0 && sw.q[fmt].empty()) {
+    const auto one = io::quantize(w, kFormats[static_cast<size_t>(fmt)]);
+    for (int64_t i = 0; i < copies; ++i) {
+      auto c = one;
+      c.qweight = one.qweight.clone();
+      c.scales = one.scales.clone();
+      if (one.mins.defined()) c.mins = one.mins.clone();
+      sw.q[fmt].push_back(std::move(c));
+    }
+  }
+  return sw;
+}
+
+// args: path index, M, shape index (the last argument varies slowest: one shape's weights at a time)
+void BM_QuantShape(benchmark::State& state) {
+  const int shape = static_cast<int>(state.range(2));
+  const int64_t M = state.range(1);
+  const auto& p = kStepPaths[state.range(0)];
+  if ((p.k == kernels::QuantKernel::kVnni && !kernels::cpu_has_avx512_vnni()) ||
+      (p.k == kernels::QuantKernel::kBf16 && !kernels::cpu_has_avx512_bf16())) {
+    state.SkipWithError("path not available on this CPU");
+    return;
+  }
+  torch::set_num_threads(1);
+  torch::NoGradGuard ng;
+  auto& sw = shape_weights(shape, p.fmt);
+  const auto& s = kStepShapes[shape];
+  const auto x = torch::randn({M, s.K}).to(torch::kBFloat16);
+  double bytes = 0;
+  int64_t n = 0;
+  if (p.fmt < 0) {
+    n = static_cast<int64_t>(sw.bf16.size());
+    bytes = 2.0 * s.N * s.K;
+    for (auto _ : state)
+      for (const auto& w : sw.bf16) benchmark::DoNotOptimize(kernels::linear(x, w).data_ptr());
+  } else {
+    const auto& ws = sw.q[p.fmt];
+    n = static_cast<int64_t>(ws.size());
+    bytes = static_cast<double>(ws[0].bytes());
+    for (auto _ : state)
+      for (const auto& w : ws) benchmark::DoNotOptimize(kernels::quant_linear(x, w, p.k).data_ptr());
+  }
+  state.counters["GB/s"] = benchmark::Counter(bytes * static_cast<double>(n) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(M * s.N * s.K * n) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["us/call"] = benchmark::Counter(static_cast<double>(n) * 1e-6, benchmark::Counter::kIsIterationInvariantRate |
+                                                                                    benchmark::Counter::kInvert);
+  state.SetLabel(std::string(s.name) + " M " + std::to_string(M) + " " + p.name);
+}
+
+BENCHMARK(BM_QuantShape)
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6}, {1, 4, 8, 32}, {0, 1, 2, 3, 4, 5}})
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.1);
+
+// The same shapes, every path interleaved call by call in one loop, each path's fastest call kept
+// (min over reps): on a loaded machine a call that ran undisturbed is the kernel's own speed, and
+// interleaving puts every path under the same conditions. Counters: us per call per path (one
+// thread, wall time) and bf16 / path ratios. args: M, shape index.
+void BM_QuantStepMin(benchmark::State& state) {
+  const int64_t M = state.range(0);
+  const int shape = static_cast<int>(state.range(1));
+  torch::set_num_threads(1);
+  torch::NoGradGuard ng;
+  std::vector<int> paths;
+  for (int i = 0; i < static_cast<int>(std::size(kStepPaths)); ++i) {
+    const auto k = kStepPaths[i].k;
+    if ((k == kernels::QuantKernel::kVnni && !kernels::cpu_has_avx512_vnni()) ||
+        (k == kernels::QuantKernel::kBf16 && !kernels::cpu_has_avx512_bf16()) || kStepPaths[i].name[3] == 'a')
+      continue;  // the "auto" rows duplicate a forced path
+    paths.push_back(i);
+    shape_weights(shape, kStepPaths[i].fmt);
+  }
+  auto& sw = shape_weights(shape, -1);
+  const auto x = torch::randn({M, kStepShapes[shape].K}).to(torch::kBFloat16);
+  std::vector<double> best(std::size(kStepPaths), 1e30);
+  const int reps = 40;
+  for (auto _ : state)
+    for (int rep = 0; rep < reps; ++rep)
+      for (int i : paths) {
+        const auto& p = kStepPaths[i];
+        const auto t0 = std::chrono::steady_clock::now();
+        if (p.fmt < 0)
+          benchmark::DoNotOptimize(kernels::linear(x, sw.bf16[size_t(rep) % sw.bf16.size()]).data_ptr());
+        else
+          benchmark::DoNotOptimize(
+              kernels::quant_linear(x, sw.q[p.fmt][size_t(rep) % sw.q[p.fmt].size()], p.k).data_ptr());
+        const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+        best[size_t(i)] = std::min(best[size_t(i)], us);
+      }
+  for (int i : paths) {
+    std::string name = kStepPaths[i].name;
+    std::replace(name.begin(), name.end(), ' ', '_');
+    state.counters[name + "_us"] = best[size_t(i)];
+    if (i) state.counters[name + "_x"] = best[0] / best[size_t(i)];
+  }
+  state.SetLabel(std::string(kStepShapes[shape].name) + " M " + std::to_string(M));
+}
+
+BENCHMARK(BM_QuantStepMin)
+    ->ArgsProduct({{1, 4, 8, 16, 32, 64}, {0, 1, 2, 3, 4, 5}})
+    ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
 
 }  // namespace

@@ -157,6 +157,31 @@ TEST_P(QuantMoeTest, AllExpertsAtOnceEqualOneByOneAndMatchTheReference) {
   }
 }
 
+// Experts with kLaneMinRows rows or more (a dense MLP or shared expert at a 32-token block) run
+// the token-lane kernel on vnni: beside a tiled expert in one call, equal to one expert at a time,
+// near the reference; 33 and 47 rows leave a partly filled 16-token block.
+TEST_P(QuantMoeTest, WideExpertsTakeTheTokenLanes) {
+  torch::manual_seed(25);
+  const std::vector<int64_t> counts = {kernels::detail::kLaneMinRows + 1, 3, 47};
+  for (const auto f : {QuantFormat{QuantKind::kQ8, 32}, QuantFormat{QuantKind::kQ4, 32}, QuantFormat{QuantKind::kQ4Sym, 64}}) {
+    const int64_t D = 192, F = 320;  // q4: a 64-input K tail (192 % 128); F: a 256-input K block and a 64 tail
+    const auto ex = make_experts(int64_t(counts.size()), D, F, f);
+    const auto x = torch::randn({counts[0] + counts[1] + counts[2], D});
+    const auto y = kernels::quant_moe(x, counts, ex.view(0, counts.size()), torch::kFloat32, GetParam());
+    int64_t r = 0;
+    for (size_t i = 0; i < counts.size(); ++i) {
+      const auto xi = x.narrow(0, r, counts[i]);
+      const auto one = kernels::quant_moe(xi, {counts[i]}, ex.view(i, i + 1), torch::kFloat32, GetParam());
+      EXPECT_TRUE(torch::equal(y.narrow(0, r, counts[i]), one)) << io::quant_format_name(f) << " expert " << i;
+      const auto ref = reference(xi, ex.gate[i], ex.up[i], ex.down[i]);
+      EXPECT_LT((y.narrow(0, r, counts[i]).to(torch::kFloat64) - ref).abs().max().item<double>(),
+                0.02 * ref.abs().max().item<double>() + 1e-6)
+          << io::quant_format_name(f) << " expert " << i;
+      r += counts[i];
+    }
+  }
+}
+
 TEST_P(QuantMoeTest, ManyRowsFallBackToOneExpertAtATime) {
   torch::manual_seed(24);
   const QuantFormat f{QuantKind::kQ8, 32};

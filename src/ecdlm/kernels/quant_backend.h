@@ -93,6 +93,35 @@ inline int32_t vnni_zero_point(io::QuantKind k) {
 void vnni_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
 void avx2_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
+// The token-lane operand of the many-row vnni kernel (quant_lanes.cpp): x's rows in blocks of 16
+// tokens, one token per int32 lane, so a weight's 4 codes broadcast to all lanes meet 16 tokens in
+// one vpdpbusd and each lane accumulates one (row, token, group) in int32 over the whole group
+// (G / 4 instructions); the scales apply once per group, not once per 64 inputs as in the 4 x 4
+// tiles. TB = ceil(M / 16) blocks; tokens past M are zero (codes, scales, sums).
+struct QxLanes {
+  int64_t M = 0, K = 0, G = 32, TB = 0;
+  const int32_t* q = nullptr;     // [K / 4][TB][16]: token t's codes k .. k + 3 at [k / 4][t / 16][t % 16]
+  const int32_t* bias = nullptr;  // [K / G][TB][16]: -z · (the group's code sum), z the weight's zero point
+  const float* d = nullptr;       // [K / G][TB][16]: the group scales
+  const float* c = nullptr;       // [K / G][TB][16]: d · (the group's code sum), q4's minimum term
+};
+
+// Growable buffers behind a QxLanes (thread-local in the drivers).
+struct QxLaneScratch {
+  std::vector<int32_t> q, bias;
+  std::vector<float> d, c;
+};
+
+// x's rows in the token-lane layout, the bias built for zero point z (vnni_zero_point).
+QxLanes build_lanes(const QxOperand& x, int32_t z, QxLaneScratch& buf);
+// Token rows from which the drivers take the token-lane kernel instead of the 4 x 4 tiles. Below,
+// lanes sit idle (at 8 rows half of every instruction is padding): BM_QuantStepMin (one thread,
+// loaded Zen 5, fastest of 40 interleaved calls) measured the tiles 1.6x faster at 8 rows, the
+// lanes 1.05x (q8) / 1.2x (q4) faster at 16 and 1.4x / 1.8x at 32 (2048 x 2048).
+constexpr int64_t kLaneMinRows = 16;
+// y[m * ldy + (n - n0)] = x_m · deq(w_n) for n in [n0, n1), m < M, from the token-lane operand.
+void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
+
 // Row n of w dequantized to bf16 (AVX512-BF16): out[k] = bf16((code - z) · d + m), the values
 // io::dequantize_rows gives, rounded to nearest-even.
 void avx512_dequant_row_bf16(const QwOperand& w, int64_t n, uint16_t* out);

@@ -5,6 +5,8 @@
 //      64 columns quantized right away (64 is a multiple of the group, so no group straddles
 //      two units) into the down projection's operand;
 //   3. (expert, 64 rows of D): down, written as f32 or rounded to bf16.
+// Experts with kLaneMinRows rows or more (dense MLPs, shared experts) also get their x and h rows
+// in the token-lane layout (after phases 1 and 2) and run the token-lane kernel (quant_lanes.cpp).
 // Expert by expert, each product was its own fork/join with a single-threaded scalar activation
 // quantization (x quantized twice, for gate and for up); a cached step has ~70 experts a layer.
 #include <ATen/Parallel.h>
@@ -114,6 +116,15 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   const auto rows = vnni ? detail::vnni_rows : detail::avx2_rows;
   const auto silu_mul = vnni ? detail::avx512_silu_mul : detail::silu_mul_scalar;
   const auto round_bf16 = vnni ? detail::avx512_round_bf16_f : detail::round_bf16_scalar;
+  // Experts with many rows (a dense MLP or shared expert at a 32-token block) take the token-lane
+  // kernel (quant_lanes.cpp): x's and h's rows in 16-token lanes, built once per expert.
+  std::vector<int64_t> wide;
+  if (vnni)
+    for (int64_t e = 0; e < n; ++e)
+      if (counts[ids[size_t(e)]] >= detail::kLaneMinRows) wide.push_back(e);
+  std::vector<detail::QxLaneScratch> lane_buf(wide.size() * 2);
+  std::vector<detail::QxLanes> xl(static_cast<size_t>(n)), hl(static_cast<size_t>(n));  // TB == 0: none
+  const auto n_wide = static_cast<int64_t>(wide.size());
 #pragma omp parallel num_threads(num_threads())
   {
     std::vector<float> row_f32;
@@ -123,15 +134,26 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
                              : detail::bf16_row(xc.data_ptr<at::BFloat16>() + r * D, D, row_f32);
       detail::quantize_row(v, D, xs, r, 0, zx);
     }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n_wide; ++i) {
+      const int64_t e = wide[size_t(i)];
+      xl[size_t(e)] = detail::build_lanes(detail::rows_of(xq, row0[size_t(e)], counts[ids[size_t(e)]]), zx,
+                                          lane_buf[size_t(2 * i)]);
+    }
     // [rows of one expert, 64 weight rows] tiles; max_m <= kInt8MaxRows.
     std::vector<float> g(static_cast<size_t>(max_m * kUnitRows)), u(g.size());
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < n * f_units; ++t) {
       const int64_t e = t / f_units, f0 = (t % f_units) * kUnitRows, f1 = std::min(F, f0 + kUnitRows);
       const int64_t M = counts[ids[size_t(e)]], r0 = row0[size_t(e)];
-      const auto x = detail::rows_of(xq, r0, M);
-      rows(x, gw[size_t(e)], f0, f1, g.data(), kUnitRows);
-      rows(x, uw[size_t(e)], f0, f1, u.data(), kUnitRows);
+      if (xl[size_t(e)].TB > 0) {
+        detail::vnni_lane_rows(xl[size_t(e)], gw[size_t(e)], f0, f1, g.data(), kUnitRows);
+        detail::vnni_lane_rows(xl[size_t(e)], uw[size_t(e)], f0, f1, u.data(), kUnitRows);
+      } else {
+        const auto x = detail::rows_of(xq, r0, M);
+        rows(x, gw[size_t(e)], f0, f1, g.data(), kUnitRows);
+        rows(x, uw[size_t(e)], f0, f1, u.data(), kUnitRows);
+      }
       for (int64_t m = 0; m < M; ++m) {
         float* gm = g.data() + m * kUnitRows;
         silu_mul(gm, u.data() + m * kUnitRows, f1 - f0);
@@ -139,15 +161,27 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
       }
     }
 #pragma omp for schedule(static)
+    for (int64_t i = 0; i < n_wide; ++i) {
+      const int64_t e = wide[size_t(i)];
+      hl[size_t(e)] = detail::build_lanes(detail::rows_of(hq, row0[size_t(e)], counts[ids[size_t(e)]]), zh,
+                                          lane_buf[size_t(2 * i + 1)]);
+    }
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < n * d_units; ++t) {
       const int64_t e = t / d_units, d0 = (t % d_units) * kUnitRows, d1 = std::min(D, d0 + kUnitRows);
       const int64_t M = counts[ids[size_t(e)]], r0 = row0[size_t(e)];
       const auto h = detail::rows_of(hq, r0, M);
+      const auto down = [&](float* y, int64_t ldy) {
+        if (hl[size_t(e)].TB > 0)
+          detail::vnni_lane_rows(hl[size_t(e)], dw[size_t(e)], d0, d1, y, ldy);
+        else
+          rows(h, dw[size_t(e)], d0, d1, y, ldy);
+      };
       if (out_f32) {
-        rows(h, dw[size_t(e)], d0, d1, out_PD.data_ptr<float>() + r0 * D + d0, D);
+        down(out_PD.data_ptr<float>() + r0 * D + d0, D);
         continue;
       }
-      rows(h, dw[size_t(e)], d0, d1, g.data(), kUnitRows);
+      down(g.data(), kUnitRows);
       auto* o = reinterpret_cast<uint16_t*>(out_PD.data_ptr<at::BFloat16>());
       for (int64_t m = 0; m < M; ++m) round_bf16(g.data() + m * kUnitRows, d1 - d0, o + (r0 + m) * D + d0);
     }
