@@ -82,6 +82,7 @@ namespace {
 void BM_F32Linear(benchmark::State& state) {
   torch::set_num_threads(1);
   torch::NoGradGuard ng;
+  kernels::F32TilesScope tiles;
   const int64_t M = state.range(0), N = state.range(1), K = 256;
   auto x = torch::randn({M, K}), w = torch::randn({N, K});
   for (auto _ : state) {

@@ -205,6 +205,8 @@ TEST(SmallMF32, RouterProductMatchesF64Reference) {
 TEST(SmallMF32, LinearMatchesF64AndRowsAreIndependent) {
   if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX512F";
   torch::NoGradGuard ng;
+  EXPECT_FALSE(f32_linear_applies(torch::randn({2, 8}), torch::randn({4, 8})));  // outside a decoder: BLAS
+  F32TilesScope tiles;
   torch::manual_seed(12);
   for (int64_t M : {1, 5, 64, 65, 300, 512}) {
     auto x = torch::randn({M, 256}), w = torch::randn({300, 256});
@@ -231,6 +233,7 @@ TEST(SmallMF32, LinearMatchesF64AndRowsAreIndependent) {
 TEST(SmallMF32, MoeEqualsExpertByExpert) {
   if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX512F";
   torch::NoGradGuard ng;
+  F32TilesScope tiles;
   torch::manual_seed(13);
   const int64_t D = 64, F = 96;
   std::vector<int64_t> counts{1, 7, 70, 3};

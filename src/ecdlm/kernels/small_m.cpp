@@ -280,8 +280,15 @@ torch::Tensor small_m_linear_f32(const torch::Tensor& x_MK, const torch::Tensor&
   return run_linear_f32(x_MK, w_NK);
 }
 
+namespace {
+thread_local bool t_f32_tiles = false;
+}  // namespace
+
+F32TilesScope::F32TilesScope() : prev_(t_f32_tiles) { t_f32_tiles = true; }
+F32TilesScope::~F32TilesScope() { t_f32_tiles = prev_; }
+
 bool f32_linear_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
-  return f32_applies(x_MK, w_NK, kF32MaxM);
+  return t_f32_tiles && f32_applies(x_MK, w_NK, kF32MaxM);
 }
 
 torch::Tensor f32_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
@@ -394,7 +401,8 @@ bool f32_moe_applies(const torch::Tensor& x_PD, const std::vector<int64_t>& coun
   }
   if (total != x_PD.size(0)) return false;
   const int64_t D = x_PD.size(1), F = gate[0].dim() == 2 ? gate[0].size(0) : -1;
-  if (D < 1 || F < 1 || !f32_applies(x_PD, gate[0], kF32MaxM * static_cast<int64_t>(counts.size()))) return false;
+  if (!t_f32_tiles || D < 1 || F < 1 || !f32_applies(x_PD, gate[0], kF32MaxM * static_cast<int64_t>(counts.size())))
+    return false;
   for (size_t i = 0; i < counts.size(); ++i)
     if (!plain_f32(gate[i]) || !plain_f32(up[i]) || !plain_f32(down[i]) || gate[i].sizes() != torch::IntArrayRef{F, D} ||
         up[i].sizes() != torch::IntArrayRef{F, D} || down[i].sizes() != torch::IntArrayRef{D, F})

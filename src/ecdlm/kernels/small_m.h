@@ -46,6 +46,19 @@ torch::Tensor small_m_linear_f32(const torch::Tensor& x_MK, const torch::Tensor&
 // row's result is independent of the other rows (fixed-order sums), unlike a BLAS whose blocking
 // depends on M.
 bool f32_linear_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
+// The f32 tiles (f32_linear, f32_moe) apply only inside this scope, on this thread: the decoders
+// open it. Everything else (training, a distillation teacher, eval, `logits`) keeps torch's BLAS,
+// so a no-grad forward still rounds as the training forward of the same model does.
+class F32TilesScope {
+ public:
+  F32TilesScope();
+  ~F32TilesScope();
+  F32TilesScope(const F32TilesScope&) = delete;
+  F32TilesScope& operator=(const F32TilesScope&) = delete;
+
+ private:
+  bool prev_;
+};
 torch::Tensor f32_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
 // (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ in bf16 [M, D]: h is rounded to bf16 once, the output once
 // (torch's path rounds after each op). Requires small_m_swiglu_applies.
