@@ -52,7 +52,8 @@ void RoutingFlags::add_to(CLI::App* sub) {
   sub->add_option("--kernel", kernel,
                   "bf16 products with few token rows (KV-cached decoding: experts, projections, LM head): auto "
                   "(best this CPU has), amx (AMX-BF16, up to 64 rows), avx512 (AVX512-BF16, up to 16 rows), "
-                  "torch (torch's linear always)")
+                  "torch (torch's linear always). Any choice but torch also runs f32 weights' products of up "
+                  "to 512 rows on the AVX-512 f32 dot tiles")
       ->check(CLI::IsMember({"auto", "amx", "avx512", "torch"}))
       ->capture_default_str();
 }

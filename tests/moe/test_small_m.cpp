@@ -200,5 +200,65 @@ TEST(SmallMF32, RouterProductMatchesF64Reference) {
   set_small_m(SmallM::kAuto);
 }
 
+// The f32 inference product (kernels::linear's f32 path): near f64, and a row's result is the
+// same bits whatever the other rows (what keeps a served row independent of its batch).
+TEST(SmallMF32, LinearMatchesF64AndRowsAreIndependent) {
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX512F";
+  torch::NoGradGuard ng;
+  EXPECT_FALSE(f32_linear_applies(torch::randn({2, 8}), torch::randn({4, 8})));  // outside a decoder: BLAS
+  F32TilesScope tiles;
+  torch::manual_seed(12);
+  for (int64_t M : {1, 5, 64, 65, 300, 512}) {
+    auto x = torch::randn({M, 256}), w = torch::randn({300, 256});
+    ASSERT_TRUE(f32_linear_applies(x, w));
+    auto y = kernels::linear(x, w);
+    EXPECT_LT((y.to(torch::kFloat64) - torch::matmul(x.to(torch::kFloat64), w.to(torch::kFloat64).t())).abs().max().item<double>(),
+              2e-6 * 256) << "M " << M;
+    for (int64_t m : {int64_t{0}, M / 2, M - 1})
+      EXPECT_TRUE(torch::equal(kernels::linear(x.narrow(0, m, 1), w), y.narrow(0, m, 1))) << "M " << M << " row " << m;
+  }
+  EXPECT_FALSE(f32_linear_applies(torch::randn({513, 8}), torch::randn({4, 8})));
+  EXPECT_FALSE(f32_linear_applies(torch::randn({2, 8}).to(torch::kBFloat16), torch::randn({4, 8})));
+  {
+    torch::GradMode::set_enabled(true);
+    EXPECT_FALSE(f32_linear_applies(torch::randn({2, 8}), torch::randn({4, 8}).requires_grad_(true)));
+    torch::GradMode::set_enabled(false);
+  }
+  set_small_m(SmallM::kTorch);
+  EXPECT_FALSE(f32_linear_applies(torch::randn({2, 8}), torch::randn({4, 8})));
+  set_small_m(SmallM::kAuto);
+}
+
+// The f32 grouped MoE equals swiglu() expert by expert, bit for bit (one rounding path).
+TEST(SmallMF32, MoeEqualsExpertByExpert) {
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX512F";
+  torch::NoGradGuard ng;
+  F32TilesScope tiles;
+  torch::manual_seed(13);
+  const int64_t D = 64, F = 96;
+  std::vector<int64_t> counts{1, 7, 70, 3};
+  std::vector<torch::Tensor> g, u, d;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    g.push_back(torch::randn({F, D}) * 0.1);
+    u.push_back(torch::randn({F, D}) * 0.1);
+    d.push_back(torch::randn({D, F}) * 0.1);
+  }
+  auto x = torch::randn({81, D});
+  ASSERT_TRUE(f32_moe_applies(x, counts, g, u, d));
+  auto y = f32_moe(x, counts, g, u, d);
+  int64_t row = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    auto xi = x.narrow(0, row, counts[i]);
+    EXPECT_TRUE(torch::equal(y.narrow(0, row, counts[i]), swiglu(xi, g[i], u[i], d[i]))) << "expert " << i;
+    auto ref = torch::matmul(torch::silu(torch::matmul(xi.to(torch::kFloat64), g[i].to(torch::kFloat64).t())) *
+                                 torch::matmul(xi.to(torch::kFloat64), u[i].to(torch::kFloat64).t()),
+                             d[i].to(torch::kFloat64).t());
+    EXPECT_LT((y.narrow(0, row, counts[i]).to(torch::kFloat64) - ref).abs().max().item<double>(), 1e-5) << "expert " << i;
+    row += counts[i];
+  }
+  EXPECT_FALSE(f32_moe_applies(x, {1, 7, 70, 2}, g, u, d));  // counts must cover the rows
+  EXPECT_FALSE(f32_moe_applies(x.to(torch::kBFloat16), counts, g, u, d));
+}
+
 }  // namespace
 }  // namespace ecdlm::kernels

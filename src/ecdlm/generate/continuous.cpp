@@ -7,6 +7,7 @@
 #include <map>
 
 #include "ecdlm/generate/segment_forward.h"
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::gen {
@@ -125,6 +126,7 @@ void ContinuousBatcher::cancel(int64_t id) {
 
 std::vector<RowEvent> ContinuousBatcher::step(StepStats* stats) {
   torch::NoGradGuard ng;
+  kernels::F32TilesScope f32_tiles;  // f32 products on the AVX-512 tiles while decoding
   const int64_t L = bp_.block_length;
   const moe::InferenceRouting* routing = bp_.routing.policy == moe::RoutingPolicy::kToken ? nullptr : &bp_.routing;
   const auto t_step = Clock::now();

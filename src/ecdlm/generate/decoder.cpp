@@ -5,6 +5,7 @@
 #include <chrono>
 #include <limits>
 
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::gen {
@@ -158,6 +159,7 @@ DecodeResult llada_generate(MoeDlm& model, const torch::Tensor& prompt_BP, const
   const int64_t num_blocks = G / Lb, steps_per_block = p.steps / num_blocks;
 
   torch::NoGradGuard no_grad;
+  kernels::F32TilesScope f32_tiles;  // f32 products on the AVX-512 tiles while decoding
   EvalScope eval_scope(model);
   at::Generator gen = at::detail::createCPUGenerator(p.seed);
   const auto t_start = std::chrono::steady_clock::now();

@@ -235,6 +235,7 @@ ThresholdResult threshold_generate(MoeDlm& model, const std::vector<int64_t>& pr
   const bool was_training = model->is_training();
   model->eval();
   torch::NoGradGuard ng;
+  kernels::F32TilesScope f32_tiles;  // f32 products on the AVX-512 tiles while decoding
   const auto t0 = std::chrono::steady_clock::now();
   at::Generator gen = at::detail::createCPUGenerator(p.seed);
 

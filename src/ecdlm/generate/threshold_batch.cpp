@@ -7,6 +7,7 @@
 #include <chrono>
 #include <map>
 
+#include "ecdlm/kernels/small_m.h"
 #include "ecdlm/generate/threshold.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
@@ -250,6 +251,7 @@ std::vector<ThresholdResult> threshold_generate_batch(MoeDlm& model, const std::
   const bool was_training = model->is_training();
   model->eval();
   torch::NoGradGuard ng;
+  kernels::F32TilesScope f32_tiles;  // f32 products on the AVX-512 tiles while decoding
   const auto t0 = Clock::now();
   const int64_t L = p.block_length;
   const int64_t mask = p.mask_id >= 0 ? p.mask_id : cfg.mask_token_id;

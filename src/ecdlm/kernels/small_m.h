@@ -41,6 +41,25 @@ torch::Tensor small_m_linear(const torch::Tensor& x_MK, const torch::Tensor& w_N
 // 1 <= M <= 64, a CPU with AVX512F and a backend other than torch. y_MN = x_MK · w_NKᵀ (f32).
 bool small_m_f32_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
 torch::Tensor small_m_linear_f32(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
+// The same f32 kernel for inference products up to 512 token rows (x_MK, w_NK f32, contiguous,
+// CPU, no autograd, AVX512F, backend not torch): kernels::linear takes it for f32 weights. A
+// row's result is independent of the other rows (fixed-order sums), unlike a BLAS whose blocking
+// depends on M.
+bool f32_linear_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
+// The f32 tiles (f32_linear, f32_moe) apply only inside this scope, on this thread: the decoders
+// open it. Everything else (training, a distillation teacher, eval, `logits`) keeps torch's BLAS,
+// so a no-grad forward still rounds as the training forward of the same model does.
+class F32TilesScope {
+ public:
+  F32TilesScope();
+  ~F32TilesScope();
+  F32TilesScope(const F32TilesScope&) = delete;
+  F32TilesScope& operator=(const F32TilesScope&) = delete;
+
+ private:
+  bool prev_;
+};
+torch::Tensor f32_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
 // (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ in bf16 [M, D]: h is rounded to bf16 once, the output once
 // (torch's path rounds after each op). Requires small_m_swiglu_applies.
 torch::Tensor small_m_swiglu(const torch::Tensor& x_MD, const torch::Tensor& gate_FD, const torch::Tensor& up_FD,
@@ -56,6 +75,16 @@ bool small_m_moe_applies(const torch::Tensor& x_PD, const std::vector<int64_t>& 
 torch::Tensor small_m_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& counts,
                           const std::vector<torch::Tensor>& gate, const std::vector<torch::Tensor>& up,
                           const std::vector<torch::Tensor>& down);
+
+// The f32 twin of small_m_moe (f32 weights, up to 512 rows per expert, f32_linear_applies for
+// every product): silu(x·gateᵀ) ⊙ (x·upᵀ) · downᵀ per expert, each product one parallel region
+// over all experts. Per row bit-identical to swiglu() on that expert's rows alone.
+bool f32_moe_applies(const torch::Tensor& x_PD, const std::vector<int64_t>& counts,
+                     const std::vector<torch::Tensor>& gate, const std::vector<torch::Tensor>& up,
+                     const std::vector<torch::Tensor>& down);
+torch::Tensor f32_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& counts,
+                      const std::vector<torch::Tensor>& gate, const std::vector<torch::Tensor>& up,
+                      const std::vector<torch::Tensor>& down);
 
 // Drop-ins with torch's semantics (any leading dims, x's dtype out) that take the small-M path
 // where it applies: linear without bias, and the SwiGLU MLP.

@@ -77,6 +77,7 @@ torch::Tensor ExpertsImpl::forward_sorted(const torch::Tensor& x_PD, const std::
     return kernels::quant_moe(x_PD, counts, ex, x_PD.scalar_type());
   }
   if (!quantized() && kernels::small_m_moe_applies(x_PD, counts, g, u, d)) return kernels::small_m_moe(x_PD, counts, g, u, d);
+  if (!quantized() && kernels::f32_moe_applies(x_PD, counts, g, u, d)) return kernels::f32_moe(x_PD, counts, g, u, d);
   std::vector<torch::Tensor> outs;
   outs.reserve(ids.size());
   int64_t off = 0;
