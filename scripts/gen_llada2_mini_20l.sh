@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The 20-layer LLaDA2.0-mini shape (16.3B random parameters) in bf16 / q8 / q4: 256 tokens after a
+# 64-token prompt, llada2 threshold decoder (block 32, 32 steps per block, threshold 0.95, KV cache),
+# cold page cache before each run (needs root for drop_caches). Needs ~62 GB of disk.
+# Usage: scripts/gen_llada2_mini_20l.sh WORKDIR [ROUTING] [THREADS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=$1 R=${2:-token} T=${3:-2}
+B=build/ecdlm
+[ -d "$W/bf16" ] || $B --threads "$T" init -c configs/models/llada2-mini-shaped-20l.json -o "$W/bf16" --dtype bf16
+[ -d "$W/q8" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q8" --quantize q8
+[ -d "$W/q4" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q4" --quantize q4
+IDS=$(python3 -c "import random; random.seed(64); print(','.join(str(random.randrange(1000, 150000)) for _ in range(64)))")
+for F in q4 q8 bf16; do
+  sync; echo 1 > /proc/sys/vm/drop_caches || echo "(page cache not dropped: not root)"
+  /usr/bin/time -v $B --threads "$T" generate -m "$W/$F" --prompt-ids "$IDS" -n 256 --diffusion-block-length 32 \
+    --diffusion-threshold 0.95 --ignore-eos --mask-id 156895 --eos-id 156892 --moe-routing "$R" --json \
+    > "$W/gen-$F-$R.json" 2> "$W/gen-$F-$R.time"
+  python3 - "$W/gen-$F-$R.json" "$W/gen-$F-$R.time" "$F" <<'PY'
+import json, re, statistics, sys
+s = json.load(open(sys.argv[1]))["samples"][0]; t = open(sys.argv[2]).read()
+rss = int(re.search(r"Maximum resident set size .kbytes.: (\d+)", t).group(1)) / 1e6
+flt = re.search(r"Major .*: (\d+)", t).group(1)
+ms = statistics.median(p["ms"] for p in s["per_forward"])
+print(f"| {sys.argv[3]} | {s['tokens_per_s']:.2f} | {ms:.0f} | {s['avg_unique_experts_per_layer']:.1f} | {rss:.2f} | {flt} |")
+PY
+done
