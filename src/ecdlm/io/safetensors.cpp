@@ -427,13 +427,6 @@ const SafetensorsFile& SafetensorsSet::shard_of(const std::string& name) const {
 
 torch::Tensor SafetensorsSet::get(const std::string& name) const { return shard_of(name).get(name); }
 
-torch::Tensor SafetensorsSet::copy_and_release(const std::string& name) const {
-  const auto& f = shard_of(name);
-  torch::Tensor out = f.get(name).clone();
-  f.release(name);
-  return out;
-}
-
 void SafetensorsSet::release(const std::string& name) const { shard_of(name).release(name); }
 
 torch::Tensor SafetensorsSet::get(const std::string& name,

@@ -87,9 +87,8 @@ class SafetensorsSet {
   uint64_t total_bytes() const;
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
   const std::string& source() const { return source_; }  // the file or index that was opened
-  // get(name) copied out of the mapping, then the tensor's pages released (see
-  // SafetensorsFile::release): streaming conversions peak at about one tensor of resident memory.
-  torch::Tensor copy_and_release(const std::string& name) const;
+  // See SafetensorsFile::release: a streaming conversion copies each tensor out, then releases
+  // it, so its resident set peaks at about one tensor.
   void release(const std::string& name) const;
 
  private:

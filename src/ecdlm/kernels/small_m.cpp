@@ -422,18 +422,13 @@ torch::Tensor f32_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& cou
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
   if (x.dim() >= 1 && w.dim() == 2 && x.size(-1) == w.size(1) && x.numel() > 0) {
     const auto x_MK = x.reshape({-1, x.size(-1)});
-    if (small_m_applies(x_MK, w)) {
-      auto shape = x.sizes().vec();
-      shape.back() = w.size(0);
-      return small_m_linear(x_MK, w).to(x.scalar_type()).view(shape);
-    }
-    if (x_MK.scalar_type() == torch::kFloat32) {
+    auto shape = x.sizes().vec();
+    shape.back() = w.size(0);
+    if (small_m_applies(x_MK, w)) return small_m_linear(x_MK, w).to(x.scalar_type()).view(shape);
+    // Outside an F32TilesScope (training, eval) no contiguous copy is made just to be dropped.
+    if (t_f32_tiles && x_MK.scalar_type() == torch::kFloat32) {
       const auto xc = x_MK.contiguous();
-      if (f32_linear_applies(xc, w)) {
-        auto shape = x.sizes().vec();
-        shape.back() = w.size(0);
-        return f32_linear(xc, w).view(shape);
-      }
+      if (f32_linear_applies(xc, w)) return f32_linear(xc, w).view(shape);
     }
   }
   return torch::nn::functional::linear(x, w);

@@ -64,7 +64,11 @@ io::PendingTensor pass(const StPtr& st, const std::string& src_name, const std::
   p.name = out_name;
   p.dtype = dt;
   p.shape = info.shape;
-  p.make = [st, src_name, dt] { return st->copy_and_release(src_name).to(io::dtype_to_torch(dt)); };
+  p.make = [st, src_name, dt] {
+    auto w = st->get(src_name).to(io::dtype_to_torch(dt), /*non_blocking=*/false, /*copy=*/true);
+    st->release(src_name);  // copied out: this process need not keep the source pages
+    return w;
+  };
   return p;
 }
 
@@ -183,7 +187,7 @@ std::vector<io::PendingTensor> relayout(const StPtr& st, ExpertLayout layout, st
         p.shape = shape;
         const std::string src = g.stacked_name;
         p.make = [st, src, e, dt] {
-          auto w_FD = st->get(src)[e].to(io::dtype_to_torch(dt)).clone();
+          auto w_FD = st->get(src)[e].to(io::dtype_to_torch(dt), /*non_blocking=*/false, /*copy=*/true);
           st->release(src);  // only this expert's pages were mapped in
           return w_FD;
         };
