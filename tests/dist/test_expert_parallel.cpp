@@ -166,9 +166,9 @@ TEST(ExpertParallel, Bf16PayloadExpertChoice) { check_equivalence(Kind::kEc, tru
 TEST(ExpertParallel, Bf16PayloadTokenChoiceCapacity) { check_equivalence(Kind::kTcCapacity, true); }
 TEST(ExpertParallel, Bf16PayloadDroplessTokenChoice) { check_equivalence(Kind::kTcDropless, true); }
 
-// The trainer's path: the exchange registered in the layer as the child "expert_exchange",
-// `experts` replaced by the shard; MoeBlock::forward itself then equals the single-process layer.
-TEST(ExpertParallel, LayerForwardRunsThroughTheRegisteredExchange) {
+// The trainer's path: the exchange set on the layer (MoeBlock::set_expert_exchange), `experts`
+// replaced by the shard; MoeBlock::forward itself then equals the single-process layer.
+TEST(ExpertParallel, LayerForwardRunsThroughTheSetExchange) {
   auto& g = group();
   const int W = g.size(), R = g.rank();
   moe::MoeConfig c;
@@ -195,7 +195,8 @@ TEST(ExpertParallel, LayerForwardRunsThroughTheRegisteredExchange) {
   moe::Experts local(ep->local_experts(), D, c.moe_intermediate_size);
   copy_expert_shard(full->experts, local, ep->first_expert());
   mine->experts = mine->replace_module("experts", local);
-  mine->register_module(moe::kExpertExchangeModule, std::static_pointer_cast<moe::ExpertExchange>(ep));
+  mine->set_expert_exchange(ep);
+  EXPECT_THROW(mine->set_expert_exchange(ep), std::invalid_argument);  // one per layer
   EXPECT_EQ(mine->named_children().size(), full->named_children().size() + 1);
   EXPECT_EQ(mine->named_parameters().size(), full->named_parameters().size());  // state dict unchanged
   auto y = mine->forward(x_all.narrow(0, R * B, B), args);

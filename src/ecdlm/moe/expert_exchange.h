@@ -1,8 +1,8 @@
 // The hook through which a MoE layer runs its routed experts across ranks (expert parallelism).
 // dist/expert_parallel.h implements it; moe/ sees only this interface, so moe/ never includes
-// dist/. The trainer registers one as the child module "expert_exchange" of every MoeBlock whose
-// `experts` hold a shard (a parameter-free module: checkpoints and state dicts do not change, and
-// it lives exactly as long as the layer). Without it, the experts run here.
+// dist/. The trainer sets one (MoeBlock::set_expert_exchange: the child module "expert_exchange")
+// on every MoeBlock whose `experts` hold a shard (a parameter-free module: checkpoints and state
+// dicts do not change, and it lives exactly as long as the layer). Without it, the experts run here.
 #pragma once
 #include <torch/torch.h>
 

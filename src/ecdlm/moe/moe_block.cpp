@@ -98,11 +98,8 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x_BLD, const MoeForward
   torch::Tensor y_BLD;
   {
     prof::Scope ps(prof::kExperts);
-    // Expert parallel: the trainer registered an exchange and `experts` holds this rank's shard.
-    const auto children = named_children();
-    const auto* child = children.find(kExpertExchangeModule);
-    auto* exchange = child ? (*child)->as<ExpertExchange>() : nullptr;
-    auto y_TD = exchange         ? exchange->run(x_TD, plan, experts)
+    // Expert parallel: the trainer set an exchange and `experts` holds this rank's shard.
+    auto y_TD = exchange_        ? exchange_->run(x_TD, plan, experts)
                 : args.reference ? run_plan_reference(x_TD, plan, experts)
                                  : run_plan(x_TD, plan, experts);
     // Weighted sum in fp32, cast back, then the shared expert (as the LLaDA2 reference).
@@ -122,6 +119,12 @@ torch::Tensor MoeBlockImpl::forward(const torch::Tensor& x_BLD, const MoeForward
     load_accum_E_ = load_accum_E_.defined() ? load_accum_E_ + plan.load_E : plan.load_E.clone();
   }
   return y_BLD;
+}
+
+void MoeBlockImpl::set_expert_exchange(std::shared_ptr<ExpertExchange> exchange) {
+  if (!exchange) throw std::invalid_argument("MoeBlock::set_expert_exchange: null exchange");
+  if (exchange_) throw std::invalid_argument("MoeBlock::set_expert_exchange: the layer already has one");
+  exchange_ = register_module(kExpertExchangeModule, std::move(exchange)).get();
 }
 
 void MoeBlockImpl::update_expert_bias(double rate) {

@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <memory>
+
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/moe/inference_routing.h"
 #include "ecdlm/moe/moe_config.h"
@@ -11,6 +13,8 @@
 #include "ecdlm/nn/linear.h"
 
 namespace ecdlm::moe {
+
+class ExpertExchange;  // moe/expert_exchange.h
 
 // `mlp.gate`: weight [E, D] and, when enabled, the selection-only `expert_bias` [E] buffer.
 class RouterGateImpl : public torch::nn::Module {
@@ -33,6 +37,11 @@ class MoeBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x_BLD, const MoeForwardArgs& args);
   // Router only: the plan this layer would execute for x_BLD.
   RoutingPlan route(const torch::Tensor& x_BLD, const MoeForwardArgs& args);
+
+  // Expert parallel: registers `exchange` as the parameter-free child "expert_exchange" (state
+  // dicts unchanged) and runs the routed experts through it from now on; `experts` must then hold
+  // this rank's shard.
+  void set_expert_exchange(std::shared_ptr<ExpertExchange> exchange);
 
   // Loss-free balancing: bias_e += rate * sign(mean(load) - load_e) over the loads accumulated
   // since the last call (training forwards only); then resets the accumulator.
@@ -57,6 +66,7 @@ class MoeBlockImpl : public torch::nn::Module {
   RoutingPlan last_plan_;
   torch::Tensor last_aux_loss_;
   torch::Tensor load_accum_E_;
+  ExpertExchange* exchange_ = nullptr;  // the registered child, kept so forward does not search for it
 };
 TORCH_MODULE(MoeBlock);
 

@@ -129,7 +129,7 @@ std::unique_ptr<torch::optim::AdamW> shard_experts(DataParallel& dp, MoeDlm& mod
     moved.push_back({full->up_proj, local->up_proj});
     moved.push_back({full->down_proj, local->down_proj});
     b->experts = b->replace_module("experts", local);
-    b->register_module(moe::kExpertExchangeModule, std::static_pointer_cast<moe::ExpertExchange>(dp.exchange));
+    b->set_expert_exchange(dp.exchange);
   }
   auto sharded = make_optimizer(model, p);
   // Carry the state: the same tensors for dense parameters, the shard's slice for experts.
