@@ -89,24 +89,36 @@ __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF 
 // over d runs in order 0..hd-1 for every (row, key), whichever rows share the tile.
 __attribute__((target("avx512f"))) void score_tile(const float* q, int64_t hd, const float* kt, int64_t ld_kt,
                                                     int64_t nk, float* s, int64_t ld_s) {
+  const float *q0 = q, *q1 = q + hd, *q2 = q + 2 * hd, *q3 = q + 3 * hd;
   for (int64_t j0 = 0; j0 < nk; j0 += kKeyBlock) {
-    __m512 acc[kRowTile][4];
-    for (auto& row : acc)
-      for (auto& a : row) a = _mm512_setzero_ps();
+    // 16 accumulators in registers: rows 0-3 x 4 vectors of 16 keys.
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
+           a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
     for (int64_t d = 0; d < hd; ++d) {
       const float* k = kt + d * ld_kt + j0;
       const __m512 k0 = _mm512_loadu_ps(k), k1 = _mm512_loadu_ps(k + 16), k2 = _mm512_loadu_ps(k + 32),
                    k3 = _mm512_loadu_ps(k + 48);
-      for (int64_t r = 0; r < kRowTile; ++r) {
-        const __m512 qd = _mm512_set1_ps(q[r * hd + d]);
-        acc[r][0] = _mm512_fmadd_ps(qd, k0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(qd, k1, acc[r][1]);
-        acc[r][2] = _mm512_fmadd_ps(qd, k2, acc[r][2]);
-        acc[r][3] = _mm512_fmadd_ps(qd, k3, acc[r][3]);
-      }
+      __m512 x = _mm512_set1_ps(q0[d]);
+      a00 = _mm512_fmadd_ps(x, k0, a00), a01 = _mm512_fmadd_ps(x, k1, a01), a02 = _mm512_fmadd_ps(x, k2, a02),
+      a03 = _mm512_fmadd_ps(x, k3, a03);
+      x = _mm512_set1_ps(q1[d]);
+      a10 = _mm512_fmadd_ps(x, k0, a10), a11 = _mm512_fmadd_ps(x, k1, a11), a12 = _mm512_fmadd_ps(x, k2, a12),
+      a13 = _mm512_fmadd_ps(x, k3, a13);
+      x = _mm512_set1_ps(q2[d]);
+      a20 = _mm512_fmadd_ps(x, k0, a20), a21 = _mm512_fmadd_ps(x, k1, a21), a22 = _mm512_fmadd_ps(x, k2, a22),
+      a23 = _mm512_fmadd_ps(x, k3, a23);
+      x = _mm512_set1_ps(q3[d]);
+      a30 = _mm512_fmadd_ps(x, k0, a30), a31 = _mm512_fmadd_ps(x, k1, a31), a32 = _mm512_fmadd_ps(x, k2, a32),
+      a33 = _mm512_fmadd_ps(x, k3, a33);
     }
-    for (int64_t r = 0; r < kRowTile; ++r)
-      for (int64_t v = 0; v < 4; ++v) _mm512_storeu_ps(s + r * ld_s + j0 + 16 * v, acc[r][v]);
+    float* o = s + j0;
+    _mm512_storeu_ps(o, a00), _mm512_storeu_ps(o + 16, a01), _mm512_storeu_ps(o + 32, a02), _mm512_storeu_ps(o + 48, a03);
+    o += ld_s;
+    _mm512_storeu_ps(o, a10), _mm512_storeu_ps(o + 16, a11), _mm512_storeu_ps(o + 32, a12), _mm512_storeu_ps(o + 48, a13);
+    o += ld_s;
+    _mm512_storeu_ps(o, a20), _mm512_storeu_ps(o + 16, a21), _mm512_storeu_ps(o + 32, a22), _mm512_storeu_ps(o + 48, a23);
+    o += ld_s;
+    _mm512_storeu_ps(o, a30), _mm512_storeu_ps(o + 16, a31), _mm512_storeu_ps(o + 32, a32), _mm512_storeu_ps(o + 48, a33);
   }
 }
 
@@ -131,25 +143,35 @@ __attribute__((target("avx512f"))) float softmax_row(float* s, int64_t n, int64_
 }
 
 // out[r][d] = inv[r] * sum_{j < nk} p[r][j] v[j][d] for 4 rows (p is 0 past a row's keys, so the
-// extra terms add exact zeros), keys in order.
-__attribute__((target("avx512f"))) void value_tile(const float* p, int64_t ld_p, int64_t nk,
-                                                    const float* const* v, int64_t hd, const float* inv, float* out, int64_t ld_out,
+// extra terms add exact zeros), keys in order; v[j] is key j's value row.
+__attribute__((target("avx512f"))) void value_tile(const float* p, int64_t ld_p, int64_t nk, const float* const* v,
+                                                    int64_t hd, const float* inv, float* out, int64_t ld_out,
                                                     int64_t rows) {
+  const float *p0 = p, *p1 = p + ld_p, *p2 = p + 2 * ld_p, *p3 = p + 3 * ld_p;
   for (int64_t d0 = 0; d0 < hd; d0 += 64) {
-    __mmask16 dm[4];
-    for (int64_t k = 0; k < 4; ++k) dm[k] = tail_mask(hd - d0 - 16 * k);
-    __m512 acc[kRowTile][4];
-    for (auto& row : acc)
-      for (auto& a : row) a = _mm512_setzero_ps();
+    const __mmask16 m0 = tail_mask(hd - d0), m1 = tail_mask(hd - d0 - 16), m2 = tail_mask(hd - d0 - 32),
+                    m3 = tail_mask(hd - d0 - 48);
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
+           a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
     for (int64_t j = 0; j < nk; ++j) {
       const float* vj = v[j] + d0;
-      __m512 vv[4];
-      for (int64_t k = 0; k < 4; ++k) vv[k] = _mm512_maskz_loadu_ps(dm[k], vj + 16 * k);
-      for (int64_t r = 0; r < kRowTile; ++r) {
-        const __m512 pr = _mm512_set1_ps(p[r * ld_p + j]);
-        for (int64_t k = 0; k < 4; ++k) acc[r][k] = _mm512_fmadd_ps(pr, vv[k], acc[r][k]);
-      }
+      const __m512 v0 = _mm512_maskz_loadu_ps(m0, vj), v1 = _mm512_maskz_loadu_ps(m1, vj + 16),
+                   v2 = _mm512_maskz_loadu_ps(m2, vj + 32), v3 = _mm512_maskz_loadu_ps(m3, vj + 48);
+      __m512 x = _mm512_set1_ps(p0[j]);
+      a00 = _mm512_fmadd_ps(x, v0, a00), a01 = _mm512_fmadd_ps(x, v1, a01), a02 = _mm512_fmadd_ps(x, v2, a02),
+      a03 = _mm512_fmadd_ps(x, v3, a03);
+      x = _mm512_set1_ps(p1[j]);
+      a10 = _mm512_fmadd_ps(x, v0, a10), a11 = _mm512_fmadd_ps(x, v1, a11), a12 = _mm512_fmadd_ps(x, v2, a12),
+      a13 = _mm512_fmadd_ps(x, v3, a13);
+      x = _mm512_set1_ps(p2[j]);
+      a20 = _mm512_fmadd_ps(x, v0, a20), a21 = _mm512_fmadd_ps(x, v1, a21), a22 = _mm512_fmadd_ps(x, v2, a22),
+      a23 = _mm512_fmadd_ps(x, v3, a23);
+      x = _mm512_set1_ps(p3[j]);
+      a30 = _mm512_fmadd_ps(x, v0, a30), a31 = _mm512_fmadd_ps(x, v1, a31), a32 = _mm512_fmadd_ps(x, v2, a32),
+      a33 = _mm512_fmadd_ps(x, v3, a33);
     }
+    const __m512 acc[kRowTile][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+    const __mmask16 dm[4] = {m0, m1, m2, m3};
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t k = 0; k < 4; ++k)
         _mm512_mask_storeu_ps(out + r * ld_out + d0 + 16 * k, dm[k], _mm512_mul_ps(acc[r][k], _mm512_set1_ps(inv[r])));
