@@ -9,6 +9,7 @@
 
 #include "ecdlm/kernels/attention.h"
 #include "ecdlm/kernels/small_m.h"
+#include "ecdlm/kernels/softmax.h"
 
 namespace ecdlm::kernels {
 namespace {
@@ -170,6 +171,38 @@ TEST(DecodeAttentionMask, OnlyInsideTheDecoderScope) {
   bad[3] = 33;  // more keys than the row has
   EXPECT_FALSE(decode_attention_applies(q, k, k, {r}, bad));
   EXPECT_FALSE(decode_attention_applies(q.to(torch::kFloat64), k.to(torch::kFloat64), k.to(torch::kFloat64), {r}, vis));
+}
+
+}  // namespace
+}  // namespace ecdlm::kernels
+
+// The greedy pick of the threshold decoders (kernels/softmax.h): the token torch's argmax picks and
+// its softmax probability, per row independent of the others.
+namespace ecdlm::kernels {
+namespace {
+
+TEST(GreedyProb, MatchesSoftmaxArgmaxAndRowsAreIndependent) {
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX512F";
+  torch::manual_seed(3);
+  torch::NoGradGuard ng;
+  EXPECT_FALSE(greedy_prob_applies(torch::randn({2, 8})));  // outside the decoders: torch's path
+  F32TilesScope scope;
+  for (int64_t V : {1, 7, 16, 100, 8192}) {
+    auto l = torch::randn({37, V}) * 4.0;
+    l[5].fill_(1.5);                     // ties: the first index wins, as argmax
+    if (V > 3) l[6][V - 1] = 1e3;        // the max in the tail
+    ASSERT_TRUE(greedy_prob_applies(l));
+    torch::Tensor tok, prob;
+    greedy_prob(l, tok, prob);
+    const auto p = torch::softmax(l.to(torch::kFloat64), -1);
+    EXPECT_TRUE(torch::equal(tok, l.argmax(-1))) << "V " << V;
+    const auto ref = p.gather(1, tok.unsqueeze(1)).squeeze(1);
+    EXPECT_LT(((prob - ref) / ref).abs().max().item<double>(), 2e-6) << "V " << V;
+    torch::Tensor tok1, prob1;
+    greedy_prob(l.narrow(0, 9, 1).contiguous(), tok1, prob1);
+    EXPECT_EQ(tok1.item<int64_t>(), tok[9].item<int64_t>());
+    EXPECT_EQ(prob1.item<double>(), prob[9].item<double>());
+  }
 }
 
 }  // namespace
