@@ -57,6 +57,42 @@ struct Src {
   }
 };
 
+// n bf16 values to f32 (exact: the bf16 bits are the f32's upper half).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void bf16_row_to_f32(const uint16_t* x, int64_t n, float* y) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto m = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + i));
+    _mm512_mask_storeu_ps(y + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+}
+
+// dst[c * ld + i] = src[i][c] for a 16 x 16 block (rows src[0..15], 16 floats each): unpack
+// pairs of rows, then 4 x 4 blocks within 128-bit lanes, then lanes across registers.
+__attribute__((target("avx512f"))) void transpose16(const float* const* src, float* dst, int64_t ld) {
+  __m512 r[16], t[16], u[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src[i]);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + k], lane L: column 4L + k of rows 4g..4g+3.
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512 v = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), w = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88),
+                 w2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+    _mm512_storeu_ps(dst + k * ld, _mm512_shuffle_f32x4(v, v2, 0x88));
+    _mm512_storeu_ps(dst + (8 + k) * ld, _mm512_shuffle_f32x4(v, v2, 0xDD));
+    _mm512_storeu_ps(dst + (4 + k) * ld, _mm512_shuffle_f32x4(w, w2, 0x88));
+    _mm512_storeu_ps(dst + (12 + k) * ld, _mm512_shuffle_f32x4(w, w2, 0xDD));
+  }
+}
+
 struct Scratch {
   std::vector<float> kt, v, q, s, o;
   std::vector<const float*> kp, vp;  // key j's K / V row (f32)
@@ -233,7 +269,11 @@ void run_item(const Call& c, const Item& it, Scratch& w) {
   float* conv = Scratch::grow(w.v, 2 * nmax * hd);
   auto row_ptr = [&](const Src& src, int64_t jj, float* buf) -> const float* {
     if (!src.bf16 && !src.round) return static_cast<const float*>(src.p) + jj * src.ld;
-    for (int64_t d = 0; d < hd; ++d) buf[d] = src.at(jj, d);
+    if (src.bf16) {
+      bf16_row_to_f32(static_cast<const uint16_t*>(src.p) + jj * src.ld, hd, buf);
+    } else {
+      for (int64_t d = 0; d < hd; ++d) buf[d] = src.at(jj, d);
+    }
     return buf;
   };
   for (int64_t j = 0; j < nmax; ++j) {
@@ -243,11 +283,18 @@ void run_item(const Call& c, const Item& it, Scratch& w) {
     w.vp[static_cast<size_t>(j)] = row_ptr(cached ? vc : vn, jj, conv + (2 * j + 1) * hd);
   }
   float* kt = Scratch::grow(w.kt, hd * spad);
-  for (int64_t j0 = 0; j0 < nmax; j0 += 8) {  // 8 keys at a time: 8 reads and 8 writes streams
-    const int64_t je = std::min(nmax, j0 + 8);
-    for (int64_t d = 0; d < hd; ++d)
-      for (int64_t j = j0; j < je; ++j) kt[d * spad + j] = w.kp[static_cast<size_t>(j)][d];
+  const int64_t n16 = nmax / 16 * 16, hd16 = hd / 16 * 16;
+  for (int64_t j0 = 0; j0 < n16; j0 += 16) {
+    const float* src[16];
+    for (int64_t d0 = 0; d0 < hd16; d0 += 16) {
+      for (int64_t i = 0; i < 16; ++i) src[i] = w.kp[static_cast<size_t>(j0 + i)] + d0;
+      transpose16(src, kt + d0 * spad + j0, spad);
+    }
+    for (int64_t d = hd16; d < hd; ++d)
+      for (int64_t j = j0; j < j0 + 16; ++j) kt[d * spad + j] = w.kp[static_cast<size_t>(j)][d];
   }
+  for (int64_t d = 0; d < hd; ++d)
+    for (int64_t j = n16; j < nmax; ++j) kt[d * spad + j] = w.kp[static_cast<size_t>(j)][d];
   for (int64_t d = 0; d < hd; ++d) std::fill(kt + d * spad + nmax, kt + (d + 1) * spad, 0.0F);
   // Query rows r = (i - i0) * group + g (query head h * group + g), zero rows padding to the tile.
   float* q = Scratch::grow(w.q, Rpad * hd);
@@ -265,7 +312,7 @@ void run_item(const Call& c, const Item& it, Scratch& w) {
     const int64_t off = (row.row0 + i) * ldq + hq * hd;
     if (c.bf16) {
       const auto* src = static_cast<const uint16_t*>(c.q->data_ptr()) + off;
-      for (int64_t d = 0; d < hd; ++d) qr[d] = bf16_to_f32(src[d]);
+      bf16_row_to_f32(src, hd, qr);
     } else {
       std::memcpy(qr, c.q->data_ptr<float>() + off, static_cast<size_t>(hd) * sizeof(float));
     }
@@ -298,8 +345,9 @@ bool plain(const torch::Tensor& t, torch::ScalarType dt) {
 }  // namespace
 
 bool decode_attention_enabled() {
-  static const bool avx512f = __builtin_cpu_supports("avx512f");
-  return avx512f && f32_tiles_active() && small_m_backend() != SmallM::kTorch;
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+  return avx512 && f32_tiles_active() && small_m_backend() != SmallM::kTorch;
 }
 
 std::vector<int64_t> block_causal_visible(int64_t p0, int64_t L, int64_t block) {
@@ -366,15 +414,19 @@ torch::Tensor decode_attention(const torch::Tensor& q_NHd, const torch::Tensor& 
   auto out = torch::empty({N, H, hd}, torch::kFloat32);
   Call c{&q_NHd, &k_NKd, &v_NKd, &rows, &visible, H, Hkv, hd, H / Hkv, q_NHd.scalar_type() == torch::kBFloat16,
          static_cast<float>(scale), out.data_ptr<float>()};
-  // Work items: (row, K/V head, a chunk of positions of about kChunkRows query rows).
-  const int64_t chunk = std::max<int64_t>(1, kChunkRows / c.group);
+  // Work items: (row, K/V head, chunk of positions). Whole rows when there are enough (rows x
+  // K/V heads) pairs for the threads: each item converts and transposes its keys once. Otherwise
+  // chunks of about kChunkRows query rows, so one row still spreads over the threads.
+  const int nt = num_threads();
+  const bool split = static_cast<int64_t>(rows.size()) * Hkv < 2 * static_cast<int64_t>(nt);
+  const int64_t chunk = split ? std::max<int64_t>(1, kChunkRows / c.group) : N;
   std::vector<Item> items;
   for (size_t r = 0; r < rows.size(); ++r)
     for (int64_t h = 0; h < Hkv; ++h)
       for (int64_t i0 = 0; i0 < rows[r].len; i0 += chunk)
         items.push_back({static_cast<int64_t>(r), h, i0, std::min(rows[r].len, i0 + chunk)});
   const auto n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < n_items; ++t) {
     thread_local Scratch w;
     run_item(c, items[static_cast<size_t>(t)], w);

@@ -6,7 +6,9 @@
 // sum and the value sum over keys in key order), so it does not depend on the other rows of the
 // call, on how many rows there are, or on the cache length beyond what it sees: a row decoded
 // alone and the same row inside a batch give the same bits. torch's path (cat, matmul, additive
-// mask, softmax, matmul) stays the reference and the fallback.
+// mask, softmax, matmul) stays the reference and the fallback. The decoders use the kernel for
+// f32 models; it takes bf16 too, but there torch's oneDNN bf16 matmuls are as fast or faster
+// (bench DecodeAttention), so bf16 models keep torch's path.
 #pragma once
 #include <torch/torch.h>
 
@@ -25,7 +27,8 @@ struct AttnRow {
 
 // Whether the decoders' kernels are on for this thread: inside a kernels::F32TilesScope (the
 // decoders open it; training, eval and `logits` do not), with a backend other than torch
-// (`--kernel torch` turns this off too) and a CPU with AVX512F. Defined in small_m.cpp.
+// (`--kernel torch` turns this off too) and a CPU with AVX512F/BW/VL. f32_tiles_active is defined in
+// small_m.cpp, beside the scope.
 bool f32_tiles_active();
 bool decode_attention_enabled();
 
