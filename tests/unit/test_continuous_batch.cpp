@@ -4,7 +4,8 @@
 // cancellation frees the row's KV cache, and the streamed final tokens add up to the result.
 // The models run in f64, as in test_threshold_batch.cpp: f32 GEMM results depend on the number of
 // rows (BLAS blocking), which flips near-tie decisions of random tiny models; in f64 the check is
-// the batching logic, decision for decision.
+// the batching logic, decision for decision. The f32 cases check that the decoders' f32 path (the
+// AVX-512 kernels inside kernels::F32TilesScope) is exact alone and in a batch too.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -23,10 +24,13 @@ namespace {
 struct Case {
   std::string model, routing;
   bool eos;  // a frequent output token becomes EOS (rows stop early), early stop on
+  bool f32 = false;  // keep the model in f32 (the decoders' AVX-512 kernels: row results independent of the batch)
 };
-void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " " << c.routing << " eos=" << c.eos; }
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.model << " " << c.routing << " eos=" << c.eos << (c.f32 ? " f32" : "");
+}
 
-MoeDlm make_model(const std::string& name) {
+MoeDlm make_model(const std::string& name, bool f32) {
   if (name == "ec" || name == "tc-capacity") {
     torch::manual_seed(5);
     auto cfg = test::small_tc_config(300);
@@ -44,7 +48,7 @@ MoeDlm make_model(const std::string& name) {
     return m;
   }
   auto m = load_model(test::golden_dir(name));
-  m->to(torch::kFloat64);
+  if (!f32) m->to(torch::kFloat64);
   return m;
 }
 
@@ -88,7 +92,7 @@ class ContinuousBatch : public ::testing::TestWithParam<Case> {};
 TEST_P(ContinuousBatch, RowsEqualThresholdGenerateAloneAndInABatch) {
   const auto& c = GetParam();
   if (!model_available(c.model)) GTEST_SKIP();
-  auto model = make_model(c.model);
+  auto model = make_model(c.model, c.f32);
   const auto ps = prompts();
   std::vector<gen::ThresholdParams> params;
   for (size_t i = 0; i < ps.size(); ++i) params.push_back(row_params(c, i));
@@ -166,9 +170,15 @@ INSTANTIATE_TEST_SUITE_P(Rows, ContinuousBatch,
                          ::testing::Values(Case{"tiny", "token", false}, Case{"tiny", "token", true},
                                            Case{"tiny-dmoe", "block", false}, Case{"tiny-dmoe", "block", true},
                                            Case{"tiny-dmoe", "des-v", false}, Case{"ec", "token", false},
-                                           Case{"tc-capacity", "token", false}),
+                                           Case{"tc-capacity", "token", false},
+                                           // f32 golden models: every op of the decoders' f32 path
+                                           // (AVX-512 dot tiles, fused attention, greedy picks, and
+                                           // torch's row-wise ops) rounds a row alike alone and in a batch.
+                                           Case{"tiny", "token", false, true}, Case{"tiny", "token", true, true},
+                                           Case{"tiny-dmoe", "block", false, true}),
                          [](const auto& info) {
-                           std::string n = info.param.model + "_" + info.param.routing + (info.param.eos ? "_eos" : "");
+                           std::string n = info.param.model + "_" + info.param.routing + (info.param.eos ? "_eos" : "") +
+                                                           (info.param.f32 ? "_f32" : "");
                            for (auto& ch : n)
                              if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return n;

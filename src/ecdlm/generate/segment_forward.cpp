@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ecdlm/kernels/attention.h"
 #include "ecdlm/model/attention.h"
 #include "ecdlm/nn/dtype.h"
 #include "ecdlm/util/compat.h"
@@ -21,8 +22,8 @@ void require(bool ok, const std::string& what) {
 // each segment against its own cache (+ its own tokens), appending each segment's K/V prefix.
 torch::Tensor segment_attention(AttentionImpl& a, const ModelConfig& cfg, const torch::Tensor& x_1ND,
                                 const RopeTable& rope, const std::vector<Segment>& segs,
-                                const std::vector<int64_t>& off, const std::vector<torch::Tensor>& masks,
-                                size_t layer) {
+                                const std::vector<int64_t>& off, const std::vector<int64_t>& visible,
+                                int64_t block_length, std::vector<torch::Tensor>& masks, size_t layer) {
   prof::Scope ps(prof::kAttention);
   const int64_t N = x_1ND.size(1), H = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads;
   const int64_t hd = cfg.head_dim, group = H / Hkv;
@@ -35,9 +36,38 @@ torch::Tensor segment_attention(AttentionImpl& a, const ModelConfig& cfg, const 
   }
   q_1NHd = apply_rope(q_1NHd, rope);
   k_1NHd = apply_rope(k_1NHd, rope);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  // Append each segment's K/V prefix after its attention (the next step's cache).
+  auto append = [&](size_t s) {
+    const int64_t n = segs[s].append_n;
+    if (n == 0) return;
+    auto& c = segs[s].kv->layers[layer];
+    auto kn = k_1NHd.narrow(1, off[s], n).transpose(1, 2), vn = v_1NHd.narrow(1, off[s], n).transpose(1, 2);
+    c.k = c.k.defined() ? torch::cat({c.k, kn}, 2) : kn.contiguous();
+    c.v = c.v.defined() ? torch::cat({c.v, vn}, 2) : vn.contiguous();
+  };
+  if (kernels::decode_attention_enabled() && q_1NHd.scalar_type() == torch::kFloat32) {
+    // All segments in one parallel region, reading each cache where it lies (no cat, no mask).
+    // f32 models only: at bf16, torch's oneDNN matmuls are faster (bench DecodeAttention).
+    const auto q_NHd = q_1NHd[0].contiguous(), k_NKd = k_1NHd[0].contiguous(), v_NKd = v_1NHd[0].contiguous();
+    std::vector<kernels::AttnRow> rows(segs.size());
+    for (size_t s = 0; s < segs.size(); ++s) {
+      const auto& c = segs[s].kv->layers[layer];
+      rows[s].row0 = off[s];
+      rows[s].len = segs[s].ids_L.size(0);
+      if (c.k.defined()) {
+        rows[s].k_HPd = c.k[0];
+        rows[s].v_HPd = c.v[0];
+      }
+    }
+    if (kernels::decode_attention_applies(q_NHd, k_NKd, v_NKd, rows, visible)) {
+      const auto out = kernels::decode_attention(q_NHd, k_NKd, v_NKd, rows, visible, scale);
+      for (size_t s = 0; s < segs.size(); ++s) append(s);
+      return a.dense(out.view({1, N, H * hd}));
+    }
+  }
   std::vector<torch::Tensor> outs;
   outs.reserve(segs.size());
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   for (size_t s = 0; s < segs.size(); ++s) {
     const int64_t L = segs[s].ids_L.size(0);
     auto q = q_1NHd.narrow(1, off[s], L).transpose(1, 2);  // [1, H, L, hd]
@@ -49,7 +79,8 @@ torch::Tensor segment_attention(AttentionImpl& a, const ModelConfig& cfg, const 
     const int64_t S = k.size(2);
     auto q_g = q.reshape({1, Hkv, group * L, hd});
     auto scores_f = to_f32_or_wider(torch::matmul(q_g, k.transpose(-1, -2)) * scale).view({1, Hkv, group, L, S});
-    if (masks[s].defined()) scores_f = scores_f + masks[s].view({1, 1, 1, L, S});
+    if (!masks[s].defined()) masks[s] = block_causal_mask(S - L, L, S, block_length);
+    scores_f = scores_f + masks[s].view({1, 1, 1, L, S});
     torch::Tensor probs;
     {
       compat::AutocastOff fp32;
@@ -57,11 +88,7 @@ torch::Tensor segment_attention(AttentionImpl& a, const ModelConfig& cfg, const 
     }
     auto out = torch::matmul(probs.view({1, Hkv, group * L, S}).to(v.scalar_type()), v);
     outs.push_back(out.view({1, H, L, hd}).transpose(1, 2).reshape({1, L, H * hd}));
-    if (const int64_t n = segs[s].append_n; n > 0) {
-      auto kn = k_new.narrow(2, 0, n), vn = v_new.narrow(2, 0, n);
-      c.k = c.k.defined() ? torch::cat({c.k, kn}, 2) : kn.contiguous();
-      c.v = c.v.defined() ? torch::cat({c.v, vn}, 2) : vn.contiguous();
-    }
+    append(s);
   }
   return a.dense(outs.size() == 1 ? outs[0] : torch::cat(outs, 1));
 }
@@ -89,7 +116,8 @@ SegmentForwardResult forward_segments(MoeDlm& model, const std::vector<Segment>&
   r.offset.resize(S);
   r.unique_experts.assign(S, 0.0);
   r.expert_bytes.assign(S, 0.0);
-  std::vector<torch::Tensor> ids, pos, masks(S);
+  std::vector<torch::Tensor> ids, pos, masks(S);  // masks: built on first use (torch's attention path)
+  std::vector<int64_t> visible;                    // keys each query sees (the fused kernel)
   int64_t N = 0;
   for (size_t s = 0; s < S; ++s) {
     const auto& g = segs[s];
@@ -104,7 +132,8 @@ SegmentForwardResult forward_segments(MoeDlm& model, const std::vector<Segment>&
     N += L;
     ids.push_back(g.ids_L);
     pos.push_back(torch::arange(p0, p0 + L, torch::kInt64));
-    masks[s] = block_causal_mask(p0, L, p0 + L, block_length);
+    const auto vis = kernels::block_causal_visible(p0, L, block_length);
+    visible.insert(visible.end(), vis.begin(), vis.end());
   }
   const auto ids_1N = torch::cat(ids).view({1, N});
   auto x = model->model->word_embeddings(ids_1N);
@@ -135,7 +164,8 @@ SegmentForwardResult forward_segments(MoeDlm& model, const std::vector<Segment>&
   size_t li = 0;
   for (auto& m : model->model->layers->children()) {
     auto layer = std::dynamic_pointer_cast<DecoderLayerImpl>(m);
-    auto h = x + segment_attention(*layer->attention, cfg, layer->input_layernorm(x), rope, segs, r.offset, masks, li);
+    auto h = x + segment_attention(*layer->attention, cfg, layer->input_layernorm(x), rope, segs, r.offset, visible,
+                                                    block_length, masks, li);
     auto n = layer->post_attention_layernorm(h);
     if (layer->moe_mlp.is_empty()) {
       prof::Scope ps(prof::kDense);

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "ecdlm/kernels/small_m.h"
+#include "ecdlm/kernels/softmax.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/profile.h"
 
@@ -164,6 +165,12 @@ torch::Tensor sample_rows(const torch::Tensor& probs_NV, at::Generator& gen) {
 Candidates sample_threshold(const torch::Tensor& logits_LV, double temperature, int64_t top_k, double top_p,
                             Confidence c, at::Generator& gen) {
   auto l = logits_LV.to(torch::kFloat32);
+  if (temperature <= 0 && top_k == 0 && top_p >= 1.0 && c == Confidence::kProb && kernels::greedy_prob_applies(l)) {
+    // Greedy with the picked token's probability: one pass per row, no [L, V] softmax (decoders only).
+    Candidates out;
+    kernels::greedy_prob(l, out.token_N, out.conf_N);
+    return out;
+  }
   if (temperature > 0 && temperature != 1.0) l = l / temperature;
   l = filter_top_k_top_p(l, top_k, top_p);
   auto probs_LV = torch::softmax(l, -1);

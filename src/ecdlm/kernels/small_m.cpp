@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "ecdlm/kernels/attention.h"
 #include "ecdlm/kernels/backend.h"
 #include "ecdlm/util/error.h"
 
@@ -286,6 +287,9 @@ thread_local bool t_f32_tiles = false;
 
 F32TilesScope::F32TilesScope() : prev_(t_f32_tiles) { t_f32_tiles = true; }
 F32TilesScope::~F32TilesScope() { t_f32_tiles = prev_; }
+// Declared in kernels/attention.h (its only reader), so that small_m.h, which most of the engine
+// includes, stays as it is.
+bool f32_tiles_active() { return t_f32_tiles; }
 
 bool f32_linear_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
   return t_f32_tiles && f32_applies(x_MK, w_NK, kF32MaxM);

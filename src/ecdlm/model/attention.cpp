@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "ecdlm/kernels/attention.h"
 #include "ecdlm/model/layers.h"
 #include "ecdlm/util/compat.h"
 #include "ecdlm/util/profile.h"
@@ -43,6 +44,39 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const RopeTable
   }
   q_BLHd = apply_rope(q_BLHd, rope);
   k_BLHd = apply_rope(k_BLHd, rope);
+  if (kernels::decode_attention_enabled() && q_BLHd.scalar_type() == torch::kFloat32) {
+    // Inside the decoders: the fused kernel, when the mask is a visible prefix per query (block-
+    // causal, causal, full), so a row rounds as it does in the batched server step (f32 models,
+    // as segment_attention).
+    const int64_t P = past && past->k.defined() ? past->k.size(2) : 0;
+    std::vector<int64_t> vis_L;
+    if ((P == 0 || past->k.size(0) == B) && kernels::visible_from_mask(mask_LS, L, P + L, vis_L)) {
+      const auto q_NHd = q_BLHd.reshape({B * L, n_heads_, head_dim_}).contiguous();
+      const auto k_NKd = k_BLHd.reshape({B * L, n_kv_, head_dim_}).contiguous();
+      const auto v_NKd = v_BLHd.reshape({B * L, n_kv_, head_dim_}).contiguous();
+      std::vector<kernels::AttnRow> rows(static_cast<size_t>(B));
+      std::vector<int64_t> vis;
+      vis.reserve(static_cast<size_t>(B * L));
+      for (int64_t b = 0; b < B; ++b) {
+        auto& r = rows[static_cast<size_t>(b)];
+        r.row0 = b * L;
+        r.len = L;
+        if (P > 0) {
+          r.k_HPd = past->k[b];
+          r.v_HPd = past->v[b];
+        }
+        vis.insert(vis.end(), vis_L.begin(), vis_L.end());
+      }
+      if (kernels::decode_attention_applies(q_NHd, k_NKd, v_NKd, rows, vis)) {
+        if (present) {
+          present->k = k_BLHd.transpose(1, 2);
+          present->v = v_BLHd.transpose(1, 2);
+        }
+        const auto out = kernels::decode_attention(q_NHd, k_NKd, v_NKd, rows, vis, 1.0 / std::sqrt(double(head_dim_)));
+        return dense(out.view({B, L, n_heads_ * head_dim_}));
+      }
+    }
+  }
   auto q = q_BLHd.transpose(1, 2);  // [B, H, L, hd]
   auto k = k_BLHd.transpose(1, 2);  // [B, Hkv, L, hd]
   auto v = v_BLHd.transpose(1, 2);
