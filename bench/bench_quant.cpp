@@ -164,14 +164,14 @@ void BM_QuantMoeMin(benchmark::State& state) {
       for (size_t i = 0; i < std::size(paths); ++i) {
         const auto& p = paths[i];
         if (p.fmt < 0 && !bf16) continue;
-        kernels::detail::set_quant_repack(p.packed);
+        kernels::set_quant_repack(p.packed);
         const auto t0 = std::chrono::steady_clock::now();
         auto y = p.fmt < 0 ? kernels::small_m_moe(x, counts, g, u, d)
                            : kernels::quant_moe(x, counts, q[p.fmt], torch::kBFloat16);
         benchmark::DoNotOptimize(y.data_ptr());
         best[i] = std::min(best[i], std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       }
-  kernels::detail::set_quant_repack(false);
+  kernels::set_quant_repack(false);
   for (size_t i = 0; i < std::size(paths); ++i) {
     if (paths[i].fmt < 0 && !bf16) continue;
     const double bytes = paths[i].fmt < 0 ? 3.0 * kD * kF * 2 : 3.0 * static_cast<double>(experts(paths[i].fmt)[0].qgate.bytes());
@@ -299,11 +299,11 @@ void BM_QuantShape(benchmark::State& state) {
   } else {
     const auto& ws = sw.q[p.fmt];
     n = static_cast<int64_t>(ws.size());
-    kernels::detail::set_quant_repack(p.packed);
+    kernels::set_quant_repack(p.packed);
     bytes = static_cast<double>(ws[0].bytes());
     for (auto _ : state)
       for (const auto& w : ws) benchmark::DoNotOptimize(kernels::quant_linear(x, w, p.k).data_ptr());
-    kernels::detail::set_quant_repack(false);
+    kernels::set_quant_repack(false);
   }
   state.counters["GB/s"] = benchmark::Counter(bytes * static_cast<double>(n) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
@@ -345,7 +345,7 @@ void BM_QuantStepMin(benchmark::State& state) {
     for (int rep = 0; rep < reps; ++rep)
       for (int i : paths) {
         const auto& p = kStepPaths[i];
-        kernels::detail::set_quant_repack(p.packed);
+        kernels::set_quant_repack(p.packed);
         const auto t0 = std::chrono::steady_clock::now();
         if (p.fmt < 0)
           benchmark::DoNotOptimize(kernels::linear(x, sw.bf16[size_t(rep) % sw.bf16.size()]).data_ptr());
@@ -355,7 +355,7 @@ void BM_QuantStepMin(benchmark::State& state) {
         const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
         best[size_t(i)] = std::min(best[size_t(i)], us);
       }
-  kernels::detail::set_quant_repack(false);
+  kernels::set_quant_repack(false);
   for (int i : paths) {
     std::string name = kStepPaths[i].name;
     std::replace(name.begin(), name.end(), ' ', '_');
@@ -385,9 +385,9 @@ void BM_QuantHot(benchmark::State& state) {
   torch::NoGradGuard ng;
   const auto w = io::quantize(torch::randn({256, 2048}) * 0.02, kFormats[static_cast<size_t>(state.range(0))]);
   const auto x = torch::randn({state.range(1), 2048}).to(torch::kBFloat16);
-  kernels::detail::set_quant_repack(state.range(2) == 1);
+  kernels::set_quant_repack(state.range(2) == 1);
   for (auto _ : state) benchmark::DoNotOptimize(kernels::quant_linear(x, w, kernels::QuantKernel::kVnni).data_ptr());
-  kernels::detail::set_quant_repack(false);
+  kernels::set_quant_repack(false);
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(state.range(0))]) + " M " +
                  std::to_string(state.range(1)) + (state.range(2) ? " packed" : " tiles"));

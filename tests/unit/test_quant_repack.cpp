@@ -23,8 +23,8 @@ const std::vector<QuantFormat> kFormats = {{QuantKind::kQ8, 32}, {QuantKind::kQ8
 
 // Repacking on for one test (process-wide switch).
 struct RepackOn {
-  RepackOn() { kernels::detail::set_quant_repack(true); }
-  ~RepackOn() { kernels::detail::set_quant_repack(false); }
+  RepackOn() { kernels::set_quant_repack(true); }
+  ~RepackOn() { kernels::set_quant_repack(false); }
 };
 
 class QuantRepack : public ::testing::Test {

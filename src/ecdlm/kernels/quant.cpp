@@ -110,7 +110,7 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   // Few rows on vnni: the output-lane copy when repacking is on (quant_repack.cpp).
   auto wo_rows = wo;
   std::shared_ptr<const detail::Packed> pk;
-  if (vnni && detail::quant_repack()) {
+  if (vnni && quant_repack()) {
     pk = detail::packed(w);
     wo_rows.packed = pk.get();
   }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ecdlm/io/quant_format.h"
+#include "ecdlm/kernels/quant_repack.h"
 
 namespace ecdlm::kernels::detail {
 
@@ -139,11 +140,7 @@ struct Packed {
   std::vector<uint8_t> q;
   std::vector<uint16_t> d, m;
 };
-// Whether the vnni drivers run routed experts and few-row products (under kLaneMinRows rows) on
-// packed copies (process-wide, default off: a packed copy doubles the memory of every weight it
-// touches; the row layout stays mapped).
-void set_quant_repack(bool on);
-bool quant_repack();
+// Whether the vnni drivers run products under kLaneMinRows rows on packed copies: quant_repack.h.
 // w's packed copy, built on the first call and shared until w's storage is freed. Thread-safe.
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w);
 // vnni_rows over the packed copy p of w (n0 a multiple of 16).

@@ -102,7 +102,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   // Experts under kLaneMinRows rows on vnni with repacking on: their output-lane copies
   // (quant_repack.cpp), held for the call.
   std::vector<std::shared_ptr<const detail::Packed>> held;
-  const bool repack = vnni && detail::quant_repack();
+  const bool repack = vnni && quant_repack();
   for (size_t e = 0; e < ids.size(); ++e) {
     const auto i = ids[e];
     gw.push_back(detail::weight_operand(*ex.gate[i]));

@@ -23,11 +23,12 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace ecdlm::kernels::detail {
+
+std::atomic<bool> g_repack{false};
+
 namespace {
 
 #define ECDLM_PK_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
-
-std::atomic<bool> g_repack{false};
 
 struct Entry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
@@ -47,20 +48,28 @@ std::shared_ptr<Packed> build(const io::QuantWeight& w) {
   p->K = K;
   p->G = G;
   p->slots = q8 ? K / 4 : (K - K % io::kQ4Chunk) / 8;  // 64-byte vectors per block
-  p->q.assign(static_cast<size_t>(NB * p->slots * 64), q8 ? 0x80 : 0);
+  p->q.assign(static_cast<size_t>(NB * p->slots * 64), 0);  // q8's missing rows: code 0 after the flip
   p->d.assign(static_cast<size_t>(NB * KG * 16), 0);
   if (o.m) p->m.assign(static_cast<size_t>(NB * KG * 16), 0);
+  // Slot s of row n = b * 16 + j goes to vector (b, s), bytes 4j .. 4j + 3: 4-byte copies, then
+  // q8's + 128 over the whole buffer.
   for (int64_t n = 0; n < N; ++n) {
     const int64_t b = n / 16, j = n % 16;
     const uint8_t* row = o.q + n * o.row_bytes;
     uint8_t* out = p->q.data() + b * p->slots * 64 + j * 4;
-    for (int64_t s = 0; s < p->slots; ++s)
-      for (int i = 0; i < 4; ++i) out[s * 64 + i] = static_cast<uint8_t>(row[4 * s + i] ^ (q8 ? 0x80 : 0));
+    for (int64_t s = 0; s < p->slots; ++s) std::memcpy(out + s * 64, row + 4 * s, 4);
     for (int64_t g = 0; g < KG; ++g) {
       p->d[size_t((b * KG + g) * 16 + j)] = o.d[n * KG + g];
       if (o.m) p->m[size_t((b * KG + g) * 16 + j)] = o.m[n * KG + g];
     }
   }
+  if (q8)
+    for (size_t i = 0; i < p->q.size(); i += 8) {
+      uint64_t v;
+      std::memcpy(&v, p->q.data() + i, 8);
+      v ^= 0x8080808080808080ULL;
+      std::memcpy(p->q.data() + i, &v, 8);
+    }
   return p;
 }
 
@@ -153,9 +162,6 @@ void block_mc(int64_t mc, const Packed& p, int64_t b, bool q8, const QxOperand& 
 
 }  // namespace
 
-void set_quant_repack(bool on) { g_repack = on; }
-bool quant_repack() { return g_repack.load(std::memory_order_relaxed); }
-
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w) {
   const void* key = w.qweight.data_ptr();
   const auto& storage = w.qweight.storage();
@@ -198,3 +204,10 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
 }
 
 }  // namespace ecdlm::kernels::detail
+
+namespace ecdlm::kernels {
+
+void set_quant_repack(bool on) { detail::g_repack = on; }
+bool quant_repack() { return detail::g_repack.load(std::memory_order_relaxed); }
+
+}  // namespace ecdlm::kernels
