@@ -33,7 +33,15 @@ namespace {
 struct Entry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   std::shared_ptr<const Packed> packed;
+  int64_t N = 0, K = 0;
+  io::QuantFormat format;
 };
+
+// The entry belongs to w: its storage still alive and the same, and the same shape and format.
+bool same(const Entry& e, const io::QuantWeight& w) {
+  return !e.storage.expired() && e.storage._unsafe_get_target() == w.qweight.storage().unsafeGetStorageImpl() &&
+         e.N == w.N && e.K == w.K && e.format == w.format;
+}
 
 std::mutex g_mu;
 std::unordered_map<const void*, Entry> g_cache;
@@ -164,22 +172,17 @@ void block_mc(int64_t mc, const Packed& p, int64_t b, bool q8, const QxOperand& 
 
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w) {
   const void* key = w.qweight.data_ptr();
-  const auto& storage = w.qweight.storage();
   {
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = g_cache.find(key);
-    if (it != g_cache.end() && !it->second.storage.expired() &&
-        it->second.storage._unsafe_get_target() == storage.unsafeGetStorageImpl())
-      return it->second.packed;
+    if (it != g_cache.end() && same(it->second, w)) return it->second.packed;
   }
   std::shared_ptr<const Packed> p = build(w);  // outside the lock: other threads pack other weights
   std::lock_guard<std::mutex> lock(g_mu);
   auto it = g_cache.find(key);
-  if (it != g_cache.end() && !it->second.storage.expired() &&
-      it->second.storage._unsafe_get_target() == storage.unsafeGetStorageImpl())
-    return it->second.packed;  // another thread packed it meanwhile
-  if (it != g_cache.end()) g_cache.erase(it);  // a freed weight's entry at the same address
-  g_cache.emplace(key, Entry{storage.getWeakStorageImpl(), p});
+  if (it != g_cache.end() && same(it->second, w)) return it->second.packed;  // another thread packed it meanwhile
+  if (it != g_cache.end()) g_cache.erase(it);  // a freed (or other) weight's entry at the same address
+  g_cache.emplace(key, Entry{w.qweight.storage().getWeakStorageImpl(), p, w.N, w.K, w.format});
   if (g_cache.size() >= g_sweep_at) {  // freed weights: release their packed copies
     for (auto i = g_cache.begin(); i != g_cache.end();) i = i->second.storage.expired() ? g_cache.erase(i) : std::next(i);
     g_sweep_at = std::max<size_t>(64, 2 * g_cache.size());
