@@ -13,6 +13,7 @@
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_backend.h"
 #include "ecdlm/kernels/small_m.h"
 
 using namespace ecdlm;
@@ -124,6 +125,64 @@ void BM_QuantMoe(benchmark::State& state) {
 
 BENCHMARK(BM_QuantMoe)->ArgsProduct({{0, 1, 3}, {1, 4, 8}, {2}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// A cached token-routed step's MoE layer: the 64 experts with 1-8 rows each (3.7 on average, as
+// the synthetic LLaDA2 model's ~69 experts per layer), bf16 (small_m_moe) against q8 / q4 with the
+// few-row vnni kernel as the 4 x 4 tiles or on repacked output lanes, interleaved call by call, each
+// path's fastest call kept (as BM_QuantStepMin: a loaded machine's undisturbed calls). Counters:
+// ms and GB/s of weight bytes per path. args: threads.
+void BM_QuantMoeMin(benchmark::State& state) {
+  torch::set_num_threads(static_cast<int>(state.range(0)));
+  torch::NoGradGuard ng;
+  const int64_t pattern[] = {1, 2, 1, 3, 4, 2, 6, 8, 5, 3, 2, 7};
+  std::vector<int64_t> counts;
+  int64_t P = 0;
+  for (int64_t i = 0; i < kExperts; ++i) P += counts.emplace_back(pattern[i % 12]);
+  const auto x = torch::randn({P, kD}).to(torch::kBFloat16);
+  struct Path {
+    const char* name;
+    int fmt;  // experts() argument: -1 bf16, else a kFormats index
+    bool packed;
+  };
+  const Path paths[] = {{"bf16", -1, false}, {"q8", 0, false}, {"q8_packed", 0, true}, {"q4", 2, false}, {"q4_packed", 2, true}};
+  std::vector<torch::Tensor> g, u, d;
+  for (const auto& e : experts(-1)) {
+    g.push_back(e.gate);
+    u.push_back(e.up);
+    d.push_back(e.down);
+  }
+  std::map<int, kernels::QuantExperts> q;
+  for (int f : {0, 2})
+    for (const auto& e : experts(f)) {
+      q[f].gate.push_back(&e.qgate);
+      q[f].up.push_back(&e.qup);
+      q[f].down.push_back(&e.qdown);
+    }
+  const bool bf16 = kernels::small_m_moe_applies(x, counts, g, u, d);
+  std::vector<double> best(std::size(paths), 1e30);
+  for (auto _ : state)
+    for (int rep = 0; rep < 15; ++rep)
+      for (size_t i = 0; i < std::size(paths); ++i) {
+        const auto& p = paths[i];
+        if (p.fmt < 0 && !bf16) continue;
+        kernels::set_quant_repack(p.packed);
+        const auto t0 = std::chrono::steady_clock::now();
+        auto y = p.fmt < 0 ? kernels::small_m_moe(x, counts, g, u, d)
+                           : kernels::quant_moe(x, counts, q[p.fmt], torch::kBFloat16);
+        benchmark::DoNotOptimize(y.data_ptr());
+        best[i] = std::min(best[i], std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+  kernels::set_quant_repack(false);
+  for (size_t i = 0; i < std::size(paths); ++i) {
+    if (paths[i].fmt < 0 && !bf16) continue;
+    const double bytes = paths[i].fmt < 0 ? 3.0 * kD * kF * 2 : 3.0 * static_cast<double>(experts(paths[i].fmt)[0].qgate.bytes());
+    state.counters[std::string(paths[i].name) + "_ms"] = best[i];
+    state.counters[std::string(paths[i].name) + "_GBs"] = bytes * kExperts / best[i] * 1e-6;
+  }
+  state.SetLabel("64 experts, " + std::to_string(P) + " rows");
+}
+
+BENCHMARK(BM_QuantMoeMin)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // One projection [M, 2048] x [2048, 2048]ᵀ over 24 weights per path. args: format index (as
 // above), M, path (kernels::QuantKernel 1 vnni, 2 avx2, 3 torch, 4 bf16)
 void BM_QuantLinear(benchmark::State& state) {  // one thread (see above)
@@ -173,13 +232,16 @@ struct StepPath {
   const char* name;
   int fmt;  // index into kFormats, -1 bf16
   kernels::QuantKernel k;
+  bool packed = false;  // vnni below 16 rows: the repacked output lanes instead of the 4 x 4 tiles
 };
 const StepPath kStepPaths[] = {{"bf16", -1, kernels::QuantKernel::kAuto},
                                {"q8 auto", 0, kernels::QuantKernel::kAuto},
                                {"q8 vnni", 0, kernels::QuantKernel::kVnni},
+                               {"q8 vnni-packed", 0, kernels::QuantKernel::kVnni, true},
                                {"q8 deq-bf16", 0, kernels::QuantKernel::kBf16},
                                {"q4 auto", 2, kernels::QuantKernel::kAuto},
                                {"q4 vnni", 2, kernels::QuantKernel::kVnni},
+                               {"q4 vnni-packed", 2, kernels::QuantKernel::kVnni, true},
                                {"q4 deq-bf16", 2, kernels::QuantKernel::kBf16}};
 
 struct ShapeWeights {
@@ -237,9 +299,11 @@ void BM_QuantShape(benchmark::State& state) {
   } else {
     const auto& ws = sw.q[p.fmt];
     n = static_cast<int64_t>(ws.size());
+    kernels::set_quant_repack(p.packed);
     bytes = static_cast<double>(ws[0].bytes());
     for (auto _ : state)
       for (const auto& w : ws) benchmark::DoNotOptimize(kernels::quant_linear(x, w, p.k).data_ptr());
+    kernels::set_quant_repack(false);
   }
   state.counters["GB/s"] = benchmark::Counter(bytes * static_cast<double>(n) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
@@ -251,7 +315,7 @@ void BM_QuantShape(benchmark::State& state) {
 }
 
 BENCHMARK(BM_QuantShape)
-    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6}, {1, 4, 8, 32}, {0, 1, 2, 3, 4, 5}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7, 8}, {1, 4, 8, 32}, {0, 1, 2, 3, 4, 5}})
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.1);
 
@@ -281,15 +345,17 @@ void BM_QuantStepMin(benchmark::State& state) {
     for (int rep = 0; rep < reps; ++rep)
       for (int i : paths) {
         const auto& p = kStepPaths[i];
+        kernels::set_quant_repack(p.packed);
         const auto t0 = std::chrono::steady_clock::now();
         if (p.fmt < 0)
           benchmark::DoNotOptimize(kernels::linear(x, sw.bf16[size_t(rep) % sw.bf16.size()]).data_ptr());
         else
-          benchmark::DoNotOptimize(
-              kernels::quant_linear(x, sw.q[p.fmt][size_t(rep) % sw.q[p.fmt].size()], p.k).data_ptr());
+          benchmark::DoNotOptimize(  // a copy no other path just read: from memory, not cache
+              kernels::quant_linear(x, sw.q[p.fmt][size_t(rep * 9 + i) % sw.q[p.fmt].size()], p.k).data_ptr());
         const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
         best[size_t(i)] = std::min(best[size_t(i)], us);
       }
+  kernels::set_quant_repack(false);
   for (int i : paths) {
     std::string name = kStepPaths[i].name;
     std::replace(name.begin(), name.end(), ' ', '_');
@@ -300,8 +366,33 @@ void BM_QuantStepMin(benchmark::State& state) {
 }
 
 BENCHMARK(BM_QuantStepMin)
-    ->ArgsProduct({{1, 4, 8, 16, 32, 64}, {0, 1, 2, 3, 4, 5}})
+    ->ArgsProduct({{1, 2, 3, 4, 6, 8, 16, 32, 64}, {0, 1, 2, 3, 4, 5}})
     ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+namespace {
+
+// The few-row vnni kernels' compute speed: one [256, 2048] weight (in L2) multiplied over and
+// over, the 4 x 4 tiles against the packed output lanes. args: format index (into kFormats), M, packed.
+void BM_QuantHot(benchmark::State& state) {
+  if (!kernels::cpu_has_avx512_vnni()) {
+    state.SkipWithError("no AVX512-VNNI");
+    return;
+  }
+  torch::set_num_threads(1);
+  torch::NoGradGuard ng;
+  const auto w = io::quantize(torch::randn({256, 2048}) * 0.02, kFormats[static_cast<size_t>(state.range(0))]);
+  const auto x = torch::randn({state.range(1), 2048}).to(torch::kBFloat16);
+  kernels::set_quant_repack(state.range(2) == 1);
+  for (auto _ : state) benchmark::DoNotOptimize(kernels::quant_linear(x, w, kernels::QuantKernel::kVnni).data_ptr());
+  kernels::set_quant_repack(false);
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(state.range(0))]) + " M " +
+                 std::to_string(state.range(1)) + (state.range(2) ? " packed" : " tiles"));
+}
+
+BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 2}, {1, 4, 8}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
 
 }  // namespace

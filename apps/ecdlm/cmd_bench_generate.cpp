@@ -76,13 +76,19 @@ void register_bench_generate(CLI::App* bench) {
   sub->add_option("--bench-quant", a->p.quant,
                   "Weight formats of the synthetic model side by side (comma list): bf16, q8, q4, q4s, q8_g64, "
                   "q4_g64 (convert --quantize's default set of weights); a '+head' suffix (q4+head) packs the LM "
-                  "head too (--quantize-lm-head)")
+                  "head too (--quantize-lm-head); a last '+repack' suffix (q4+repack, q4+head+repack) runs that copy's "
+                  "products of fewer than 16 token rows on repacked output-lane copies of the weights (AVX512-VNNI)")
       ->delimiter(',')
       ->check([](const std::string& v) {
-        const std::string f = v.size() > 5 && v.compare(v.size() - 5, 5, "+head") == 0 ? v.substr(0, v.size() - 5) : v;
+        const auto strip = [](std::string s, const std::string& suffix) {
+          return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0
+                     ? s.substr(0, s.size() - suffix.size())
+                     : s;
+        };
+        const std::string f = strip(strip(v, "+repack"), "+head");
         for (const char* ok : {"bf16", "q8", "q4", "q4s", "q8_g32", "q8_g64", "q4_g32", "q4_g64", "q4s_g32", "q4s_g64"})
           if (f == ok && !(f == "bf16" && f != v)) return std::string();
-        return "unknown format '" + v + "': use bf16, q8, q4, q4s, q8_g64, q4_g64, ... optionally with +head";
+        return "unknown format '" + v + "': use bf16, q8, q4, q4s, q8_g64, q4_g64, ... optionally with +head and/or +repack";
       });
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);

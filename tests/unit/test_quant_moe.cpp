@@ -55,6 +55,7 @@ TEST(QuantMoeHelpers, Avx512RowQuantizerEqualsScalar) {
       EXPECT_EQ(0, std::memcmp(sa.c, sb.c, sizeof(float) * size_t(M * K / G)));
       EXPECT_EQ(0, std::memcmp(sa.s, sb.s, sizeof(float) * size_t(M * K / 4)));
       EXPECT_EQ(0, std::memcmp(sa.bias, sb.bias, sizeof(int32_t) * size_t(M * K / 4)));
+      EXPECT_EQ(0, std::memcmp(sa.gb, sb.gb, sizeof(int32_t) * size_t(M * K / G)));
     }
   }
 }

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "ecdlm/generate/threshold.h"
+#include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/init.h"
@@ -228,6 +229,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     MoeDlm model{nullptr}, ec_model{nullptr};
     std::string weights = "bf16";
     int64_t min_experts = 16, topk_cap = 4;
+    bool repack = false;  // "+repack": few-row products on repacked copies (kernels/quant_repack.h)
   };
   std::vector<Variant> variants = {{"token", 0, true},   {"token", 0, false}, {"block", 0.5, true},
                                    {"block", 0.6, true},  {"block", 0.6, false}, {"block", 0.6, true, true},
@@ -299,14 +301,17 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       // matrix is bound. Expert choice is not measured on quantized copies.
       Model mq{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
       QuantizeParams qp;
-      const auto plus = q.find("+head");
+      const auto rp = q.find("+repack");
+      mq.repack = rp != std::string::npos;
+      const auto qh = q.substr(0, rp);
+      const auto plus = qh.find("+head");
       qp.lm_head = plus != std::string::npos;
-      const auto f = q.substr(0, plus);
+      const auto f = qh.substr(0, plus);
       const auto us = f.find("_g");
       qp.format = f.substr(0, us);
       if (us != std::string::npos) qp.group = std::stoll(f.substr(us + 2));
       const int64_t n = quantize_model(*mq.model, qp);
-      mq.weights = io::quant_format_name(quantize_format(qp)) + (qp.lm_head ? "+head" : "");
+      mq.weights = io::quant_format_name(quantize_format(qp)) + (qp.lm_head ? "+head" : "") + (mq.repack ? "+repack" : "");
       LOG_INFO("bench generate: " << mq.weights << " copy of the synthetic model, " << n << " weights packed");
       models.push_back(std::move(mq));
     }
@@ -327,12 +332,16 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     enum Col { kMs, kMoe, kAtt, kDense, kHead, kOther, kCols };
     std::vector<std::array<std::vector<double>, kCols>> cols(variants.size());
     std::vector<GenBenchRow> mrows(variants.size());
-    // Warm-up (allocator, oneDNN primitives) outside the measurement.
+    kernels::set_quant_repack(m.repack);
+    // Warm-up (allocator, oneDNN primitives; with +repack the packed copies of the experts it
+    // touches) outside the measurement.
     {
       gen::ThresholdParams w;
       w.gen_length = p.block_length;
       w.block_length = p.block_length;
-      w.steps = 2;
+      // +repack: one forward per token of the block, so (nearly) every expert is packed before
+      // the measurement (packing is a one-time cost per weight, not a per-step one).
+      w.steps = m.repack ? p.block_length : 2;
       w.eos_id = -2;
       gen::threshold_generate(m.model, prompt, w);
     }
@@ -420,6 +429,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
   bar.finish();
   prof::set_enabled(false);
   kernels::set_small_m(kernels::SmallM::kAuto);
+  kernels::set_quant_repack(false);
   return rows;
 }
 

@@ -27,7 +27,8 @@ struct GenBenchParams {
   std::vector<std::string> kernels = {"auto"};
   // Weight formats of the synthetic model, side by side (--bench-quant): "bf16", "q8", "q4",
   // "q8_g64", ... Each quantized copy packs the default set (experts, shared experts, dense MLP,
-  // attention; model/quantize.h) of the same random weights; "q4+head" packs the LM head too.
+  // attention; model/quantize.h) of the same random weights; "q4+head" packs the LM head too;
+  // a "+repack" suffix (last) runs that copy with kernels::set_quant_repack (kernels/quant_repack.h).
   // Empty = bf16 only.
   std::vector<std::string> quant;
 };

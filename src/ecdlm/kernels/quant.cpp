@@ -107,11 +107,18 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
     }
     return y_MN;
   }
+  // Few rows on vnni: the output-lane copy when repacking is on (quant_repack.cpp).
+  auto wo_rows = wo;
+  std::shared_ptr<const detail::Packed> pk;
+  if (vnni && quant_repack()) {
+    pk = detail::packed(w);
+    wo_rows.packed = pk.get();
+  }
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < units; ++u) {
     const int64_t n0 = u * kUnitRows, n1 = std::min(N, n0 + kUnitRows);
     if (vnni)
-      detail::vnni_rows(x, wo, n0, n1, y + n0, N);
+      detail::vnni_rows(x, wo_rows, n0, n1, y + n0, N);
     else
       detail::avx2_rows(x, wo, n0, n1, y + n0, N);
   }
@@ -191,6 +198,7 @@ QxStore QxScratch::store(int64_t M, int64_t K, int64_t G) {
   st.c = grow(c, M * K / G);
   st.s = grow(s, M * K / 4);
   st.bias = grow(bias, M * K / 4);
+  st.gb = grow(gb, M * K / G);
   return st;
 }
 
@@ -215,6 +223,7 @@ void quantize_row_scalar(const float* v, int64_t n, const QxStore& x, int64_t m,
     }
     x.d[k / G] = dg;
     x.c[k / G] = dg * static_cast<float>(sum);
+    x.gb[k / G] = -z * sum;
     for (int64_t l = 0; l < G / 4; ++l) {
       x.s[k / 4 + l] = dg;
       x.bias[k / 4 + l] = -z * (qg[4 * l] + qg[4 * l + 1] + qg[4 * l + 2] + qg[4 * l + 3]);

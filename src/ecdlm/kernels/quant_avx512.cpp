@@ -204,6 +204,7 @@ void block(const QxOperand& x, int64_t m0, int64_t mc, const QwOperand& w, int64
 }  // namespace
 
 void vnni_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  if (w.packed) return vnni_packed_rows(x, *w.packed, w, n0, n1, y, ldy);
   for (int64_t nb = n0; nb < n1; nb += kBlockN) {
     const int64_t ne = std::min(n1, nb + kBlockN);
     for (int64_t m0 = 0; m0 < x.M; m0 += 4) {
@@ -253,7 +254,9 @@ ECDLM_VNNI_TARGET void avx512_quantize_row(const float* v, int64_t n, const QxSt
     sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0x4E));
     sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0xB1));
     x.d[(m * K + k) / G] = dg;
-    x.c[(m * K + k) / G] = dg * static_cast<float>(_mm_cvtsi128_si32(sum4));
+    const int32_t sum = _mm_cvtsi128_si32(sum4);
+    x.c[(m * K + k) / G] = dg * static_cast<float>(sum);
+    x.gb[(m * K + k) / G] = -z * sum;
   }
 }
 

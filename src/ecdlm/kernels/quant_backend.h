@@ -5,9 +5,11 @@
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "ecdlm/io/quant_format.h"
+#include "ecdlm/kernels/quant_repack.h"
 
 namespace ecdlm::kernels::detail {
 
@@ -25,6 +27,7 @@ struct QxOperand {
   const float* s = nullptr;       // [M, K / 4] the scale of each 4-code lane's group
   const int32_t* bias = nullptr;  // [M, K / 4] -Z · (sum of the lane's 4 codes): u8 offset paid back
   const float* c = nullptr;       // [M, K / G] d · (sum of the group's codes): q4's minimum term
+  const int32_t* gb = nullptr;    // [M, K / G] -Z · (sum of the group's codes): the bias per group
 };
 
 // Writable buffers of a QxOperand (the drivers' thread-local scratch): rows of K codes, K / G
@@ -36,14 +39,15 @@ struct QxStore {
   float* s = nullptr;
   int32_t* bias = nullptr;
   float* c = nullptr;
-  QxOperand view() const { return {M, K, G, q, d, s, bias, c}; }
+  int32_t* gb = nullptr;
+  QxOperand view() const { return {M, K, G, q, d, s, bias, c, gb}; }
 };
 
 // Growable buffers behind a QxStore (thread-local in the drivers).
 struct QxScratch {
   std::vector<int8_t> q;
   std::vector<float> d, s, c;
-  std::vector<int32_t> bias;
+  std::vector<int32_t> bias, gb;
   QxStore store(int64_t M, int64_t K, int64_t G);  // room for M rows of K
 };
 
@@ -53,12 +57,13 @@ const float* bf16_row(const at::BFloat16* x, int64_t n, std::vector<float>& buf)
 // Rows [m0, m0 + M) of x as an operand of their own (one expert's rows).
 inline QxOperand rows_of(const QxOperand& x, int64_t m0, int64_t M) {
   const int64_t KG = x.K / x.G, K4 = x.K / 4;
-  return {M, x.K, x.G, x.q + m0 * x.K, x.d + m0 * KG, x.s + m0 * K4, x.bias + m0 * K4, x.c + m0 * KG};
+  return {M,           x.K,          x.G,           x.q + m0 * x.K, x.d + m0 * KG, x.s + m0 * K4, x.bias + m0 * K4,
+          x.c + m0 * KG, x.gb + m0 * KG};
 }
 
 // Quantizes n values v (n a multiple of G) of row m into the store at input k0 (a multiple of G):
 // per group d = max|v| / 127, q = clamp(round_even(v · 127 / max|v|), ±127), the group sum c =
-// d · Σ q, each 4-code lane's scale d and bias -z · (its 4 codes' sum). The AVX512 version gives
+// d · Σ q, the group bias -z · Σ q, each 4-code lane's scale d and bias -z · (its 4 codes' sum). The AVX512 version gives
 // the scalar one's values bit for bit (tests: QuantKernels.RowQuantizersAgree).
 void quantize_row_scalar(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0, int32_t z);
 void avx512_quantize_row(const float* v, int64_t n, const QxStore& x, int64_t m, int64_t k0, int32_t z);
@@ -71,6 +76,8 @@ void avx512_silu_mul(float* g, const float* u, int64_t n);
 void round_bf16_scalar(const float* y, int64_t n, uint16_t* out);
 void avx512_round_bf16_f(const float* y, int64_t n, uint16_t* out);
 
+struct Packed;  // below
+
 // One packed weight (io::QuantWeight's tensors as raw pointers). Row n's codes start at
 // q + n * row_bytes; scales and mins are f16 bits, [N, K / G].
 struct QwOperand {
@@ -79,6 +86,7 @@ struct QwOperand {
   const uint8_t* q = nullptr;
   const uint16_t* d = nullptr;
   const uint16_t* m = nullptr;  // q4 only
+  const Packed* packed = nullptr;  // the output-lane copy, when the driver took one (vnni)
 };
 
 QwOperand weight_operand(const io::QuantWeight& w);
@@ -90,6 +98,7 @@ inline int32_t vnni_zero_point(io::QuantKind k) {
 
 // y[m * ldy + (n - n0)] = x_m · deq(w_n) for n in [n0, n1), m < M (x's codes and scales).
 // x.bias is built with vnni_zero_point(w.kind); avx2 reads it for q4 only (q8: sign trick).
+// w.packed set: vnni_packed_rows instead of the 4 x 4 tiles.
 void vnni_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
 void avx2_rows(const QxOperand& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
@@ -121,6 +130,22 @@ QxLanes build_lanes(const QxOperand& x, int32_t z, QxLaneScratch& buf);
 constexpr int64_t kLaneMinRows = 16;
 // y[m * ldy + (n - n0)] = x_m · deq(w_n) for n in [n0, n1), m < M, from the token-lane operand.
 void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
+
+// A weight repacked into output lanes (quant_repack.cpp): 16-row blocks, each block's input slot
+// s (4 inputs) of its 16 rows one 64-byte vector, lane j = row j's 4 codes (q8: + 128 as u8; q4:
+// the packed bytes of inputs 4s .. of a 128-input chunk, nibbles as in the row layout; q4's
+// K % 128 tail is not packed). Scales and minimums f16 [NB][K / G][16].
+struct Packed {
+  int64_t NB = 0, K = 0, G = 32, slots = 0;  // slots: 64-byte vectors per block
+  std::vector<uint8_t> q;
+  std::vector<uint16_t> d, m;
+};
+// Whether the vnni drivers run products under kLaneMinRows rows on packed copies: quant_repack.h.
+// w's packed copy, built on the first call and shared until w's storage is freed. Thread-safe.
+std::shared_ptr<const Packed> packed(const io::QuantWeight& w);
+// vnni_rows over the packed copy p of w (n0 a multiple of 16).
+void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
+                      int64_t ldy);
 
 // Row n of w dequantized to bf16 (AVX512-BF16): out[k] = bf16((code - z) · d + m), the values
 // io::dequantize_rows gives, rounded to nearest-even.

@@ -99,10 +99,21 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
     }
   const auto n = static_cast<int64_t>(ids.size());
   std::vector<detail::QwOperand> gw, uw, dw;
-  for (auto i : ids) {
+  // Experts under kLaneMinRows rows on vnni with repacking on: their output-lane copies
+  // (quant_repack.cpp), held for the call.
+  std::vector<std::shared_ptr<const detail::Packed>> held;
+  const bool repack = vnni && quant_repack();
+  for (size_t e = 0; e < ids.size(); ++e) {
+    const auto i = ids[e];
     gw.push_back(detail::weight_operand(*ex.gate[i]));
     uw.push_back(detail::weight_operand(*ex.up[i]));
     dw.push_back(detail::weight_operand(*ex.down[i]));
+    if (repack && counts[i] < detail::kLaneMinRows) {
+      for (auto [op, w] : {std::pair{&gw.back(), ex.gate[i]}, {&uw.back(), ex.up[i]}, {&dw.back(), ex.down[i]}}) {
+        held.push_back(detail::packed(*w));
+        op->packed = held.back().get();
+      }
+    }
   }
   thread_local detail::QxScratch xbuf, hbuf;
   const auto xs = xbuf.store(P, D, gf.group), hs = hbuf.store(P, F, df.group);

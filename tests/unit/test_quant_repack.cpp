@@ -1,0 +1,123 @@
+// The repacked output-lane kernel (kernels/quant_repack.cpp): every format, tail shape (N not a
+// multiple of 16, K tails of q8 and q4, 1-15 token rows) against the f64 reference, the fused MoE
+// against one expert at a time with repacking on, and the packed-copy cache (shared while the
+// weight lives, never served for a freed weight's address).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "ecdlm/io/quant_format.h"
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_backend.h"
+
+namespace ecdlm {
+namespace {
+
+using io::QuantFormat;
+using io::QuantKind;
+using kernels::QuantKernel;
+
+const std::vector<QuantFormat> kFormats = {{QuantKind::kQ8, 32}, {QuantKind::kQ8, 64},    {QuantKind::kQ4, 32},
+                                           {QuantKind::kQ4, 64}, {QuantKind::kQ4Sym, 32}, {QuantKind::kQ4Sym, 64}};
+
+// Repacking on for one test (process-wide switch).
+struct RepackOn {
+  RepackOn() { kernels::set_quant_repack(true); }
+  ~RepackOn() { kernels::set_quant_repack(false); }
+};
+
+class QuantRepack : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
+  }
+};
+
+TEST_F(QuantRepack, MatchesReferenceOnEveryTail) {
+  torch::manual_seed(31);
+  RepackOn on;
+  for (const auto& f : kFormats)
+    for (int64_t K : {32, 64, 96, 160, 192, 288, 512}) {
+      if (K % f.group) continue;
+      for (int64_t N : {1, 5, 17, 67, 130}) {
+        auto w = torch::randn({N, K}) * 0.05;
+        if (K >= 64) w.index_put_({0, torch::indexing::Slice(32, 64)}, 0.0F);  // an all-zero group
+        w.index_put_({N - 1, K - 1}, 4.0F);
+        const auto q = io::quantize(w, f);
+        const auto absw = io::dequantize(q).abs().to(torch::kFloat64);
+        for (int64_t M = 1; M < kernels::detail::kLaneMinRows; ++M) {
+          if (M > 3 && M != 8 && M != 9 && M != 15 && N != 67) continue;  // keep the sweep short
+          auto x = torch::randn({M, K});
+          x.index_put_({M - 1, 0}, 40.0F);
+          const auto y = kernels::quant_linear(x, q, QuantKernel::kVnni);
+          const auto ref = kernels::quant_linear_reference(x, q, true);
+          const auto bound = torch::matmul(x.abs().to(torch::kFloat64), absw.t()) * 2e-6 + 1e-6;
+          EXPECT_LE(((y.to(torch::kFloat64) - ref).abs() - bound).max().item<double>(), 0.0)
+              << io::quant_format_name(f) << " M " << M << " N " << N << " K " << K;
+        }
+      }
+    }
+}
+
+TEST_F(QuantRepack, FusedMoeEqualsOneExpertAtATime) {
+  torch::manual_seed(32);
+  RepackOn on;
+  // An empty expert, 1-8 rows, one of 17 rows (the token-lane kernel beside the packed ones).
+  const std::vector<int64_t> counts = {1, 0, 3, 8, 17, 2};
+  int64_t P = 0;
+  for (auto c : counts) P += c;
+  for (const auto& f : {QuantFormat{QuantKind::kQ8, 32}, QuantFormat{QuantKind::kQ4, 32}, QuantFormat{QuantKind::kQ4Sym, 64}}) {
+    const int64_t D = 192, F = 192;  // q4: a 64-input K tail (192 % 128) in both projections
+    std::vector<io::QuantWeight> g, u, d;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      g.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
+      u.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
+      d.push_back(io::quantize(torch::randn({D, F}) * 0.1, f));
+    }
+    kernels::QuantExperts all;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      all.gate.push_back(&g[e]);
+      all.up.push_back(&u[e]);
+      all.down.push_back(&d[e]);
+    }
+    const auto x = torch::randn({P, D});
+    const auto y = kernels::quant_moe(x, counts, all, torch::kFloat32, QuantKernel::kVnni);
+    int64_t r = 0;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] == 0) continue;
+      const auto xe = x.narrow(0, r, counts[e]);
+      const auto one = kernels::quant_moe(xe, {counts[e]}, {{&g[e]}, {&u[e]}, {&d[e]}}, torch::kFloat32, QuantKernel::kVnni);
+      EXPECT_TRUE(torch::equal(y.narrow(0, r, counts[e]), one)) << io::quant_format_name(f) << " expert " << e;
+      const auto gv = kernels::quant_linear_reference(xe, g[e], false), uv = kernels::quant_linear_reference(xe, u[e], false);
+      const auto ref = torch::matmul(gv / (1 + torch::exp(-gv)) * uv, io::dequantize(d[e]).to(torch::kFloat64).t());
+      EXPECT_LT((y.narrow(0, r, counts[e]).to(torch::kFloat64) - ref).abs().max().item<double>(),
+                0.02 * ref.abs().max().item<double>() + 1e-6)
+          << io::quant_format_name(f) << " expert " << e;
+      r += counts[e];
+    }
+  }
+}
+
+TEST_F(QuantRepack, CacheSharesWhileTheWeightLivesAndNeverServesAFreedOne) {
+  torch::manual_seed(33);
+  RepackOn on;
+  const QuantFormat f{QuantKind::kQ8, 32};
+  const auto q = io::quantize(torch::randn({48, 64}), f);
+  const auto p = kernels::detail::packed(q);
+  EXPECT_EQ(p.get(), kernels::detail::packed(q).get());
+  io::QuantWeight copy = q;  // shares the storage
+  EXPECT_EQ(p.get(), kernels::detail::packed(copy).get());
+  EXPECT_EQ(p->NB, 3);
+  // Weights made and freed one after another (the allocator reuses addresses): each result is its own.
+  const auto x = torch::randn({2, 64});
+  for (int i = 0; i < 8; ++i) {
+    const auto w = io::quantize(torch::randn({48, 64}), f);
+    const auto y = kernels::quant_linear(x, w, QuantKernel::kVnni);
+    EXPECT_LT((y.to(torch::kFloat64) - kernels::quant_linear_reference(x, w, true)).abs().max().item<double>(), 1e-3)
+        << "weight " << i;
+  }
+}
+
+}  // namespace
+}  // namespace ecdlm
