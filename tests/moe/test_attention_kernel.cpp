@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "ecdlm/kernels/attention.h"
 #include "ecdlm/kernels/small_m.h"
@@ -133,7 +134,14 @@ INSTANTIATE_TEST_SUITE_P(
         Case{4, 1, 64, torch::kBFloat16, torch::kFloat32, {64, 0}, {64, 32}},
         Case{16, 4, 128, torch::kBFloat16, torch::kBFloat16, {0, 160, 32}, {96, 32, 32}},
         // One row with one query head per K/V head and head_dim 8 (tiny models).
-        Case{2, 2, 8, torch::kFloat32, torch::kFloat32, {32}, {32}}));
+        Case{2, 2, 8, torch::kFloat32, torch::kFloat32, {32}, {32}}),
+    // Readable ctest names: H8_Hkv2_hd80_f32_cache_f32_rows3.
+    [](const ::testing::TestParamInfo<Case>& i) {
+      const auto& c = i.param;
+      auto dt = [](torch::ScalarType t) { return std::string(t == torch::kFloat32 ? "f32" : "bf16"); };
+      return "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_hd" + std::to_string(c.hd) + "_" +
+             dt(c.dt) + "_cache_" + dt(c.cache_dt) + "_rows" + std::to_string(c.lens.size());
+    });
 
 TEST(DecodeAttentionMask, VisiblePrefixFromMask) {
   for (int64_t p0 : {0, 32, 64})
