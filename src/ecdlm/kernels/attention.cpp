@@ -26,35 +26,12 @@ constexpr int64_t kChunkRows = 32; // query rows (positions x GQA group) per wor
 
 int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
 
-float bf16_to_f32(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// f32 -> bf16 -> f32, nearest-even (c10::BFloat16's rounding for finite values).
-float round_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if (std::isnan(f)) return f;
-  u += 0x7FFFU + ((u >> 16) & 1U);
-  u &= 0xFFFF0000U;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
 // One source of K or V rows: element (row j, dim d) at p[j * ld + d], f32 or bf16.
 struct Src {
   const void* p = nullptr;
   int64_t ld = 0;
   bool bf16 = false;
   bool round = false;  // an f32 cache read by a bf16 call: round as `.to(bf16)` would
-  float at(int64_t j, int64_t d) const {
-    if (bf16) return bf16_to_f32(static_cast<const uint16_t*>(p)[j * ld + d]);
-    const float f = static_cast<const float*>(p)[j * ld + d];
-    return round ? round_bf16(f) : f;
-  }
 };
 
 // n bf16 values to f32 (exact: the bf16 bits are the f32's upper half).
@@ -103,23 +80,8 @@ struct Scratch {
   }
 };
 
-// Horizontal max / sum of 16 lanes, the sum in lane order.
-__attribute__((target("avx512f"))) float hmax(__m512 v) {
-  alignas(64) float a[16];
-  _mm512_store_ps(a, v);
-  float m = a[0];
-  for (int i = 1; i < 16; ++i) m = std::max(m, a[i]);
-  return m;
-}
-__attribute__((target("avx512f"))) float hsum(__m512 v) {
-  alignas(64) float a[16];
-  _mm512_store_ps(a, v);
-  float s = a[0];
-  for (int i = 1; i < 16; ++i) s += a[i];
-  return s;
-}
-
-__mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (n <= 0 ? 0 : (1U << n) - 1)); }
+using detail::hmax;
+using detail::tail_mask;
 
 // s[r][j] = q[r] · kt[:, j] for 4 query rows and keys [0, nk) rounded up to kKeyBlock; the sum
 // over d runs in order 0..hd-1 for every (row, key), whichever rows share the tile.
@@ -175,7 +137,7 @@ __attribute__((target("avx512f"))) float softmax_row(float* s, int64_t n, int64_
     _mm512_storeu_ps(s + j, e);
     sum = _mm512_add_ps(sum, e);
   }
-  return hsum(sum);
+  return detail::hsum_ordered(sum);
 }
 
 // out[r][d] = inv[r] * sum_{j < nk} p[r][j] v[j][d] for 4 rows (p is 0 past a row's keys, so the
@@ -272,7 +234,8 @@ void run_item(const Call& c, const Item& it, Scratch& w) {
     if (src.bf16) {
       bf16_row_to_f32(static_cast<const uint16_t*>(src.p) + jj * src.ld, hd, buf);
     } else {
-      for (int64_t d = 0; d < hd; ++d) buf[d] = src.at(jj, d);
+      const float* f = static_cast<const float*>(src.p) + jj * src.ld;
+      for (int64_t d = 0; d < hd; ++d) buf[d] = static_cast<float>(c10::BFloat16(f[d]));
     }
     return buf;
   };

@@ -3,6 +3,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace ecdlm::kernels::detail {
 
 // The four sums of a, b, c, d (16 lanes each) into y[0..3]: one shuffle tree instead of four
@@ -14,6 +16,28 @@ __attribute__((target("avx512f"))) inline void reduce4(__m512 a, __m512 b, __m51
   t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
   t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
   _mm_storeu_ps(y, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, t)));
+}
+
+// The first n of 16 lanes (none for n <= 0, all for n >= 16).
+inline __mmask16 tail_mask(int64_t n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (n <= 0 ? 0 : (1U << n) - 1));
+}
+
+// Horizontal max and sum of 16 lanes, the sum in lane order (a fixed order: results that must
+// not depend on the batch use it).
+__attribute__((target("avx512f"))) inline float hmax(__m512 v) {
+  alignas(64) float a[16];
+  _mm512_store_ps(a, v);
+  float m = a[0];
+  for (int i = 1; i < 16; ++i) m = m < a[i] ? a[i] : m;
+  return m;
+}
+__attribute__((target("avx512f"))) inline float hsum_ordered(__m512 v) {
+  alignas(64) float a[16];
+  _mm512_store_ps(a, v);
+  float s = a[0];
+  for (int i = 1; i < 16; ++i) s += a[i];
+  return s;
 }
 
 // exp(x) for |x| <= 88: 2^n · p(r), r = x - n ln 2, Cephes' degree-6 expf polynomial (relative

@@ -16,23 +16,18 @@
 namespace ecdlm::kernels {
 namespace {
 
-__mmask16 tail(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1U << n) - 1); }
-
 __attribute__((target("avx512f"))) void greedy_row(const float* x, int64_t V, int64_t* token, double* prob) {
   __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t v = 0; v < V; v += 16) {
-    const __mmask16 m = tail(V - v);
+    const __mmask16 m = detail::tail_mask(V - v);
     mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, x + v));
   }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, mx);
-  float best = lanes[0];
-  for (int i = 1; i < 16; ++i) best = std::max(best, lanes[i]);
+  const float best = detail::hmax(mx);
   const __m512 b = _mm512_set1_ps(best);
   int64_t arg = -1;
   __m512 sum = _mm512_setzero_ps();
   for (int64_t v = 0; v < V; v += 16) {
-    const __mmask16 m = tail(V - v);
+    const __mmask16 m = detail::tail_mask(V - v);
     const __m512 xv = _mm512_maskz_loadu_ps(m, x + v);
     if (arg < 0) {
       const __mmask16 eq = _mm512_mask_cmp_ps_mask(m, xv, b, _CMP_EQ_OQ);
@@ -40,9 +35,7 @@ __attribute__((target("avx512f"))) void greedy_row(const float* x, int64_t V, in
     }
     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, detail::exp_ps(_mm512_sub_ps(xv, b))));
   }
-  _mm512_store_ps(lanes, sum);
-  float s = lanes[0];
-  for (int i = 1; i < 16; ++i) s += lanes[i];
+  const float s = detail::hsum_ordered(sum);
   *token = arg < 0 ? 0 : arg;  // no entry equals the max: NaN logits (torch's argmax would point at one)
   *prob = static_cast<double>(1.0F / s);
 }
