@@ -2,21 +2,13 @@
 # The 20-layer LLaDA2.0-mini shape (16.3B random parameters) in bf16 / q8 / q4: 256 tokens after a
 # 64-token prompt, llada2 threshold decoder (block 32, 32 steps per block, threshold 0.95, KV cache),
 # cold page cache before each run (needs root for drop_caches). Needs ~62 GB of disk.
-# INIT=spread (default) writes the model with `init --synthetic-routing`, whose routing spreads over
-# the experts like LLaDA2.0-mini's; INIT=plain keeps the training init (nearly every token routes
-# alike, so a generation touches about half the experts). N=tokens to generate (default 256).
-# Usage: [INIT=spread|plain] [N=256] scripts/gen_llada2_mini_20l.sh WORKDIR [ROUTING] [THREADS] [FORMATS]
+# N: tokens to generate (default 256); B: the binary (a copy keeps a long run safe from rebuilds).
+# Usage: [N=256] [B=build/ecdlm] scripts/gen_llada2_mini_20l.sh WORKDIR [ROUTING] [THREADS] [FORMATS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=$1 R=${2:-token} T=${3:-2} FORMATS=${4:-"q4 q8 bf16"} N=${N:-256}
 B=${B:-build/ecdlm}
-INIT_FLAGS=()
-case "${INIT:-spread}" in
-  spread) INIT_FLAGS=(--synthetic-routing) ;;
-  plain) ;;
-  *) echo "INIT must be spread or plain" >&2; exit 2 ;;
-esac
-[ -d "$W/bf16" ] || $B --threads "$T" init -c configs/models/llada2-mini-shaped-20l.json -o "$W/bf16" --dtype bf16 "${INIT_FLAGS[@]}"
+[ -d "$W/bf16" ] || $B --threads "$T" init -c configs/models/llada2-mini-shaped-20l.json -o "$W/bf16" --dtype bf16
 [ -d "$W/q8" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q8" --quantize q8
 [ -d "$W/q4" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q4" --quantize q4
 IDS=$(python3 -c "import random; random.seed(64); print(','.join(str(random.randrange(1000, 150000)) for _ in range(64)))")
