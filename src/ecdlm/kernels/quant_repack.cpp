@@ -18,6 +18,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_backend.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -49,9 +50,9 @@ std::unordered_map<const void*, Entry> g_cache;
 size_t g_sweep_at = 64;  // drop entries of freed weights when the map has doubled
 
 // Block-major: for each 16-row block, slot by slot, the 16 rows' 4-byte slots one after another,
-// so every output vector is written once, in order (q8's + 128 folded into the copy). Row by row
-// (4-byte scatter writes 64 bytes apart, then a second pass for the + 128) measured ~5 ms per
-// 1 MB expert weight on the loaded machine, inside the timed forwards that first met the weight.
+// so every output vector is written once, in order, q8's + 128 folded in (before: 4-byte writes
+// 64 bytes apart, then a second pass). Most of a copy's cost is its fresh pages: ~4 ms per MB in
+// the 2-core PVM guest (page faults), hence prepack_quant before decoding.
 std::shared_ptr<Packed> build(const io::QuantWeight& w) {
   auto p = std::make_shared<Packed>();
   const QwOperand o = weight_operand(w);
@@ -226,6 +227,7 @@ void set_quant_repack(bool on) { detail::g_repack = on; }
 bool quant_repack() { return detail::g_repack.load(std::memory_order_relaxed); }
 
 void prepack_quant(const std::vector<const io::QuantWeight*>& ws) {
+  if (!cpu_has_avx512_vnni()) return;  // only the vnni kernels read the copies
   at::parallel_for(0, static_cast<int64_t>(ws.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) (void)detail::packed(*ws[size_t(i)]);
   });
