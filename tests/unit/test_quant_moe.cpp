@@ -3,6 +3,7 @@
 // region against one expert at a time (bit for bit) and against the f64 reference composition,
 // on every path this CPU has, with K tails (q8 % 64, q4 % 128), F tails of the 64-row units,
 // empty experts and both output dtypes.
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -180,6 +181,33 @@ TEST_P(QuantMoeTest, WideExpertsTakeTheTokenLanes) {
           << io::quant_format_name(f) << " expert " << i;
       r += counts[i];
     }
+  }
+}
+
+// The units of phases 2 and 3 are split over the threads by cost (one expert with most of the
+// rows, many with one): every thread count gives the same bits, one expert at a time too.
+TEST_P(QuantMoeTest, CostBalancedSplitGivesTheSameBitsOnAnyThreadCount) {
+  torch::manual_seed(26);
+  const std::vector<int64_t> counts = {40, 1, 0, 1, 2, 1, 9, 1, 1, 3, 1, 18, 1};
+  int64_t P = 0;
+  for (auto c : counts) P += c;
+  const QuantFormat f{QuantKind::kQ4, 32};
+  const auto ex = make_experts(int64_t(counts.size()), 128, 192, f);
+  const auto x = torch::randn({P, 128}).to(torch::kBFloat16);
+  const int before = at::get_num_threads();
+  std::vector<torch::Tensor> ys;
+  for (int t : {1, 2, 3, 5}) {
+    at::set_num_threads(t);
+    ys.push_back(kernels::quant_moe(x, counts, ex.view(0, counts.size()), torch::kBFloat16, GetParam()));
+  }
+  at::set_num_threads(before);
+  for (size_t i = 1; i < ys.size(); ++i) EXPECT_TRUE(torch::equal(ys[0], ys[i])) << "thread count #" << i;
+  int64_t r = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    const auto one = kernels::quant_moe(x.narrow(0, r, counts[i]), {counts[i]}, ex.view(i, i + 1), torch::kBFloat16, GetParam());
+    EXPECT_TRUE(torch::equal(ys[0].narrow(0, r, counts[i]), one)) << "expert " << i;
+    r += counts[i];
   }
 }
 

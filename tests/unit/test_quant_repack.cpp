@@ -10,6 +10,7 @@
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_backend.h"
+#include "ecdlm/kernels/quant_repack.h"
 
 namespace ecdlm {
 namespace {
@@ -96,6 +97,28 @@ TEST_F(QuantRepack, FusedMoeEqualsOneExpertAtATime) {
           << io::quant_format_name(f) << " expert " << e;
       r += counts[e];
     }
+  }
+}
+
+// prepack_quant builds the copies up front (in parallel) and the kernels then use those very copies.
+TEST_F(QuantRepack, PrepackBuildsTheCopiesTheKernelsUse) {
+  torch::manual_seed(34);
+  RepackOn on;
+  std::vector<io::QuantWeight> ws;
+  for (const auto& f : kFormats) ws.push_back(io::quantize(torch::randn({37, 192}) * 0.1, f));  // N % 16, q4 K tail
+  std::vector<const io::QuantWeight*> ptrs;
+  for (const auto& w : ws) {
+    ptrs.push_back(&w);
+    EXPECT_FALSE(kernels::detail::has_packed(w));
+  }
+  kernels::prepack_quant(ptrs);
+  const auto x = torch::randn({3, 192});
+  for (const auto& w : ws) {
+    EXPECT_TRUE(kernels::detail::has_packed(w)) << io::quant_format_name(w.format);
+    EXPECT_EQ(kernels::detail::packed(w)->NB, 3);
+    const auto y = kernels::quant_linear(x, w, QuantKernel::kVnni);
+    EXPECT_LT((y.to(torch::kFloat64) - kernels::quant_linear_reference(x, w, true)).abs().max().item<double>(), 1e-3)
+        << io::quant_format_name(w.format);
   }
 }
 

@@ -143,6 +143,8 @@ struct Packed {
 // Whether the vnni drivers run products under kLaneMinRows rows on packed copies: quant_repack.h.
 // w's packed copy, built on the first call and shared until w's storage is freed. Thread-safe.
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w);
+// Whether w's packed copy is built already (tests).
+bool has_packed(const io::QuantWeight& w);
 // vnni_rows over the packed copy p of w (n0 a multiple of 16).
 void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                       int64_t ldy);

@@ -9,6 +9,7 @@
 // (low: inputs 4s .., high: 64 + 4s .. of a 128-input chunk, as the row layout).
 // The packed copy is built on first use and lives as long as the weight's storage (weak
 // reference), beside the row layout, which the other paths and q4's K % 128 tail still read.
+#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_backend.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -47,6 +49,10 @@ std::mutex g_mu;
 std::unordered_map<const void*, Entry> g_cache;
 size_t g_sweep_at = 64;  // drop entries of freed weights when the map has doubled
 
+// Block-major: for each 16-row block, slot by slot, the 16 rows' 4-byte slots one after another,
+// so every output vector is written once, in order, q8's + 128 folded in (before: 4-byte writes
+// 64 bytes apart, then a second pass). Most of a copy's cost is its fresh pages: ~4 ms per MB in
+// the 2-core PVM guest (page faults), hence prepack_quant before decoding.
 std::shared_ptr<Packed> build(const io::QuantWeight& w) {
   auto p = std::make_shared<Packed>();
   const QwOperand o = weight_operand(w);
@@ -56,28 +62,29 @@ std::shared_ptr<Packed> build(const io::QuantWeight& w) {
   p->K = K;
   p->G = G;
   p->slots = q8 ? K / 4 : (K - K % io::kQ4Chunk) / 8;  // 64-byte vectors per block
-  p->q.assign(static_cast<size_t>(NB * p->slots * 64), 0);  // q8's missing rows: code 0 after the flip
+  p->q.resize(static_cast<size_t>(NB * p->slots * 64));
   p->d.assign(static_cast<size_t>(NB * KG * 16), 0);
   if (o.m) p->m.assign(static_cast<size_t>(NB * KG * 16), 0);
-  // Slot s of row n = b * 16 + j goes to vector (b, s), bytes 4j .. 4j + 3: 4-byte copies, then
-  // q8's + 128 over the whole buffer.
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t b = n / 16, j = n % 16;
-    const uint8_t* row = o.q + n * o.row_bytes;
-    uint8_t* out = p->q.data() + b * p->slots * 64 + j * 4;
-    for (int64_t s = 0; s < p->slots; ++s) std::memcpy(out + s * 64, row + 4 * s, 4);
-    for (int64_t g = 0; g < KG; ++g) {
-      p->d[size_t((b * KG + g) * 16 + j)] = o.d[n * KG + g];
-      if (o.m) p->m[size_t((b * KG + g) * 16 + j)] = o.m[n * KG + g];
+  const uint32_t flip = q8 ? 0x80808080U : 0U;  // q8's missing rows: code 0, i.e. 0x80 after the flip
+  for (int64_t b = 0; b < NB; ++b) {
+    const int64_t rows = std::min<int64_t>(16, N - b * 16);
+    uint8_t* out = p->q.data() + b * p->slots * 64;
+    const uint8_t* src = o.q + b * 16 * o.row_bytes;
+    for (int64_t s = 0; s < p->slots; ++s, out += 64)
+      for (int64_t j = 0; j < 16; ++j) {
+        uint32_t v = 0;
+        if (j < rows) std::memcpy(&v, src + j * o.row_bytes + 4 * s, 4);
+        v ^= flip;
+        std::memcpy(out + 4 * j, &v, 4);
+      }
+    for (int64_t j = 0; j < rows; ++j) {
+      const int64_t n = b * 16 + j;
+      for (int64_t g = 0; g < KG; ++g) {
+        p->d[size_t((b * KG + g) * 16 + j)] = o.d[n * KG + g];
+        if (o.m) p->m[size_t((b * KG + g) * 16 + j)] = o.m[n * KG + g];
+      }
     }
   }
-  if (q8)
-    for (size_t i = 0; i < p->q.size(); i += 8) {
-      uint64_t v;
-      std::memcpy(&v, p->q.data() + i, 8);
-      v ^= 0x8080808080808080ULL;
-      std::memcpy(p->q.data() + i, &v, 8);
-    }
   return p;
 }
 
@@ -190,6 +197,12 @@ std::shared_ptr<const Packed> packed(const io::QuantWeight& w) {
   return p;
 }
 
+bool has_packed(const io::QuantWeight& w) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  const auto it = g_cache.find(w.qweight.data_ptr());
+  return it != g_cache.end() && same(it->second, w);
+}
+
 void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                       int64_t ldy) {
   const bool q8 = w.kind == io::QuantKind::kQ8;
@@ -212,5 +225,12 @@ namespace ecdlm::kernels {
 
 void set_quant_repack(bool on) { detail::g_repack = on; }
 bool quant_repack() { return detail::g_repack.load(std::memory_order_relaxed); }
+
+void prepack_quant(const std::vector<const io::QuantWeight*>& ws) {
+  if (!cpu_has_avx512_vnni()) return;  // only the vnni kernels read the copies
+  at::parallel_for(0, static_cast<int64_t>(ws.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) (void)detail::packed(*ws[size_t(i)]);
+  });
+}
 
 }  // namespace ecdlm::kernels

@@ -5,10 +5,19 @@
 // against the 4 x 4 tiles' ~4-5, but every weight it touches is held twice (the row layout stays
 // mapped): off by default. Process-wide; other CPUs ignore it.
 #pragma once
+#include <vector>
+
+namespace ecdlm::io {
+struct QuantWeight;
+}
 
 namespace ecdlm::kernels {
 
 void set_quant_repack(bool on);
 bool quant_repack();
+// Builds the packed copies of ws now, in parallel, instead of on first use: a first use inside a
+// decoding step copies the weight single-threaded in the middle of the step (bench generate
+// measured a third of the copies inside its timed forwards after its warm-up).
+void prepack_quant(const std::vector<const io::QuantWeight*>& ws);
 
 }  // namespace ecdlm::kernels

@@ -3,6 +3,7 @@
 #include <memory>
 #include <regex>
 
+#include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/strings.h"
@@ -281,6 +282,16 @@ int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p) {
     }
   }
   return n;
+}
+
+int64_t prepack_routed_experts(MoeDlmImpl& model) {
+  std::vector<const io::QuantWeight*> ws;
+  for (const auto& m : model.named_modules())
+    if (auto ex = std::dynamic_pointer_cast<moe::ExpertsImpl>(m.value()); ex && ex->quantized())
+      for (int proj = 0; proj < 3; ++proj)
+        for (int64_t e = 0; e < ex->num_experts(); ++e) ws.push_back(&ex->quant_w(proj, e));
+  kernels::prepack_quant(ws);
+  return static_cast<int64_t>(ws.size());
 }
 
 }  // namespace ecdlm

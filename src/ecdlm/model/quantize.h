@@ -97,5 +97,8 @@ class MoeDlmImpl;
 // llada2_moe checkpoint names them) and binds them as the loader binds a quantized file: the same
 // forward as convert --quantize + a mapped load (benchmarks, tests). Returns the weights packed.
 int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p);
+// Builds the output-lane copies (kernels/quant_repack.h) of every packed routed expert of `model`
+// now, in parallel, so no decoding step pays a first-use copy. Returns the weights packed.
+int64_t prepack_routed_experts(MoeDlmImpl& model);
 
 }  // namespace ecdlm
