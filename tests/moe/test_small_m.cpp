@@ -113,6 +113,49 @@ TEST_P(SmallMTest, FusedMoeEqualsExpertByExpert) {
   EXPECT_EQ(ex->num_touched(), 5);
 }
 
+// A many-row step: experts of 1-150 rows (every tail of the 4- and 6-row chunks and the 64-row
+// passes, N and K tails of the 4-row tiles and the 64-row units), all in one grouped call. Each
+// expert equals the same kernel on that expert alone, near f64; and every row equals that row
+// computed alone, bit for bit (a served row's output does not depend on its batch).
+TEST_P(SmallMTest, GroupedMoeTakesAnyRowCountAndRowsStayIndependent) {
+  torch::manual_seed(17);
+  torch::NoGradGuard ng;
+  for (auto df : std::vector<std::pair<int64_t, int64_t>>{{128, 96}, {100, 72}}) {
+    const auto [D, F] = df;
+    const std::vector<int64_t> counts = {17, 1, 150, 64, 65, 6, 23, 130};
+    std::vector<torch::Tensor> g, u, d;
+    int64_t P = 0;
+    for (auto c : counts) {
+      g.push_back(bf16_randn({F, D}, 0.1));
+      u.push_back(bf16_randn({F, D}, 0.1));
+      d.push_back(bf16_randn({D, F}, 0.1));
+      P += c;
+    }
+    auto x = bf16_randn({P, D});
+    const bool takes = small_m_moe_applies(x, counts, g, u, d);
+    if (GetParam() == SmallM::kAmx) {  // beyond 64 rows AMX leaves the product to torch
+      EXPECT_FALSE(takes);
+      continue;
+    }
+    ASSERT_TRUE(takes);
+    auto y = small_m_moe(x, counts, g, u, d);
+    int64_t row = 0;
+    for (size_t i = 0; i < counts.size(); ++i) {
+      const int64_t c = counts[i];
+      auto xi = x.narrow(0, row, c), yi = y.narrow(0, row, c);
+      EXPECT_TRUE(torch::equal(yi, small_m_moe(xi, {c}, {g[i]}, {u[i]}, {d[i]}))) << "D " << D << " expert " << i;
+      auto ref = torch::matmul(torch::silu(torch::matmul(f64(xi), f64(g[i]).t())) * torch::matmul(f64(xi), f64(u[i]).t()),
+                               f64(d[i]).t());
+      const double scale = ref.abs().max().item<double>();
+      EXPECT_LT(max_err(yi, ref), scale * 8e-3) << "D " << D << " expert " << i;
+      for (int64_t m : {int64_t{0}, c / 2, c - 1})
+        EXPECT_TRUE(torch::equal(yi.narrow(0, m, 1), small_m_moe(xi.narrow(0, m, 1), {1}, {g[i]}, {u[i]}, {d[i]})))
+            << "D " << D << " expert " << i << " row " << m;
+      row += c;
+    }
+  }
+}
+
 TEST_P(SmallMTest, ModulesTakeTheKernelOnlyWhereItApplies) {
   torch::manual_seed(9);
   const int64_t D = 64;
