@@ -2,18 +2,27 @@
 # The 20-layer LLaDA2.0-mini shape (16.3B random parameters) in bf16 / q8 / q4: 256 tokens after a
 # 64-token prompt, llada2 threshold decoder (block 32, 32 steps per block, threshold 0.95, KV cache),
 # cold page cache before each run (needs root for drop_caches). Needs ~62 GB of disk.
-# Usage: scripts/gen_llada2_mini_20l.sh WORKDIR [ROUTING] [THREADS]
+# INIT=spread (default) writes the model with `init --synthetic-routing`, whose routing spreads over
+# the experts like LLaDA2.0-mini's; INIT=plain keeps the training init (nearly every token routes
+# alike, so a generation touches about half the experts). N=tokens to generate (default 256).
+# Usage: [INIT=spread|plain] [N=256] scripts/gen_llada2_mini_20l.sh WORKDIR [ROUTING] [THREADS] [FORMATS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=$1 R=${2:-token} T=${3:-2}
-B=build/ecdlm
-[ -d "$W/bf16" ] || $B --threads "$T" init -c configs/models/llada2-mini-shaped-20l.json -o "$W/bf16" --dtype bf16
+W=$1 R=${2:-token} T=${3:-2} FORMATS=${4:-"q4 q8 bf16"} N=${N:-256}
+B=${B:-build/ecdlm}
+INIT_FLAGS=()
+case "${INIT:-spread}" in
+  spread) INIT_FLAGS=(--synthetic-routing) ;;
+  plain) ;;
+  *) echo "INIT must be spread or plain" >&2; exit 2 ;;
+esac
+[ -d "$W/bf16" ] || $B --threads "$T" init -c configs/models/llada2-mini-shaped-20l.json -o "$W/bf16" --dtype bf16 "${INIT_FLAGS[@]}"
 [ -d "$W/q8" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q8" --quantize q8
 [ -d "$W/q4" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q4" --quantize q4
 IDS=$(python3 -c "import random; random.seed(64); print(','.join(str(random.randrange(1000, 150000)) for _ in range(64)))")
-for F in q4 q8 bf16; do
+for F in $FORMATS; do
   sync; echo 1 > /proc/sys/vm/drop_caches || echo "(page cache not dropped: not root)"
-  /usr/bin/time -v $B --threads "$T" generate -m "$W/$F" --prompt-ids "$IDS" -n 256 --diffusion-block-length 32 \
+  /usr/bin/time -v $B --threads "$T" generate -m "$W/$F" --prompt-ids "$IDS" -n "$N" --diffusion-block-length 32 \
     --diffusion-threshold 0.95 --ignore-eos --mask-id 156895 --eos-id 156892 --moe-routing "$R" --json \
     > "$W/gen-$F-$R.json" 2> "$W/gen-$F-$R.time"
   python3 - "$W/gen-$F-$R.json" "$W/gen-$F-$R.time" "$F" <<'PY'

@@ -24,7 +24,7 @@ struct ConvertArgs {
   int64_t q_group = 32;
   bool q_lm_head = false;
   uint64_t seed = 1234;
-  bool allow_mismatch = false, json = false;
+  bool allow_mismatch = false, json = false, synthetic_routing = false;
 };
 
 int report(const ConvertArgs& a, const ConvertReport& r, const std::string& what) {
@@ -139,13 +139,18 @@ void register_convert(CLI::App& app) {
         ->capture_default_str();
     sub->add_option("-s,--seed", a->seed, "Initialization seed")->capture_default_str();
     sub->add_option("--max-shard-size", a->shard, "Largest shard (e.g. 5GB, 500MB)")->capture_default_str();
+    sub->add_flag("--synthetic-routing", a->synthetic_routing,
+                  "Embeddings N(0, 1) and a router that spreads tokens over experts like a trained LLaDA2.0-mini "
+                  "(about 69 distinct experts per 32-token block, as bench generate's synthetic model) instead of "
+                  "the training init, under which a random model routes nearly every token alike; for speed and "
+                  "memory studies. LLaDA2 configs (router with expert_bias)");
     sub->add_flag("--json", a->json, "Print the report as JSON");
     set_runner(sub, [a] {
       const json raw = read_json_file(a->config);
       const bool run_cfg = raw.is_object() && raw.contains("model");
       const ModelConfig cfg = run_cfg ? load_run_config(a->config).model : ModelConfig::load(a->config);
       return report(*a, init_checkpoint(cfg, a->dst, a->dtype, a->seed, parse_size(a->shard, "--max-shard-size"),
-                                        run_cfg ? nullptr : &raw),
+                                        run_cfg ? nullptr : &raw, a->synthetic_routing),
                     "initialized");
     });
   }

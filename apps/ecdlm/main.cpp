@@ -65,7 +65,8 @@ void apply_global_options() {
     checked = true;
     if (g.huge_pages) huge_pages::install();
     LOG_DEBUG("huge pages for tensors >= 4 MiB: " << (g.huge_pages ? "on" : "off") << " (THP "
-                                                  << huge_pages::thp_mode() << ")");
+                                                  << huge_pages::thp_mode() << "), freed blocks kept up to "
+                                                  << (huge_pages::cache_limit() >> 20) << " MiB");
     std::string blas = compat::detect_blas();
     if (blas == "reference")
       LOG_WARN("libtorch is running on the reference BLAS (about 30x slower): "
@@ -84,6 +85,7 @@ void register_serve(CLI::App& app);   // cmd_serve.cpp (likewise)
 
 int main(int argc, char** argv) {
   using namespace ecdlm::cli;
+  ecdlm::huge_pages::tune_malloc();  // before the first large allocation
   CLI::App app{"ecdlm: train, adapt and run Mixture-of-Experts masked-diffusion language models"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for all subcommands");

@@ -51,6 +51,39 @@ PY
 jq_py "$TMP/info.json" "m=j['memory']; p=m['per_policy']; assert m['bytes_per_weight']==2 and p['block']['bytes_per_forward_min'] < p['token']['bytes_per_forward_max'] <= p['ec']['bytes_per_forward_max'], m"
 "$ECDLM" info -m "$TMP/init" | grep -q -- "--moe-routing block" || fail "info table lacks the memory rows"
 
+# --- init --synthetic-routing: popularity-biased router, unit embeddings; refused without expert_bias ---
+"$ECDLM" init -c "$TINY/config.json" -o "$TMP/spread" --dtype bf16 --seed 3 --synthetic-routing > /dev/null \
+  || fail "init --synthetic-routing"
+python3 - "$TMP/spread/model.safetensors" "$TMP/init" <<'PY'
+import glob, json, math, struct, sys
+def tensors(path):
+    for f in ([path] if path.endswith(".safetensors") else sorted(glob.glob(path + "/*.safetensors"))):
+        raw = open(f, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        for name, meta in json.loads(raw[8:8 + n]).items():
+            if name == "__metadata__": continue
+            a, b = meta["data_offsets"]
+            data = raw[8 + n + a:8 + n + b]
+            if meta["dtype"] == "F32": vals = struct.unpack("<%df" % (len(data) // 4), data)
+            else: vals = [struct.unpack("<f", b"\0\0" + data[i:i + 2])[0] for i in range(0, len(data), 2)]
+            yield name, vals
+spread, plain = dict(tensors(sys.argv[1])), dict(tensors(sys.argv[2]))
+biases = [k for k in spread if k.endswith("gate.expert_bias")]
+assert biases, "no expert_bias written"
+for k in biases:
+    want = sorted(-0.045 * math.log1p(r) for r in range(len(spread[k])))
+    assert all(abs(x - y) < 1e-6 for x, y in zip(sorted(spread[k]), want)), (k, spread[k])
+    assert all(v == 0 for v in plain[k]), k
+std = lambda v: math.sqrt(sum(x * x for x in v) / len(v))
+emb = [k for k in spread if k.endswith("word_embeddings.weight")][0]
+assert 0.9 < std(spread[emb]) < 1.1 and std(plain[emb]) < 0.05, (std(spread[emb]), std(plain[emb]))
+gate = [k for k in spread if k.endswith("mlp.gate.weight")][0]
+D = 64
+assert abs(std(spread[gate]) - 2 / math.sqrt(D)) < 0.05, std(spread[gate])
+print("synthetic routing: expert_bias = -0.045 ln(1 + rank) in", len(biases), "layers")
+PY
+[ $? -eq 0 ] || fail "init --synthetic-routing tensors"
+
 # --- export: our TC model -> LLaDA2 layout ------------------------------------------------------------
 python3 - "$TMP" <<'PY'
 import json, sys
@@ -64,6 +97,9 @@ json.dump(cfg, open(sys.argv[1] + "/sig.json", "w"))
 PY
 "$ECDLM" init -c "$TMP/soft.json" -o "$TMP/soft" > /dev/null || fail "init soft"
 "$ECDLM" init -c "$TMP/sig.json" -o "$TMP/sig" > /dev/null || fail "init sig"
+expect_rc 2 "$ECDLM" init -c "$TMP/soft.json" -o "$TMP/soft-spread" --synthetic-routing
+grep -q "expert_bias" "$TMP/err.txt" || fail "--synthetic-routing refusal does not say why"
+[ ! -e "$TMP/soft-spread" ] || fail "a refused init left a directory"
 expect_rc 2 "$ECDLM" export -m "$TMP/soft" -o "$TMP/soft-hf"
 grep -q "sigmoid" "$TMP/err.txt" || fail "export refusal does not explain the mismatch"
 [ ! -e "$TMP/soft-hf" ] || fail "a refused export left a directory"

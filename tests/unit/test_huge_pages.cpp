@@ -18,6 +18,7 @@ bool aligned_2mb(const torch::Tensor &t) { return reinterpret_cast<std::uintptr_
 
 TEST(HugePages, LargeTensorsAreAlignedAccountedAndReleased) {
   install(4 * kMiB);
+  release_cached();  // a cached block may be larger than asked, which the byte counts below would see
   const auto before = bytes_in_use();
   {
     auto big = torch::empty({5 * static_cast<int64_t>(kMiB) / 4},
@@ -35,6 +36,7 @@ TEST(HugePages, LargeTensorsAreAlignedAccountedAndReleased) {
 
 TEST(HugePages, DisabledAllocationsStayPlain) {
   install(4 * kMiB);
+  release_cached();  // a cached block may be larger than asked, which the byte counts below would see
   const auto before = bytes_in_use();
   set_enabled(false);
   auto plain = torch::zeros({8 * static_cast<int64_t>(kMiB)}, torch::kUInt8);
@@ -46,6 +48,49 @@ TEST(HugePages, DisabledAllocationsStayPlain) {
   plain = torch::Tensor();
   huge = torch::Tensor();
   EXPECT_EQ(bytes_in_use(), before);
+}
+
+TEST(HugePages, FreedBlocksAreReusedUpToTheCacheLimit) {
+  install(4 * kMiB);
+  const auto saved_limit = cache_limit();
+  release_cached();
+  set_cache_limit(20 * kMiB);
+  auto mib = [](std::size_t n) { return torch::empty({static_cast<int64_t>(n * kMiB)}, torch::kUInt8); };
+
+  auto a = mib(16);
+  void *const a_ptr = a.data_ptr();
+  a = torch::Tensor();
+  EXPECT_EQ(cached_bytes(), 16 * kMiB);
+  const auto hits = cache_hits();
+  auto b = mib(15);  // rounds to 16 MiB: served from the freed block, which counts as in use again
+  EXPECT_EQ(b.data_ptr(), a_ptr);
+  EXPECT_EQ(cache_hits(), hits + 1);
+  EXPECT_EQ(cached_bytes(), 0u);
+  auto smaller = mib(4);  // 16 MiB is more than a quarter (and 4 MiB) too large for 4 MiB
+  EXPECT_NE(smaller.data_ptr(), a_ptr);
+  b = torch::Tensor();
+  smaller = torch::Tensor();
+  EXPECT_EQ(cached_bytes(), 20 * kMiB);
+
+  // Over the limit the oldest blocks go first; a block larger than the limit is never kept.
+  auto c = mib(8), d = mib(8), e = mib(8);
+  void *const e_ptr = e.data_ptr();
+  c = torch::Tensor();
+  d = torch::Tensor();
+  e = torch::Tensor();
+  EXPECT_EQ(cached_bytes(), 16 * kMiB);
+  auto f = mib(8);
+  auto g = mib(8);
+  EXPECT_TRUE(f.data_ptr() == e_ptr || g.data_ptr() == e_ptr);  // the newest survived
+  auto huge = mib(24);
+  huge = torch::Tensor();
+  EXPECT_EQ(cached_bytes(), 0u);
+
+  f = torch::Tensor();
+  g = torch::Tensor();
+  set_cache_limit(0);
+  EXPECT_EQ(cached_bytes(), 0u);
+  set_cache_limit(saved_limit);
 }
 
 TEST(HugePages, KernelBacksTouchedBlocksWithHugePages) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
@@ -432,11 +433,16 @@ static std::vector<std::pair<std::string, std::vector<int64_t>>> init_shapes(con
 }
 
 ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, const std::string& dtype,
-                              uint64_t seed, uint64_t max_shard_bytes, const json* raw_config) {
+                              uint64_t seed, uint64_t max_shard_bytes, const json* raw_config,
+                              bool synthetic_routing) {
   const auto want = parse_out_dtype(dtype, "--dtype");
   if (!want) fail("", "--dtype", "'keep' has no meaning for a new model", "use f32, bf16 or f16");
   cfg.validate(dst);
   const auto shapes = init_shapes(cfg, dst);
+  if (synthetic_routing && std::none_of(shapes.begin(), shapes.end(),
+                                        [](const auto& s) { return ends_with(s.first, "gate.expert_bias"); }))
+    fail("", "--synthetic-routing", "the config's router has no expert_bias to carry the popularity bias",
+         "use a LLaDA2 config with moe_router_enable_expert_bias (e.g. configs/models/llada2-mini-shaped-20l.json)");
   auto gen = std::make_shared<torch::Generator>(at::detail::createCPUGenerator(seed));
   const auto dt = io::dtype_to_torch(*want);
   std::vector<io::PendingTensor> tensors;
@@ -447,6 +453,23 @@ ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, co
     const bool is_bias = ends_with(name, "expert_bias");
     p.dtype = is_bias ? io::DType::F32 : *want;
     const auto init = param_init(name, cfg.num_hidden_layers);
+    if (synthetic_routing) {
+      if (is_bias) {
+        p.make = [gen, E = shape[0]] { return synthetic_expert_bias(E, *gen); };
+        tensors.push_back(std::move(p));
+        continue;
+      }
+      if (ends_with(name, ".mlp.gate.weight")) {
+        p.make = [gen, E = shape[0], D = shape[1], dt] { return synthetic_router_weight(E, D, *gen).to(dt); };
+        tensors.push_back(std::move(p));
+        continue;
+      }
+      if (ends_with(name, "word_embeddings.weight")) {
+        p.make = [gen, shape = shape, dt] { return at::normal(0.0, 1.0, shape, *gen).to(dt); };
+        tensors.push_back(std::move(p));
+        continue;
+      }
+    }
     p.make = [gen, shape = shape, is_bias, init, dt] {
       if (is_bias) return torch::zeros(shape, torch::kFloat32);
       if (init.ones) return torch::ones(shape, dt);

@@ -59,9 +59,10 @@ ConvertReport export_llada2(const std::string& src, const std::string& dst, cons
 // A randomly initialized model dir for `cfg` (N(0, 0.02), output projections / sqrt(2 layers),
 // norms 1, expert_bias 0), generated tensor by tensor: memory stays at one tensor.
 // `raw_config`, when given, is written as config.json (an HF config stays byte-for-byte its key
-// set, torch_dtype updated); otherwise cfg's own JSON.
+// set, torch_dtype updated); otherwise cfg's own JSON. `synthetic_routing`: embeddings and
+// router as model/init.h's synthetic_router_* (needs a router with expert_bias, as LLaDA2's).
 ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, const std::string& dtype,
                               uint64_t seed, uint64_t max_shard_bytes = 5ull << 30,
-                              const nlohmann::json* raw_config = nullptr);
+                              const nlohmann::json* raw_config = nullptr, bool synthetic_routing = false);
 
 }  // namespace ecdlm

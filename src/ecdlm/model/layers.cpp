@@ -16,6 +16,15 @@ ParamInit param_init(const std::string& name, int64_t num_hidden_layers) {
   return {false, out ? 0.02 / std::sqrt(2.0 * static_cast<double>(num_hidden_layers)) : 0.02};
 }
 
+torch::Tensor synthetic_router_weight(int64_t num_experts, int64_t hidden, c10::optional<at::Generator> gen) {
+  return at::normal(0.0, 2.0 / std::sqrt(static_cast<double>(hidden)), {num_experts, hidden}, std::move(gen));
+}
+
+torch::Tensor synthetic_expert_bias(int64_t num_experts, c10::optional<at::Generator> gen) {
+  auto rank = at::randperm(num_experts, std::move(gen), torch::kInt64).to(torch::kFloat32);
+  return -kSyntheticPopularityBias * torch::log1p(rank);
+}
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
