@@ -110,6 +110,7 @@ void BM_ManyRowsMoe(benchmark::State& state) {
   };
   std::vector<Sorted> in;
   double unique = 0, max_rows = 0;
+  torch::manual_seed(rows);  // the same tokens (and routing) for every path
   for (auto& b : blocks) {
     auto x = torch::randn({1, rows * 32, 2048}).to(torch::kBFloat16);
     auto plan = b->route(x, moe::MoeForwardArgs{});
