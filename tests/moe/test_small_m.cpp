@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "ecdlm/kernels/head.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/nn/linear.h"
@@ -156,6 +157,33 @@ TEST_P(SmallMTest, GroupedMoeTakesAnyRowCountAndRowsStayIndependent) {
   }
 }
 
+// The LM head over a batch's masked positions: any row count (tails of the 6-row chunks, the
+// 64-row passes and the 64-row weight units), near f64, and every row the same bits as that row
+// through the small-M kernel alone (what a one-row step computes).
+TEST_P(SmallMTest, HeadTakesAnyRowCountAndRowsStayIndependent) {
+  torch::manual_seed(19);
+  torch::NoGradGuard ng;
+  for (auto nk : std::vector<std::pair<int64_t, int64_t>>{{67, 31}, {130, 2048}, {1, 64}}) {
+    const auto [N, K] = nk;
+    auto w = bf16_randn({N, K});
+    for (int64_t M : {1, 16, 17, 64, 65, 131}) {
+      auto x = bf16_randn({M, K});
+      if (GetParam() == SmallM::kAmx) {  // AMX keeps its own small-M tiles and oneDNN beyond
+        EXPECT_FALSE(head_linear_applies(x, w));
+        continue;
+      }
+      ASSERT_TRUE(head_linear_applies(x, w));
+      auto y = head_linear(x, w);
+      ASSERT_EQ(y.scalar_type(), torch::kFloat32);
+      EXPECT_LT(max_err(y, torch::matmul(f64(x), f64(w).t())), 1e-6 * static_cast<double>(K) + 1e-6)
+          << "M " << M << " N " << N << " K " << K;
+      for (int64_t m : {int64_t{0}, M / 2, M - 1})
+        EXPECT_TRUE(torch::equal(y.narrow(0, m, 1), small_m_linear(x.narrow(0, m, 1), w)))
+            << "M " << M << " N " << N << " row " << m;
+    }
+  }
+}
+
 TEST_P(SmallMTest, ModulesTakeTheKernelOnlyWhereItApplies) {
   torch::manual_seed(9);
   const int64_t D = 64;
@@ -202,6 +230,7 @@ TEST(SmallMFlag, ParsesAndRefusesUnknownOrMissingBackends) {
   if (!cpu_has_avx512_bf16()) EXPECT_THROW(parse_small_m("avx512", "--kernel"), UserError);
   set_small_m(SmallM::kTorch);
   EXPECT_EQ(small_m_max_rows(), 0);
+  EXPECT_FALSE(head_linear_applies(torch::randn({20, 32}).to(torch::kBFloat16), torch::randn({8, 32}).to(torch::kBFloat16)));
   set_small_m(SmallM::kAuto);
   EXPECT_EQ(small_m_backend(), cpu_has_amx_bf16() ? SmallM::kAmx : cpu_has_avx512_bf16() ? SmallM::kAvx512 : SmallM::kTorch);
 }

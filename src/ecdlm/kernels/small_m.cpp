@@ -9,6 +9,7 @@
 
 #include "ecdlm/kernels/attention.h"
 #include "ecdlm/kernels/backend.h"
+#include "ecdlm/kernels/head.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::kernels {
@@ -384,6 +385,33 @@ torch::Tensor small_m_linear(const torch::Tensor& x_MK, const torch::Tensor& w_N
   const int64_t M = x_MK.size(0), K = x_MK.size(1), N = w_NK.size(0);
   auto y_MN = torch::empty({M, N}, torch::kFloat32);
   if (N > 0) run_linear(bits(x_MK), M, K, bits(w_NK), N, y_MN.data_ptr<float>(), isa_for(M, {{K, N}}));
+  return y_MN;
+}
+
+bool head_linear_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  return small_m_backend() == SmallM::kAvx512 && cpu_has_avx512_bf16() && x_MK.dim() == 2 && w_NK.dim() == 2 &&
+         x_MK.size(1) == w_NK.size(1) && x_MK.size(0) >= 1 && plain_bf16(x_MK) && plain_bf16(w_NK);
+}
+
+torch::Tensor head_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  TORCH_CHECK(head_linear_applies(x_MK, w_NK), "head_linear: inputs the kernel does not take");
+  const int64_t M = x_MK.size(0), K = x_MK.size(1), N = w_NK.size(0);
+  auto y_MN = torch::empty({M, N}, torch::kFloat32);
+  if (M <= kAvx512MaxM) {  // small_m_linear's own path: one pass over the weights
+    if (N > 0) run_linear(bits(x_MK), M, K, bits(w_NK), N, y_MN.data_ptr<float>(), Isa::kAvx512);
+    return y_MN;
+  }
+  // 64 weight rows a unit, its token rows 64 at a time: the unit's weights and a chunk of x
+  // stay in L2 together.
+  const uint16_t* x = bits(x_MK);
+  const uint16_t* w = bits(w_NK);
+  float* y = y_MN.data_ptr<float>();
+  const int64_t units = (N + kUnitRows - 1) / kUnitRows;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u)
+    for (int64_t m0 = 0; m0 < M; m0 += kAmxMaxM)
+      detail::avx512_rows(x + m0 * K, std::min(kAmxMaxM, M - m0), K, w, u * kUnitRows, std::min(N, (u + 1) * kUnitRows),
+                          y + m0 * N + u * kUnitRows, N);
   return y_MN;
 }
 
