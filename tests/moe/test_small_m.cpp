@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "ecdlm/kernels/head.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/nn/linear.h"
@@ -113,6 +114,76 @@ TEST_P(SmallMTest, FusedMoeEqualsExpertByExpert) {
   EXPECT_EQ(ex->num_touched(), 5);
 }
 
+// A many-row step: experts of 1-150 rows (every tail of the 4- and 6-row chunks and the 64-row
+// passes, N and K tails of the 4-row tiles and the 64-row units), all in one grouped call. Each
+// expert equals the same kernel on that expert alone, near f64; and every row equals that row
+// computed alone, bit for bit (a served row's output does not depend on its batch).
+TEST_P(SmallMTest, GroupedMoeTakesAnyRowCountAndRowsStayIndependent) {
+  torch::manual_seed(17);
+  torch::NoGradGuard ng;
+  for (auto df : std::vector<std::pair<int64_t, int64_t>>{{128, 96}, {100, 72}}) {
+    const auto [D, F] = df;
+    const std::vector<int64_t> counts = {17, 1, 150, 64, 65, 6, 23, 130};
+    std::vector<torch::Tensor> g, u, d;
+    int64_t P = 0;
+    for (auto c : counts) {
+      g.push_back(bf16_randn({F, D}, 0.1));
+      u.push_back(bf16_randn({F, D}, 0.1));
+      d.push_back(bf16_randn({D, F}, 0.1));
+      P += c;
+    }
+    auto x = bf16_randn({P, D});
+    const bool takes = small_m_moe_applies(x, counts, g, u, d);
+    if (GetParam() == SmallM::kAmx) {  // beyond 64 rows AMX leaves the product to torch
+      EXPECT_FALSE(takes);
+      continue;
+    }
+    ASSERT_TRUE(takes);
+    auto y = small_m_moe(x, counts, g, u, d);
+    int64_t row = 0;
+    for (size_t i = 0; i < counts.size(); ++i) {
+      const int64_t c = counts[i];
+      auto xi = x.narrow(0, row, c), yi = y.narrow(0, row, c);
+      EXPECT_TRUE(torch::equal(yi, small_m_moe(xi, {c}, {g[i]}, {u[i]}, {d[i]}))) << "D " << D << " expert " << i;
+      auto ref = torch::matmul(torch::silu(torch::matmul(f64(xi), f64(g[i]).t())) * torch::matmul(f64(xi), f64(u[i]).t()),
+                               f64(d[i]).t());
+      const double scale = ref.abs().max().item<double>();
+      EXPECT_LT(max_err(yi, ref), scale * 8e-3) << "D " << D << " expert " << i;
+      for (int64_t m : {int64_t{0}, c / 2, c - 1})
+        EXPECT_TRUE(torch::equal(yi.narrow(0, m, 1), small_m_moe(xi.narrow(0, m, 1), {1}, {g[i]}, {u[i]}, {d[i]})))
+            << "D " << D << " expert " << i << " row " << m;
+      row += c;
+    }
+  }
+}
+
+// The LM head over a batch's masked positions: any row count (tails of the 6-row chunks, the
+// 64-row passes and the 64-row weight units), near f64, and every row the same bits as that row
+// through the small-M kernel alone (what a one-row step computes).
+TEST_P(SmallMTest, HeadTakesAnyRowCountAndRowsStayIndependent) {
+  torch::manual_seed(19);
+  torch::NoGradGuard ng;
+  for (auto nk : std::vector<std::pair<int64_t, int64_t>>{{67, 31}, {130, 2048}, {1, 64}}) {
+    const auto [N, K] = nk;
+    auto w = bf16_randn({N, K});
+    for (int64_t M : {1, 16, 17, 64, 65, 131}) {
+      auto x = bf16_randn({M, K});
+      if (GetParam() == SmallM::kAmx) {  // AMX keeps its own small-M tiles and oneDNN beyond
+        EXPECT_FALSE(head_linear_applies(x, w));
+        continue;
+      }
+      ASSERT_TRUE(head_linear_applies(x, w));
+      auto y = head_linear(x, w);
+      ASSERT_EQ(y.scalar_type(), torch::kFloat32);
+      EXPECT_LT(max_err(y, torch::matmul(f64(x), f64(w).t())), 1e-6 * static_cast<double>(K) + 1e-6)
+          << "M " << M << " N " << N << " K " << K;
+      for (int64_t m : {int64_t{0}, M / 2, M - 1})
+        EXPECT_TRUE(torch::equal(y.narrow(0, m, 1), small_m_linear(x.narrow(0, m, 1), w)))
+            << "M " << M << " N " << N << " row " << m;
+    }
+  }
+}
+
 TEST_P(SmallMTest, ModulesTakeTheKernelOnlyWhereItApplies) {
   torch::manual_seed(9);
   const int64_t D = 64;
@@ -159,6 +230,7 @@ TEST(SmallMFlag, ParsesAndRefusesUnknownOrMissingBackends) {
   if (!cpu_has_avx512_bf16()) EXPECT_THROW(parse_small_m("avx512", "--kernel"), UserError);
   set_small_m(SmallM::kTorch);
   EXPECT_EQ(small_m_max_rows(), 0);
+  EXPECT_FALSE(head_linear_applies(torch::randn({20, 32}).to(torch::kBFloat16), torch::randn({8, 32}).to(torch::kBFloat16)));
   set_small_m(SmallM::kAuto);
   EXPECT_EQ(small_m_backend(), cpu_has_amx_bf16() ? SmallM::kAmx : cpu_has_avx512_bf16() ? SmallM::kAvx512 : SmallM::kTorch);
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ecdlm/kernels/head.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/kernels/softmax.h"
 #include "ecdlm/util/error.h"
@@ -61,6 +62,9 @@ torch::Tensor head_logits(MoeDlm& model, const torch::Tensor& hidden_ND) {
   // kernel's case (f32 logits, no bf16 rounding).
   const auto& w_VD = model->lm_head->weight;
   if (!model->lm_head->quantized() && kernels::small_m_applies(hidden_ND, w_VD)) return kernels::small_m_linear(hidden_ND, w_VD);
+  // More rows (a batch's masked positions): the same tiles where they run at any M (AVX512), so a
+  // row's logits do not depend on the batch and stay f32 (torch's linear rounds them to bf16).
+  if (!model->lm_head->quantized() && kernels::head_linear_applies(hidden_ND, w_VD)) return kernels::head_linear(hidden_ND, w_VD);
   return to_f32_or_wider(model->lm_head(hidden_ND));
 }
 

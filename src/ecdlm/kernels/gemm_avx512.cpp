@@ -33,44 +33,44 @@ constexpr int64_t kPrefetch = 8192;
 template <int MC, int RT, bool PF>
 ECDLM_BF16_TARGET void dot_tile(const uint16_t* x, const uint16_t* w, int64_t K, float* y, int64_t ldy) {
   __m512 acc[RT][MC];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < RT; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MC; ++m) acc[r][m] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     __m512bh w_v[RT];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < RT; ++r) {
       w_v[r] = (__m512bh)_mm512_loadu_si512(w + r * K + k);
       if constexpr (PF) _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k + kPrefetch), _MM_HINT_T1);
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MC; ++m) {
       const auto x_v = (__m512bh)_mm512_loadu_si512(x + m * K + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x_v, w_v[r]);
     }
   }
   if (k < K) {  // masked tail: lanes past K load as zero
     const auto mask = static_cast<__mmask32>((1ULL << (K - k)) - 1);
     __m512bh w_v[RT];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < RT; ++r) w_v[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * K + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MC; ++m) {
       const auto x_v = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], x_v, w_v[r]);
     }
   }
   if constexpr (RT == 4) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MC; ++m) reduce4(acc[0][m], acc[1][m], acc[2][m], acc[3][m], y + m * ldy);
   } else {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MC; ++m)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) y[m * ldy + r] = _mm512_reduce_add_ps(acc[r][m]);
   }
 }
@@ -81,7 +81,9 @@ void dot_tile_m(int64_t mc, const uint16_t* x, const uint16_t* w, int64_t K, flo
     case 1: return dot_tile<1, RT, PF>(x, w, K, y, ldy);
     case 2: return dot_tile<2, RT, PF>(x, w, K, y, ldy);
     case 3: return dot_tile<3, RT, PF>(x, w, K, y, ldy);
-    default: return dot_tile<4, RT, PF>(x, w, K, y, ldy);
+    case 4: return dot_tile<4, RT, PF>(x, w, K, y, ldy);
+    case 5: return dot_tile<5, RT, PF>(x, w, K, y, ldy);
+    default: return dot_tile<6, RT, PF>(x, w, K, y, ldy);
   }
 }
 
@@ -137,10 +139,14 @@ void dot_tile_f32_m(int64_t mc, const float* x, const float* w, int64_t K, float
 
 void avx512_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t n0, int64_t n1, float* y,
                  int64_t ldy) {
+  // Above 16 rows the weights are re-read from L2 for every chunk of token rows, so chunks of 6
+  // (24 accumulators, 4 + 6 loads per 24 dot products) beat 4. A row's sums do not depend on
+  // its chunk: every accumulator runs over k in the same order, and reduce4 sums each alone.
+  const int64_t chunk = M > 16 ? 6 : 4;
   for (int64_t nb = n0; nb < n1; nb += kBlockN) {
     const int64_t ne = std::min(n1, nb + kBlockN);
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const int64_t mc = std::min<int64_t>(4, M - m0);
+    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+      const int64_t mc = std::min<int64_t>(chunk, M - m0);
       if (m0 == 0)
         block_rows<true>(x, m0, mc, K, w, nb, ne, n0, y, ldy);
       else

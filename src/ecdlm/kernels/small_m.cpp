@@ -9,6 +9,7 @@
 
 #include "ecdlm/kernels/attention.h"
 #include "ecdlm/kernels/backend.h"
+#include "ecdlm/kernels/head.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::kernels {
@@ -52,6 +53,40 @@ Isa isa_for(int64_t M, std::initializer_list<std::pair<int64_t, int64_t>> k_n) {
       std::all_of(k_n.begin(), k_n.end(), [](auto kn) { return kn.first % kAmxK == 0 && kn.second % 16 == 0; }))
     return Isa::kAmx;
   return M <= kAvx512MaxM && cpu_has_avx512_bf16() ? Isa::kAvx512 : Isa::kNone;
+}
+
+// The grouped MoE (small_m_moe) on the AVX512 backend takes experts of any row count: each row's
+// sums run in the same fixed order at any M, so a token's expert output does not depend on how
+// many other tokens picked that expert (a served row stays independent of its batch), and all
+// experts of a many-row step run in one parallel region instead of one torch GEMM after another.
+// On AMX CPUs experts beyond 64 rows keep torch's path (oneDNN's AMX GEMM is faster there).
+Isa moe_isa(int64_t max_m, int64_t D, int64_t F) {
+  const Isa isa = isa_for(max_m, {{D, F}, {F, D}});
+  if (isa == Isa::kNone && max_m >= 1 && small_m_backend() == SmallM::kAvx512 && cpu_has_avx512_bf16())
+    return Isa::kAvx512;
+  return isa;
+}
+
+// The units [u0, u1) this thread runs out of n, in contiguous ranges of about equal cost: unit u
+// costs cost_prefix[u + 1] - cost_prefix[u]. Contiguous, so a thread streams one slice of the
+// weights; balanced, because experts of a many-row step differ in rows (8 against 60).
+std::pair<int64_t, int64_t> thread_units(const std::vector<double>& cost_prefix) {
+  const int t = omp_get_thread_num(), T = omp_get_num_threads();
+  const double total = cost_prefix.back();
+  const auto at = [&](int i) {
+    if (i == 0) return int64_t{0};
+    if (i == T) return static_cast<int64_t>(cost_prefix.size()) - 1;
+    // first unit whose midpoint lies at or past i / T of the cost
+    const double target = total * i / T;
+    int64_t lo = 0, hi = static_cast<int64_t>(cost_prefix.size()) - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if ((cost_prefix[size_t(mid)] + cost_prefix[size_t(mid) + 1]) / 2 >= target) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  };
+  return {at(t), at(t + 1)};
 }
 
 bool plain_bf16(const torch::Tensor& t) {
@@ -122,6 +157,12 @@ void run_swiglu(const std::vector<SwiGluJob>& jobs, int64_t D, int64_t F, Isa is
     const auto i = static_cast<size_t>(e);
     pack_units[i + 1] = pack_units[i] + (amx ? (rx[i] * D / kAmxK + kc_per_pack - 1) / kc_per_pack : 0);
   }
+  // Unit costs for the AVX512 loop: token rows plus a weight stream worth about 8 rows.
+  std::vector<double> f_cost(1, 0.0), d_cost(1, 0.0);
+  if (!amx) {
+    for (int64_t u = 0; u < n * f_units; ++u) f_cost.push_back(f_cost.back() + double(jobs[size_t(u / f_units)].M + 8));
+    for (int64_t u = 0; u < n * d_units; ++u) d_cost.push_back(d_cost.back() + double(jobs[size_t(u / d_units)].M + 8));
+  }
 #pragma omp parallel num_threads(num_threads())
   {
     if (amx) {
@@ -135,36 +176,66 @@ void run_swiglu(const std::vector<SwiGluJob>& jobs, int64_t D, int64_t F, Isa is
     }
     alignas(64) float g[kAmxMaxM * kUnitRows], v[kAmxMaxM * kUnitRows];
     alignas(64) uint16_t hr[kAmxMaxM * kUnitRows];
+    if (amx) {
 #pragma omp for schedule(static)
-    for (int64_t u = 0; u < n * f_units; ++u) {
-      const auto i = static_cast<size_t>(u / f_units);
-      const int64_t f0 = (u % f_units) * kUnitRows, f1 = std::min(F, f0 + kUnitRows);
-      const auto& j = jobs[i];
-      const Operand a{j.x, xp + xp_off[i], j.M, D, rx[i]};
-      rows(isa, a, j.gate, f0, f1, g, kUnitRows);
-      rows(isa, a, j.up, f0, f1, v, kUnitRows);
-      uint16_t* he = h + h_off[i];
-      if (amx) {  // F % 32 == 0: whole 32-value chunks of the down projection's input
+      for (int64_t u = 0; u < n * f_units; ++u) {
+        const auto i = static_cast<size_t>(u / f_units);
+        const int64_t f0 = (u % f_units) * kUnitRows, f1 = std::min(F, f0 + kUnitRows);
+        const auto& j = jobs[i];
+        const Operand a{j.x, xp + xp_off[i], j.M, D, rx[i]};
+        rows(isa, a, j.gate, f0, f1, g, kUnitRows);
+        rows(isa, a, j.up, f0, f1, v, kUnitRows);
+        uint16_t* he = h + h_off[i];
+        // F % 32 == 0: whole 32-value chunks of the down projection's input
         for (int64_t m = 0; m < j.M; ++m)
           detail::avx512_silu_mul_bf16(g + m * kUnitRows, v + m * kUnitRows, f1 - f0, hr + m * kUnitRows);
         for (int64_t f = f0; f < f1; f += kAmxK)
           for (int64_t q = 0; q < rh[i]; ++q)  // the chunk in each fold segment, zeros included
             detail::amx_pack_chunk(hr + (f - f0), kUnitRows, j.M, F, rh[i], he, q * (F / kAmxK) + f / kAmxK);
-      } else {
-        for (int64_t m = 0; m < j.M; ++m)
-          detail::avx512_silu_mul_bf16(g + m * kUnitRows, v + m * kUnitRows, f1 - f0, he + m * F + f0);
+      }
+#pragma omp for schedule(static)
+      for (int64_t u = 0; u < n * d_units; ++u) {
+        const auto i = static_cast<size_t>(u / d_units);
+        const int64_t d0 = (u % d_units) * kUnitRows, d1 = std::min(D, d0 + kUnitRows);
+        const auto& j = jobs[i];
+        const uint16_t* he = h + h_off[i];
+        rows(isa, Operand{he, he, j.M, F, rh[i]}, j.down, d0, d1, g, kUnitRows);
+        for (int64_t m = 0; m < j.M; ++m) detail::avx512_round_bf16(g + m * kUnitRows, d1 - d0, j.out + m * D + d0);
+      }
+      detail::amx_end();
+    } else {
+      // Any number of rows per expert, 64 at a time through the [64, 64] scratch; the weight
+      // slice of a unit stays in L2 across those passes.
+      const auto [fu0, fu1] = thread_units(f_cost);
+      for (int64_t u = fu0; u < fu1; ++u) {
+        const auto i = static_cast<size_t>(u / f_units);
+        const int64_t f0 = (u % f_units) * kUnitRows, f1 = std::min(F, f0 + kUnitRows);
+        const auto& j = jobs[i];
+        for (int64_t m0 = 0; m0 < j.M; m0 += kAmxMaxM) {
+          const int64_t mc = std::min(kAmxMaxM, j.M - m0);
+          const Operand a{j.x + m0 * D, nullptr, mc, D, 1};
+          rows(isa, a, j.gate, f0, f1, g, kUnitRows);
+          rows(isa, a, j.up, f0, f1, v, kUnitRows);
+          uint16_t* he = h + h_off[i] + m0 * F;
+          for (int64_t m = 0; m < mc; ++m)
+            detail::avx512_silu_mul_bf16(g + m * kUnitRows, v + m * kUnitRows, f1 - f0, he + m * F + f0);
+        }
+      }
+#pragma omp barrier
+      const auto [du0, du1] = thread_units(d_cost);
+      for (int64_t u = du0; u < du1; ++u) {
+        const auto i = static_cast<size_t>(u / d_units);
+        const int64_t d0 = (u % d_units) * kUnitRows, d1 = std::min(D, d0 + kUnitRows);
+        const auto& j = jobs[i];
+        for (int64_t m0 = 0; m0 < j.M; m0 += kAmxMaxM) {
+          const int64_t mc = std::min(kAmxMaxM, j.M - m0);
+          const uint16_t* he = h + h_off[i] + m0 * F;
+          rows(isa, Operand{he, nullptr, mc, F, 1}, j.down, d0, d1, g, kUnitRows);
+          for (int64_t m = 0; m < mc; ++m)
+            detail::avx512_round_bf16(g + m * kUnitRows, d1 - d0, j.out + (m0 + m) * D + d0);
+        }
       }
     }
-#pragma omp for schedule(static)
-    for (int64_t u = 0; u < n * d_units; ++u) {
-      const auto i = static_cast<size_t>(u / d_units);
-      const int64_t d0 = (u % d_units) * kUnitRows, d1 = std::min(D, d0 + kUnitRows);
-      const auto& j = jobs[i];
-      const uint16_t* he = h + h_off[i];
-      rows(isa, Operand{he, he, j.M, F, rh[i]}, j.down, d0, d1, g, kUnitRows);
-      for (int64_t m = 0; m < j.M; ++m) detail::avx512_round_bf16(g + m * kUnitRows, d1 - d0, j.out + m * D + d0);
-    }
-    if (amx) detail::amx_end();
   }
 }
 
@@ -317,6 +388,33 @@ torch::Tensor small_m_linear(const torch::Tensor& x_MK, const torch::Tensor& w_N
   return y_MN;
 }
 
+bool head_linear_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  return small_m_backend() == SmallM::kAvx512 && cpu_has_avx512_bf16() && x_MK.dim() == 2 && w_NK.dim() == 2 &&
+         x_MK.size(1) == w_NK.size(1) && x_MK.size(0) >= 1 && plain_bf16(x_MK) && plain_bf16(w_NK);
+}
+
+torch::Tensor head_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  TORCH_CHECK(head_linear_applies(x_MK, w_NK), "head_linear: inputs the kernel does not take");
+  const int64_t M = x_MK.size(0), K = x_MK.size(1), N = w_NK.size(0);
+  auto y_MN = torch::empty({M, N}, torch::kFloat32);
+  if (M <= kAvx512MaxM) {  // small_m_linear's own path: one pass over the weights
+    if (N > 0) run_linear(bits(x_MK), M, K, bits(w_NK), N, y_MN.data_ptr<float>(), Isa::kAvx512);
+    return y_MN;
+  }
+  // 64 weight rows a unit, its token rows 64 at a time: the unit's weights and a chunk of x
+  // stay in L2 together.
+  const uint16_t* x = bits(x_MK);
+  const uint16_t* w = bits(w_NK);
+  float* y = y_MN.data_ptr<float>();
+  const int64_t units = (N + kUnitRows - 1) / kUnitRows;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u)
+    for (int64_t m0 = 0; m0 < M; m0 += kAmxMaxM)
+      detail::avx512_rows(x + m0 * K, std::min(kAmxMaxM, M - m0), K, w, u * kUnitRows, std::min(N, (u + 1) * kUnitRows),
+                          y + m0 * N + u * kUnitRows, N);
+  return y_MN;
+}
+
 torch::Tensor small_m_swiglu(const torch::Tensor& x_MD, const torch::Tensor& gate_FD, const torch::Tensor& up_FD,
                              const torch::Tensor& down_DF) {
   TORCH_CHECK(small_m_swiglu_applies(x_MD, gate_FD, up_FD, down_DF), "small_m_swiglu: inputs the kernel does not take");
@@ -346,7 +444,7 @@ bool small_m_moe_applies(const torch::Tensor& x_PD, const std::vector<int64_t>& 
         down[i].sizes() != torch::IntArrayRef{D, F})
       return false;
   }
-  return isa_for(max_m, {{D, F}, {F, D}}) != Isa::kNone;
+  return moe_isa(max_m, D, F) != Isa::kNone;
 }
 
 torch::Tensor small_m_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& counts,
@@ -363,7 +461,7 @@ torch::Tensor small_m_moe(const torch::Tensor& x_PD, const std::vector<int64_t>&
     row += counts[i];
     max_m = std::max(max_m, counts[i]);
   }
-  run_swiglu(jobs, D, F, isa_for(max_m, {{D, F}, {F, D}}));
+  run_swiglu(jobs, D, F, moe_isa(max_m, D, F));
   return out_PD;
 }
 

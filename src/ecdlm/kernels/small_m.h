@@ -67,8 +67,11 @@ torch::Tensor small_m_swiglu(const torch::Tensor& x_MD, const torch::Tensor& gat
 
 // Many SwiGLU experts in one parallel region (the MoE layer of a step): x_PD holds each expert's
 // rows one after another, counts[i] rows for expert i (gate[i], up[i], down[i]). bf16 [P, D].
-// The weights stream in equal slices per thread across all experts, so no expert boundary
-// costs a fork/join. Requires small_m_moe_applies.
+// The weights stream in slices of equal work per thread across all experts, so no expert
+// boundary costs a fork/join. On the AVX512 backend any number of rows per expert (a many-row
+// serving step: 1800 token-expert pairs), with each row's sums in a fixed order whatever the
+// expert's row count, so a row's output does not depend on the other rows; AMX up to 64 rows,
+// the AVX512 loop alone up to 16. Requires small_m_moe_applies.
 bool small_m_moe_applies(const torch::Tensor& x_PD, const std::vector<int64_t>& counts,
                          const std::vector<torch::Tensor>& gate, const std::vector<torch::Tensor>& up,
                          const std::vector<torch::Tensor>& down);
