@@ -1,5 +1,5 @@
 // Quantized SwiGLU experts in one parallel region (kernels/quant.h quant_moe): the int8 twin of
-// small_m.cpp's run_swiglu. Three phases in one region (2 and 3 split over the threads by cost, balanced_share):
+// small_m.cpp's run_swiglu. Three phases in one region (2 and 3 split over the threads by cost, work_split.h):
 //   1. quantize every token row of x once (gate and up share one zero point: one format);
 //   2. (expert, 64 rows of F): gate and up over the expert's rows, h = silu(g) · u, and h's
 //      64 columns quantized right away (64 is a multiple of the group, so no group straddles
@@ -18,6 +18,7 @@
 
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_backend.h"
+#include "ecdlm/kernels/work_split.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::kernels {
@@ -26,20 +27,6 @@ namespace {
 constexpr int64_t kUnitRows = 64;  // weight rows per work unit, as quant_linear's
 
 int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
-
-// Thread tid's contiguous share [first, second) of work units 0 .. U - 1 with cost prefix sums
-// `prefix` (U + 1 entries): equal cost, not equal counts. The units of a step's MoE differ ~50x in
-// cost (1 to 48 token rows an expert), and the plain static split of `omp for` gave one thread
-// up to 1.47x the mean (1.07x on average) in bench generate's token-routed decode.
-std::pair<int64_t, int64_t> balanced_share(const std::vector<double>& prefix, int tid, int nt) {
-  const auto U = static_cast<int64_t>(prefix.size()) - 1;
-  const auto at = [&](int t) {
-    if (t >= nt) return U;
-    const double c = prefix.back() * t / nt;
-    return static_cast<int64_t>(std::lower_bound(prefix.begin(), prefix.end(), c) - prefix.begin());
-  };
-  return {std::min(U, at(tid)), std::min(U, at(tid + 1))};
-}
 
 // Cost of one (expert, 64 weight rows) unit at M token rows: the weight stream plus the per-row
 // arithmetic (relative units; only their ratios matter).
@@ -156,15 +143,11 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   std::vector<detail::QxLanes> xl(static_cast<size_t>(n)), hl(static_cast<size_t>(n));  // TB == 0: none
   const auto n_wide = static_cast<int64_t>(wide.size());
   // Cost prefix sums over the units of phases 2 (f_units per expert) and 3 (d_units).
-  std::vector<double> fpre{0.0}, dpre{0.0};
-  for (int64_t e = 0; e < n; ++e) {
-    const double c = unit_cost(counts[ids[size_t(e)]]);
-    for (int64_t u = 0; u < f_units; ++u) fpre.push_back(fpre.back() + c);
-    for (int64_t u = 0; u < d_units; ++u) dpre.push_back(dpre.back() + c);
-  }
+  const auto expert_cost = [&](int64_t e) { return unit_cost(counts[ids[size_t(e)]]); };
+  const auto fpre = detail::unit_cost_prefix(n, f_units, expert_cost);
+  const auto dpre = detail::unit_cost_prefix(n, d_units, expert_cost);
 #pragma omp parallel num_threads(num_threads())
   {
-    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     std::vector<float> row_f32;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < P; ++r) {
@@ -180,7 +163,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
     }
     // [rows of one expert, 64 weight rows] tiles; max_m <= kInt8MaxRows.
     std::vector<float> g(static_cast<size_t>(max_m * kUnitRows)), u(g.size());
-    const auto [f_t0, f_t1] = balanced_share(fpre, tid, nt);
+    const auto [f_t0, f_t1] = detail::thread_share(fpre);
     for (int64_t t = f_t0; t < f_t1; ++t) {
       const int64_t e = t / f_units, f0 = (t % f_units) * kUnitRows, f1 = std::min(F, f0 + kUnitRows);
       const int64_t M = counts[ids[size_t(e)]], r0 = row0[size_t(e)];
@@ -205,7 +188,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
       hl[size_t(e)] = detail::build_lanes(detail::rows_of(hq, row0[size_t(e)], counts[ids[size_t(e)]]), zh,
                                           lane_buf[size_t(2 * i + 1)]);
     }
-    const auto [d_t0, d_t1] = balanced_share(dpre, tid, nt);
+    const auto [d_t0, d_t1] = detail::thread_share(dpre);
     for (int64_t t = d_t0; t < d_t1; ++t) {
       const int64_t e = t / d_units, d0 = (t % d_units) * kUnitRows, d1 = std::min(D, d0 + kUnitRows);
       const int64_t M = counts[ids[size_t(e)]], r0 = row0[size_t(e)];

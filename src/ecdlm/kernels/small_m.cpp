@@ -10,6 +10,7 @@
 #include "ecdlm/kernels/attention.h"
 #include "ecdlm/kernels/backend.h"
 #include "ecdlm/kernels/head.h"
+#include "ecdlm/kernels/work_split.h"
 #include "ecdlm/util/error.h"
 
 namespace ecdlm::kernels {
@@ -65,28 +66,6 @@ Isa moe_isa(int64_t max_m, int64_t D, int64_t F) {
   if (isa == Isa::kNone && max_m >= 1 && small_m_backend() == SmallM::kAvx512 && cpu_has_avx512_bf16())
     return Isa::kAvx512;
   return isa;
-}
-
-// The units [u0, u1) this thread runs out of n, in contiguous ranges of about equal cost: unit u
-// costs cost_prefix[u + 1] - cost_prefix[u]. Contiguous, so a thread streams one slice of the
-// weights; balanced, because experts of a many-row step differ in rows (8 against 60).
-std::pair<int64_t, int64_t> thread_units(const std::vector<double>& cost_prefix) {
-  const int t = omp_get_thread_num(), T = omp_get_num_threads();
-  const double total = cost_prefix.back();
-  const auto at = [&](int i) {
-    if (i == 0) return int64_t{0};
-    if (i == T) return static_cast<int64_t>(cost_prefix.size()) - 1;
-    // first unit whose midpoint lies at or past i / T of the cost
-    const double target = total * i / T;
-    int64_t lo = 0, hi = static_cast<int64_t>(cost_prefix.size()) - 1;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if ((cost_prefix[size_t(mid)] + cost_prefix[size_t(mid) + 1]) / 2 >= target) hi = mid;
-      else lo = mid + 1;
-    }
-    return lo;
-  };
-  return {at(t), at(t + 1)};
 }
 
 bool plain_bf16(const torch::Tensor& t) {
@@ -158,11 +137,9 @@ void run_swiglu(const std::vector<SwiGluJob>& jobs, int64_t D, int64_t F, Isa is
     pack_units[i + 1] = pack_units[i] + (amx ? (rx[i] * D / kAmxK + kc_per_pack - 1) / kc_per_pack : 0);
   }
   // Unit costs for the AVX512 loop: token rows plus a weight stream worth about 8 rows.
-  std::vector<double> f_cost(1, 0.0), d_cost(1, 0.0);
-  if (!amx) {
-    for (int64_t u = 0; u < n * f_units; ++u) f_cost.push_back(f_cost.back() + double(jobs[size_t(u / f_units)].M + 8));
-    for (int64_t u = 0; u < n * d_units; ++u) d_cost.push_back(d_cost.back() + double(jobs[size_t(u / d_units)].M + 8));
-  }
+  const auto job_cost = [&](int64_t e) { return double(jobs[size_t(e)].M + 8); };
+  const auto f_cost = amx ? std::vector<double>{} : detail::unit_cost_prefix(n, f_units, job_cost);
+  const auto d_cost = amx ? std::vector<double>{} : detail::unit_cost_prefix(n, d_units, job_cost);
 #pragma omp parallel num_threads(num_threads())
   {
     if (amx) {
@@ -206,7 +183,7 @@ void run_swiglu(const std::vector<SwiGluJob>& jobs, int64_t D, int64_t F, Isa is
     } else {
       // Any number of rows per expert, 64 at a time through the [64, 64] scratch; the weight
       // slice of a unit stays in L2 across those passes.
-      const auto [fu0, fu1] = thread_units(f_cost);
+      const auto [fu0, fu1] = detail::thread_share(f_cost);
       for (int64_t u = fu0; u < fu1; ++u) {
         const auto i = static_cast<size_t>(u / f_units);
         const int64_t f0 = (u % f_units) * kUnitRows, f1 = std::min(F, f0 + kUnitRows);
@@ -222,7 +199,7 @@ void run_swiglu(const std::vector<SwiGluJob>& jobs, int64_t D, int64_t F, Isa is
         }
       }
 #pragma omp barrier
-      const auto [du0, du1] = thread_units(d_cost);
+      const auto [du0, du1] = detail::thread_share(d_cost);
       for (int64_t u = du0; u < du1; ++u) {
         const auto i = static_cast<size_t>(u / d_units);
         const int64_t d0 = (u % d_units) * kUnitRows, d1 = std::min(D, d0 + kUnitRows);
