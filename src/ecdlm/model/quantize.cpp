@@ -284,14 +284,29 @@ int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p) {
   return n;
 }
 
-int64_t prepack_routed_experts(MoeDlmImpl& model) {
+namespace {
+
+std::vector<const io::QuantWeight*> routed_expert_weights(MoeDlmImpl& model) {
   std::vector<const io::QuantWeight*> ws;
   for (const auto& m : model.named_modules())
     if (auto ex = std::dynamic_pointer_cast<moe::ExpertsImpl>(m.value()); ex && ex->quantized())
       for (int proj = 0; proj < 3; ++proj)
         for (int64_t e = 0; e < ex->num_experts(); ++e) ws.push_back(&ex->quant_w(proj, e));
+  return ws;
+}
+
+}  // namespace
+
+int64_t prepack_routed_experts(MoeDlmImpl& model) {
+  const auto ws = routed_expert_weights(model);
   kernels::prepack_quant(ws);
   return static_cast<int64_t>(ws.size());
+}
+
+int64_t routed_expert_quant_bytes(MoeDlmImpl& model) {
+  int64_t bytes = 0;
+  for (const auto* w : routed_expert_weights(model)) bytes += w->bytes();
+  return bytes;
 }
 
 }  // namespace ecdlm

@@ -100,5 +100,8 @@ int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p);
 // Builds the output-lane copies (kernels/quant_repack.h) of every packed routed expert of `model`
 // now, in parallel, so no decoding step pays a first-use copy. Returns the weights packed.
 int64_t prepack_routed_experts(MoeDlmImpl& model);
+// Bytes of the packed routed experts of `model` (codes, scales, minimums): about what their
+// output-lane copies take. 0 for a model without quantized experts.
+int64_t routed_expert_quant_bytes(MoeDlmImpl& model);
 
 }  // namespace ecdlm
