@@ -71,9 +71,9 @@ void RoutingFlags::add_to(CLI::App* sub) {
       ->capture_default_str();
   sub->add_option("--quant-repack", quant_repack,
                   "Quantized checkpoints on AVX512-VNNI: run the routed experts' few-row products on copies "
-                  "repacked into output lanes, built at load (faster; the copies take about the experts' packed "
-                  "size again in memory). auto: on when the copies fit in a quarter of physical memory")
-      ->check(CLI::IsMember({"auto", "on", "off"}))
+                  "repacked into output lanes, built at load (a few % faster per decoding step; the copies take "
+                  "the experts' packed size again in memory, and building them takes seconds per GB)")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
 }
 
@@ -192,40 +192,30 @@ void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
   const int64_t bytes = routed_expert_quant_bytes(model);
   if (bytes == 0) return;
   const auto backend = kernels::quant_kernel_backend();
-  const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
-  std::string why;
-  bool on = false;
-  if (f.quant_repack == "off") {
-    why = "off (--quant-repack off)";
-  } else if (backend != kernels::QuantKernel::kVnni) {
-    if (f.quant_repack == "on")
+  std::string done;
+  if (f.quant_repack == "on") {
+    if (backend != kernels::QuantKernel::kVnni)
       fail("", "--quant-repack", "repacked experts run on the AVX512-VNNI kernel, and the quantized kernel in use is " +
                                      std::string(kernels::quant_kernel_name(backend)),
            "use --quant-kernel vnni on a CPU with AVX512-VNNI, or --quant-repack off");
-    why = std::string("off (the ") + kernels::quant_kernel_name(backend) + " kernel reads the row layout)";
-  } else if (f.quant_repack == "on") {
-    on = true;
-    why = "on (--quant-repack on)";
-  } else if (static_cast<double>(bytes) <= ram / 4) {
-    on = true;
-    why = "on (auto: the copies fit in a quarter of physical memory)";
-  } else {
-    why = "off (auto: the copies, " + size_str(static_cast<double>(bytes)) + ", exceed a quarter of physical memory, " +
-          size_str(ram / 4) + "; --quant-repack on forces them)";
-  }
-  std::string done;
-  if (on) {
+    const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    if (static_cast<double>(bytes) > ram / 2)
+      LOG_WARN("--quant-repack on: the copies (" << size_str(static_cast<double>(bytes))
+                                                 << ") exceed half of physical memory; with the mapped checkpoint's "
+                                                    "pages they may not fit");
     kernels::set_quant_repack(true);
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t n = prepack_routed_experts(model);
     char buf[96];
-    std::snprintf(buf, sizeof(buf), ": %lld expert weights, %s, repacked in %.2f s", static_cast<long long>(n),
-                  size_str(static_cast<double>(bytes)).c_str(),
+    std::snprintf(buf, sizeof(buf), " (--quant-repack on): %lld expert weights, %s, repacked in %.2f s",
+                  static_cast<long long>(n), size_str(static_cast<double>(bytes)).c_str(),
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    done = buf;
+    done = std::string("on") + buf;
+  } else {
+    done = "off (--quant-repack on to build them)";
   }
   LOG_INFO("quantized kernel: " << f.quant_kernel << " -> " << kernels::quant_kernel_name(backend)
-                                << "; routed experts' output-lane copies " << why << done);
+                                << "; routed experts' output-lane copies " << done);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstring>
 #include <string>
 
 #include "ecdlm/io/quant_format.h"
@@ -111,7 +112,10 @@ TEST_F(QuantRepack, PrepackBuildsTheCopiesTheKernelsUse) {
     ptrs.push_back(&w);
     EXPECT_FALSE(kernels::detail::has_packed(w));
   }
+  const size_t arena0 = kernels::detail::pack_arena_bytes();
   kernels::prepack_quant(ptrs);
+  // The copies sit in one huge-page region (2 MB), which lives while they do.
+  EXPECT_EQ(kernels::detail::pack_arena_bytes(), arena0 + (size_t{2} << 20));
   const auto x = torch::randn({3, 192});
   for (const auto& w : ws) {
     EXPECT_TRUE(kernels::detail::has_packed(w)) << io::quant_format_name(w.format);
@@ -120,6 +124,40 @@ TEST_F(QuantRepack, PrepackBuildsTheCopiesTheKernelsUse) {
     EXPECT_LT((y.to(torch::kFloat64) - kernels::quant_linear_reference(x, w, true)).abs().max().item<double>(), 1e-3)
         << io::quant_format_name(w.format);
   }
+}
+
+// The arena: allocations inside a scope share its region (64-byte aligned) until it is used up, then
+// come from the heap; the region is unmapped when the scope has closed and its last block is freed.
+TEST(PackArena, RegionLivesUntilItsLastBlockIsFreed) {
+  namespace d = kernels::detail;
+  const size_t base = d::pack_arena_bytes(), mb = size_t{1} << 20;
+  std::vector<char*> in_region;
+  char* heap = nullptr;
+  {
+    const d::PackArenaScope scope(3 * mb);  // rounded up to 4 MB
+    EXPECT_EQ(d::pack_arena_bytes(), base + 4 * mb);
+    for (size_t n : {mb, mb + 1, mb - 64}) in_region.push_back(static_cast<char*>(d::pack_alloc(n)));
+    heap = static_cast<char*>(d::pack_alloc(2 * mb));  // 3 MB + 64 B used: no room for 2 MB
+    for (char* p : in_region) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0U);
+      EXPECT_GE(p, in_region[0]);
+      EXPECT_LT(p, in_region[0] + 4 * mb);
+    }
+    EXPECT_EQ(in_region[1] - in_region[0], static_cast<ptrdiff_t>(mb));
+    EXPECT_EQ(in_region[2] - in_region[1], static_cast<ptrdiff_t>(mb + 64));
+    EXPECT_TRUE(heap < in_region[0] || heap >= in_region[0] + 4 * mb);
+    for (char* p : in_region) std::memset(p, 7, mb - 64);
+  }
+  EXPECT_EQ(d::pack_arena_bytes(), base + 4 * mb);  // closed, blocks still live
+  d::pack_free(in_region[0], mb);
+  d::pack_free(in_region[1], mb + 1);
+  EXPECT_EQ(d::pack_arena_bytes(), base + 4 * mb);
+  d::pack_free(in_region[2], mb - 64);
+  EXPECT_EQ(d::pack_arena_bytes(), base);
+  d::pack_free(heap, 2 * mb);
+  // Values given to a vector on the allocator are constructed (only value-initialization is skipped).
+  std::vector<uint8_t, d::PackAlloc<uint8_t>> v(16, 3);
+  EXPECT_EQ(v[15], 3);
 }
 
 TEST_F(QuantRepack, CacheSharesWhileTheWeightLivesAndNeverServesAFreedOne) {

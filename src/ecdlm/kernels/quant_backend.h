@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ecdlm/io/quant_format.h"
+#include "ecdlm/kernels/pack_arena.h"
 #include "ecdlm/kernels/quant_repack.h"
 
 namespace ecdlm::kernels::detail {
@@ -137,9 +138,11 @@ void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1
 // K % 128 tail is not packed). Scales and minimums f16 [NB][K / G][16].
 struct Packed {
   int64_t NB = 0, K = 0, G = 32, slots = 0;  // slots: 64-byte vectors per block
-  std::vector<uint8_t> q;
-  std::vector<uint16_t> d, m;
+  std::vector<uint8_t, PackAlloc<uint8_t>> q;  // pack_arena.h: one huge-page region when prepacked
+  std::vector<uint16_t, PackAlloc<uint16_t>> d, m;
 };
+// Bytes a packed copy of w takes (codes, scales, minimums).
+int64_t packed_bytes(const io::QuantWeight& w);
 // Whether the vnni drivers run products under kLaneMinRows rows on packed copies: quant_repack.h.
 // w's packed copy, built on the first call and shared until w's storage is freed. Thread-safe.
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w);

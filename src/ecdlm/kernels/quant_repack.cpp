@@ -49,6 +49,10 @@ std::mutex g_mu;
 std::unordered_map<const void*, Entry> g_cache;
 size_t g_sweep_at = 64;  // drop entries of freed weights when the map has doubled
 
+int64_t slots_of(const io::QuantWeight& w) {
+  return w.format.kind == io::QuantKind::kQ8 ? w.K / 4 : (w.K - w.K % io::kQ4Chunk) / 8;
+}
+
 // Block-major: for each 16-row block, slot by slot, the 16 rows' 4-byte slots one after another,
 // so every output vector is written once, in order, q8's + 128 folded in (before: 4-byte writes
 // 64 bytes apart, then a second pass). Most of a copy's cost is its fresh pages: ~4 ms per MB in
@@ -61,8 +65,8 @@ std::shared_ptr<Packed> build(const io::QuantWeight& w) {
   p->NB = NB;
   p->K = K;
   p->G = G;
-  p->slots = q8 ? K / 4 : (K - K % io::kQ4Chunk) / 8;  // 64-byte vectors per block
-  p->q.resize(static_cast<size_t>(NB * p->slots * 64));
+  p->slots = slots_of(w);  // 64-byte vectors per block
+  p->q.resize(static_cast<size_t>(NB * p->slots * 64));  // not zeroed: every byte is written below
   p->d.assign(static_cast<size_t>(NB * KG * 16), 0);
   if (o.m) p->m.assign(static_cast<size_t>(NB * KG * 16), 0);
   const uint32_t flip = q8 ? 0x80808080U : 0U;  // q8's missing rows: code 0, i.e. 0x80 after the flip
@@ -250,6 +254,11 @@ std::shared_ptr<const Packed> packed(const io::QuantWeight& w) {
   return p;
 }
 
+int64_t packed_bytes(const io::QuantWeight& w) {
+  const int64_t NB = (w.N + 15) / 16, scales = NB * (w.K / w.format.group) * 16 * 2;
+  return NB * slots_of(w) * 64 + scales * (w.mins.defined() && w.mins.numel() > 0 ? 2 : 1);
+}
+
 bool has_packed(const io::QuantWeight& w) {
   std::lock_guard<std::mutex> lock(g_mu);
   const auto it = g_cache.find(w.qweight.data_ptr());
@@ -280,6 +289,10 @@ bool quant_repack() { return detail::g_repack.load(std::memory_order_relaxed); }
 
 void prepack_quant(const std::vector<const io::QuantWeight*>& ws) {
   if (!cpu_has_avx512_vnni()) return;  // only the vnni kernels read the copies
+  int64_t bytes = 0;
+  for (const auto* w : ws)
+    if (!detail::has_packed(*w)) bytes += detail::packed_bytes(*w) + 3 * 64;  // + each vector's alignment
+  const detail::PackArenaScope arena(static_cast<size_t>(bytes));
   at::parallel_for(0, static_cast<int64_t>(ws.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) (void)detail::packed(*ws[size_t(i)]);
   });
