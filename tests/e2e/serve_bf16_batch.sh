@@ -24,7 +24,7 @@ cp "$G/config.json" "$G/model.safetensors" "$M/"
 python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 
 for routing in block token; do
-  "$ECDLM" --threads 2 serve -m "$M" --port 0 --dtype bf16 --moe-routing "$routing" --max-batch 8 \
+  "$ECDLM" --threads 1 serve -m "$M" --port 0 --dtype bf16 --moe-routing "$routing" --max-batch 8 \
     > "$TMP/$routing.out" 2> "$TMP/$routing.err" &
   SPID=$!
   PORT=""
