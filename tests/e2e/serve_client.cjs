@@ -295,7 +295,7 @@ async function batch() {
                            : client.completions.create({ ...req(i), stream: true }).then(collect).then((r) => r.text[0] || "");
   const others = Array.from({ length: 7 }, (_, k) => run(k + 1));
   let running = 0;
-  for (let t = 0; t < 200 && running < 7; ++t) { running = await metric("ecdlm_running_rows"); if (running < 7) await sleep(5); }
+  for (let t = 0; t < 1000 && running < 7; ++t) { running = await metric("ecdlm_running_rows"); if (running < 7) await sleep(5); }
   const first = await run(0);
   const rest = await Promise.all(others);
   check(first === alone[0], `request 0 joining 7 running rows == alone: ${JSON.stringify(first)} vs ${JSON.stringify(alone[0])}`);
