@@ -2,7 +2,7 @@
 # `ecdlm serve --dtype bf16` (the dtype a server runs LLaDA2 checkpoints in) gives a seeded request the same
 # text alone and while 7 other requests run (tests/e2e/serve_client.cjs batch), on the golden tiny-dmoe LLaDA2
 # checkpoint (copied, f32 weights converted at load) with the fixture tokenizer, under its default dMoE block
-# routing and under token routing. A few seconds.
+# routing (block 32) and under token routing (block 16). A few seconds.
 # Usage: bash serve_bf16_batch.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
 ECDLM="$1"; ROOT="$2"
@@ -23,9 +23,12 @@ mkdir "$M"
 cp "$G/config.json" "$G/model.safetensors" "$M/"
 python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 
+# Block routing at the default block length 32; token routing at block 16, where a row alone is a
+# 16-row product (the small-M kernels' limit) and rows in a batch are more.
 for routing in block token; do
-  "$ECDLM" --threads 1 serve -m "$M" --port 0 --dtype bf16 --moe-routing "$routing" --max-batch 8 \
-    > "$TMP/$routing.out" 2> "$TMP/$routing.err" &
+  block=32; [ "$routing" = token ] && block=16
+  "$ECDLM" --threads 1 serve -m "$M" --port 0 --dtype bf16 --moe-routing "$routing" --diffusion-block-length "$block" \
+    --max-batch 8 > "$TMP/$routing.out" 2> "$TMP/$routing.err" &
   SPID=$!
   PORT=""
   for _ in $(seq 1 300); do
