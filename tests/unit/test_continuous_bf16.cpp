@@ -1,9 +1,11 @@
 // Continuous batching in bf16, the dtype a server runs LLaDA2 checkpoints in: a seeded row decodes
 // the same tokens alone and inside a full, changing batch (issue 17). The golden tiny models are
 // loaded as `ecdlm serve --dtype bf16` loads them (weights mapped, experts bound one per expert),
-// so a step takes the real bf16 serving path: QKV / output / dense products on oneDNN, the
-// grouped MoE kernel and the LM head on the AVX512-BF16 dot tiles (kernels/small_m.h, head.h),
-// attention per row (torch), f32 router and norms; token and dMoE block routing.
+// so a step takes the real bf16 serving path: projections, dense MLP, shared expert, the grouped
+// MoE kernel and the LM head on the AVX512-BF16 dot tiles at any row count (kernels/row_exact.h),
+// attention per row (torch), f32 router and norms; token and dMoE block routing. Each row must
+// also decode as `ecdlm generate` (threshold_generate) does. Block 16 failed before row_exact.h:
+// a row alone was a 16-row product (small-M kernel), in a batch more (oneDNN).
 // Rows differ in prompt length (0-70 tokens: 0-2 whole prompt blocks joining with the first
 // block), seed, temperature, top-p, rule and output length, and join the batch at different
 // steps (up to 8 at once; a late row joins rows that are blocks ahead).
