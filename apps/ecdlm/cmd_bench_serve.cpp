@@ -20,6 +20,11 @@ void register_bench_serve(CLI::App* bench) {
   auto a = std::make_shared<Args>();
   sub->add_flag("--quick", a->p.quick, "Small run (CI smoke): 1, 2 and 4 clients, 4 requests, 32 tokens");
   sub->add_option("-m,--model", a->p.model_dir, "Also a model directory with its tokenizer (token routing)");
+  sub->add_option("--dtype", a->p.dtypes,
+                  "Weight dtype of the -m model: f32, bf16, or f32,bf16 for one run each (default: its stored dtype, "
+                  "as `ecdlm serve`; the synthetic model is bf16)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--clients", a->p.clients, "Concurrency levels (the first must be 1)")->delimiter(',');
   sub->add_option("--routing", a->p.routings, "Routing policies (token, block)")->delimiter(',');
   sub->add_option("--requests", a->p.requests, "Requests per level")->capture_default_str();

@@ -57,8 +57,9 @@ void RoutingFlags::add_to(CLI::App* sub) {
       ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--kernel", kernel,
                   "bf16 products with few token rows (KV-cached decoding: experts, projections, LM head): auto "
-                  "(best this CPU has), amx (AMX-BF16, up to 64 rows), avx512 (AVX512-BF16, up to 16 rows; the "
-                  "routed experts of a layer at any row count, in one parallel region), "
+                  "(best this CPU has), amx (AMX-BF16, up to 64 rows), avx512 (AVX512-BF16, up to 16 rows; while "
+                  "decoding every bf16 product at any row count (the routed experts of a layer in one parallel "
+                  "region), so a served row's tokens do not depend on its batch), "
                   "torch (torch's linear always). Any choice but torch also runs f32 weights' products of up "
                   "to 512 rows on the AVX-512 f32 dot tiles")
       ->check(CLI::IsMember({"auto", "amx", "avx512", "torch"}))
@@ -245,7 +246,7 @@ MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats
     LOG_INFO("small-M kernel: " << f.kernel << " -> " << kernels::small_m_name(kernels::small_m_backend())
                                 << " (up to " << kernels::small_m_max_rows() << " token rows"
                                 << (kernels::small_m_backend() == kernels::SmallM::kAvx512
-                                        ? "; the routed experts at any row count"
+                                        ? "; while decoding every product at any row count"
                                         : "")
                                 << ")");
   lo.map_weights = true;

@@ -18,11 +18,11 @@ python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 ARGS=(bench serve -m "$M" --no-synthetic --clients 1,2 --requests 2 --max-tokens 32)
 "$ECDLM" -q --threads 1 "${ARGS[@]}" --out-json "$TMP/rows.json" > "$TMP/table.md"
 grep -q "^| model | routing | clients | tokens/s | speed-up |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "no table header"; }
-[ "$(grep -c "^| $M | token | [12] | [0-9.]* | [0-9.]*x |" "$TMP/table.md")" = 2 ] || { cat "$TMP/table.md"; fail "want a row for 1 and 2 clients"; }
+[ "$(grep -c "^| $M (f32) | token | [12] | [0-9.]* | [0-9.]*x |" "$TMP/table.md")" = 2 ] || { cat "$TMP/table.md"; fail "want a row for 1 and 2 clients"; }
 # Where a step's time goes: the forward's parts per step, one row per level.
 grep -q "^| model | routing | clients | rows per step | ms per step | attention | router | experts |" "$TMP/table.md" \
   || { cat "$TMP/table.md"; fail "no step split table"; }
-grep -q "^| $M | token | 1 | [0-9.]* | 1.00x |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "the 1-client row is not the 1.00x baseline"; }
+grep -q "^| $M (f32) | token | 1 | [0-9.]* | 1.00x |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "the 1-client row is not the 1.00x baseline"; }
 check_json() {
   python3 - "$1" <<'PY'
 import json, sys
@@ -30,7 +30,7 @@ rows = json.load(open(sys.argv[1]))
 assert [r["clients"] for r in rows] == [1, 2], rows
 for r in rows:
     # 2 requests of 32 tokens each (EOS ignored), all served.
-    assert r["routing"] == "token" and r["requests"] == 2 and r["tokens"] == 64, r
+    assert r["routing"] == "token" and r["dtype"] == "f32" and r["requests"] == 2 and r["tokens"] == 64, r
     assert r["tokens_per_s"] > 0 and r["seconds"] > 0 and r["latency_p50_ms"] > 0 and r["step_ms"] > 0, r
     assert 0 < r["ttfb_p50_ms"] <= r["latency_p99_ms"], r
     assert r["batch_rows_mean"] >= 1.0, r
@@ -44,6 +44,18 @@ check_json "$TMP/rows.json" || fail "--out-json rows"
 "$ECDLM" -q --threads 1 "${ARGS[@]}" --json > "$TMP/stdout.json"
 check_json "$TMP/stdout.json" || fail "--json rows"
 
+# --dtype f32,bf16: the model once in each dtype (f32 as stored, bf16 as `serve --dtype bf16` loads it).
+"$ECDLM" -q --threads 1 bench serve -m "$M" --no-synthetic --clients 1 --requests 2 --max-tokens 32 --dtype f32,bf16 \
+  --json > "$TMP/dtypes.json"
+python3 - "$TMP/dtypes.json" "$M" <<'PY' || fail "--dtype f32,bf16 rows"
+import json, sys
+rows = json.load(open(sys.argv[1]))
+assert [(r["dtype"], r["model"]) for r in rows] == [("f32", sys.argv[2] + " (f32)"), ("bf16", sys.argv[2] + " (bf16)")], rows
+assert all(r["tokens"] == 64 and r["tokens_per_s"] > 0 for r in rows), rows
+PY
+
+expect_fail "--dtype" "$ECDLM" -q bench serve -m "$M" --no-synthetic --dtype f16
+expect_fail "--dtype" "$ECDLM" -q bench serve --dtype bf16
 expect_fail "--no-synthetic" "$ECDLM" -q bench serve --no-synthetic
 expect_fail "--clients" "$ECDLM" -q bench serve -m "$M" --no-synthetic --clients 2,4
 echo "bench_serve_smoke: OK"

@@ -4,6 +4,8 @@
 //                                                  errors, 32 concurrent clients, disconnect
 //   node serve_client.cjs queue BASE MODEL KEY     429 + Retry-After on a full queue, 401 without the key
 //   node serve_client.cjs long BASE MODEL          one long stream; prints "first" at the first chunk
+//   node serve_client.cjs batch BASE MODEL         8 seeded requests alone, then the first joining the
+//                                                  7 others while they run: the same texts
 "use strict";
 const fs = require("fs");
 const path = require("path");
@@ -279,4 +281,28 @@ async function long() {
   console.log("long: done, " + usage.completion_tokens + " tokens");
 }
 
-({ api, queue, long })[mode]().catch((e) => { console.error("FAIL: " + (e.stack || e)); process.exit(1); });
+async function batch() {
+  const client = new OpenAI({ baseURL: base + "/v1", apiKey: "unused", maxRetries: 0 });
+  const prompts = ["hello", "the cat sat on the mat and then it", "hi", "a b c d e f g h i j k l m n o p q r s t u v w x y z",
+                   "once upon a time", "it is what it is, or is it?", "one two", "at the end of the day we all"];
+  const req = (i) => ({ model, prompt: prompts[i], max_tokens: 48 + 24 * (i % 3), temperature: i % 2, seed: 40 + i,
+                        ecdlm: { ignore_eos: true } });
+  const alone = [];
+  for (let i = 0; i < 8; ++i) alone.push((await client.completions.create(req(i))).choices[0].text);
+  check(alone.every((t) => t.length > 0), "every request alone produced text");
+  // Requests 1-7 start; request 0 joins once they all run (streamed or not, alternating).
+  const run = (i) => i % 2 ? client.completions.create(req(i)).then((r) => r.choices[0].text)
+                           : client.completions.create({ ...req(i), stream: true }).then(collect).then((r) => r.text[0] || "");
+  const others = Array.from({ length: 7 }, (_, k) => run(k + 1));
+  let running = 0;
+  for (let t = 0; t < 1000 && running < 7; ++t) { running = await metric("ecdlm_running_rows"); if (running < 7) await sleep(5); }
+  const first = await run(0);
+  const rest = await Promise.all(others);
+  check(first === alone[0], `request 0 joining 7 running rows == alone: ${JSON.stringify(first)} vs ${JSON.stringify(alone[0])}`);
+  for (let i = 1; i < 8; ++i) check(rest[i - 1] === alone[i], `request ${i} in the batch == alone: ${JSON.stringify(rest[i - 1])} vs ${JSON.stringify(alone[i])}`);
+  const rows = await metric("ecdlm_batch_rows_max");
+  check(running >= 7 && rows >= 8, `request 0 joined 7 running rows (running ${running}, batch rows max ${rows})`);
+  console.log(`batch: ${checks} checks passed, batch rows max ${rows}`);
+}
+
+({ api, queue, long, batch })[mode]().catch((e) => { console.error("FAIL: " + (e.stack || e)); process.exit(1); });

@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 
 #include "ecdlm/kernels/attention.h"
 #include "ecdlm/kernels/backend.h"
 #include "ecdlm/kernels/head.h"
+#include "ecdlm/kernels/row_exact.h"
 #include "ecdlm/kernels/work_split.h"
 #include "ecdlm/util/error.h"
 
@@ -348,6 +350,15 @@ torch::Tensor f32_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
   return run_linear_f32(x_MK, w_NK);
 }
 
+bool f32_rows_applies(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  return t_f32_tiles && f32_applies(x_MK, w_NK, std::numeric_limits<int64_t>::max());
+}
+
+torch::Tensor f32_rows(const torch::Tensor& x_MK, const torch::Tensor& w_NK) {
+  TORCH_CHECK(f32_rows_applies(x_MK, w_NK), "f32_rows: inputs the kernel does not take");
+  return run_linear_f32(x_MK, w_NK);
+}
+
 bool small_m_swiglu_applies(const torch::Tensor& x_MD, const torch::Tensor& gate_FD, const torch::Tensor& up_FD,
                             const torch::Tensor& down_DF) {
   if (x_MD.dim() != 2 || gate_FD.dim() != 2 || up_FD.sizes() != gate_FD.sizes() || down_DF.dim() != 2) return false;
@@ -504,6 +515,12 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w) {
     auto shape = x.sizes().vec();
     shape.back() = w.size(0);
     if (small_m_applies(x_MK, w)) return small_m_linear(x_MK, w).to(x.scalar_type()).view(shape);
+    // bf16 in the decoders beyond the small-M rows: the same dot tiles (row_exact.h), not oneDNN,
+    // so a token row's product does not change when a batch brings more rows.
+    if (t_f32_tiles && x_MK.scalar_type() == torch::kBFloat16) {
+      const auto xc = x_MK.contiguous();
+      if (head_linear_applies(xc, w)) return head_linear(xc, w).to(x.scalar_type()).view(shape);
+    }
     // Outside an F32TilesScope (training, eval) no contiguous copy is made just to be dropped.
     if (t_f32_tiles && x_MK.scalar_type() == torch::kFloat32) {
       const auto xc = x_MK.contiguous();
@@ -518,6 +535,13 @@ torch::Tensor swiglu(const torch::Tensor& x, const torch::Tensor& gate, const to
   if (x.dim() >= 1 && x.numel() > 0) {
     const auto x_MD = x.reshape({-1, x.size(-1)});
     if (small_m_swiglu_applies(x_MD, gate, up, down)) return small_m_swiglu(x_MD, gate, up, down).view(x.sizes());
+    // bf16 in the decoders (shared expert, dense MLP): the grouped kernel as one expert at any M
+    // on the AVX512 backend, per row the bits small_m_swiglu gives that row (row_exact.h).
+    if (t_f32_tiles && small_m_backend() == SmallM::kAvx512 && x_MD.is_contiguous()) {
+      const std::vector<int64_t> counts = {x_MD.size(0)};
+      if (small_m_moe_applies(x_MD, counts, {gate}, {up}, {down}))
+        return small_m_moe(x_MD, counts, {gate}, {up}, {down}).view(x.sizes());
+    }
   }
   return kernels::linear(torch::silu(kernels::linear(x, gate)) * kernels::linear(x, up), down);
 }

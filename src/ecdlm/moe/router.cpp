@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ecdlm/kernels/row_exact.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/nn/dtype.h"
 #include "ecdlm/util/compat.h"
@@ -16,6 +17,9 @@ torch::Tensor router_logits(const torch::Tensor& x_TD, const torch::Tensor& w_ED
   const auto w = w_ED.to(x.scalar_type());
   // A decoding step's few rows: torch's sgemm took 0.54 ms per LLaDA2 layer (32 x 2048 x 256).
   if (kernels::small_m_f32_applies(x, w)) return kernels::small_m_linear_f32(x, w);
+  // Inside the decoders the same tiles at any row count: BLAS rounds a token's logits differently
+  // with M, which could flip a near tie between experts when a served row shares a batch.
+  if (const auto xc = x.contiguous(); kernels::f32_rows_applies(xc, w)) return kernels::f32_rows(xc, w);
   return torch::nn::functional::linear(x, w);
 }
 

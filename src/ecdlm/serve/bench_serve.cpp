@@ -106,6 +106,7 @@ double metric(int port, const std::string& name) {
 }
 
 void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams& p, std::vector<ServeBenchRow>& rows) {
+  const std::string dtype = loaded.model->lm_head->weight.scalar_type() == torch::kBFloat16 ? "bf16" : "f32";
   const int64_t vocab = loaded.model->config().vocab_size, mask = loaded.defaults.params.mask_id;
   ServeParams sp;
   sp.port = 0;
@@ -155,6 +156,7 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
       ServeBenchRow r;
       r.model = name;
       r.routing = routing;
+      r.dtype = dtype;
       r.clients = c;
       r.requests = p.requests;
       r.seconds = std::chrono::duration<double>(BClock::now() - t0).count();
@@ -182,6 +184,11 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
   server.stop();
 }
 
+// The dtype `ecdlm serve` loads `dir` in without --dtype: bf16 for bf16 weights, else f32.
+std::string stored_dtype_name(const std::string& dir) {
+  return stored_weight_dtype(io::SafetensorsSet::open(dir)) == "BF16" ? "bf16" : "f32";
+}
+
 }  // namespace
 
 std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
@@ -190,6 +197,10 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
   if (p.requests < 1) fail("", "--requests", "must be >= 1", "e.g. 16");
   if (!p.synthetic && p.model_dir.empty())
     fail("", "--no-synthetic", "nothing to benchmark: no synthetic model and no -m", "pass -m MODEL_DIR");
+  for (const auto& dt : p.dtypes)
+    if (dt != "f32" && dt != "bf16") fail("", "--dtype", "unknown dtype '" + dt + "'", "use f32, bf16 or f32,bf16");
+  if (!p.dtypes.empty() && p.model_dir.empty())
+    fail("", "--dtype", "applies to the -m model only (the synthetic model is bf16)", "pass -m MODEL_DIR, or drop --dtype");
   std::vector<ServeBenchRow> rows;
   prof::set_enabled(true);
   auto defaults = [&](int64_t mask) {
@@ -214,15 +225,24 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
   }
   if (!p.model_dir.empty()) {
     const auto cfg = ModelConfig::load(p.model_dir);
-    Loaded L;
-    L.tok = text::load_tokenizer(p.model_dir);
-    check_tokenizer_fits(*L.tok, cfg, p.model_dir);
-    const auto mask = require_mask_id(p.model_dir, cfg, L.tok.get());
-    L.model = load_model(p.model_dir);
-    L.defaults = defaults(mask.id);
-    auto q = p;
-    q.routings = {"token"};  // a model of our own: token choice (no dMoE coreset)
-    bench_model(p.model_dir, std::move(L), q, rows);
+    // Without --dtype one run in the stored dtype, named by it (as `ecdlm serve` loads it).
+    std::vector<std::string> dtypes = p.dtypes;
+    if (dtypes.empty()) dtypes.push_back(stored_dtype_name(p.model_dir));
+    for (const auto& dt : dtypes) {
+      Loaded L;
+      L.tok = text::load_tokenizer(p.model_dir);
+      check_tokenizer_fits(*L.tok, cfg, p.model_dir);
+      const auto mask = require_mask_id(p.model_dir, cfg, L.tok.get());
+      LoadOptions lo;
+      lo.dtype = dt == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+      lo.map_weights = true;  // as `ecdlm serve`: weights used in place where the dtype matches
+      LOG_INFO("bench serve: " << p.model_dir << " in " << dt << (p.dtypes.empty() ? " (its stored dtype)" : " (--dtype)"));
+      L.model = load_model(p.model_dir, nullptr, lo);
+      L.defaults = defaults(mask.id);
+      auto q = p;
+      q.routings = {"token"};  // a model of our own: token choice (no dMoE coreset)
+      bench_model(p.model_dir + " (" + dt + ")", std::move(L), q, rows);
+    }
   }
   return rows;
 }
@@ -230,7 +250,7 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
 json to_json(const std::vector<ServeBenchRow>& rows) {
   json out = json::array();
   for (const auto& r : rows)
-    out.push_back({{"model", r.model}, {"routing", r.routing}, {"clients", r.clients}, {"requests", r.requests},
+    out.push_back({{"model", r.model}, {"routing", r.routing}, {"dtype", r.dtype}, {"clients", r.clients}, {"requests", r.requests},
                    {"tokens", r.tokens}, {"seconds", r.seconds}, {"tokens_per_s", r.tokens_per_s}, {"speedup", r.speedup},
                    {"ttfb_p50_ms", r.ttfb_p50_ms}, {"latency_p50_ms", r.latency_p50_ms},
                    {"latency_p99_ms", r.latency_p99_ms}, {"batch_rows_mean", r.batch_rows_mean}, {"step_ms", r.step_ms},

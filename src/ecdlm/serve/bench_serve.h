@@ -14,6 +14,9 @@ namespace ecdlm::serve {
 struct ServeBenchParams {
   bool quick = false;
   std::string model_dir;                     // a model directory with a tokenizer ("" = synthetic only)
+  // The -m model's weight dtypes, one benchmark each ("f32", "bf16"; empty: its stored dtype, as
+  // `ecdlm serve` without --dtype). The synthetic model is bf16 only.
+  std::vector<std::string> dtypes;
   bool synthetic = true;                     // also (first) the synthetic model
   std::vector<int64_t> clients = {1, 2, 4, 8, 16};
   std::vector<std::string> routings = {"token", "block"};
@@ -25,7 +28,7 @@ struct ServeBenchParams {
 };
 
 struct ServeBenchRow {
-  std::string model, routing;
+  std::string model, routing, dtype;  // dtype: the weights' ("f32" / "bf16")
   int64_t clients = 0, requests = 0, tokens = 0;
   double seconds = 0, tokens_per_s = 0, speedup = 0;  // speedup: tokens/s over 1 client
   double ttfb_p50_ms = 0, latency_p50_ms = 0, latency_p99_ms = 0;
