@@ -232,7 +232,9 @@ struct StepPath {
   const char* name;
   int fmt;  // index into kFormats, -1 bf16
   kernels::QuantKernel k;
-  bool packed = false;  // vnni below 16 rows: the repacked output lanes instead of the 4 x 4 tiles
+  // vnni on the repacked output-lane copy: below 16 rows the packed few-row kernel instead of the
+  // 4 x 4 tiles, from 16 rows the token-lane kernel reading the copy in place instead of its panel copy
+  bool packed = false;
 };
 const StepPath kStepPaths[] = {{"bf16", -1, kernels::QuantKernel::kAuto},
                                {"q8 auto", 0, kernels::QuantKernel::kAuto},
@@ -374,8 +376,10 @@ BENCHMARK(BM_QuantStepMin)
 
 namespace {
 
-// The few-row vnni kernels' compute speed: one [256, 2048] weight (in L2) multiplied over and
-// over, the 4 x 4 tiles against the packed output lanes. args: format index (into kFormats), M, packed.
+// The vnni kernels' compute speed: one [256, 2048] weight (in L2) multiplied over and over, the
+// row layout (4 x 4 tiles; token lanes with their panel copy from 16 rows) against the packed
+// output lanes (the few-row kernel; the token lanes reading the copy in place from 16 rows).
+// args: format index (into kFormats), M, packed.
 void BM_QuantHot(benchmark::State& state) {
   if (!kernels::cpu_has_avx512_vnni()) {
     state.SkipWithError("no AVX512-VNNI");
@@ -390,9 +394,9 @@ void BM_QuantHot(benchmark::State& state) {
   kernels::set_quant_repack(false);
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(state.range(0))]) + " M " +
-                 std::to_string(state.range(1)) + (state.range(2) ? " packed" : " tiles"));
+                 std::to_string(state.range(1)) + (state.range(2) ? " packed" : " rows"));
 }
 
-BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 2}, {1, 4, 8}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 2}, {1, 4, 8, 16, 32, 64}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
 
 }  // namespace
