@@ -400,3 +400,40 @@ void BM_QuantHot(benchmark::State& state) {
 BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 2}, {1, 4, 8, 16, 32, 64}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
 
 }  // namespace
+
+namespace {
+
+// The token-lane kernel's compute speed on its two weight layouts, interleaved call by call, each
+// one's fastest call kept (a loaded machine's undisturbed calls): one [256, 2048] weight (in L2),
+// the row layout (panel copy per call) against the packed copy read in place. Counters: us per
+// call, panel / packed. args: format index (into kFormats), M (16+).
+void BM_QuantLanesHotMin(benchmark::State& state) {
+  if (!kernels::cpu_has_avx512_vnni()) {
+    state.SkipWithError("no AVX512-VNNI");
+    return;
+  }
+  torch::set_num_threads(1);
+  torch::NoGradGuard ng;
+  const auto f = kFormats[static_cast<size_t>(state.range(0))];
+  const auto w = io::quantize(torch::randn({256, 2048}) * 0.02, f);
+  const auto x = torch::randn({state.range(1), 2048}).to(torch::kBFloat16);
+  double best[2] = {1e30, 1e30};
+  for (auto _ : state)
+    for (int rep = 0; rep < 300; ++rep)
+      for (int packed = 0; packed < 2; ++packed) {
+        kernels::set_quant_repack(packed == 1);
+        const auto t0 = std::chrono::steady_clock::now();
+        benchmark::DoNotOptimize(kernels::quant_linear(x, w, kernels::QuantKernel::kVnni).data_ptr());
+        best[packed] =
+            std::min(best[packed], std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      }
+  kernels::set_quant_repack(false);
+  state.counters["panel_us"] = best[0];
+  state.counters["packed_us"] = best[1];
+  state.counters["speedup"] = best[0] / best[1];
+  state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(state.range(1)));
+}
+
+BENCHMARK(BM_QuantLanesHotMin)->ArgsProduct({{0, 1, 2, 3, 4}, {16, 17, 32, 40, 64}})->Iterations(1)->Unit(benchmark::kMillisecond);
+
+}  // namespace

@@ -47,7 +47,10 @@ struct BlockScales {
 // part[r][b] (16 tokens of block tb0 + b) += RT rows · x's lanes over group gi. Row r's 4 codes of
 // step s are at v + r * rs + s * ss (packed: rs 4, ss 64); kTail: v is row 0's tail chunk (rs its
 // row stride), input i0 + 4s a low nibble of byte i0 + 4s below `half`, else a high one of byte
-// i0 + 4s - half. dw / mw: row r's scale and minimum at [r]. Each (row, token) sees the panel
+// i0 + 4s - half. kHigh masks the high nibbles in place (16 x the code, one vpandd with the
+// broadcast folded in, instead of a shift and a mask) and starts from 16 x the bias: the int32 sum
+// is 16 x the group's, exactly, shifted back before the conversion. dw / mw: row r's scale and
+// minimum at [r]. Each (row, token) sees the panel
 // kernel's steps: the group's int32 sum from the lane bias, one conversion, the scale product
 // dx · dw, one FMA into part, then q4's minimum term.
 template <int RT, int TBC, Fmt F, int G, Mode MODE>
@@ -58,11 +61,12 @@ ECDLM_PL_TARGET inline __attribute__((always_inline)) void group_tile(const uint
   constexpr int64_t steps = G / 4;
   constexpr bool Z = F != kFmtQ4, MINS = F == kFmtQ4;
   const int64_t TB = x.TB;
-  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(static_cast<char>(0xF0));
   __m512i dot[RT][TBC];
 #pragma GCC unroll 4
   for (int b = 0; b < TBC; ++b) {
-    const __m512i init = Z ? _mm512_loadu_si512(x.bias + (gi * TB + tb0 + b) * 16) : _mm512_setzero_si512();
+    __m512i init = Z ? _mm512_loadu_si512(x.bias + (gi * TB + tb0 + b) * 16) : _mm512_setzero_si512();
+    if constexpr (MODE == kHigh && Z) init = _mm512_slli_epi32(init, 4);
 #pragma GCC unroll 16
     for (int r = 0; r < RT; ++r) dot[r][b] = init;
   }
@@ -85,7 +89,7 @@ ECDLM_PL_TARGET inline __attribute__((always_inline)) void group_tile(const uint
       std::memcpy(&c, v + r * rs + off, 4);
       __m512i wb = _mm512_set1_epi32(c);
       if constexpr (MODE == kLow) wb = _mm512_and_si512(wb, low);
-      if constexpr (MODE == kHigh) wb = _mm512_and_si512(_mm512_srli_epi32(wb, 4), low);
+      if constexpr (MODE == kHigh) wb = _mm512_and_si512(wb, high);  // 16 x the code: one op, not two
       if constexpr (MODE == kTail) wb = _mm512_and_si512(_mm512_srl_epi32(wb, _mm_cvtsi32_si128(sh)), low);
 #pragma GCC unroll 4
       for (int b = 0; b < TBC; ++b) dot[r][b] = _mm512_dpbusd_epi32(dot[r][b], wb, xv[b]);
@@ -99,7 +103,9 @@ ECDLM_PL_TARGET inline __attribute__((always_inline)) void group_tile(const uint
     for (int r = 0; r < RT; ++r) {
       float* acc = part_r0 + (r * TB + tb0 + b) * 16;
       const __m512 sc = _mm512_mul_ps(dx, _mm512_set1_ps(dw[r]));
-      __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r][b]), sc, _mm512_loadu_ps(acc));
+      // kHigh summed 16 x the codes (and 16 x the bias): exactly divisible, the same int32 sum.
+      const __m512i sum = MODE == kHigh ? _mm512_srai_epi32(dot[r][b], 4) : dot[r][b];
+      __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), sc, _mm512_loadu_ps(acc));
       if constexpr (MINS) a = _mm512_fmadd_ps(_mm512_loadu_ps(x.c + xi), _mm512_set1_ps(mw[r]), a);
       _mm512_storeu_ps(acc, a);
     }
@@ -196,6 +202,18 @@ ECDLM_PL_TARGET void convert_scales(const Packed& p, int64_t b0, int64_t b1, int
     }
 }
 
+// The next K block's bytes of blocks b0 .. b1 - 1 (from input k1), asked for before this block
+// runs: each block is one contiguous stream, but a K block's part of it is ~one 4 KB page, and the
+// hardware prefetchers stop at page boundaries (the panel kernel's copy prefetched the same way).
+ECDLM_PL_TARGET void prefetch_next(const Packed& p, bool q8, int64_t b0, int64_t b1, int64_t k1, int64_t kp) {
+  if (k1 >= kp) return;
+  const int64_t bytes = std::min(kKB, kp - k1) * (q8 ? 16 : 8), at = k1 * (q8 ? 16 : 8);
+  for (int64_t b = b0; b < b1; ++b) {
+    const char* q = reinterpret_cast<const char*>(p.q.data() + b * p.slots * 64 + at);
+    for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(q + i, _MM_HINT_T0);
+  }
+}
+
 }  // namespace
 
 void vnni_lane_rows_packed(const QxLanes& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
@@ -219,6 +237,7 @@ void vnni_lane_rows_packed(const QxLanes& x, const Packed& p, const QwOperand& w
     for (int64_t k0 = 0; k0 < K; k0 += kKB) {
       const int64_t LG = std::min(kKB, K - k0) / G, g0 = k0 / G;
       convert_scales(p, b0, b1, g0, LG, scales);
+      prefetch_next(p, f == kFmtQ8, b0, b1, k0 + kKB, src.kp);
       if (f == kFmtQ8)
         unit_block_g<kFmtQ8>(G, src, nb, nr, g0, LG, x, part);
       else if (f == kFmtQ4)
