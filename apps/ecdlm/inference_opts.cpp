@@ -1,13 +1,19 @@
 #include "inference_opts.h"
 
+#include <unistd.h>
+
 #include <cctype>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <sstream>
 
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/model_dir.h"
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/kernels/small_m.h"
+#include "ecdlm/model/quantize.h"
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
@@ -56,6 +62,19 @@ void RoutingFlags::add_to(CLI::App* sub) {
                   "torch (torch's linear always). Any choice but torch also runs f32 weights' products of up "
                   "to 512 rows on the AVX-512 f32 dot tiles")
       ->check(CLI::IsMember({"auto", "amx", "avx512", "torch"}))
+      ->capture_default_str();
+  sub->add_option("--quant-kernel", quant_kernel,
+                  "Quantized checkpoints (convert --quantize): products of up to 64 token rows on auto (best this "
+                  "CPU has), vnni (AVX512-VNNI int8), avx2 (AVX2 int8), bf16 (dequantized tiles, AVX512-BF16) or "
+                  "torch (dequantize + torch's GEMM, every row count)")
+      ->check(CLI::IsMember({"auto", "vnni", "avx2", "bf16", "torch"}))
+      ->capture_default_str();
+  sub->add_option("--quant-repack", quant_repack,
+                  "Quantized checkpoints on AVX512-VNNI: run the quantized products on copies of the weights "
+                  "repacked into output lanes, built at load (faster: the few-row kernel's operand, read in place "
+                  "by the many-row one; the copies take about the packed weights' size again in memory). auto: on "
+                  "when the copies fit in a quarter of physical memory")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
 }
 
@@ -150,6 +169,68 @@ std::string default_dtype(const std::string& dir) {
   return st ? dtype_for(stored_weight_dtype(*st)) : "";
 }
 
+namespace {
+
+// The checkpoint, or expert choice on a token-choice one (a router swap at load).
+MoeDlm load_routed(const std::string& dir, const RoutingFlags& f, const LoadOptions& lo, LoadStats* stats) {
+  if (f.policy != "ec") return load_model(dir, nullptr, lo, stats);
+  auto cfg = ModelConfig::load(dir);
+  if (cfg.router_type == RouterType::kExpertChoice) return load_model(dir, nullptr, lo, stats);
+  RetrofitParams rp;
+  if (!f.ec_schedule.empty()) rp.schedule = f.ec_schedule;
+  rp.k_min = f.ec_k_min;
+  rp.k_max = f.ec_k_max;
+  auto ec = retrofit_config(cfg, rp);
+  LOG_INFO("routing: expert choice on a token-choice model (router swap, schedule " << ec.moe_capacity_schedule
+                                                                                     << ", k " << ec.num_experts_per_tok << ")");
+  return load_model(dir, &ec, lo, stats);
+}
+
+// --quant-kernel and --quant-repack for a quantized checkpoint (set process-wide, logged once).
+void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
+  kernels::set_quant_kernel(kernels::parse_quant_kernel(f.quant_kernel, "--quant-kernel"));
+  kernels::set_quant_repack(false);
+  const int64_t bytes = quantized_bytes(model);
+  if (bytes == 0) return;
+  const auto backend = kernels::quant_kernel_backend();
+  const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  std::string why;
+  bool on = false;
+  if (f.quant_repack == "off") {
+    why = "off (--quant-repack off)";
+  } else if (backend != kernels::QuantKernel::kVnni) {
+    if (f.quant_repack == "on")
+      fail("", "--quant-repack", "repacked experts run on the AVX512-VNNI kernel, and the quantized kernel in use is " +
+                                     std::string(kernels::quant_kernel_name(backend)),
+           "use --quant-kernel vnni on a CPU with AVX512-VNNI, or --quant-repack off");
+    why = std::string("off (the ") + kernels::quant_kernel_name(backend) + " kernel reads the row layout)";
+  } else if (f.quant_repack == "on") {
+    on = true;
+    why = "on (--quant-repack on)";
+  } else if (static_cast<double>(bytes) <= ram / 4) {
+    on = true;
+    why = "on (auto: the copies fit in a quarter of physical memory)";
+  } else {
+    why = "off (auto: the copies, " + size_str(static_cast<double>(bytes)) + ", exceed a quarter of physical memory, " +
+          size_str(ram / 4) + "; --quant-repack on forces them)";
+  }
+  std::string done;
+  if (on) {
+    kernels::set_quant_repack(true);
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t n = prepack_quantized(model);
+    char buf[96];
+    std::snprintf(buf, sizeof(buf), ": %lld weights, %s, repacked in %.2f s", static_cast<long long>(n),
+                  size_str(static_cast<double>(bytes)).c_str(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    done = buf;
+  }
+  LOG_INFO("quantized kernel: " << f.quant_kernel << " -> " << kernels::quant_kernel_name(backend)
+                                << "; output-lane copies " << why << done);
+}
+
+}  // namespace
+
 MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats, std::string* dtype) {
   LoadOptions lo;
   // A bf16 checkpoint loaded as f32 silently quadruples the memory a forward reads: say what is used and why.
@@ -179,17 +260,9 @@ MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats
                                         : "")
                                 << ")");
   lo.map_weights = true;
-  if (f.policy != "ec") return load_model(dir, nullptr, lo, stats);
-  auto cfg = ModelConfig::load(dir);
-  if (cfg.router_type == RouterType::kExpertChoice) return load_model(dir, nullptr, lo, stats);
-  RetrofitParams rp;
-  if (!f.ec_schedule.empty()) rp.schedule = f.ec_schedule;
-  rp.k_min = f.ec_k_min;
-  rp.k_max = f.ec_k_max;
-  auto ec = retrofit_config(cfg, rp);
-  LOG_INFO("routing: expert choice on a token-choice model (router swap, schedule " << ec.moe_capacity_schedule
-                                                                                     << ", k " << ec.num_experts_per_tok << ")");
-  return load_model(dir, &ec, lo, stats);
+  auto model = load_routed(dir, f, lo, stats);
+  setup_quantized(*model, f);
+  return model;
 }
 
 std::vector<int64_t> parse_ids(const std::string& s, const std::string& flag) {

@@ -25,6 +25,8 @@ struct RoutingFlags {
   double ec_k_min = 0, ec_k_max = 0;
   std::string dtype;                  // --dtype: f32 | bf16; "" = the checkpoint's stored dtype
   std::string kernel = "auto";        // --kernel: auto | amx | avx512 | torch (kernels/small_m.h)
+  std::string quant_kernel = "auto";  // --quant-kernel: auto | vnni | avx2 | bf16 | torch (kernels/quant.h)
+  std::string quant_repack = "auto";  // --quant-repack: auto | on | off (kernels/quant_repack.h)
 
   void add_to(CLI::App* sub);
   // The effective routing for `cfg` (validated; UserError naming the flag), logged with its source.
@@ -50,6 +52,8 @@ bool trained_bidirectional(const ModelConfig& cfg);
 // --moe-capacity-*); others load as is.
 // Without --dtype the weights load in the checkpoint's stored dtype (bf16, else f32); every
 // conversion is logged with its size. `dtype` receives the dtype used ("f32" / "bf16").
+// A quantized checkpoint also gets --quant-kernel and --quant-repack (its routed experts'
+// output-lane copies built now, in parallel, when repacking is on).
 MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats = nullptr,
                         std::string* dtype = nullptr);
 

@@ -72,6 +72,31 @@ for m, tol in (("q8", 0.3), ("q4", 0.6)):
     assert t < tb, (m, t, tb)
 PY
 
+# --- --quant-repack: the routed experts on output-lane copies give the row-layout tiles' logits ------------
+if grep -q avx512_vnni /proc/cpuinfo; then
+  for r in on off; do
+    "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --attention block-causal --block-length 32 \
+      --moe-routing token --quant-repack "$r" --out "$TMP/l_q8_$r.safetensors" 2> "$TMP/err_$r.txt" \
+      || { cat "$TMP/err_$r.txt"; fail "logits q8 --quant-repack $r"; }
+  done
+  grep -qE "output-lane copies on \(--quant-repack on\): [0-9]+ weights" "$TMP/err_on.txt" || fail "repack on log"
+  grep -q "output-lane copies off (--quant-repack off)" "$TMP/err_off.txt" || fail "repack off log"
+  python3 - "$TMP" <<'PY' || fail "repacked logits vs the tiles"
+import sys
+sys.path.insert(0, sys.argv[1])
+import st
+on = st.read(sys.argv[1] + "/l_q8_on.safetensors")["logits"]
+off = st.read(sys.argv[1] + "/l_q8_off.safetensors")["logits"]
+# Same int8 products summed in another f32 order: the logits differ by bf16 rounding, not more.
+for a, b in zip(on, off):
+    d = max(abs(x - y) for x, y in zip(a, b)); m = max(abs(y) for y in b)
+    assert d <= 0.01 * m, (d, m)
+PY
+fi
+expect_rc 2 "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --quant-repack on --quant-kernel torch \
+  --out "$TMP/x.safetensors"
+grep -q "quant-repack: repacked experts run on the AVX512-VNNI kernel" "$TMP/err.txt" || fail "repack refusal message"
+
 # --- generate: KV cache + block routing on q4 --------------------------------------------------------------
 "$ECDLM" generate -m "$TMP/q4" --prompt-ids 5,17,42,7 -n 32 --diffusion-block-length 32 --diffusion-steps 8 \
   --moe-routing block --block-top-p 0.6 --eos-id 298 --mask-id 299 --json > "$TMP/gen.json" 2> "$TMP/err.txt" \

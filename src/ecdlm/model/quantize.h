@@ -102,5 +102,8 @@ int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p);
 // decoding step pays a first-use copy: with repacking on, the few-row and the token-lane kernels
 // both read them. Returns the weights packed.
 int64_t prepack_quantized(MoeDlmImpl& model);
+// Bytes of the packed weights of `model` (codes, scales, minimums): about what their output-lane
+// copies take. 0 for a model without quantized weights.
+int64_t quantized_bytes(MoeDlmImpl& model);
 
 }  // namespace ecdlm
