@@ -141,7 +141,7 @@ struct Packed {
   std::vector<uint8_t> q;
   std::vector<uint16_t> d, m;
 };
-// Whether the vnni drivers run products under kLaneMinRows rows on packed copies: quant_repack.h.
+// Whether the vnni drivers run their products on packed copies: quant_repack.h.
 // w's packed copy, built on the first call and shared until w's storage is freed. Thread-safe.
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w);
 // Whether w's packed copy is built already (tests).
