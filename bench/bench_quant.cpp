@@ -232,7 +232,9 @@ struct StepPath {
   const char* name;
   int fmt;  // index into kFormats, -1 bf16
   kernels::QuantKernel k;
-  bool packed = false;  // vnni below 16 rows: the repacked output lanes instead of the 4 x 4 tiles
+  // vnni on the repacked output-lane copy: below 16 rows the packed few-row kernel instead of the
+  // 4 x 4 tiles, from 16 rows the token-lane kernel reading the copy in place instead of its panel copy
+  bool packed = false;
 };
 const StepPath kStepPaths[] = {{"bf16", -1, kernels::QuantKernel::kAuto},
                                {"q8 auto", 0, kernels::QuantKernel::kAuto},
@@ -374,8 +376,10 @@ BENCHMARK(BM_QuantStepMin)
 
 namespace {
 
-// The few-row vnni kernels' compute speed: one [256, 2048] weight (in L2) multiplied over and
-// over, the 4 x 4 tiles against the packed output lanes. args: format index (into kFormats), M, packed.
+// The vnni kernels' compute speed: one [256, 2048] weight (in L2) multiplied over and over, the
+// row layout (4 x 4 tiles; token lanes with their panel copy from 16 rows) against the packed
+// output lanes (the few-row kernel; the token lanes reading the copy in place from 16 rows).
+// args: format index (into kFormats), M, packed.
 void BM_QuantHot(benchmark::State& state) {
   if (!kernels::cpu_has_avx512_vnni()) {
     state.SkipWithError("no AVX512-VNNI");
@@ -390,9 +394,46 @@ void BM_QuantHot(benchmark::State& state) {
   kernels::set_quant_repack(false);
   state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(state.range(0))]) + " M " +
-                 std::to_string(state.range(1)) + (state.range(2) ? " packed" : " tiles"));
+                 std::to_string(state.range(1)) + (state.range(2) ? " packed" : " rows"));
 }
 
-BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 2}, {1, 4, 8}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 2}, {1, 4, 8, 16, 32, 64}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+
+}  // namespace
+
+namespace {
+
+// The token-lane kernel's compute speed on its two weight layouts, interleaved call by call, each
+// one's fastest call kept (a loaded machine's undisturbed calls): one [256, 2048] weight (in L2),
+// the row layout (panel copy per call) against the packed copy read in place. Counters: us per
+// call, panel / packed. args: format index (into kFormats), M (16+).
+void BM_QuantLanesHotMin(benchmark::State& state) {
+  if (!kernels::cpu_has_avx512_vnni()) {
+    state.SkipWithError("no AVX512-VNNI");
+    return;
+  }
+  torch::set_num_threads(1);
+  torch::NoGradGuard ng;
+  const auto f = kFormats[static_cast<size_t>(state.range(0))];
+  const auto w = io::quantize(torch::randn({256, 2048}) * 0.02, f);
+  const auto x = torch::randn({state.range(1), 2048}).to(torch::kBFloat16);
+  double best[2] = {1e30, 1e30};
+  for (auto _ : state)
+    for (int rep = 0; rep < 300; ++rep)
+      for (int packed = 0; packed < 2; ++packed) {
+        kernels::set_quant_repack(packed == 1);
+        const auto t0 = std::chrono::steady_clock::now();
+        benchmark::DoNotOptimize(kernels::quant_linear(x, w, kernels::QuantKernel::kVnni).data_ptr());
+        best[packed] =
+            std::min(best[packed], std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      }
+  kernels::set_quant_repack(false);
+  state.counters["panel_us"] = best[0];
+  state.counters["packed_us"] = best[1];
+  state.counters["speedup"] = best[0] / best[1];
+  state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(state.range(1)));
+}
+
+BENCHMARK(BM_QuantLanesHotMin)->ArgsProduct({{0, 1, 2, 3, 4}, {16, 17, 32, 40, 64}})->Iterations(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace

@@ -71,9 +71,10 @@ void RoutingFlags::add_to(CLI::App* sub) {
       ->check(CLI::IsMember({"auto", "vnni", "avx2", "bf16", "torch"}))
       ->capture_default_str();
   sub->add_option("--quant-repack", quant_repack,
-                  "Quantized checkpoints on AVX512-VNNI: run the routed experts' few-row products on copies "
-                  "repacked into output lanes, built at load (a few % faster per decoding step; the copies take "
-                  "the experts' packed size again in memory, and building them takes seconds per GB)")
+                  "Quantized checkpoints on AVX512-VNNI: run the quantized products on copies of the weights "
+                  "repacked into output lanes, built at load (the few-row kernel's operand, read in place by the "
+                  "many-row one; the copies take the packed weights' size again in memory, and building them "
+                  "takes seconds per GB)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
 }
@@ -190,7 +191,7 @@ MoeDlm load_routed(const std::string& dir, const RoutingFlags& f, const LoadOpti
 void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
   kernels::set_quant_kernel(kernels::parse_quant_kernel(f.quant_kernel, "--quant-kernel"));
   kernels::set_quant_repack(false);
-  const int64_t bytes = routed_expert_quant_bytes(model);
+  const int64_t bytes = quantized_bytes(model);
   if (bytes == 0) return;
   const auto backend = kernels::quant_kernel_backend();
   std::string done;
@@ -206,9 +207,9 @@ void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
                                                     "pages they may not fit");
     kernels::set_quant_repack(true);
     const auto t0 = std::chrono::steady_clock::now();
-    const int64_t n = prepack_routed_experts(model);
+    const int64_t n = prepack_quantized(model);
     char buf[96];
-    std::snprintf(buf, sizeof(buf), " (--quant-repack on): %lld expert weights, %s, repacked in %.2f s",
+    std::snprintf(buf, sizeof(buf), " (--quant-repack on): %lld weights, %s, repacked in %.2f s",
                   static_cast<long long>(n), size_str(static_cast<double>(bytes)).c_str(),
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     done = std::string("on") + buf;
@@ -216,7 +217,7 @@ void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
     done = "off (--quant-repack on to build them)";
   }
   LOG_INFO("quantized kernel: " << f.quant_kernel << " -> " << kernels::quant_kernel_name(backend)
-                                << "; routed experts' output-lane copies " << done);
+                                << "; output-lane copies " << done);
 }
 
 }  // namespace

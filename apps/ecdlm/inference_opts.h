@@ -52,7 +52,7 @@ bool trained_bidirectional(const ModelConfig& cfg);
 // --moe-capacity-*); others load as is.
 // Without --dtype the weights load in the checkpoint's stored dtype (bf16, else f32); every
 // conversion is logged with its size. `dtype` receives the dtype used ("f32" / "bf16").
-// A quantized checkpoint also gets --quant-kernel and --quant-repack (its routed experts'
+// A quantized checkpoint also gets --quant-kernel and --quant-repack (every packed weight's
 // output-lane copies built now, in parallel, when repacking is on).
 MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats = nullptr,
                         std::string* dtype = nullptr);

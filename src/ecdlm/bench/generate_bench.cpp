@@ -335,8 +335,8 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     kernels::set_quant_repack(m.repack);
     if (m.repack) {  // the copies before any timing: a first use inside a step copies single-threaded
       const auto t0 = std::chrono::steady_clock::now();
-      const int64_t n = prepack_routed_experts(*m.model);
-      LOG_INFO("bench generate: " << m.weights << ": " << n << " expert weights repacked in "
+      const int64_t n = prepack_quantized(*m.model);
+      LOG_INFO("bench generate: " << m.weights << ": " << n << " packed weights repacked in "
                                   << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s");
     }
     // Warm-up (allocator, oneDNN primitives) outside the measurement.

@@ -97,22 +97,23 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   float* y = y_MN.data_ptr<float>();
   const int64_t units = (N + kUnitRows - 1) / kUnitRows;
   const bool vnni = k == QuantKernel::kVnni;
+  // On vnni with repacking on, the output-lane copy (quant_repack.cpp): the few-row kernel's
+  // operand, and read in place by the token-lane kernel (no per-call panel copy).
+  auto wo_rows = wo;
+  std::shared_ptr<const detail::Packed> pk;
+  if (vnni && quant_repack()) {
+    pk = detail::packed(w);
+    wo_rows.packed = pk.get();
+  }
   if (vnni && M >= detail::kLaneMinRows) {  // many rows: 16 tokens per vector (quant_lanes.cpp)
     thread_local detail::QxLaneScratch lane_buf;
     const auto xl = detail::build_lanes(x, detail::vnni_zero_point(w.format.kind), lane_buf);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t u = 0; u < units; ++u) {
       const int64_t n0 = u * kUnitRows, n1 = std::min(N, n0 + kUnitRows);
-      detail::vnni_lane_rows(xl, wo, n0, n1, y + n0, N);
+      detail::vnni_lane_rows(xl, wo_rows, n0, n1, y + n0, N);
     }
     return y_MN;
-  }
-  // Few rows on vnni: the output-lane copy when repacking is on (quant_repack.cpp).
-  auto wo_rows = wo;
-  std::shared_ptr<const detail::Packed> pk;
-  if (vnni && quant_repack()) {
-    pk = detail::packed(w);
-    wo_rows.packed = pk.get();
   }
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < units; ++u) {

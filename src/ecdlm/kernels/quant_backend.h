@@ -130,6 +130,7 @@ QxLanes build_lanes(const QxOperand& x, int32_t z, QxLaneScratch& buf);
 // lanes 1.05x (q8) / 1.2x (q4) faster at 16 and 1.4x / 1.8x at 32 (2048 x 2048).
 constexpr int64_t kLaneMinRows = 16;
 // y[m * ldy + (n - n0)] = x_m · deq(w_n) for n in [n0, n1), m < M, from the token-lane operand.
+// w.packed set: vnni_lane_rows_packed (no per-call panel copy).
 void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
 // A weight repacked into output lanes (quant_repack.cpp): 16-row blocks, each block's input slot
@@ -143,11 +144,15 @@ struct Packed {
 };
 // Bytes a packed copy of w takes (codes, scales, minimums).
 int64_t packed_bytes(const io::QuantWeight& w);
-// Whether the vnni drivers run products under kLaneMinRows rows on packed copies: quant_repack.h.
+// Whether the vnni drivers run their products on packed copies: quant_repack.h.
 // w's packed copy, built on the first call and shared until w's storage is freed. Thread-safe.
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w);
 // Whether w's packed copy is built already (tests).
 bool has_packed(const io::QuantWeight& w);
+// vnni_lane_rows reading the packed copy p of w in place (quant_lanes_packed.cpp; any n0, n1):
+// bit-identical to the panel kernel on w's row layout. q4's K % 128 tail still reads w's rows.
+void vnni_lane_rows_packed(const QxLanes& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
+                           int64_t ldy);
 // vnni_rows over the packed copy p of w (n0 a multiple of 16).
 void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                       int64_t ldy);

@@ -189,6 +189,7 @@ QxLanes build_lanes(const QxOperand& x, int32_t z, QxLaneScratch& buf) {
 }
 
 void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  if (w.packed) return vnni_lane_rows_packed(x, *w.packed, w, n0, n1, y, ldy);
   thread_local Panel panel;
   thread_local std::vector<float> part_buf;
   const int64_t G = w.G, K = w.K, TB = x.TB;

@@ -105,8 +105,8 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
     }
   const auto n = static_cast<int64_t>(ids.size());
   std::vector<detail::QwOperand> gw, uw, dw;
-  // Experts under kLaneMinRows rows on vnni with repacking on: their output-lane copies
-  // (quant_repack.cpp), held for the call.
+  // On vnni with repacking on, every expert's output-lane copies (quant_repack.cpp), held for the
+  // call: the few-row kernel's operand, and read in place by the token-lane kernel (16+ rows).
   std::vector<std::shared_ptr<const detail::Packed>> held;
   const bool repack = vnni && quant_repack();
   for (size_t e = 0; e < ids.size(); ++e) {
@@ -114,7 +114,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
     gw.push_back(detail::weight_operand(*ex.gate[i]));
     uw.push_back(detail::weight_operand(*ex.up[i]));
     dw.push_back(detail::weight_operand(*ex.down[i]));
-    if (repack && counts[i] < detail::kLaneMinRows) {
+    if (repack) {
       for (auto [op, w] : {std::pair{&gw.back(), ex.gate[i]}, {&uw.back(), ex.up[i]}, {&dw.back(), ex.down[i]}}) {
         held.push_back(detail::packed(*w));
         op->packed = held.back().get();

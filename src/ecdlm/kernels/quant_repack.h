@@ -1,9 +1,10 @@
 // Repacking switch for the quantized kernels (kernels/quant_repack.cpp): with it on, the AVX512-VNNI
-// path runs products of fewer than 16 token rows (routed experts in a cached step) on a copy of
-// each weight repacked into output lanes, built on first use and kept while the weight lives. It
-// streams one contiguous block per 16 rows and pays ~1.5 vector ops per 64 weight bytes and token
-// against the 4 x 4 tiles' ~4-5, but every weight it touches is held twice (the row layout stays
-// mapped): off by default. Process-wide; other CPUs ignore it.
+// path runs its products on a copy of each weight repacked into output lanes, built on first use
+// and kept while the weight lives: products of fewer than 16 token rows (routed experts in a cached
+// step) in the packed few-row kernel, ~1.5 vector ops per 64 weight bytes and token against the
+// 4 x 4 tiles' ~4-5; 16 rows and more in the token-lane kernel reading the copy in place
+// (quant_lanes_packed.cpp: no per-call panel copy). Every weight it touches is held twice (the row
+// layout stays mapped): off by default. Process-wide; other CPUs ignore it.
 #pragma once
 #include <vector>
 

@@ -286,26 +286,31 @@ int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p) {
 
 namespace {
 
-std::vector<const io::QuantWeight*> routed_expert_weights(MoeDlmImpl& model) {
+// Every packed weight of `model`: routed experts, then the linears (shared experts, dense MLPs,
+// attention projections, a packed LM head).
+std::vector<const io::QuantWeight*> quantized_weights(MoeDlmImpl& model) {
   std::vector<const io::QuantWeight*> ws;
   for (const auto& m : model.named_modules())
-    if (auto ex = std::dynamic_pointer_cast<moe::ExpertsImpl>(m.value()); ex && ex->quantized())
+    if (auto ex = std::dynamic_pointer_cast<moe::ExpertsImpl>(m.value()); ex && ex->quantized()) {
       for (int proj = 0; proj < 3; ++proj)
         for (int64_t e = 0; e < ex->num_experts(); ++e) ws.push_back(&ex->quant_w(proj, e));
+    } else if (auto lin = std::dynamic_pointer_cast<LinearNoBiasImpl>(m.value()); lin && lin->quantized()) {
+      ws.push_back(&lin->quant());
+    }
   return ws;
 }
 
 }  // namespace
 
-int64_t prepack_routed_experts(MoeDlmImpl& model) {
-  const auto ws = routed_expert_weights(model);
+int64_t prepack_quantized(MoeDlmImpl& model) {
+  const auto ws = quantized_weights(model);
   kernels::prepack_quant(ws);
   return static_cast<int64_t>(ws.size());
 }
 
-int64_t routed_expert_quant_bytes(MoeDlmImpl& model) {
+int64_t quantized_bytes(MoeDlmImpl& model) {
   int64_t bytes = 0;
-  for (const auto* w : routed_expert_weights(model)) bytes += w->bytes();
+  for (const auto* w : quantized_weights(model)) bytes += w->bytes();
   return bytes;
 }
 

@@ -97,11 +97,13 @@ class MoeDlmImpl;
 // llada2_moe checkpoint names them) and binds them as the loader binds a quantized file: the same
 // forward as convert --quantize + a mapped load (benchmarks, tests). Returns the weights packed.
 int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p);
-// Builds the output-lane copies (kernels/quant_repack.h) of every packed routed expert of `model`
-// now, in parallel, so no decoding step pays a first-use copy. Returns the weights packed.
-int64_t prepack_routed_experts(MoeDlmImpl& model);
-// Bytes of the packed routed experts of `model` (codes, scales, minimums): about what their
-// output-lane copies take. 0 for a model without quantized experts.
-int64_t routed_expert_quant_bytes(MoeDlmImpl& model);
+// Builds the output-lane copies (kernels/quant_repack.h) of every packed weight of `model` (routed
+// and shared experts, dense MLPs, attention projections, a packed LM head) now, in parallel, so no
+// decoding step pays a first-use copy: with repacking on, the few-row and the token-lane kernels
+// both read them. Returns the weights packed.
+int64_t prepack_quantized(MoeDlmImpl& model);
+// Bytes of the packed weights of `model` (codes, scales, minimums): about what their output-lane
+// copies take. 0 for a model without quantized weights.
+int64_t quantized_bytes(MoeDlmImpl& model);
 
 }  // namespace ecdlm

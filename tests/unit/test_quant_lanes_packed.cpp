@@ -1,0 +1,158 @@
+// The token-lane kernel reading the packed output-lane copy in place (kernels/quant_lanes_packed.cpp):
+// bit-identical to the panel kernel on the row layout (same int32 group sums, same f32 steps) on
+// every format, group, N and K tail (q4's unpacked K % 128 tail), 16-40 token rows and unaligned
+// row ranges, and within the f64 reference's bound; the drivers (quant_linear, quant_moe) take it
+// with repacking on and give the same bits as with repacking off.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "ecdlm/io/quant_format.h"
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_backend.h"
+#include "ecdlm/kernels/quant_repack.h"
+
+namespace ecdlm {
+namespace {
+
+using io::QuantFormat;
+using io::QuantKind;
+using kernels::QuantKernel;
+namespace kd = kernels::detail;
+
+const std::vector<QuantFormat> kFormats = {{QuantKind::kQ8, 32}, {QuantKind::kQ8, 64},    {QuantKind::kQ4, 32},
+                                           {QuantKind::kQ4, 64}, {QuantKind::kQ4Sym, 32}, {QuantKind::kQ4Sym, 64}};
+
+struct RepackOn {
+  RepackOn() { kernels::set_quant_repack(true); }
+  ~RepackOn() { kernels::set_quant_repack(false); }
+};
+
+class QuantLanesPacked : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
+  }
+};
+
+torch::Tensor awkward_weight(int64_t N, int64_t K) {
+  auto w = torch::randn({N, K}) * 0.05;
+  if (K >= 64) w.index_put_({0, torch::indexing::Slice(32, 64)}, 0.0F);  // an all-zero group
+  w.index_put_({N - 1, K - 1}, 4.0F);
+  return w;
+}
+
+// Direct calls: the same lanes through the panel kernel and the packed one, over row ranges that
+// start inside a 16-row block and end in a partial one.
+TEST_F(QuantLanesPacked, BitIdenticalToThePanelKernel) {
+  torch::manual_seed(41);
+  kd::QxScratch xbuf;
+  kd::QxLaneScratch lbuf;
+  for (const auto& f : kFormats)
+    // K tails for q4 (K % 128): 160 -> 32, 96 -> 96, 192 -> 64, 352 -> 96; 2048: none.
+    for (int64_t K : {96, 160, 192, 352, 2048}) {
+      if (K % f.group) continue;
+      for (int64_t N : {17, 67, 130}) {
+        const auto w = io::quantize(awkward_weight(N, K), f);
+        const auto pk = kd::packed(w);
+        const auto panel = kd::weight_operand(w);
+        auto packed = panel;
+        packed.packed = pk.get();
+        const int32_t z = kd::vnni_zero_point(f.kind);
+        for (int64_t M : {16, 17, 23, 32, 33, 40}) {
+          if (K == 2048 && M != 17 && M != 40) continue;  // keep the sweep short
+          auto x = torch::randn({M, K});
+          x.index_put_({M - 1, 0}, 40.0F);
+          const auto st = xbuf.store(M, K, f.group);
+          for (int64_t m = 0; m < M; ++m) kd::quantize_row(x[m].data_ptr<float>(), K, st, m, 0, z);
+          const auto xl = kd::build_lanes(st.view(), z, lbuf);
+          for (auto [n0, n1] : {std::pair<int64_t, int64_t>{0, N}, {5, N}, {N > 64 ? 37 : 3, N - 1}}) {
+            auto a = torch::full({M, n1 - n0}, -1.0F), b = torch::full({M, n1 - n0}, -2.0F);
+            kd::vnni_lane_rows(xl, panel, n0, n1, a.data_ptr<float>(), n1 - n0);
+            kd::vnni_lane_rows(xl, packed, n0, n1, b.data_ptr<float>(), n1 - n0);
+            EXPECT_TRUE(torch::equal(a, b)) << io::quant_format_name(f) << " K " << K << " N " << N << " M " << M
+                                            << " rows " << n0 << ".." << n1 << " max |d| "
+                                            << (a - b).abs().max().item<float>();
+          }
+        }
+      }
+    }
+}
+
+// quant_linear at 16-40 rows with repacking on (the packed lane kernel) against repacking off
+// (the panel kernel, bit for bit) and the f64 reference.
+TEST_F(QuantLanesPacked, QuantLinearTakesItAndMatchesTheReference) {
+  torch::manual_seed(42);
+  for (const auto& f : kFormats)
+    for (int64_t K : {160, 192, 2048}) {
+      if (K % f.group) continue;
+      for (int64_t N : {5, 67}) {
+        const auto w = io::quantize(awkward_weight(N, K), f);
+        const auto absw = io::dequantize(w).abs().to(torch::kFloat64);
+        for (int64_t M : {16, 24, 40}) {
+          auto x = torch::randn({M, K});
+          x.index_put_({M - 1, 0}, 40.0F);
+          const auto off = kernels::quant_linear(x, w, QuantKernel::kVnni);
+          torch::Tensor on;
+          {
+            RepackOn r;
+            on = kernels::quant_linear(x, w, QuantKernel::kVnni);
+          }
+          const std::string what = io::quant_format_name(f) + " K " + std::to_string(K) + " N " + std::to_string(N) +
+                                   " M " + std::to_string(M);
+          EXPECT_TRUE(kd::has_packed(w)) << what;
+          EXPECT_TRUE(torch::equal(off, on)) << what;
+          const auto ref = kernels::quant_linear_reference(x, w, true);
+          const auto bound = torch::matmul(x.abs().to(torch::kFloat64), absw.t()) * 2e-6 + 1e-6;
+          EXPECT_LE(((on.to(torch::kFloat64) - ref).abs() - bound).max().item<double>(), 0.0) << what;
+        }
+      }
+    }
+}
+
+// The fused MoE with repacking on: experts of 16+ rows run the packed lane kernel and give the bits
+// repacking off gives (the panel kernel); the few-row experts beside them run the packed few-row kernel.
+TEST_F(QuantLanesPacked, FusedMoeWideExpertsSameBitsAsWithoutRepacking) {
+  torch::manual_seed(43);
+  const std::vector<int64_t> counts = {16, 3, 0, 33, 21};
+  int64_t P = 0;
+  for (auto c : counts) P += c;
+  for (const auto& f : {QuantFormat{QuantKind::kQ8, 32}, QuantFormat{QuantKind::kQ4, 32}, QuantFormat{QuantKind::kQ4, 64},
+                        QuantFormat{QuantKind::kQ4Sym, 32}}) {
+    // q4: K tails (K % 128) of 32 and 96 at G 32, of 64 at G 64, in gate / up and in down
+    const int64_t D = f.group == 32 ? 160 : 192, F = f.group == 32 ? 224 : 320;
+    std::vector<io::QuantWeight> g, u, d;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      g.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
+      u.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
+      d.push_back(io::quantize(torch::randn({D, F}) * 0.1, f));
+    }
+    kernels::QuantExperts all;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      all.gate.push_back(&g[e]);
+      all.up.push_back(&u[e]);
+      all.down.push_back(&d[e]);
+    }
+    const auto x = torch::randn({P, D});
+    const auto off = kernels::quant_moe(x, counts, all, torch::kBFloat16, QuantKernel::kVnni);
+    torch::Tensor on;
+    {
+      RepackOn r;
+      on = kernels::quant_moe(x, counts, all, torch::kBFloat16, QuantKernel::kVnni);
+    }
+    int64_t r = 0;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] >= kd::kLaneMinRows) {
+        EXPECT_TRUE(kd::has_packed(g[e]) && kd::has_packed(u[e]) && kd::has_packed(d[e])) << "expert " << e;
+        EXPECT_TRUE(torch::equal(off.narrow(0, r, counts[e]), on.narrow(0, r, counts[e])))
+            << io::quant_format_name(f) << " expert " << e;
+      }
+      r += counts[e];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ecdlm
