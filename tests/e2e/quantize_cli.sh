@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end: `ecdlm convert --quantize` (q8 / q4, both layouts, LLaDA2 and LLaDA-MoE), then the
-# quantized dirs through logits (mapped, quality vs bf16), generate (KV cache, block routing),
+# quantized dirs through logits (mapped, quality vs bf16, --quant-repack), generate (KV cache, block
+# routing), serve (a completion over HTTP),
 # info, and the clear refusals (train / retrofit / export / re-convert, flag errors).
 # Usage: bash quantize_cli.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
@@ -10,7 +11,8 @@ GOLDEN="$ROOT/../shared/golden"
 TINY="$GOLDEN/tiny-dmoe"
 LLADA="$GOLDEN/tiny-lladamoe"
 TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
+SPID=""
+trap '[ -n "$SPID" ] && kill -9 "$SPID" 2>/dev/null; rm -rf "$TMP"' EXIT
 source "$ROOT/tests/e2e/lib.bash"
 [ -f "$TINY/golden.safetensors" ] || { echo "SKIP: golden fixtures missing ($TINY)"; exit 0; }
 cp "$ROOT/tests/e2e/st.py" "$TMP/st.py"
@@ -102,6 +104,26 @@ grep -q "quant-repack: repacked experts run on the AVX512-VNNI kernel" "$TMP/err
   --moe-routing block --block-top-p 0.6 --eos-id 298 --mask-id 299 --json > "$TMP/gen.json" 2> "$TMP/err.txt" \
   || { cat "$TMP/err.txt"; fail "generate q4"; }
 jq_py "$TMP/gen.json" "s=j['samples'][0]; assert len(s['tokens']) > 0 and j['kv_cache'] is True, s"
+
+# --- serve: a quantized checkpoint behind the HTTP API (with the fixture tokenizer), repacked ---------------
+python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$TMP/q8"
+REPACK=off; grep -q avx512_vnni /proc/cpuinfo && REPACK=on
+"$ECDLM" --threads 1 serve -m "$TMP/q8" --port 0 --quant-repack "$REPACK" > "$TMP/serve.out" 2> "$TMP/serve.err" &
+SPID=$!
+PORT=""
+for _ in $(seq 1 300); do
+  PORT=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$TMP/serve.out")
+  [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && break
+  kill -0 "$SPID" 2>/dev/null || { cat "$TMP/serve.err"; fail "serve q8 exited"; }
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "q8", "prompt": "hello", "max_tokens": 16, "seed": 3, "ecdlm": {"ignore_eos": true}}' \
+  > "$TMP/serve.json" || { kill -9 "$SPID"; cat "$TMP/serve.err"; fail "serve q8 completion"; }
+kill -TERM "$SPID"; wait "$SPID" || fail "serve q8: exit after SIGTERM"
+SPID=""
+jq_py "$TMP/serve.json" "c=j['choices'][0]; assert j['usage']['completion_tokens'] == 16 and c['finish_reason'] == 'length', j"
+grep -q "output-lane copies $REPACK" "$TMP/serve.err" || { cat "$TMP/serve.err"; fail "serve q8: repack log"; }
 
 # --- LLaDA-MoE (separate q/k/v in the file) --------------------------------------------------------------
 "$ECDLM" -q convert -m "$LLADA" -o "$TMP/lq8" --quantize q8 --layout stacked || fail "convert llada q8"
