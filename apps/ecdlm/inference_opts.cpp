@@ -197,7 +197,7 @@ void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
   std::string done;
   if (f.quant_repack == "on") {
     if (backend != kernels::QuantKernel::kVnni)
-      fail("", "--quant-repack", "repacked experts run on the AVX512-VNNI kernel, and the quantized kernel in use is " +
+      fail("", "--quant-repack", "repacked weights run on the AVX512-VNNI kernel, and the quantized kernel in use is " +
                                      std::string(kernels::quant_kernel_name(backend)),
            "use --quant-kernel vnni on a CPU with AVX512-VNNI, or --quant-repack off");
     const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));

@@ -97,7 +97,7 @@ PY
 fi
 expect_rc 2 "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --quant-repack on --quant-kernel torch \
   --out "$TMP/x.safetensors"
-grep -q "quant-repack: repacked experts run on the AVX512-VNNI kernel" "$TMP/err.txt" || fail "repack refusal message"
+grep -q "quant-repack: repacked weights run on the AVX512-VNNI kernel" "$TMP/err.txt" || fail "repack refusal message"
 
 # --- generate: KV cache + block routing on q4 --------------------------------------------------------------
 "$ECDLM" generate -m "$TMP/q4" --prompt-ids 5,17,42,7 -n 32 --diffusion-block-length 32 --diffusion-steps 8 \
