@@ -19,3 +19,28 @@ expect_fail() {
   if "$@" > /dev/null 2> "$TMP/bad.txt"; then fail "accepted: $*"; fi
   grep -qF -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
 }
+
+# serve_start NAME MODEL_DIR ARGS...: starts `$ECDLM --threads 1 serve -m MODEL_DIR --port 0 ARGS...`
+# (stdout $TMP/NAME.out, stderr $TMP/NAME.err) and waits for its port and /health; sets SPID and PORT.
+# The caller's EXIT trap kills $SPID if the script fails before serve_stop.
+serve_start() {
+  local name=$1 model=$2; shift 2
+  "$ECDLM" --threads 1 serve -m "$model" --port 0 "$@" > "$TMP/$name.out" 2> "$TMP/$name.err" &
+  SPID=$!
+  PORT=""
+  for _ in $(seq 1 300); do
+    PORT=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$TMP/$name.out")
+    [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && return 0
+    kill -0 "$SPID" 2>/dev/null || { cat "$TMP/$name.err"; fail "$name: the server exited"; }
+    sleep 0.1
+  done
+  cat "$TMP/$name.err"; fail "$name: not ready after 30 s"
+}
+
+# serve_stop NAME: SIGTERM to $SPID, expecting exit 0; clears SPID.
+serve_stop() {
+  kill -TERM "$SPID"
+  set +e; wait "$SPID"; local rc=$?; set -e
+  SPID=""
+  [ "$rc" -eq 0 ] || { cat "$TMP/$1.err"; fail "$1: exit $rc after SIGTERM (want 0)"; }
+}

@@ -108,20 +108,11 @@ jq_py "$TMP/gen.json" "s=j['samples'][0]; assert len(s['tokens']) > 0 and j['kv_
 # --- serve: a quantized checkpoint behind the HTTP API (with the fixture tokenizer), repacked ---------------
 python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$TMP/q8"
 REPACK=off; grep -q avx512_vnni /proc/cpuinfo && REPACK=on
-"$ECDLM" --threads 1 serve -m "$TMP/q8" --port 0 --quant-repack "$REPACK" > "$TMP/serve.out" 2> "$TMP/serve.err" &
-SPID=$!
-PORT=""
-for _ in $(seq 1 300); do
-  PORT=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$TMP/serve.out")
-  [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && break
-  kill -0 "$SPID" 2>/dev/null || { cat "$TMP/serve.err"; fail "serve q8 exited"; }
-  sleep 0.1
-done
+serve_start serve "$TMP/q8" --quant-repack "$REPACK"
 curl -sf "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
   -d '{"model": "q8", "prompt": "hello", "max_tokens": 16, "seed": 3, "ecdlm": {"ignore_eos": true}}' \
   > "$TMP/serve.json" || { kill -9 "$SPID"; cat "$TMP/serve.err"; fail "serve q8 completion"; }
-kill -TERM "$SPID"; wait "$SPID" || fail "serve q8: exit after SIGTERM"
-SPID=""
+serve_stop serve
 jq_py "$TMP/serve.json" "c=j['choices'][0]; assert j['usage']['completion_tokens'] == 16 and c['finish_reason'] == 'length', j"
 grep -q "output-lane copies $REPACK" "$TMP/serve.err" || { cat "$TMP/serve.err"; fail "serve q8: repack log"; }
 

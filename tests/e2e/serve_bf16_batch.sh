@@ -27,22 +27,10 @@ python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 # 16-row product (the small-M kernels' limit) and rows in a batch are more.
 for routing in block token; do
   block=32; [ "$routing" = token ] && block=16
-  "$ECDLM" --threads 1 serve -m "$M" --port 0 --dtype bf16 --moe-routing "$routing" --diffusion-block-length "$block" \
-    --max-batch 8 > "$TMP/$routing.out" 2> "$TMP/$routing.err" &
-  SPID=$!
-  PORT=""
-  for _ in $(seq 1 300); do
-    PORT=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$TMP/$routing.out")
-    [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && break
-    kill -0 "$SPID" 2>/dev/null || { cat "$TMP/$routing.err"; fail "$routing: the server exited"; }
-    sleep 0.1
-  done
+  serve_start "$routing" "$M" --dtype bf16 --moe-routing "$routing" --diffusion-block-length "$block" --max-batch 8
   grep -q "weights: bf16, from --dtype" "$TMP/$routing.err" || { cat "$TMP/$routing.err"; fail "$routing: not served in bf16"; }
   node "$ROOT/tests/e2e/serve_client.cjs" batch "http://127.0.0.1:$PORT" tiny-llada2 \
     || { tail -20 "$TMP/$routing.err"; fail "$routing: bf16 rows alone vs in a batch"; }
-  kill -TERM "$SPID"
-  set +e; wait "$SPID"; rc=$?; set -e
-  SPID=""
-  [ "$rc" -eq 0 ] || { cat "$TMP/$routing.err"; fail "$routing: exit $rc after SIGTERM"; }
+  serve_stop "$routing"
 done
 echo "serve_bf16_batch: OK"

@@ -29,26 +29,14 @@ python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 "$ECDLM" -q --threads 1 generate -m "$M" --chat -p hello -n 64 --decoder llada2 --json > "$TMP/generate_chat.json"
 "$ECDLM" -q --threads 1 generate -m "$M" -p The -n 40 -s 3 --decoder llada2 --json > "$TMP/generate_plain.json"
 
-# start_server NAME ARGS...: starts `ecdlm serve --port 0`, waits for its port and /health; sets PORT and SPID.
+# start_server NAME ARGS... / stop_server NAME: lib.bash's serve_start / serve_stop on the fixture model,
+# each server also in PIDS for the cleanup.
 start_server() {
   local name=$1; shift
-  "$ECDLM" --threads 1 serve -m "$M" --port 0 "$@" > "$TMP/$name.out" 2> "$TMP/$name.err" &
-  SPID=$!
+  serve_start "$name" "$M" "$@"
   PIDS+=("$SPID")
-  PORT=""
-  for _ in $(seq 1 300); do
-    PORT=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$TMP/$name.out")
-    [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && return 0
-    kill -0 "$SPID" 2>/dev/null || { cat "$TMP/$name.err"; fail "$name: the server exited"; }
-    sleep 0.1
-  done
-  cat "$TMP/$name.err"; fail "$name: not ready after 30 s"
 }
-stop_server() {  # SIGTERM, expect exit 0
-  kill -TERM "$SPID"
-  set +e; wait "$SPID"; local rc=$?; set -e
-  [ "$rc" -eq 0 ] || { cat "$TMP/$1.err"; fail "$1: exit $rc after SIGTERM (want 0)"; }
-}
+stop_server() { serve_stop "$1"; }
 
 start_server main --max-batch 16 --max-queue 64
 grep -q "serve: host 127.0.0.1, port 0 (any free), max batch 16 rows, max queue 64 rows" "$TMP/main.err" \

@@ -25,15 +25,7 @@ mkdir "$M"
 cp "$G/config.json" "$G/model.safetensors" "$M/"
 python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 
-"$ECDLM" --threads 1 serve -m "$M" --port 0 > "$TMP/out.txt" 2> "$TMP/err.txt" &
-SPID=$!
-PORT=""
-for _ in $(seq 1 300); do
-  PORT=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$TMP/out.txt")
-  [ -n "$PORT" ] && curl -sf "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && break
-  kill -0 "$SPID" 2>/dev/null || { cat "$TMP/err.txt"; fail "the server exited"; }
-  sleep 0.1
-done
+serve_start page "$M"
 BASE="http://127.0.0.1:$PORT"
 # The page's own files are embedded: HTML, CSS and JS come from the binary.
 curl -sf "$BASE/" | grep -q '<script src="/app.js">' || fail "GET / is not the page"
@@ -58,5 +50,5 @@ assert page["canvasSeen"] > 0, "the denoising canvas was never drawn"
 print("page answer == API answer:", repr(want)[:80], "|", page["stats"])
 PY
 [ -s "$SHOT" ] || fail "no screenshot"
-kill -TERM "$SPID"; wait "$SPID" || fail "the server did not exit 0"; SPID=""
+serve_stop page
 echo "serve_page: OK (screenshot $SHOT)"
