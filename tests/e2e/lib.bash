@@ -44,3 +44,13 @@ serve_stop() {
   SPID=""
   [ "$rc" -eq 0 ] || { cat "$TMP/$1.err"; fail "$1: exit $rc after SIGTERM (want 0)"; }
 }
+
+# require_openai_client ROOT: exports ECDLM_NPM_SERVE (where scripts/setup.sh installs the npm `openai`
+# client); without it the test fails under CI and is skipped (exit 77) elsewhere.
+require_openai_client() {
+  export ECDLM_NPM_SERVE="$1/data/npm-serve"
+  if [ ! -d "$ECDLM_NPM_SERVE/node_modules/openai" ]; then
+    [ "${CI:-}" = true ] && { echo "FAIL: $ECDLM_NPM_SERVE/node_modules/openai missing (scripts/setup.sh installs it)"; exit 1; }
+    echo "SKIP: the openai npm client is not installed (scripts/setup.sh)"; exit 77
+  fi
+}

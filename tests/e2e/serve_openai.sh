@@ -9,16 +9,12 @@ set -euo pipefail
 ECDLM="$1"; ROOT="$2"
 G="$ROOT/../shared/golden/tiny-dmoe"
 [ -f "$G/model.safetensors" ] || { echo "SKIP: golden fixtures missing ($G)"; exit 0; }
-export ECDLM_NPM_SERVE="$ROOT/data/npm-serve"
-if [ ! -d "$ECDLM_NPM_SERVE/node_modules/openai" ]; then
-  [ "${CI:-}" = true ] && { echo "FAIL: $ECDLM_NPM_SERVE/node_modules/openai missing (scripts/setup.sh installs it)"; exit 1; }
-  echo "SKIP: the openai npm client is not installed (scripts/setup.sh)"; exit 77
-fi
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 source "$ROOT/tests/e2e/lib.bash"
+require_openai_client "$ROOT"
 CLIENT="$ROOT/tests/e2e/serve_client.cjs"
 M="$TMP/tiny-llada2"
 mkdir "$M"
