@@ -13,6 +13,7 @@
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
+#include "quant_test_util.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/util/error.h"
 
@@ -23,8 +24,7 @@ using io::QuantFormat;
 using io::QuantKind;
 using kernels::QuantKernel;
 
-const std::vector<QuantFormat> kFormats = {{QuantKind::kQ8, 32}, {QuantKind::kQ8, 64},    {QuantKind::kQ4, 32},
-                                           {QuantKind::kQ4, 64}, {QuantKind::kQ4Sym, 32}, {QuantKind::kQ4Sym, 64}};
+const std::vector<QuantFormat>& kFormats = test::kQuantFormats;
 
 // Student-t with 3 degrees of freedom: heavy tails, like the outlier columns of trained weights.
 torch::Tensor student_t3(std::vector<int64_t> shape) {

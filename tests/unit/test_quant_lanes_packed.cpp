@@ -13,6 +13,7 @@
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_backend.h"
 #include "ecdlm/kernels/quant_repack.h"
+#include "quant_test_util.h"
 
 namespace ecdlm {
 namespace {
@@ -22,13 +23,9 @@ using io::QuantKind;
 using kernels::QuantKernel;
 namespace kd = kernels::detail;
 
-const std::vector<QuantFormat> kFormats = {{QuantKind::kQ8, 32}, {QuantKind::kQ8, 64},    {QuantKind::kQ4, 32},
-                                           {QuantKind::kQ4, 64}, {QuantKind::kQ4Sym, 32}, {QuantKind::kQ4Sym, 64}};
+const std::vector<QuantFormat>& kFormats = test::kQuantFormats;
 
-struct RepackOn {
-  RepackOn() { kernels::set_quant_repack(true); }
-  ~RepackOn() { kernels::set_quant_repack(false); }
-};
+using test::RepackOn;
 
 class QuantLanesPacked : public ::testing::Test {
  protected:
@@ -123,18 +120,9 @@ TEST_F(QuantLanesPacked, FusedMoeWideExpertsSameBitsAsWithoutRepacking) {
                         QuantFormat{QuantKind::kQ4Sym, 32}}) {
     // q4: K tails (K % 128) of 32 and 96 at G 32, of 64 at G 64, in gate / up and in down
     const int64_t D = f.group == 32 ? 160 : 192, F = f.group == 32 ? 224 : 320;
-    std::vector<io::QuantWeight> g, u, d;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      g.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
-      u.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
-      d.push_back(io::quantize(torch::randn({D, F}) * 0.1, f));
-    }
-    kernels::QuantExperts all;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      all.gate.push_back(&g[e]);
-      all.up.push_back(&u[e]);
-      all.down.push_back(&d[e]);
-    }
+    const test::RandomQuantExperts ex(counts.size(), F, D, f);
+    const auto &g = ex.gate, &u = ex.up, &d = ex.down;
+    const auto all = ex.view();
     const auto x = torch::randn({P, D});
     const auto off = kernels::quant_moe(x, counts, all, torch::kBFloat16, QuantKernel::kVnni);
     torch::Tensor on;

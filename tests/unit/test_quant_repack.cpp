@@ -12,6 +12,7 @@
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_backend.h"
 #include "ecdlm/kernels/quant_repack.h"
+#include "quant_test_util.h"
 
 namespace ecdlm {
 namespace {
@@ -20,14 +21,9 @@ using io::QuantFormat;
 using io::QuantKind;
 using kernels::QuantKernel;
 
-const std::vector<QuantFormat> kFormats = {{QuantKind::kQ8, 32}, {QuantKind::kQ8, 64},    {QuantKind::kQ4, 32},
-                                           {QuantKind::kQ4, 64}, {QuantKind::kQ4Sym, 32}, {QuantKind::kQ4Sym, 64}};
+const std::vector<QuantFormat>& kFormats = test::kQuantFormats;
 
-// Repacking on for one test (process-wide switch).
-struct RepackOn {
-  RepackOn() { kernels::set_quant_repack(true); }
-  ~RepackOn() { kernels::set_quant_repack(false); }
-};
+using test::RepackOn;
 
 class QuantRepack : public ::testing::Test {
  protected:
@@ -71,18 +67,9 @@ TEST_F(QuantRepack, FusedMoeEqualsOneExpertAtATime) {
   for (auto c : counts) P += c;
   for (const auto& f : {QuantFormat{QuantKind::kQ8, 32}, QuantFormat{QuantKind::kQ4, 32}, QuantFormat{QuantKind::kQ4Sym, 64}}) {
     const int64_t D = 192, F = 192;  // q4: a 64-input K tail (192 % 128) in both projections
-    std::vector<io::QuantWeight> g, u, d;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      g.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
-      u.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
-      d.push_back(io::quantize(torch::randn({D, F}) * 0.1, f));
-    }
-    kernels::QuantExperts all;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      all.gate.push_back(&g[e]);
-      all.up.push_back(&u[e]);
-      all.down.push_back(&d[e]);
-    }
+    const test::RandomQuantExperts ex(counts.size(), F, D, f);
+    const auto &g = ex.gate, &u = ex.up, &d = ex.down;
+    const auto all = ex.view();
     const auto x = torch::randn({P, D});
     const auto y = kernels::quant_moe(x, counts, all, torch::kFloat32, QuantKernel::kVnni);
     int64_t r = 0;

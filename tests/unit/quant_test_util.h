@@ -1,0 +1,46 @@
+// Helpers shared by the quantized-kernel tests.
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "ecdlm/io/quant_format.h"
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_repack.h"
+
+namespace ecdlm::test {
+
+// Every packed format at both group sizes.
+inline const std::vector<io::QuantFormat> kQuantFormats = {
+    {io::QuantKind::kQ8, 32}, {io::QuantKind::kQ8, 64},    {io::QuantKind::kQ4, 32},
+    {io::QuantKind::kQ4, 64}, {io::QuantKind::kQ4Sym, 32}, {io::QuantKind::kQ4Sym, 64}};
+
+// Repacking on for one scope (a process-wide switch).
+struct RepackOn {
+  RepackOn() { kernels::set_quant_repack(true); }
+  ~RepackOn() { kernels::set_quant_repack(false); }
+};
+
+// n random SwiGLU experts packed in format f (gate / up [F, D], down [D, F], weights ~ N(0, 0.1²),
+// drawn expert by expert, gate, up, down), owned here; view() points the fused MoE at them.
+struct RandomQuantExperts {
+  std::vector<io::QuantWeight> gate, up, down;
+  RandomQuantExperts(size_t n, int64_t F, int64_t D, io::QuantFormat f) {
+    for (size_t e = 0; e < n; ++e) {
+      gate.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
+      up.push_back(io::quantize(torch::randn({F, D}) * 0.1, f));
+      down.push_back(io::quantize(torch::randn({D, F}) * 0.1, f));
+    }
+  }
+  kernels::QuantExperts view() const {
+    kernels::QuantExperts all;
+    for (size_t e = 0; e < gate.size(); ++e) {
+      all.gate.push_back(&gate[e]);
+      all.up.push_back(&up[e]);
+      all.down.push_back(&down[e]);
+    }
+    return all;
+  }
+};
+
+}  // namespace ecdlm::test
