@@ -437,3 +437,34 @@ void BM_QuantLanesHotMin(benchmark::State& state) {
 BENCHMARK(BM_QuantLanesHotMin)->ArgsProduct({{0, 1, 2, 3, 4}, {16, 17, 32, 40, 64}})->Iterations(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
+
+namespace {
+// The many-row (prefill) path: one projection [M, 2048] x [2048, 2048]ᵀ over 24 weights, one
+// thread, by path: 0 dequantize + torch's GEMM (what auto takes above 64 rows on the row layout),
+// 1 the token-lane kernel on the repacked copies (what auto takes at any M with repacking on).
+// args: format index (as above), M, path.
+void BM_QuantPrefill(benchmark::State& state) {
+  if (!kernels::cpu_has_avx512_vnni()) {
+    state.SkipWithError("no AVX512-VNNI on this CPU");
+    return;
+  }
+  torch::set_num_threads(1);
+  const int fmt = static_cast<int>(state.range(0)) - 1;
+  const int64_t M = state.range(1);
+  const bool lanes = state.range(2) == 1;
+  static std::map<int, std::vector<io::QuantWeight>> weights;
+  auto& w = weights[fmt];
+  if (w.empty())
+    for (int i = 0; i < 24; ++i) w.push_back(io::quantize(torch::randn({2048, 2048}), kFormats[static_cast<size_t>(fmt)]));
+  const auto x = torch::randn({M, 2048}).to(torch::kBFloat16);
+  kernels::set_quant_repack(lanes);
+  for (const auto& wi : w) kernels::quant_linear(x, wi);  // builds the copies outside the timing
+  for (auto _ : state)
+    for (const auto& wi : w) benchmark::DoNotOptimize(kernels::quant_linear(x, wi).data_ptr());
+  kernels::set_quant_repack(false);
+  state.counters["GFLOP/s"] = benchmark::Counter(24.0 * 2.0 * static_cast<double>(M) * 2048 * 2048 * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(fmt)]) + (lanes ? " lanes, repacked" : " torch"));
+}
+BENCHMARK(BM_QuantPrefill)->ArgsProduct({{1, 3}, {65, 128, 256}, {0, 1}})->Unit(benchmark::kMillisecond);
+}  // namespace

@@ -2,12 +2,13 @@
 # The 20-layer LLaDA2.0-mini shape (16.3B random parameters) in bf16 / q8 / q4: 256 tokens after a
 # 64-token prompt, llada2 threshold decoder (block 32, 32 steps per block, threshold 0.95, KV cache),
 # cold page cache before each run (needs root for drop_caches). Needs ~62 GB of disk.
-# N: tokens to generate (default 256); B: the binary (a copy keeps a long run safe from rebuilds).
+# N: tokens to generate (default 256); B: the binary (a copy keeps a long run safe from rebuilds);
+# FLAGS: more generate flags (e.g. "--quant-repack off"), TAG: a suffix for the result files and rows.
 # Usage: [N=256] [B=build/ecdlm] scripts/gen_llada2_mini_20l.sh WORKDIR [ROUTING] [THREADS] [FORMATS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=$1 R=${2:-token} T=${3:-2} FORMATS=${4:-"q4 q8 bf16"} N=${N:-256}
-B=${B:-build/ecdlm}
+B=${B:-build/ecdlm} FLAGS=${FLAGS:-} TAG=${TAG:-}
 [ -d "$W/bf16" ] || $B --threads "$T" init -c configs/models/llada2-mini-shaped-20l.json -o "$W/bf16" --dtype bf16
 [ -d "$W/q8" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q8" --quantize q8
 [ -d "$W/q4" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q4" --quantize q4
@@ -15,9 +16,9 @@ IDS=$(python3 -c "import random; random.seed(64); print(','.join(str(random.rand
 for F in $FORMATS; do
   sync; echo 1 > /proc/sys/vm/drop_caches || echo "(page cache not dropped: not root)"
   /usr/bin/time -v $B --threads "$T" generate -m "$W/$F" --prompt-ids "$IDS" -n "$N" --diffusion-block-length 32 \
-    --diffusion-threshold 0.95 --ignore-eos --mask-id 156895 --eos-id 156892 --moe-routing "$R" --json \
-    > "$W/gen-$F-$R.json" 2> "$W/gen-$F-$R.time"
-  python3 - "$W/gen-$F-$R.json" "$W/gen-$F-$R.time" "$F" <<'PY'
+    --diffusion-threshold 0.95 --ignore-eos --mask-id 156895 --eos-id 156892 --moe-routing "$R" --json $FLAGS \
+    > "$W/gen-$F-$R$TAG.json" 2> "$W/gen-$F-$R$TAG.time"
+  python3 - "$W/gen-$F-$R$TAG.json" "$W/gen-$F-$R$TAG.time" "$F$TAG" <<'PY'
 import json, re, statistics, sys
 s = json.load(open(sys.argv[1]))["samples"][0]; t = open(sys.argv[2]).read()
 rss = int(re.search(r"Maximum resident set size .kbytes.: (\d+)", t).group(1)) / 1e6

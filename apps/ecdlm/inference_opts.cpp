@@ -12,6 +12,7 @@
 #include "ecdlm/model/model_dir.h"
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_repack.h"
+#include "ecdlm/util/profile.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/quantize.h"
 #include "ecdlm/train/retrofit.h"
@@ -72,10 +73,11 @@ void RoutingFlags::add_to(CLI::App* sub) {
       ->capture_default_str();
   sub->add_option("--quant-repack", quant_repack,
                   "Quantized checkpoints on AVX512-VNNI: run the quantized products on copies of the weights "
-                  "repacked into output lanes, built at load (the few-row kernel's operand, read in place by the "
-                  "many-row one; the copies take the packed weights' size again in memory, and building them "
-                  "takes seconds per GB)")
-      ->check(CLI::IsMember({"on", "off"}))
+                  "repacked into output lanes, built at load (seconds per GB) and read in place by every product; "
+                  "the checkpoint's row-layout pages are then handed back, so memory does not double. auto: on with "
+                  "the vnni kernel, all built at load when they take at most half of the available memory, else "
+                  "each on its first use")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
 }
 
@@ -188,33 +190,46 @@ MoeDlm load_routed(const std::string& dir, const RoutingFlags& f, const LoadOpti
 }
 
 // --quant-kernel and --quant-repack for a quantized checkpoint (set process-wide, logged once).
+// auto: copies with the vnni kernel; all built now when they take at most half of the available
+// memory, else each weight's on its first use (an expert never routed to is never copied, as it
+// is never paged in). Either way a weight's row layout is handed back once its copy exists.
 void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
   kernels::set_quant_kernel(kernels::parse_quant_kernel(f.quant_kernel, "--quant-kernel"));
   kernels::set_quant_repack(false);
   const int64_t bytes = quantized_bytes(model);
   if (bytes == 0) return;
   const auto backend = kernels::quant_kernel_backend();
+  const bool vnni = backend == kernels::QuantKernel::kVnni;
+  const int64_t avail = prof::available_memory_bytes();
+  const auto size = [](int64_t b) { return size_str(static_cast<double>(b)); };
+  if (f.quant_repack == "on" && !vnni)
+    fail("", "--quant-repack", "repacked weights run on the AVX512-VNNI kernel, and the quantized kernel in use is " +
+                                   std::string(kernels::quant_kernel_name(backend)),
+         "use --quant-kernel vnni on a CPU with AVX512-VNNI, or --quant-repack off");
+  if (f.quant_repack == "on" && avail >= 0 && bytes > avail * 4 / 5)
+    LOG_WARN("--quant-repack on: the copies (" << size(bytes) << ") exceed 80% of the " << size(avail)
+                                               << " of available memory");
   std::string done;
-  if (f.quant_repack == "on") {
-    if (backend != kernels::QuantKernel::kVnni)
-      fail("", "--quant-repack", "repacked weights run on the AVX512-VNNI kernel, and the quantized kernel in use is " +
-                                     std::string(kernels::quant_kernel_name(backend)),
-           "use --quant-kernel vnni on a CPU with AVX512-VNNI, or --quant-repack off");
-    const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
-    if (static_cast<double>(bytes) > ram / 2)
-      LOG_WARN("--quant-repack on: the copies (" << size_str(static_cast<double>(bytes))
-                                                 << ") exceed half of physical memory; with the mapped checkpoint's "
-                                                    "pages they may not fit");
+  if (f.quant_repack == "off") {
+    done = "off (--quant-repack off)";
+  } else if (!vnni) {
+    done = "off (--quant-repack auto: the " + std::string(kernels::quant_kernel_name(backend)) + " kernel reads the rows)";
+  } else if (f.quant_repack == "auto" && avail >= 0 && bytes > avail / 2) {
+    kernels::set_quant_repack(true);
+    done = "on (--quant-repack auto), each built on its first use: all of them (" + size(bytes) +
+           ") would take more than half of the " + size(avail) + " of available memory";
+  } else {
     kernels::set_quant_repack(true);
     const auto t0 = std::chrono::steady_clock::now();
-    const int64_t n = prepack_quantized(model);
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), " (--quant-repack on): %lld weights, %s, repacked in %.2f s",
-                  static_cast<long long>(n), size_str(static_cast<double>(bytes)).c_str(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    done = std::string("on") + buf;
-  } else {
-    done = "off (--quant-repack on to build them)";
+    int64_t released = 0;
+    const int64_t n = prepack_quantized(model, &released);
+    char buf[256];
+    std::snprintf(buf, sizeof(buf), "on (--quant-repack %s): %lld weights, %s, repacked in %.2f s; %s of the row layout "
+                  "handed back, RSS %s",
+                  f.quant_repack.c_str(), static_cast<long long>(n), size(bytes).c_str(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), size(released).c_str(),
+                  size_str(prof::rss_bytes()).c_str());
+    done = buf;
   }
   LOG_INFO("quantized kernel: " << f.quant_kernel << " -> " << kernels::quant_kernel_name(backend)
                                 << "; output-lane copies " << done);

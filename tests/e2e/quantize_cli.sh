@@ -74,27 +74,43 @@ for m, tol in (("q8", 0.3), ("q4", 0.6)):
     assert t < tb, (m, t, tb)
 PY
 
-# --- --quant-repack: the routed experts on output-lane copies give the row-layout tiles' logits ------------
+# --- --quant-repack: every product on the output-lane copies (auto takes them with the vnni kernel) -------
 if grep -q avx512_vnni /proc/cpuinfo; then
-  for r in on off; do
+  for r in auto on off; do
     "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --attention block-causal --block-length 32 \
       --moe-routing token --quant-repack "$r" --out "$TMP/l_q8_$r.safetensors" 2> "$TMP/err_$r.txt" \
       || { cat "$TMP/err_$r.txt"; fail "logits q8 --quant-repack $r"; }
   done
-  grep -qE "output-lane copies on \(--quant-repack on\): [0-9]+ weights" "$TMP/err_on.txt" || fail "repack on log"
-  grep -q "output-lane copies off (--quant-repack on to build them)" "$TMP/err_off.txt" || fail "repack off log"
-  python3 - "$TMP" <<'PY' || fail "repacked logits vs the tiles"
+  for r in auto on; do
+    grep -qE "output-lane copies on \(--quant-repack $r\): [0-9]+ weights, .* [0-9.]+ [kMG]?B of the row layout handed back" \
+      "$TMP/err_$r.txt" || { cat "$TMP/err_$r.txt"; fail "repack $r log"; }
+  done
+  grep -q "output-lane copies off (--quant-repack off)" "$TMP/err_off.txt" || fail "repack off log"
+  python3 - "$TMP" <<'PY' || fail "repacked logits vs the row layout"
 import sys
 sys.path.insert(0, sys.argv[1])
 import st
 on = st.read(sys.argv[1] + "/l_q8_on.safetensors")["logits"]
+auto = st.read(sys.argv[1] + "/l_q8_auto.safetensors")["logits"]
 off = st.read(sys.argv[1] + "/l_q8_off.safetensors")["logits"]
-# Same int8 products summed in another f32 order: the logits differ by bf16 rounding, not more.
-for a, b in zip(on, off):
-    d = max(abs(x - y) for x, y in zip(a, b)); m = max(abs(y) for y in b)
-    assert d <= 0.01 * m, (d, m)
+assert on == auto, "auto took another path than on"
+# The 128-row forward: on the copies every product quantizes its activations to int8 per group
+# (as the few-row kernels always did); off, products above 64 rows dequantize the weight and
+# multiply in bf16. This random model's routing margins are ~2e-4 (above): any rounding flips
+# experts, so the bound is the one q8's own weights get against bf16 (0.3). The quality check is
+# on a trained model (Brown TC eval, q8: ELBO perplexity 1244.09 on the copies, 1243.80 off, f32
+# 1243.62; docs/quantization.md).
+num = sum(abs(x - y) for x, y in zip(on[1], off[1]))
+den = sum(abs(y) for y in off[1])
+print(f"repack on vs off: mean |d| / mean |logit| = {num / den:.4f}")
+assert num / den < 0.3, num / den
 PY
 fi
+# auto without the vnni kernel keeps the rows and says why.
+"$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --quant-kernel torch --out "$TMP/x.safetensors" \
+  2> "$TMP/err.txt" || { cat "$TMP/err.txt"; fail "logits q8 --quant-kernel torch"; }
+grep -q "output-lane copies off (--quant-repack auto: the torch kernel reads the rows)" "$TMP/err.txt" \
+  || { cat "$TMP/err.txt"; fail "repack auto off log"; }
 expect_rc 2 "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --quant-repack on --quant-kernel torch \
   --out "$TMP/x.safetensors"
 grep -q "quant-repack: repacked weights run on the AVX512-VNNI kernel" "$TMP/err.txt" || fail "repack refusal message"

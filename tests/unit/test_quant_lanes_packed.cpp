@@ -78,17 +78,17 @@ TEST_F(QuantLanesPacked, BitIdenticalToThePanelKernel) {
     }
 }
 
-// quant_linear at 16-40 rows with repacking on (the packed lane kernel) against repacking off
-// (the panel kernel, bit for bit) and the f64 reference.
+// quant_linear at 16-300 rows with repacking on (the packed lane kernel, in passes of 128 tokens
+// above 128) against repacking off (the panel kernel, bit for bit) and the f64 reference.
 TEST_F(QuantLanesPacked, QuantLinearTakesItAndMatchesTheReference) {
   torch::manual_seed(42);
   for (const auto& f : kFormats)
-    for (int64_t K : {160, 192, 2048}) {
+    for (int64_t K : {64, 160, 192, 2048}) {
       if (K % f.group) continue;
       for (int64_t N : {5, 67}) {
         const auto w = io::quantize(awkward_weight(N, K), f);
         const auto absw = io::dequantize(w).abs().to(torch::kFloat64);
-        for (int64_t M : {16, 24, 40}) {
+        for (int64_t M : {16, 24, 40, 65, 128, 129, 300}) {
           auto x = torch::randn({M, K});
           x.index_put_({M - 1, 0}, 40.0F);
           const auto off = kernels::quant_linear(x, w, QuantKernel::kVnni);
@@ -101,6 +101,10 @@ TEST_F(QuantLanesPacked, QuantLinearTakesItAndMatchesTheReference) {
                                    " M " + std::to_string(M);
           EXPECT_TRUE(kd::has_packed(w)) << what;
           EXPECT_TRUE(torch::equal(off, on)) << what;
+          {  // auto takes the lanes at any row count once the copy is there (the prefill too)
+            RepackOn r;
+            EXPECT_TRUE(torch::equal(kernels::quant_linear(x, w), on)) << what;
+          }
           const auto ref = kernels::quant_linear_reference(x, w, true);
           const auto bound = torch::matmul(x.abs().to(torch::kFloat64), absw.t()) * 2e-6 + 1e-6;
           EXPECT_LE(((on.to(torch::kFloat64) - ref).abs() - bound).max().item<double>(), 0.0) << what;

@@ -113,6 +113,34 @@ TEST_F(QuantRepack, PrepackBuildsTheCopiesTheKernelsUse) {
   }
 }
 
+// Building a copy (at load or on first use) hands the weight's row layout back to the kernel
+// (MADV_PAGEOUT), which never loses data: the rows still read the same bytes (here anonymous memory,
+// at most swapped; a mapped file's pages fault back from it), and the row-layout kernels give the
+// same results after. q4 with a K % 128 tail keeps its rows.
+TEST_F(QuantRepack, CopiesHandTheRowLayoutBackWithoutLosingIt) {
+  torch::manual_seed(35);
+  const auto x = torch::randn({3, 1024});
+  for (const auto& f : kFormats) {
+    const auto w = io::quantize(torch::randn({512, 1024}) * 0.1, f);  // 256-512 KB of codes: whole pages
+    const auto q0 = w.qweight.clone(), d0 = w.scales.clone();
+    const auto y0 = kernels::quant_linear(x, w, QuantKernel::kAvx2);
+    const int64_t r0 = kernels::quant_rows_released();
+    {
+      RepackOn on;
+      (void)kernels::detail::packed(w);  // first use
+    }
+    EXPECT_GE(kernels::quant_rows_released() - r0, w.qweight.nbytes() - 8192) << io::quant_format_name(f);
+    EXPECT_TRUE(torch::equal(w.qweight, q0)) << io::quant_format_name(f);
+    EXPECT_TRUE(torch::equal(w.scales, d0)) << io::quant_format_name(f);
+    EXPECT_TRUE(torch::equal(kernels::quant_linear(x, w, QuantKernel::kAvx2), y0)) << io::quant_format_name(f);
+  }
+  const auto tail = io::quantize(torch::randn({512, 1056}) * 0.1, {io::QuantKind::kQ4, 32});  // K % 128 = 32
+  const int64_t r0 = kernels::quant_rows_released();
+  RepackOn on;
+  (void)kernels::detail::packed(tail);
+  EXPECT_EQ(kernels::quant_rows_released(), r0);
+}
+
 // The arena: allocations inside a scope share its region (64-byte aligned) until it is used up, then
 // come from the heap; the region is unmapped when the scope has closed and its last block is freed.
 TEST(PackArena, RegionLivesUntilItsLastBlockIsFreed) {

@@ -98,21 +98,10 @@ int64_t synthetic_params(const ModelConfig& c) {
          moe_layers * moe;
 }
 
-// MemAvailable from /proc/meminfo in bytes, or -1 where it cannot be read.
-int64_t available_memory_bytes() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (f >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb * 1024;
-  return -1;
-}
-
 // Refuses a synthetic model that cannot be built in this machine's free memory (the kernel would
 // kill the process part-way instead).
 void check_synthetic_fits(int64_t moe_layers, int64_t vocab, bool with_ec) {
-  const int64_t avail = available_memory_bytes();
+  const int64_t avail = prof::available_memory_bytes();
   auto need = [&](int64_t layers) {
     return (with_ec ? 4 : 2) * synthetic_params(synthetic_llada2_config(layers, vocab)) + (int64_t{1} << 30);
   };

@@ -16,10 +16,11 @@
 //           kernel's vdpbf16ps 4 x 4 tiles over all token rows (x exact in bf16). Opt-in: measured
 //           no faster than vnni at 32 rows, slower at fewer (BM_QuantLinear).
 //   torch   dequantize 64-row tiles to bf16 and multiply with torch's GEMM: the reference-grade
-//           path (x exact), and the many-row (prefill) path whatever the choice.
+//           path (x exact), and the many-row (prefill) path whatever the choice, except on
+//           repacked weights (quant_repack.h), where vnni's token-lane kernel takes every M.
 // AMX-INT8 is not written: no CPU here has it to test on.
 // `auto` picks vnni, else avx2, else torch, up to quant_max_rows() token rows (more rows take
-// torch); bf16 runs only when chosen (every M).
+// torch, or the token-lane kernel on repacked weights); bf16 runs only when chosen (every M).
 #pragma once
 #include <torch/torch.h>
 

@@ -11,6 +11,8 @@
 // reference), beside the row layout, which the other paths and q4's K % 128 tail still read.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -48,6 +50,28 @@ bool same(const Entry& e, const io::QuantWeight& w) {
 std::mutex g_mu;
 std::unordered_map<const void*, Entry> g_cache;
 size_t g_sweep_at = 64;  // drop entries of freed weights when the map has doubled
+
+std::atomic<int64_t> g_released{0};  // bytes of row layout handed back (quant_rows_released)
+
+// Hands the whole pages inside t's bytes back to the kernel (advice: a failure changes nothing).
+// Returns the bytes advised.
+int64_t page_out(const torch::Tensor& t) {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t lo = (begin + page - 1) / page * page, hi = (begin + t.nbytes()) / page * page;
+  if (hi <= lo) return 0;
+  return ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_PAGEOUT) == 0 ? static_cast<int64_t>(hi - lo) : 0;
+}
+
+// Once w's copy exists every vnni product reads it (few rows, many rows, the prefill), so its row
+// layout (codes, scales, minimums) goes back to the kernel: a mapped checkpoint's clean pages leave
+// memory instead of doubling it, and a later reader (the avx2 / torch paths) faults them back from
+// the file. MADV_PAGEOUT never loses data: an anonymous tensor is at most swapped. q4's K % 128
+// tail is read from the rows at every call: those weights keep theirs.
+void release_rows(const io::QuantWeight& w) {
+  if (w.format.kind != io::QuantKind::kQ8 && w.K % io::kQ4Chunk != 0) return;
+  g_released += page_out(w.qweight) + page_out(w.scales) + (w.mins.defined() ? page_out(w.mins) : 0);
+}
 
 int64_t slots_of(const io::QuantWeight& w) {
   return w.format.kind == io::QuantKind::kQ8 ? w.K / 4 : (w.K - w.K % io::kQ4Chunk) / 8;
@@ -251,6 +275,7 @@ std::shared_ptr<const Packed> packed(const io::QuantWeight& w) {
     for (auto i = g_cache.begin(); i != g_cache.end();) i = i->second.storage.expired() ? g_cache.erase(i) : std::next(i);
     g_sweep_at = std::max<size_t>(64, 2 * g_cache.size());
   }
+  release_rows(w);
   return p;
 }
 
@@ -287,15 +312,19 @@ namespace ecdlm::kernels {
 void set_quant_repack(bool on) { detail::g_repack = on; }
 bool quant_repack() { return detail::g_repack.load(std::memory_order_relaxed); }
 
-void prepack_quant(const std::vector<const io::QuantWeight*>& ws) {
-  if (!cpu_has_avx512_vnni()) return;  // only the vnni kernels read the copies
+int64_t prepack_quant(const std::vector<const io::QuantWeight*>& ws) {
+  if (!cpu_has_avx512_vnni()) return 0;  // only the vnni kernels read the copies
   int64_t bytes = 0;
   for (const auto* w : ws)
     if (!detail::has_packed(*w)) bytes += detail::packed_bytes(*w) + 3 * 64;  // + each vector's alignment
   const detail::PackArenaScope arena(static_cast<size_t>(bytes));
+  const int64_t released0 = detail::g_released.load();
   at::parallel_for(0, static_cast<int64_t>(ws.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) (void)detail::packed(*ws[size_t(i)]);
   });
+  return detail::g_released.load() - released0;
 }
+
+int64_t quant_rows_released() { return detail::g_released.load(); }
 
 }  // namespace ecdlm::kernels

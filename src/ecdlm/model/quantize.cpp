@@ -302,9 +302,10 @@ std::vector<const io::QuantWeight*> quantized_weights(MoeDlmImpl& model) {
 
 }  // namespace
 
-int64_t prepack_quantized(MoeDlmImpl& model) {
+int64_t prepack_quantized(MoeDlmImpl& model, int64_t* released) {
   const auto ws = quantized_weights(model);
-  kernels::prepack_quant(ws);
+  const int64_t r = kernels::prepack_quant(ws);
+  if (released) *released = r;
   return static_cast<int64_t>(ws.size());
 }
 

@@ -100,8 +100,9 @@ int64_t quantize_model(MoeDlmImpl& model, const QuantizeParams& p);
 // Builds the output-lane copies (kernels/quant_repack.h) of every packed weight of `model` (routed
 // and shared experts, dense MLPs, attention projections, a packed LM head) now, in parallel, so no
 // decoding step pays a first-use copy: with repacking on, the few-row and the token-lane kernels
-// both read them. Returns the weights packed.
-int64_t prepack_quantized(MoeDlmImpl& model);
+// both read them, and the row layout's codes are handed back to the kernel (kernels::prepack_quant).
+// Returns the weights packed; *released (when given): the bytes of the row layout (codes, scales, minimums) handed back.
+int64_t prepack_quantized(MoeDlmImpl& model, int64_t* released = nullptr);
 // Bytes of the packed weights of `model` (codes, scales, minimums): about what their output-lane
 // copies take. 0 for a model without quantized weights.
 int64_t quantized_bytes(MoeDlmImpl& model);

@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <chrono>
+#include <cstdint>
 
 namespace ecdlm::prof {
 
@@ -12,6 +13,10 @@ const char* part_name(Part p);
 
 // Peak resident set size of this process so far (getrusage), in bytes.
 double peak_rss_bytes();
+// Resident set size now (/proc/self/statm), in bytes; -1 where it cannot be read.
+double rss_bytes();
+// MemAvailable from /proc/meminfo, in bytes; -1 where it cannot be read.
+int64_t available_memory_bytes();
 
 void set_enabled(bool on);
 bool enabled();
