@@ -216,6 +216,7 @@ void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
     done = "off (--quant-repack auto: the " + std::string(kernels::quant_kernel_name(backend)) + " kernel reads the rows)";
   } else if (f.quant_repack == "auto" && avail >= 0 && bytes > avail / 2) {
     kernels::set_quant_repack(true);
+    kernels::reserve_quant_copies(bytes + bytes / 8);  // + padding to 16-row blocks and alignment
     done = "on (--quant-repack auto), each built on its first use: all of them (" + size(bytes) +
            ") would take more than half of the " + size(avail) + " of available memory";
   } else {

@@ -327,4 +327,12 @@ int64_t prepack_quant(const std::vector<const io::QuantWeight*>& ws) {
 
 int64_t quant_rows_released() { return detail::g_released.load(); }
 
+void reserve_quant_copies(int64_t bytes) {
+  static std::once_flag once;
+  std::call_once(once, [bytes] {
+    static auto* scope = new detail::PackArenaScope(static_cast<size_t>(std::max<int64_t>(bytes, 0)));
+    (void)scope;  // never closed: the process's first-use copies
+  });
+}
+
 }  // namespace ecdlm::kernels

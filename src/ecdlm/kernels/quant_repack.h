@@ -25,5 +25,10 @@ int64_t prepack_quant(const std::vector<const io::QuantWeight*>& ws);
 // minimums), which the vnni products no longer read, is handed back to the kernel (MADV_PAGEOUT:
 // a mapped checkpoint's pages leave memory, so the copies do not double it). Bytes so far.
 int64_t quant_rows_released();
+// From now on, copies built on first use take their bytes from one region of `bytes` advised
+// MADV_HUGEPAGE (address space only: pages commit as copies are written), as prepack_quant's do:
+// from the heap each fresh 4 KB page faults alone (~4 ms per MB in this guest), inside a step.
+// Kept for the process; a second call is ignored.
+void reserve_quant_copies(int64_t bytes);
 
 }  // namespace ecdlm::kernels
