@@ -148,3 +148,37 @@ TEST_F(QuantLanesPacked, FusedMoeWideExpertsSameBitsAsWithoutRepacking) {
 
 }  // namespace
 }  // namespace ecdlm
+
+namespace ecdlm {
+namespace {
+// A served row's product must not depend on its batch (continuous batching): on the copies, a
+// token row alone (the few-row kernel) and inside 16-300 rows (the token-lane kernel, passes of
+// 128) gives the same bits, in every format (q4 with K a multiple of 128: a K % 128 tail's groups
+// are summed in another order by the two kernels).
+TEST_F(QuantLanesPacked, RowAloneAndInABatchGiveTheSameBits) {
+  torch::manual_seed(44);
+  RepackOn on;
+  for (const auto& f : kFormats) {
+    const auto w = io::quantize(awkward_weight(67, 256), f);
+    const auto x = torch::randn({300, 256});
+    for (int64_t M : {3, 16, 40, 129, 300}) {
+      const auto batch = kernels::quant_linear(x.narrow(0, 0, M), w);
+      for (int64_t m : {int64_t{0}, M / 2, M - 1})
+        EXPECT_TRUE(torch::equal(batch[m], kernels::quant_linear(x.narrow(0, m, 1), w)[0]))
+            << io::quant_format_name(f) << " M " << M << " row " << m;
+    }
+    // The fused SwiGLU experts: an expert's row alone and among 3-150 rows of it.
+    const test::RandomQuantExperts ex(2, 128, 256, f);
+    const auto xs = torch::randn({151, 256}).to(torch::kBFloat16);
+    for (int64_t M : {3, 20, 70, 150}) {
+      const auto batch = kernels::quant_moe(xs.narrow(0, 0, M + 1), {1, M}, ex.view(), torch::kBFloat16);
+      for (int64_t m : {int64_t{1}, M / 2 + 1, M}) {
+        const auto alone =
+            kernels::quant_moe(torch::cat({xs.narrow(0, 0, 1), xs.narrow(0, m, 1)}), {1, 1}, ex.view(), torch::kBFloat16);
+        EXPECT_TRUE(torch::equal(batch[m], alone[1])) << io::quant_format_name(f) << " experts, M " << M << " row " << m;
+      }
+    }
+  }
+}
+}  // namespace
+}  // namespace ecdlm

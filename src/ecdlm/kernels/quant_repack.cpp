@@ -209,6 +209,15 @@ ECDLM_PK_TARGET void block(const Packed& p, int64_t b, bool q8, const XRows<MC>&
     // or high (k + 64 ..) nibbles of vectors s0 .. s0 + NS - 1; the chunk's vectors are read twice
     // (the second time from L1).
     const int64_t KQ = p.slots / 16 * 128;  // inputs in whole chunks; the rest is q4_tail's
+    // q4's minimum term right after its group's scaled sum, as the token-lane kernel adds them, so
+    // a row gets the same bits from either kernel (its batch decides which runs: continuous
+    // batching). The K % 128 tail's groups (q4_tail) still come after.
+    const uint16_t* mn = p.m.empty() ? nullptr : p.m.data() + b * KG * 16;
+    const auto add_min = [&](int64_t g) ECDLM_PK_TARGET {
+      const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + g * 16)));
+#pragma GCC unroll 8
+      for (int m = 0; m < MC; ++m) acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.c[m][g]), acc[m]);
+    };
     for (int64_t g = 0; g < KQ / G; ++g) {
       const int64_t k = g * G, in = k % 128;
       const uint8_t* v = q + (k / 128 * 16 + (in % 64) / 4) * 64;
@@ -217,15 +226,10 @@ ECDLM_PK_TARGET void block(const Packed& p, int64_t b, bool q8, const XRows<MC>&
         group<MC, PART, NS, 0>(acc, v, x, k, g, scale(g));
       else
         group<MC, PART, NS, 4>(acc, v, x, k, g, scale(g));
+      if (mn) add_min(g);
     }
-    if (!p.m.empty()) {  // q4's minimum term over every group (the K % 128 tail's too)
-      const uint16_t* mn = p.m.data() + b * KG * 16;
-      for (int64_t g = 0; g < KG; ++g) {
-        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + g * 16)));
-#pragma GCC unroll 8
-        for (int m = 0; m < MC; ++m) acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.c[m][g]), acc[m]);
-      }
-    }
+    if (mn)
+      for (int64_t g = KQ / G; g < KG; ++g) add_min(g);
   }
   const auto mask = static_cast<__mmask16>(rows == 16 ? 0xFFFF : (1U << rows) - 1);
 #pragma GCC unroll 8
