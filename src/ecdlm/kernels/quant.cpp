@@ -113,8 +113,8 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
     // 16 tokens, at a stride that hits the same sets): BM_QuantPrefill measured q8 at 256 rows in
     // one pass 309 GFLOP/s against 431 at 128. Each token's sums are the same either way.
     for (int64_t m0 = 0; m0 < M; m0 += kLaneChunkRows) {
-      const auto xl =
-          detail::build_lanes(detail::rows_of(x, m0, std::min(kLaneChunkRows, M - m0)), detail::vnni_zero_point(w.format.kind), lane_buf);
+      const auto rows = detail::rows_of(x, m0, std::min(kLaneChunkRows, M - m0));
+      const auto xl = detail::build_lanes(rows, detail::vnni_zero_point(w.format.kind), lane_buf);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
       for (int64_t u = 0; u < units; ++u) {
         const int64_t n0 = u * kUnitRows, n1 = std::min(N, n0 + kUnitRows);

@@ -93,7 +93,8 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   // row's result then does not depend on how many rows its expert got (continuous batching), where
   // moe_by_expert's torch SiLU and separate products would round differently.
   const bool any_m = backend == QuantKernel::kVnni && quant_repack();
-  if (backend == QuantKernel::kTorch || backend == QuantKernel::kBf16 || (max_m > detail::kInt8MaxRows && !any_m))
+  if (backend == QuantKernel::kTorch || backend == QuantKernel::kBf16 ||
+      (max_m > detail::kInt8MaxRows && !any_m))
     return moe_by_expert(x_PD, counts, ex, out, k);
 
   const bool vnni = backend == QuantKernel::kVnni;

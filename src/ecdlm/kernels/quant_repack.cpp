@@ -7,8 +7,9 @@
 // group and token: ~1.5 vector ops per 64 weight bytes and token against the 4 x 4 tiles' ~4-5.
 // A block's bytes are one contiguous stream. q8 codes are stored + 128 (u8); q4 keeps its nibbles
 // (low: inputs 4s .., high: 64 + 4s .. of a 128-input chunk, as the row layout).
-// The packed copy is built on first use and lives as long as the weight's storage (weak
-// reference), beside the row layout, which the other paths and q4's K % 128 tail still read.
+// The packed copy is built at load (prepack_quant) or on first use and lives as long as the
+// weight's storage (weak reference); the row layout is then handed back to the kernel
+// (release_rows), and faults back in from the file for the paths that read it (avx2, torch).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <sys/mman.h>
