@@ -77,7 +77,7 @@ void register_bench_generate(CLI::App* bench) {
                   "Weight formats of the synthetic model side by side (comma list): bf16, q8, q4, q4s, q8_g64, "
                   "q4_g64 (convert --quantize's default set of weights); a '+head' suffix (q4+head) packs the LM "
                   "head too (--quantize-lm-head); a last '+repack' suffix (q4+repack, q4+head+repack) runs that copy's "
-                  "products of fewer than 16 token rows on repacked output-lane copies of the weights (AVX512-VNNI)")
+                  "products on repacked output-lane copies of the weights (AVX512-VNNI), as the readers' --quant-repack auto does")
       ->delimiter(',')
       ->check([](const std::string& v) {
         const auto strip = [](std::string s, const std::string& suffix) {
