@@ -183,6 +183,23 @@ void BM_QuantMoeMin(benchmark::State& state) {
 
 BENCHMARK(BM_QuantMoeMin)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// 24 random [2048, 2048] projections in format kFormats[fmt], built once per format (streamed
+// from memory: 24 x 4 MB in q8).
+const std::vector<io::QuantWeight>& projections(int fmt) {
+  static std::map<int, std::vector<io::QuantWeight>> weights;
+  auto& w = weights[fmt];
+  if (w.empty())
+    for (int i = 0; i < 24; ++i) w.push_back(io::quantize(torch::randn({2048, 2048}), kFormats[static_cast<size_t>(fmt)]));
+  return w;
+}
+
+// Marks the benchmark skipped on a CPU without AVX512-VNNI; true when it was.
+bool skip_without_vnni(benchmark::State& state) {
+  if (kernels::cpu_has_avx512_vnni()) return false;
+  state.SkipWithError("no AVX512-VNNI on this CPU");
+  return true;
+}
+
 // One projection [M, 2048] x [2048, 2048]ᵀ over 24 weights per path. args: format index (as
 // above), M, path (kernels::QuantKernel 1 vnni, 2 avx2, 3 torch, 4 bf16)
 void BM_QuantLinear(benchmark::State& state) {  // one thread (see above)
@@ -196,10 +213,7 @@ void BM_QuantLinear(benchmark::State& state) {  // one thread (see above)
     return;
   }
   torch::set_num_threads(1);
-  static std::map<int, std::vector<io::QuantWeight>> weights;
-  auto& w = weights[fmt];
-  if (w.empty())
-    for (int i = 0; i < 24; ++i) w.push_back(io::quantize(torch::randn({2048, 2048}), kFormats[static_cast<size_t>(fmt)]));
+  const auto& w = projections(fmt);
   const auto x = torch::randn({M, 2048}).to(torch::kBFloat16);
   for (auto _ : state)
     for (const auto& wi : w) benchmark::DoNotOptimize(kernels::quant_linear(x, wi, path).data_ptr());
@@ -381,10 +395,7 @@ namespace {
 // output lanes (the few-row kernel; the token lanes reading the copy in place from 16 rows).
 // args: format index (into kFormats), M, packed.
 void BM_QuantHot(benchmark::State& state) {
-  if (!kernels::cpu_has_avx512_vnni()) {
-    state.SkipWithError("no AVX512-VNNI");
-    return;
-  }
+  if (skip_without_vnni(state)) return;
   torch::set_num_threads(1);
   torch::NoGradGuard ng;
   const auto w = io::quantize(torch::randn({256, 2048}) * 0.02, kFormats[static_cast<size_t>(state.range(0))]);
@@ -408,10 +419,7 @@ namespace {
 // the row layout (panel copy per call) against the packed copy read in place. Counters: us per
 // call, panel / packed. args: format index (into kFormats), M (16+).
 void BM_QuantLanesHotMin(benchmark::State& state) {
-  if (!kernels::cpu_has_avx512_vnni()) {
-    state.SkipWithError("no AVX512-VNNI");
-    return;
-  }
+  if (skip_without_vnni(state)) return;
   torch::set_num_threads(1);
   torch::NoGradGuard ng;
   const auto f = kFormats[static_cast<size_t>(state.range(0))];
@@ -444,18 +452,12 @@ namespace {
 // 1 the token-lane kernel on the repacked copies (what auto takes at any M with repacking on).
 // args: format index (as above), M, path.
 void BM_QuantPrefill(benchmark::State& state) {
-  if (!kernels::cpu_has_avx512_vnni()) {
-    state.SkipWithError("no AVX512-VNNI on this CPU");
-    return;
-  }
+  if (skip_without_vnni(state)) return;
   torch::set_num_threads(1);
   const int fmt = static_cast<int>(state.range(0)) - 1;
   const int64_t M = state.range(1);
   const bool lanes = state.range(2) == 1;
-  static std::map<int, std::vector<io::QuantWeight>> weights;
-  auto& w = weights[fmt];
-  if (w.empty())
-    for (int i = 0; i < 24; ++i) w.push_back(io::quantize(torch::randn({2048, 2048}), kFormats[static_cast<size_t>(fmt)]));
+  const auto& w = projections(fmt);
   const auto x = torch::randn({M, 2048}).to(torch::kBFloat16);
   kernels::set_quant_repack(lanes);
   for (const auto& wi : w) kernels::quant_linear(x, wi);  // builds the copies outside the timing

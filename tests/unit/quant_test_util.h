@@ -1,5 +1,6 @@
 // Helpers shared by the quantized-kernel tests.
 #pragma once
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <vector>
@@ -14,6 +15,14 @@ namespace ecdlm::test {
 inline const std::vector<io::QuantFormat> kQuantFormats = {
     {io::QuantKind::kQ8, 32}, {io::QuantKind::kQ8, 64},    {io::QuantKind::kQ4, 32},
     {io::QuantKind::kQ4, 64}, {io::QuantKind::kQ4Sym, 32}, {io::QuantKind::kQ4Sym, 64}};
+
+// Fixture base for tests of the vnni kernels: skipped on a CPU without AVX512-VNNI.
+class NeedsVnni : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
+  }
+};
 
 // Repacking on for one scope (a process-wide switch).
 struct RepackOn {

@@ -27,12 +27,7 @@ const std::vector<QuantFormat>& kFormats = test::kQuantFormats;
 
 using test::RepackOn;
 
-class QuantLanesPacked : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
-  }
-};
+class QuantLanesPacked : public test::NeedsVnni {};
 
 torch::Tensor awkward_weight(int64_t N, int64_t K) {
   auto w = torch::randn({N, K}) * 0.05;

@@ -25,12 +25,7 @@ const std::vector<QuantFormat>& kFormats = test::kQuantFormats;
 
 using test::RepackOn;
 
-class QuantRepack : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
-  }
-};
+class QuantRepack : public test::NeedsVnni {};
 
 TEST_F(QuantRepack, MatchesReferenceOnEveryTail) {
   torch::manual_seed(31);

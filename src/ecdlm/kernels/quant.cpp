@@ -339,11 +339,9 @@ torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, 
   if (k == QuantKernel::kAuto) {
     const int64_t M = x_MK.size(0);
     k = resolve(quant_kernel_choice());
-    // Repacked weights take the token-lane kernel at any M (the prefill too): it reads the packed
-    // copy in place, so the row layout is not touched again (release_rows) and int8 products
-    // measured faster than dequantizing + oneDNN at 256 rows (BM_QuantPrefill).
-    const bool lanes_any_m = k == QuantKernel::kVnni && quant_repack();
-    if (k != QuantKernel::kBf16 && M > kInt8MaxRows && !lanes_any_m) k = QuantKernel::kTorch;
+    // On repacked weights the int8 products also measured faster than dequantizing + oneDNN at
+    // 256 rows (BM_QuantPrefill).
+    if (k != QuantKernel::kBf16 && M > kInt8MaxRows && !detail::int8_any_rows(k)) k = QuantKernel::kTorch;
   }
   if (x_MK.size(0) == 0 || w.N == 0) return torch::zeros({x_MK.size(0), w.N}, torch::kFloat32);
   switch (k) {

@@ -10,6 +10,7 @@
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/pack_arena.h"
+#include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_repack.h"
 
 namespace ecdlm::kernels::detail {
@@ -19,6 +20,10 @@ namespace ecdlm::kernels::detail {
 // compute-bound, but at 64 rows still 2-4x faster than dequantizing + torch's GEMM (BM_QuantLinear,
 // one thread, 2048 x 2048: q8 107 ms against 200 ms per 24 weights).
 constexpr int64_t kInt8MaxRows = 64;
+// On repacked weights (quant_repack.h) the vnni kernels take any row count instead: the token-lane
+// kernel reads the copy in place (the prefill too), so the rows are never read again and a row's
+// result does not depend on how many rows share the call.
+inline bool int8_any_rows(QuantKernel backend) { return backend == QuantKernel::kVnni && quant_repack(); }
 
 // The token rows of one call, quantized per row and group of G (driver-owned scratch).
 struct QxOperand {

@@ -89,12 +89,10 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   const int64_t P = x_PD.size(0), D = x_PD.size(1);
   const int64_t max_m = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
   if (P == 0) return torch::empty({0, D}, out);
-  // On repacked weights the token-lane kernel takes any row count, so the fused path does too: a
-  // row's result then does not depend on how many rows its expert got (continuous batching), where
-  // moe_by_expert's torch SiLU and separate products would round differently.
-  const bool any_m = backend == QuantKernel::kVnni && quant_repack();
+  // On repacked weights the fused path takes any expert size (moe_by_expert's torch SiLU and
+  // separate products would round a row differently once its expert got more than 64 rows).
   if (backend == QuantKernel::kTorch || backend == QuantKernel::kBf16 ||
-      (max_m > detail::kInt8MaxRows && !any_m))
+      (max_m > detail::kInt8MaxRows && !detail::int8_any_rows(backend)))
     return moe_by_expert(x_PD, counts, ex, out, k);
 
   const bool vnni = backend == QuantKernel::kVnni;

@@ -271,16 +271,18 @@ std::shared_ptr<const Packed> packed(const io::QuantWeight& w) {
     if (it != g_cache.end() && same(it->second, w)) return it->second.packed;
   }
   std::shared_ptr<const Packed> p = build(w);  // outside the lock: other threads pack other weights
-  std::lock_guard<std::mutex> lock(g_mu);
-  auto it = g_cache.find(key);
-  if (it != g_cache.end() && same(it->second, w)) return it->second.packed;  // another thread packed it meanwhile
-  if (it != g_cache.end()) g_cache.erase(it);  // a freed (or other) weight's entry at the same address
-  g_cache.emplace(key, Entry{w.qweight.storage().getWeakStorageImpl(), p, w.N, w.K, w.format});
-  if (g_cache.size() >= g_sweep_at) {  // freed weights: release their packed copies
-    for (auto i = g_cache.begin(); i != g_cache.end();) i = i->second.storage.expired() ? g_cache.erase(i) : std::next(i);
-    g_sweep_at = std::max<size_t>(64, 2 * g_cache.size());
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = g_cache.find(key);
+    if (it != g_cache.end() && same(it->second, w)) return it->second.packed;  // another thread packed it meanwhile
+    if (it != g_cache.end()) g_cache.erase(it);  // a freed (or other) weight's entry at the same address
+    g_cache.emplace(key, Entry{w.qweight.storage().getWeakStorageImpl(), p, w.N, w.K, w.format});
+    if (g_cache.size() >= g_sweep_at) {  // freed weights: release their packed copies
+      for (auto i = g_cache.begin(); i != g_cache.end();) i = i->second.storage.expired() ? g_cache.erase(i) : std::next(i);
+      g_sweep_at = std::max<size_t>(64, 2 * g_cache.size());
+    }
   }
-  release_rows(w);
+  release_rows(w);  // system calls: outside the lock, which every product's lookup takes
   return p;
 }
 
