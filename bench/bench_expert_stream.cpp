@@ -9,6 +9,7 @@
 
 #include <map>
 
+#include "ecdlm/kernels/head.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/util/huge_pages.h"
@@ -131,6 +132,34 @@ void BM_SmallMLinear(benchmark::State& state) {
 
 BENCHMARK(BM_SmallMLinear)
     ->ArgsProduct({{1, 4, 16, 32, 64, 128}, {2048, 5120}, {1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// The LM head of a cached step: [M, 2048] masked rows x LLaDA2's [157184, 2048] bf16 head (644 MB,
+// streamed from memory) through kernels::head_linear, two threads. Counters: GB/s of weight bytes
+// and GFLOP/s (2 M N K). args: M (a block's masked rows: 32 down to 1 as it fills), N
+void BM_HeadLinear(benchmark::State& state) {
+  if (!kernels::cpu_has_avx512_bf16()) {
+    state.SkipWithError("head_linear needs AVX512-BF16");
+    return;
+  }
+  torch::set_num_threads(2);
+  torch::NoGradGuard ng;
+  const int64_t M = state.range(0), N = state.range(1), K = 2048;
+  static std::map<int64_t, torch::Tensor> ws;
+  auto& w = ws[N];
+  if (!w.defined()) w = torch::randn({N, K}).to(torch::kBFloat16);
+  const auto x = torch::randn({M, K}).to(torch::kBFloat16);
+  for (auto _ : state) benchmark::DoNotOptimize(kernels::head_linear(x, w).data_ptr());
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(N * K * 2) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(M * N * K) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK(BM_HeadLinear)
+    ->ArgsProduct({{1, 4, 8, 16, 24, 32}, {157184}})
+    ->Args({16, 2048})  // 8 MB: from the L3, the kernel's compute speed
+    ->Args({32, 2048})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -13,6 +13,7 @@
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/kernels/quant_backend.h"
 #include "ecdlm/kernels/small_m.h"
 
@@ -286,6 +287,12 @@ ShapeWeights& shape_weights(int shape, int fmt) {
       if (one.mins.defined()) c.mins = one.mins.clone();
       sw.q[fmt].push_back(std::move(c));
     }
+    // The output-lane copies built up front, as the readers' load does: otherwise a packed path's
+    // call on a clone no earlier call touched timed the packing too (the small expert shapes'
+    // clones were each called once). Their rows stay resident: cloned tensors are anonymous memory.
+    std::vector<const io::QuantWeight*> all;
+    for (const auto& c : sw.q[fmt]) all.push_back(&c);
+    kernels::prepack_quant(all);
   }
   return sw;
 }

@@ -383,6 +383,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
                                         : std::string())
                                 << ", eos_early_stop " << tp.eos_early_stop << ", seed " << tp.seed);
   if (o.canvas || log_level() >= LogLevel::kWarn) ProgressBar::set_enabled(false);
+  prof::set_enabled(o.json);  // --json reports each forward's split (a few clock reads per forward)
   const int64_t blocks = (static_cast<int64_t>(ids.size()) + tp.gen_length + tp.block_length - 1) / tp.block_length -
                          static_cast<int64_t>(ids.size()) / tp.block_length;
   ProgressBar bar("generate", blocks, "tok");  // the samples decode as one batch, block by block
@@ -422,7 +423,8 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
       for (const auto& f : r.per_forward)
         pf.push_back({{"block", f.block}, {"step", f.step}, {"tokens_in", f.tokens_in}, {"committed", f.committed},
                       {"ms", f.ms}, {"unique_experts_per_layer", f.unique_experts_per_layer},
-                      {"expert_bytes", f.expert_bytes}});
+                      {"expert_bytes", f.expert_bytes}, {"attention_ms", f.attention_ms}, {"router_ms", f.router_ms},
+                      {"experts_ms", f.experts_ms}, {"dense_ms", f.dense_ms}, {"head_ms", f.head_ms}});
       js.push_back({{"text", text}, {"tokens", r.tokens}, {"forwards", r.forwards}, {"cache_forwards", r.cache_forwards},
                     {"ride_along_appends", r.ride_along_appends},
                     {"seconds", r.seconds}, {"tokens_per_s", tps}, {"tokens_per_forward",

@@ -123,9 +123,12 @@ struct Src {
 
 // Rows n .. n + RT - 1 (one 16-row block; r0 = n's index in the unit's part) against token blocks
 // tb0 .. tb0 + TBC - 1 over the K block's groups g0 .. g0 + LG - 1.
+// pf: where this 16-row block's bytes of the next K block start (null: no prefetch). Each group
+// asks for the lines its own inputs take there, so the stream is requested a little per group,
+// one K block ahead (q4: at the low-nibble groups, which read a chunk's vectors first).
 template <int RT, int TBC, Fmt F, int G>
 ECDLM_PL_TARGET void tile(const Src& src, int64_t n, int64_t r0, int64_t g0, int64_t LG, const QxLanes& x,
-                          int64_t tb0, float* part) {
+                          int64_t tb0, float* part, const uint8_t* pf) {
   const Packed& p = *src.p;
   const int64_t lane = n % 16, blk = n / 16;
   const uint8_t* pb = p.q.data() + blk * p.slots * 64 + 4 * lane;
@@ -135,6 +138,12 @@ ECDLM_PL_TARGET void tile(const Src& src, int64_t n, int64_t r0, int64_t g0, int
   for (int64_t g = 0; g < LG; ++g) {
     const int64_t gi = g0 + g, k = gi * G;
     const float *dw = dw0 + g * 16, *mw = mw0 + g * 16;
+    if (pf) {
+      const int64_t kb = k - g0 * G;  // the group's inputs from the K block's start
+      const int64_t v0 = F == kFmtQ8 ? kb / 4 : (kb % io::kQ4Chunk < io::kQ4Chunk / 2 ? kb / 128 * 16 + kb % 128 / 4 : -1);
+      if (v0 >= 0)
+        for (int64_t s = 0; s < G / 4; ++s) _mm_prefetch(reinterpret_cast<const char*>(pf + (v0 + s) * 64), _MM_HINT_T0);
+    }
     if constexpr (F == kFmtQ8) {
       group_tile<RT, TBC, F, G, kU8>(pb + (k / 4) * 64, 4, 64, 0, 0, x, gi, tb0, dw, mw, part_r0);
     } else if (k < src.kp) {
@@ -155,38 +164,43 @@ ECDLM_PL_TARGET void tile(const Src& src, int64_t n, int64_t r0, int64_t g0, int
 // The unit's rows [nb, nb + nr) over one K block: 8 rows x 2 token blocks, or 16 x 1 for an odd
 // last token block (as the panel kernel); a tile never straddles two 16-row blocks (single rows
 // where it would, and for the remainder).
-template <Fmt F, int G>
-void unit_block(const Src& src, int64_t nb, int64_t nr, int64_t g0, int64_t LG, const QxLanes& x, float* part) {
+// next(n): the prefetch address of the tile starting at row n (its block's first tile of the K
+// block's first token pair), else null: the other tiles read the same lines from cache.
+template <Fmt F, int G, typename Next>
+void unit_block(const Src& src, int64_t nb, int64_t nr, int64_t g0, int64_t LG, const QxLanes& x, float* part,
+                const Next& next) {
   int64_t tb = 0;
   for (; tb + 2 <= x.TB; tb += 2)
     for (int64_t r = 0; r < nr;) {
+      const uint8_t* pf = tb == 0 && (nb + r) % 16 == 0 ? next(nb + r) : nullptr;
       if (r + 8 <= nr && (nb + r) % 16 + 8 <= 16) {
-        tile<8, 2, F, G>(src, nb + r, r, g0, LG, x, tb, part);
+        tile<8, 2, F, G>(src, nb + r, r, g0, LG, x, tb, part, pf);
         r += 8;
       } else {
-        tile<1, 2, F, G>(src, nb + r, r, g0, LG, x, tb, part);
+        tile<1, 2, F, G>(src, nb + r, r, g0, LG, x, tb, part, pf);
         r += 1;
       }
     }
   if (tb < x.TB)
     for (int64_t r = 0; r < nr;) {
+      const uint8_t* pf = tb == 0 && (nb + r) % 16 == 0 ? next(nb + r) : nullptr;
       if (r + 16 <= nr && (nb + r) % 16 == 0) {
-        tile<16, 1, F, G>(src, nb + r, r, g0, LG, x, tb, part);
+        tile<16, 1, F, G>(src, nb + r, r, g0, LG, x, tb, part, pf);
         r += 16;
       } else {
-        tile<1, 1, F, G>(src, nb + r, r, g0, LG, x, tb, part);
+        tile<1, 1, F, G>(src, nb + r, r, g0, LG, x, tb, part, pf);
         r += 1;
       }
     }
 }
 
-template <Fmt F>
+template <Fmt F, typename Next>
 void unit_block_g(int64_t G, const Src& src, int64_t nb, int64_t nr, int64_t g0, int64_t LG, const QxLanes& x,
-                  float* part) {
+                  float* part, const Next& next) {
   if (G == 32)
-    unit_block<F, 32>(src, nb, nr, g0, LG, x, part);
+    unit_block<F, 32>(src, nb, nr, g0, LG, x, part, next);
   else
-    unit_block<F, 64>(src, nb, nr, g0, LG, x, part);
+    unit_block<F, 64>(src, nb, nr, g0, LG, x, part, next);
 }
 
 // The K block's groups g0 .. g0 + LG - 1 of blocks b0 .. b1 - 1, f16 -> f32 once per 16 rows.
@@ -200,18 +214,6 @@ ECDLM_PL_TARGET void convert_scales(const Packed& p, int64_t b0, int64_t b1, int
         _mm512_store_ps(sc.m[b - b0][g],
                         _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.m.data() + at))));
     }
-}
-
-// The next K block's bytes of blocks b0 .. b1 - 1 (from input k1), asked for before this block
-// runs: each block is one contiguous stream, but a K block's part of it is ~one 4 KB page, and the
-// hardware prefetchers stop at page boundaries (the panel kernel's copy prefetched the same way).
-ECDLM_PL_TARGET void prefetch_next(const Packed& p, bool q8, int64_t b0, int64_t b1, int64_t k1, int64_t kp) {
-  if (k1 >= kp) return;
-  const int64_t bytes = std::min(kKB, kp - k1) * (q8 ? 16 : 8), at = k1 * (q8 ? 16 : 8);
-  for (int64_t b = b0; b < b1; ++b) {
-    const char* q = reinterpret_cast<const char*>(p.q.data() + b * p.slots * 64 + at);
-    for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(q + i, _MM_HINT_T0);
-  }
 }
 
 }  // namespace
@@ -229,6 +231,7 @@ void vnni_lane_rows_packed(const QxLanes& x, const Packed& p, const QwOperand& w
   src.w = &w;
   src.kp = f == kFmtQ8 ? K : K - K % io::kQ4Chunk;
   src.sc = &scales;
+  const int64_t bytes_per_input = f == kFmtQ8 ? 16 : 8;  // per 16-row block
   for (int64_t nb = n0; nb < n1; nb += kRowsMax) {
     const int64_t nr = std::min(kRowsMax, n1 - nb);
     const int64_t b0 = nb / 16, b1 = (nb + nr + 15) / 16;
@@ -237,13 +240,21 @@ void vnni_lane_rows_packed(const QxLanes& x, const Packed& p, const QwOperand& w
     for (int64_t k0 = 0; k0 < K; k0 += kKB) {
       const int64_t LG = std::min(kKB, K - k0) / G, g0 = k0 / G;
       convert_scales(p, b0, b1, g0, LG, scales);
-      prefetch_next(p, f == kFmtQ8, b0, b1, k0 + kKB, src.kp);
+      // A block's stream is contiguous over K, but a K block's part of it is ~one 4 KB page and the
+      // hardware prefetchers stop at page boundaries: each block's first tile asks for its next K
+      // block (after the unit's last, the block one unit further on: the next unit's first).
+      const auto next = [&](int64_t n) -> const uint8_t* {
+        const int64_t blk = n / 16;
+        if (k0 + kKB < src.kp) return p.q.data() + blk * p.slots * 64 + (k0 + kKB) * bytes_per_input;
+        const int64_t far = blk + kRowsMax / 16;
+        return far < p.NB ? p.q.data() + far * p.slots * 64 : nullptr;
+      };
       if (f == kFmtQ8)
-        unit_block_g<kFmtQ8>(G, src, nb, nr, g0, LG, x, part);
+        unit_block_g<kFmtQ8>(G, src, nb, nr, g0, LG, x, part, next);
       else if (f == kFmtQ4)
-        unit_block_g<kFmtQ4>(G, src, nb, nr, g0, LG, x, part);
+        unit_block_g<kFmtQ4>(G, src, nb, nr, g0, LG, x, part, next);
       else
-        unit_block_g<kFmtQ4Sym>(G, src, nb, nr, g0, LG, x, part);
+        unit_block_g<kFmtQ4Sym>(G, src, nb, nr, g0, LG, x, part, next);
     }
     // Token-major, as the panel kernel: each token's nr outputs contiguous in y.
     for (int64_t m = 0; m < x.M; ++m)
