@@ -25,5 +25,10 @@ rss = int(re.search(r"Maximum resident set size .kbytes.: (\d+)", t).group(1)) /
 flt = re.search(r"Major .*: (\d+)", t).group(1)
 ms = statistics.median(p["ms"] for p in s["per_forward"])
 print(f"| {sys.argv[3]} | {s['tokens_per_s']:.2f} | {ms:.0f} | {s['avg_unique_experts_per_layer']:.1f} | {rss:.2f} | {flt} |")
+# The median forward's split (generate --json), over the block steps (32 tokens in)
+steps = [p for p in s["per_forward"] if p["tokens_in"] == 32 and "experts_ms" in p]
+if steps:
+    print("  split (median ms): " + ", ".join(f"{k[:-3]} {statistics.median(p[k] for p in steps):.1f}"
+                                             for k in ("attention_ms", "router_ms", "experts_ms", "dense_ms", "head_ms")))
 PY
 done

@@ -124,8 +124,8 @@ struct Src {
 // Rows n .. n + RT - 1 (one 16-row block; r0 = n's index in the unit's part) against token blocks
 // tb0 .. tb0 + TBC - 1 over the K block's groups g0 .. g0 + LG - 1.
 // pf: where this 16-row block's bytes of the next K block start (null: no prefetch). Each group
-// asks for the lines its own inputs take there, so the stream is requested a little per group,
-// one K block ahead (q4: at the low-nibble groups, which read a chunk's vectors first).
+// (q4: each chunk) asks for the lines its own inputs take there, so the stream is requested a
+// little at a time, one K block ahead.
 template <int RT, int TBC, Fmt F, int G>
 ECDLM_PL_TARGET void tile(const Src& src, int64_t n, int64_t r0, int64_t g0, int64_t LG, const QxLanes& x,
                           int64_t tb0, float* part, const uint8_t* pf) {
@@ -135,28 +135,38 @@ ECDLM_PL_TARGET void tile(const Src& src, int64_t n, int64_t r0, int64_t g0, int
   const float* dw0 = &src.sc->d[blk - src.b_first][0][lane];
   const float* mw0 = &src.sc->m[blk - src.b_first][0][lane];
   float* part_r0 = part + r0 * x.TB * 16;
-  for (int64_t g = 0; g < LG; ++g) {
-    const int64_t gi = g0 + g, k = gi * G;
-    const float *dw = dw0 + g * 16, *mw = mw0 + g * 16;
-    if (pf) {
-      const int64_t kb = k - g0 * G;  // the group's inputs from the K block's start
-      const int64_t v0 = F == kFmtQ8 ? kb / 4 : (kb % io::kQ4Chunk < io::kQ4Chunk / 2 ? kb / 128 * 16 + kb % 128 / 4 : -1);
-      if (v0 >= 0)
-        for (int64_t s = 0; s < G / 4; ++s) _mm_prefetch(reinterpret_cast<const char*>(pf + (v0 + s) * 64), _MM_HINT_T0);
+  if constexpr (F == kFmtQ8) {
+    for (int64_t g = 0; g < LG; ++g) {
+      const int64_t gi = g0 + g, k = gi * G;
+      if (pf)
+        for (int64_t s = 0; s < G / 4; ++s) _mm_prefetch(reinterpret_cast<const char*>(pf + (g * G / 4 + s) * 64), _MM_HINT_T0);
+      group_tile<RT, TBC, F, G, kU8>(pb + (k / 4) * 64, 4, 64, 0, 0, x, gi, tb0, dw0 + g * 16, mw0 + g * 16, part_r0);
     }
-    if constexpr (F == kFmtQ8) {
-      group_tile<RT, TBC, F, G, kU8>(pb + (k / 4) * 64, 4, 64, 0, 0, x, gi, tb0, dw, mw, part_r0);
-    } else if (k < src.kp) {
-      const int64_t c = k / io::kQ4Chunk, i = k % io::kQ4Chunk;
-      if (i < io::kQ4Chunk / 2)
-        group_tile<RT, TBC, F, G, kLow>(pb + (c * 16 + i / 4) * 64, 4, 64, 0, 0, x, gi, tb0, dw, mw, part_r0);
-      else
-        group_tile<RT, TBC, F, G, kHigh>(pb + (c * 16 + (i - 64) / 4) * 64, 4, 64, 0, 0, x, gi, tb0, dw, mw, part_r0);
-    } else {
-      const QwOperand& w = *src.w;
+  } else {
+    // q4, chunk by chunk (K blocks and the packed part are whole 128-input chunks): its low-nibble
+    // groups (the chunk's first half of inputs), then its high ones, each mode a straight run.
+    constexpr int64_t GC = io::kQ4Chunk / G;  // groups per chunk
+    int64_t g = 0;
+    for (; g < LG && (g0 + g) * G < src.kp; g += GC) {
+      const int64_t c = (g0 + g) * G / io::kQ4Chunk;
+      const uint8_t* v = pb + c * 16 * 64;
+      if (pf)
+        for (int64_t s = 0; s < 16; ++s) _mm_prefetch(reinterpret_cast<const char*>(pf + (g / GC * 16 + s) * 64), _MM_HINT_T0);
+#pragma GCC unroll 2
+      for (int64_t h = 0; h < GC / 2; ++h)
+        group_tile<RT, TBC, F, G, kLow>(v + h * G / 4 * 64, 4, 64, 0, 0, x, g0 + g + h, tb0, dw0 + (g + h) * 16,
+                                        mw0 + (g + h) * 16, part_r0);
+#pragma GCC unroll 2
+      for (int64_t h = GC / 2; h < GC; ++h)
+        group_tile<RT, TBC, F, G, kHigh>(v + (h - GC / 2) * G / 4 * 64, 4, 64, 0, 0, x, g0 + g + h, tb0,
+                                         dw0 + (g + h) * 16, mw0 + (g + h) * 16, part_r0);
+    }
+    const QwOperand& w = *src.w;
+    for (; g < LG; ++g) {  // the K % 128 tail, from the row layout
+      const int64_t gi = g0 + g, k = gi * G;
       const uint8_t* tail = w.q + n * w.row_bytes + src.kp / 2;
-      group_tile<RT, TBC, F, G, kTail>(tail, w.row_bytes, 0, k - src.kp, (w.K - src.kp) / 2, x, gi, tb0, dw, mw,
-                                       part_r0);
+      group_tile<RT, TBC, F, G, kTail>(tail, w.row_bytes, 0, k - src.kp, (w.K - src.kp) / 2, x, gi, tb0, dw0 + g * 16,
+                                       mw0 + g * 16, part_r0);
     }
   }
 }
