@@ -75,9 +75,10 @@ void register_bench_generate(CLI::App* bench) {
       ->capture_default_str();
   sub->add_option("--bench-quant", a->p.quant,
                   "Weight formats of the synthetic model side by side (comma list): bf16, q8, q4, q4s, q8_g64, "
-                  "q4_g64 (convert --quantize's default set of weights); a '+head' suffix (q4+head) packs the LM "
-                  "head too (--quantize-lm-head); a last '+repack' suffix (q4+repack, q4+head+repack) runs that copy's "
-                  "products on repacked output-lane copies of the weights (AVX512-VNNI), as the readers' --quant-repack auto does")
+                  "q4_g64 (convert --quantize's default set of weights), run as the readers run them by default "
+                  "(--quant-repack auto: on output-lane copies where the kernel is AVX512-VNNI); a '+head' suffix "
+                  "(q4+head) packs the LM head too (--quantize-lm-head); a last '+rows' suffix (q4+rows, q4+head+rows) "
+                  "keeps the row layout (--quant-repack off), '+repack' asks for the copies")
       ->delimiter(',')
       ->check([](const std::string& v) {
         const auto strip = [](std::string s, const std::string& suffix) {
@@ -85,10 +86,10 @@ void register_bench_generate(CLI::App* bench) {
                      ? s.substr(0, s.size() - suffix.size())
                      : s;
         };
-        const std::string f = strip(strip(v, "+repack"), "+head");
+        const std::string f = strip(strip(strip(v, "+repack"), "+rows"), "+head");
         for (const char* ok : {"bf16", "q8", "q4", "q4s", "q8_g32", "q8_g64", "q4_g32", "q4_g64", "q4s_g32", "q4s_g64"})
           if (f == ok && !(f == "bf16" && f != v)) return std::string();
-        return "unknown format '" + v + "': use bf16, q8, q4, q4s, q8_g64, q4_g64, ... optionally with +head and/or +repack";
+        return "unknown format '" + v + "': use bf16, q8, q4, q4s, q8_g64, q4_g64, ... optionally with +head and then +rows or +repack";
       });
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);

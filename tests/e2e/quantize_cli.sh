@@ -168,10 +168,11 @@ grep -q -- "--quantize-include" "$TMP/err.txt" || fail "bad regex message"
 expect_rc 2 "$ECDLM" convert -m "$TINY" -o "$TMP/x" --quantize q8 --quantize-include nothing_matches_this
 grep -q "no tensor matches" "$TMP/err.txt" || fail "empty selection message"
 [ ! -e "$TMP/x" ] || fail "a failed convert left output"
-# bench generate --bench-quant: '+repack' (repacked output-lane kernel) comes last, after '+head'.
+# bench generate --bench-quant: '+rows' (row layout) or '+repack' (copies) comes last, after '+head'.
+expect_rc 2 "$ECDLM" bench generate --bench-quant q8+rows+head
+grep -q "optionally with +head and then +rows or +repack" "$TMP/err.txt" || fail "bench-quant suffix order message"
 expect_rc 2 "$ECDLM" bench generate --bench-quant q8+repack+head
-grep -q "optionally with +head and/or +repack" "$TMP/err.txt" || fail "bench-quant suffix order message"
-expect_rc 2 "$ECDLM" bench generate --bench-quant bf16+repack
+expect_rc 2 "$ECDLM" bench generate --bench-quant bf16+rows
 "$ECDLM" bench generate --help > "$TMP/help.txt"
-grep -q "q4+head+repack" "$TMP/help.txt" || fail "bench-quant help names +repack"
+grep -q "q4+head+rows" "$TMP/help.txt" || fail "bench-quant help names +rows"
 echo "quantize_cli: OK"

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "ecdlm/generate/threshold.h"
+#include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/model/checkpoint.h"
@@ -218,7 +219,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     MoeDlm model{nullptr}, ec_model{nullptr};
     std::string weights = "bf16";
     int64_t min_experts = 16, topk_cap = 4;
-    bool repack = false;  // "+repack": few-row products on repacked copies (kernels/quant_repack.h)
+    bool repack = false;  // products on output-lane copies (kernels/quant_repack.h); false with "+rows"
   };
   std::vector<Variant> variants = {{"token", 0, true},   {"token", 0, false}, {"block", 0.5, true},
                                    {"block", 0.6, true},  {"block", 0.6, false}, {"block", 0.6, true, true},
@@ -290,9 +291,12 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       // matrix is bound. Expert choice is not measured on quantized copies.
       Model mq{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
       QuantizeParams qp;
-      const auto rp = q.find("+repack");
-      mq.repack = rp != std::string::npos;
-      const auto qh = q.substr(0, rp);
+      // As the readers' --quant-repack auto on a model this size: the copies on a CPU whose kernel
+      // reads them (AVX512-VNNI), the row layout with "+rows"; "+repack" asks for the copies.
+      const auto rows = q.find("+rows"), rp = q.find("+repack");
+      const auto cut = std::min(rows, rp);
+      mq.repack = rp != std::string::npos || (rows == std::string::npos && kernels::cpu_has_avx512_vnni());
+      const auto qh = q.substr(0, cut);
       const auto plus = qh.find("+head");
       qp.lm_head = plus != std::string::npos;
       const auto f = qh.substr(0, plus);
@@ -300,7 +304,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       qp.format = f.substr(0, us);
       if (us != std::string::npos) qp.group = std::stoll(f.substr(us + 2));
       const int64_t n = quantize_model(*mq.model, qp);
-      mq.weights = io::quant_format_name(quantize_format(qp)) + (qp.lm_head ? "+head" : "") + (mq.repack ? "+repack" : "");
+      mq.weights = io::quant_format_name(quantize_format(qp)) + (qp.lm_head ? "+head" : "") + (mq.repack ? "" : "+rows");
       LOG_INFO("bench generate: " << mq.weights << " copy of the synthetic model, " << n << " weights packed");
       models.push_back(std::move(mq));
     }

@@ -28,7 +28,8 @@ struct GenBenchParams {
   // Weight formats of the synthetic model, side by side (--bench-quant): "bf16", "q8", "q4",
   // "q8_g64", ... Each quantized copy packs the default set (experts, shared experts, dense MLP,
   // attention; model/quantize.h) of the same random weights; "q4+head" packs the LM head too;
-  // a "+repack" suffix (last) runs that copy with kernels::set_quant_repack (kernels/quant_repack.h).
+  // each copy runs as the readers' --quant-repack auto does (output-lane copies where the kernel is
+  // AVX512-VNNI, kernels/quant_repack.h); a last "+rows" keeps the row layout, "+repack" asks for copies.
   // Empty = bf16 only.
   std::vector<std::string> quant;
 };
