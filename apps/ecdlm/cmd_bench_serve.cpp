@@ -25,6 +25,11 @@ void register_bench_serve(CLI::App* bench) {
                   "as `ecdlm serve`; the synthetic model is bf16)")
       ->delimiter(',')
       ->check(CLI::IsMember({"f32", "bf16"}));
+  sub->add_option("--synth-weights", a->p.synth_weights,
+                  "Weights of the synthetic model, one run each: bf16, q8, q4, q4s (comma list; packed as convert "
+                  "--quantize does by default and served as a quantized checkpoint is)")
+      ->delimiter(',')
+      ->capture_default_str();
   sub->add_option("--clients", a->p.clients, "Concurrency levels (the first must be 1)")->delimiter(',');
   sub->add_option("--routing", a->p.routings, "Routing policies (token, block)")->delimiter(',');
   sub->add_option("--requests", a->p.requests, "Requests per level")->capture_default_str();
@@ -48,6 +53,11 @@ void register_bench_serve(CLI::App* bench) {
     LOG_INFO("bench serve: clients " << p.clients.size() << " levels, " << p.requests << " requests each, max_tokens "
                                      << p.max_tokens << ", block " << p.block_length << ", steps " << p.steps
                                      << ", max batch " << p.max_batch << ", synthetic MoE layers " << p.synth_moe_layers
+                                     << " (" << [&] {
+                                          std::string w;
+                                          for (const auto& x : p.synth_weights) w += (w.empty() ? "" : ",") + x;
+                                          return w;
+                                        }() << ")"
                                      << ", model '" << p.model_dir << "'");
     const auto rows = serve::run_serve_bench(p);
     const auto md = serve::to_markdown(rows, p);

@@ -58,4 +58,6 @@ expect_fail "--dtype" "$ECDLM" -q bench serve -m "$M" --no-synthetic --dtype f16
 expect_fail "--dtype" "$ECDLM" -q bench serve --dtype bf16
 expect_fail "--no-synthetic" "$ECDLM" -q bench serve --no-synthetic
 expect_fail "--clients" "$ECDLM" -q bench serve -m "$M" --no-synthetic --clients 2,4
+expect_fail "--synth-weights" "$ECDLM" -q bench serve --synth-weights q5
+expect_fail "--synth-weights" "$ECDLM" -q bench serve -m "$M" --no-synthetic --synth-weights q8
 echo "bench_serve_smoke: OK"

@@ -12,6 +12,9 @@
 #include "ecdlm/bench/generate_bench.h"
 #include "ecdlm/model/checkpoint.h"
 #include "ecdlm/model/model_dir.h"
+#include "ecdlm/model/quantize.h"
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/serve/server.h"
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
@@ -105,8 +108,12 @@ double metric(int port, const std::string& name) {
   return at == std::string::npos ? 0 : std::stod(res->body.substr(at + name.size() + 2));
 }
 
-void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams& p, std::vector<ServeBenchRow>& rows) {
-  const std::string dtype = loaded.model->lm_head->weight.scalar_type() == torch::kBFloat16 ? "bf16" : "f32";
+// weights: the dtype column ("" = the LM head's dtype, bf16 or f32).
+void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams& p, std::vector<ServeBenchRow>& rows,
+                 const std::string& weights = "") {
+  const std::string dtype = !weights.empty()                                                 ? weights
+                            : loaded.model->lm_head->weight.scalar_type() == torch::kBFloat16 ? "bf16"
+                                                                                              : "f32";
   const int64_t vocab = loaded.model->config().vocab_size, mask = loaded.defaults.params.mask_id;
   ServeParams sp;
   sp.port = 0;
@@ -201,6 +208,11 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     if (dt != "f32" && dt != "bf16") fail("", "--dtype", "unknown dtype '" + dt + "'", "use f32, bf16 or f32,bf16");
   if (!p.dtypes.empty() && p.model_dir.empty())
     fail("", "--dtype", "applies to the -m model only (the synthetic model is bf16)", "pass -m MODEL_DIR, or drop --dtype");
+  for (const auto& w : p.synth_weights)
+    if (w != "bf16" && w != "q8" && w != "q4" && w != "q4s")
+      fail("", "--synth-weights", "unknown weights '" + w + "'", "use bf16, q8, q4 or q4s (comma list)");
+  if (!p.synthetic && !(p.synth_weights.size() == 1 && p.synth_weights[0] == "bf16"))
+    fail("", "--synth-weights", "applies to the synthetic model, and --no-synthetic drops it", "drop one of the two");
   std::vector<ServeBenchRow> rows;
   prof::set_enabled(true);
   auto defaults = [&](int64_t mask) {
@@ -214,14 +226,29 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
     d.max_n = 1;
     return d;
   };
-  if (p.synthetic) {
+  for (const auto& w : p.synthetic ? p.synth_weights : std::vector<std::string>{}) {
     const auto cfg = bench::synthetic_llada2_config(p.synth_moe_layers, p.synth_vocab);
     Loaded L;
     L.model = bench::make_synthetic_model(cfg, p.seed);
     L.tok = std::make_unique<IdTokenizer>(cfg.vocab_size, static_cast<int32_t>(cfg.mask_token_id));
     L.defaults = defaults(cfg.mask_token_id);
-    bench_model("synthetic LLaDA2.0-mini-shaped (" + std::to_string(p.synth_moe_layers) + " MoE layers, bf16)",
-                std::move(L), p, rows);
+    std::string weights = "bf16";
+    kernels::set_quant_repack(false);
+    if (w != "bf16") {  // the same random weights, packed in place
+      QuantizeParams qp;
+      qp.format = w;
+      const int64_t n = quantize_model(*L.model, qp);
+      weights = io::quant_format_name(quantize_format(qp));
+      if (kernels::quant_kernel_backend() == kernels::QuantKernel::kVnni) {
+        kernels::set_quant_repack(true);
+        prepack_quantized(*L.model);
+      }
+      LOG_INFO("bench serve: synthetic model in " << weights << ", " << n << " weights packed"
+                                                  << (kernels::quant_repack() ? ", on output-lane copies" : ""));
+    }
+    bench_model("synthetic LLaDA2.0-mini-shaped (" + std::to_string(p.synth_moe_layers) + " MoE layers, " + weights + ")",
+                std::move(L), p, rows, weights);
+    kernels::set_quant_repack(false);
   }
   if (!p.model_dir.empty()) {
     const auto cfg = ModelConfig::load(p.model_dir);

@@ -18,6 +18,10 @@ struct ServeBenchParams {
   // `ecdlm serve` without --dtype). The synthetic model is bf16 only.
   std::vector<std::string> dtypes;
   bool synthetic = true;                     // also (first) the synthetic model
+  // The synthetic model's weights, one benchmark each: "bf16", or "q8" / "q4" / "q4s" (packed as
+  // `convert --quantize` packs by default, then run as `serve` runs a quantized checkpoint:
+  // output-lane copies built at load where the kernel is AVX512-VNNI).
+  std::vector<std::string> synth_weights = {"bf16"};
   std::vector<int64_t> clients = {1, 2, 4, 8, 16};
   std::vector<std::string> routings = {"token", "block"};
   int64_t requests = 16;                     // per level (each client takes requests / clients)
