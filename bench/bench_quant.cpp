@@ -289,7 +289,8 @@ ShapeWeights& shape_weights(int shape, int fmt) {
     }
     // The output-lane copies built up front, as the readers' load does: otherwise a packed path's
     // call on a clone no earlier call touched timed the packing too (the small expert shapes'
-    // clones were each called once). Their rows stay resident: cloned tensors are anonymous memory.
+    // clones were each called once). Their rows are anonymous memory: resident without swap (with
+    // swap, MADV_PAGEOUT may send them out and the row paths' first calls fault them back).
     std::vector<const io::QuantWeight*> all;
     for (const auto& c : sw.q[fmt]) all.push_back(&c);
     kernels::prepack_quant(all);

@@ -10,6 +10,7 @@
 #include "ecdlm/util/huge_pages.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/plot.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm::cli {
 namespace {
@@ -22,11 +23,6 @@ struct GenBenchArgs {
 
 int run(const GenBenchArgs& a) {
   const auto& p = a.p;
-  auto join = [](const std::vector<std::string>& v) {
-    std::string s;
-    for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
-    return s;
-  };
   const std::string policies = p.policies.empty() ? "all" : join(p.policies), kernels = join(p.kernels);
   LOG_INFO("bench generate: quick " << p.quick << ", brown model '" << p.brown_model << "', synthetic MoE layers "
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len

@@ -5,6 +5,7 @@
 #include "ecdlm/serve/bench_serve.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm::cli {
 
@@ -53,11 +54,7 @@ void register_bench_serve(CLI::App* bench) {
     LOG_INFO("bench serve: clients " << p.clients.size() << " levels, " << p.requests << " requests each, max_tokens "
                                      << p.max_tokens << ", block " << p.block_length << ", steps " << p.steps
                                      << ", max batch " << p.max_batch << ", synthetic MoE layers " << p.synth_moe_layers
-                                     << " (" << [&] {
-                                          std::string w;
-                                          for (const auto& x : p.synth_weights) w += (w.empty() ? "" : ",") + x;
-                                          return w;
-                                        }() << ")"
+                                     << " (" << join(p.synth_weights) << ")"
                                      << ", model '" << p.model_dir << "'");
     const auto rows = serve::run_serve_bench(p);
     const auto md = serve::to_markdown(rows, p);
