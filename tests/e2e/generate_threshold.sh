@@ -45,6 +45,12 @@ assert abs(s["avg_unique_experts_per_layer"] - 13.6) < 1e-9, s["avg_unique_exper
 assert s["forwards"] == len(s["per_forward"]) and s["cache_forwards"] == 1 and s["ride_along_appends"] == 1
 assert s["per_forward"][0]["tokens_in"] == 32 and max(f["tokens_in"] for f in s["per_forward"]) == 64
 assert all(f["expert_bytes"] > 0 for f in s["per_forward"]) and d["peak_rss_mb"] > 0
+# Each forward's split: its parts are timed inside it (the LM head, attention and experts run every forward).
+parts = ("attention_ms", "router_ms", "experts_ms", "dense_ms", "head_ms")
+for f in s["per_forward"]:
+    assert all(f[k] >= 0 for k in parts), f
+    assert f["head_ms"] > 0 and f["attention_ms"] > 0 and f["experts_ms"] > 0, f
+    assert sum(f[k] for k in parts) <= f["ms"] * 1.01 + 0.05, f
 PY
 grep -q "routing block (p 0.6" "$TMP/err.txt" || fail "effective settings not logged"
 
