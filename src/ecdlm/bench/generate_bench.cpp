@@ -291,11 +291,13 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       // matrix is bound. Expert choice is not measured on quantized copies.
       Model mq{"synthetic-llada2", make_synthetic_model(cfg, p.seed), nullptr};
       QuantizeParams qp;
-      // As the readers' --quant-repack auto on a model this size: the copies on a CPU whose kernel
-      // reads them (AVX512-VNNI), the row layout with "+rows"; "+repack" asks for the copies.
+      // As the readers' --quant-repack auto on a model this size (and bench serve): the copies where
+      // the quantized kernel is vnni (the one that reads them), the row layout with "+rows";
+      // "+repack" asks for the copies.
       const auto rows = q.find("+rows"), rp = q.find("+repack");
       const auto cut = std::min(rows, rp);
-      mq.repack = rp != std::string::npos || (rows == std::string::npos && kernels::cpu_has_avx512_vnni());
+      mq.repack = rp != std::string::npos ||
+                  (rows == std::string::npos && kernels::quant_kernel_backend() == kernels::QuantKernel::kVnni);
       const auto qh = q.substr(0, cut);
       const auto plus = qh.find("+head");
       qp.lm_head = plus != std::string::npos;
