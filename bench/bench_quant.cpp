@@ -456,25 +456,33 @@ BENCHMARK(BM_QuantLanesHotMin)->ArgsProduct({{0, 1, 2, 3, 4}, {16, 17, 32, 40, 6
 
 namespace {
 // The many-row (prefill) path: one projection [M, 2048] x [2048, 2048]ᵀ over 24 weights, one
-// thread, by path: 0 dequantize + torch's GEMM (what auto takes above 64 rows on the row layout),
-// 1 the token-lane kernel on the repacked copies (what auto takes at any M with repacking on).
+// thread, by path: 0 dequantize + torch's GEMM (what auto takes above 64 rows on the row layout
+// outside the decoders), 1 the token-lane kernel on the repacked copies (what auto takes at any M
+// with repacking on), 2 / 3 the vnni 4 x 4 tiles / the avx2 kernel on the row layout at any M
+// (what the decoders take there: a row's bits must not depend on its batch).
 // args: format index (as above), M, path.
 void BM_QuantPrefill(benchmark::State& state) {
   if (skip_without_vnni(state)) return;
   torch::set_num_threads(1);
   const int fmt = static_cast<int>(state.range(0)) - 1;
   const int64_t M = state.range(1);
-  const bool lanes = state.range(2) == 1;
+  const int path = static_cast<int>(state.range(2));
   const auto& w = projections(fmt);
   const auto x = torch::randn({M, 2048}).to(torch::kBFloat16);
-  kernels::set_quant_repack(lanes);
+  kernels::set_quant_repack(path == 1);
+  std::optional<kernels::F32TilesScope> decoders;
+  if (path >= 2) decoders.emplace();
+  const auto k = path == 3 ? kernels::QuantKernel::kAvx2 : kernels::QuantKernel::kAuto;
+  kernels::set_quant_kernel(k);
   for (const auto& wi : w) kernels::quant_linear(x, wi);  // builds the copies outside the timing
   for (auto _ : state)
     for (const auto& wi : w) benchmark::DoNotOptimize(kernels::quant_linear(x, wi).data_ptr());
   kernels::set_quant_repack(false);
+  kernels::set_quant_kernel(kernels::QuantKernel::kAuto);
   state.counters["GFLOP/s"] = benchmark::Counter(24.0 * 2.0 * static_cast<double>(M) * 2048 * 2048 * 1e-9,
                                                  benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(fmt)]) + (lanes ? " lanes, repacked" : " torch"));
+  static const char* const names[] = {" torch", " lanes, repacked", " vnni tiles, decoders", " avx2, decoders"};
+  state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(fmt)]) + names[path]);
 }
-BENCHMARK(BM_QuantPrefill)->ArgsProduct({{1, 3}, {65, 128, 256}, {0, 1}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_QuantPrefill)->ArgsProduct({{1, 3}, {65, 128, 256}, {0, 1, 2, 3}})->Unit(benchmark::kMillisecond);
 }  // namespace

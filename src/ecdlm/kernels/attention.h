@@ -25,11 +25,9 @@ struct AttnRow {
   int64_t cached() const { return k_HPd.defined() ? k_HPd.size(1) : 0; }
 };
 
-// Whether the decoders' kernels are on for this thread: inside a kernels::F32TilesScope (the
-// decoders open it; training, eval and `logits` do not), with a backend other than torch
-// (`--kernel torch` turns this off too) and a CPU with AVX512F/BW/VL. f32_tiles_active is defined in
-// small_m.cpp, beside the scope.
-bool f32_tiles_active();
+// Whether the decoders' attention kernel is on for this thread: inside a kernels::F32TilesScope
+// (the decoders open it; training, eval and `logits` do not), with a backend other than torch
+// (`--kernel torch` turns this off too) and a CPU with AVX512F/BW/VL.
 bool decode_attention_enabled();
 
 // Keys visible to the queries at positions [p0, p0 + L) under block-causal attention with the

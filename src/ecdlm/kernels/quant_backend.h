@@ -12,6 +12,7 @@
 #include "ecdlm/kernels/pack_arena.h"
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_repack.h"
+#include "ecdlm/kernels/small_m.h"
 
 namespace ecdlm::kernels::detail {
 
@@ -20,10 +21,21 @@ namespace ecdlm::kernels::detail {
 // compute-bound, but at 64 rows still 2-4x faster than dequantizing + torch's GEMM (BM_QuantLinear,
 // one thread, 2048 x 2048: q8 107 ms against 200 ms per 24 weights).
 constexpr int64_t kInt8MaxRows = 64;
-// On repacked weights (quant_repack.h) the vnni kernels take any row count instead: the token-lane
-// kernel reads the copy in place (the prefill too), so the rows are never read again and a row's
-// result does not depend on how many rows share the call.
-inline bool int8_any_rows(QuantKernel backend) { return backend == QuantKernel::kVnni && quant_repack(); }
+// The int8 kernels take any row count instead
+//  - on repacked weights (quant_repack.h, vnni): the token-lane kernel reads the copy in place (the
+//    prefill too), so the rows are never read again;
+//  - inside the decoders' scope (kernels::F32TilesScope, small_m.h), vnni or avx2: a served row
+//    must get the same bits alone and in any batch (continuous batching), where torch's GEMM would
+//    take the rows beyond 64 with x unquantized.
+// Either way a row's result then does not depend on how many rows share the call.
+inline bool int8_any_rows(QuantKernel backend) {
+  return (backend == QuantKernel::kVnni && quant_repack()) ||
+         ((backend == QuantKernel::kVnni || backend == QuantKernel::kAvx2) && f32_tiles_active());
+}
+// Whether vnni may run the token-lane kernel (16+ rows) on a weight's row layout (copied into a
+// panel per call): not inside the decoders' scope, where its group-wise sums would differ from the
+// 4 x 4 tiles a row alone takes. On the copies both kernels give the same bits (quant_repack.cpp).
+inline bool row_layout_lanes() { return !f32_tiles_active(); }
 
 // The token rows of one call, quantized per row and group of G (driver-owned scratch).
 struct QxOperand {

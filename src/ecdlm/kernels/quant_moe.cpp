@@ -89,8 +89,9 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   const int64_t P = x_PD.size(0), D = x_PD.size(1);
   const int64_t max_m = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
   if (P == 0) return torch::empty({0, D}, out);
-  // On repacked weights the fused path takes any expert size (moe_by_expert's torch SiLU and
-  // separate products would round a row differently once its expert got more than 64 rows).
+  // On repacked weights and in the decoders the fused path takes any expert size (moe_by_expert's
+  // torch SiLU and separate products would round a row differently once its expert got more than
+  // 64 rows).
   if (backend == QuantKernel::kTorch || backend == QuantKernel::kBf16 ||
       (max_m > detail::kInt8MaxRows && !detail::int8_any_rows(backend)))
     return moe_by_expert(x_PD, counts, ex, out, k);
@@ -139,7 +140,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   // Experts with many rows (a dense MLP or shared expert at a 32-token block) take the token-lane
   // kernel (quant_lanes.cpp): x's and h's rows in 16-token lanes, built once per expert.
   std::vector<int64_t> wide;
-  if (vnni)
+  if (vnni && (repack || detail::row_layout_lanes()))
     for (int64_t e = 0; e < n; ++e)
       if (counts[ids[size_t(e)]] >= detail::kLaneMinRows) wide.push_back(e);
   std::vector<detail::QxLaneScratch> lane_buf(wide.size() * 2);
@@ -164,7 +165,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
       xl[size_t(e)] = detail::build_lanes(detail::rows_of(xq, row0[size_t(e)], counts[ids[size_t(e)]]), zx,
                                           lane_buf[size_t(2 * i)]);
     }
-    // [rows of one expert, 64 weight rows] tiles; max_m <= kInt8MaxRows.
+    // [rows of one expert, 64 weight rows] tiles.
     std::vector<float> g(static_cast<size_t>(max_m * kUnitRows)), u(g.size());
     const auto [f_t0, f_t1] = detail::thread_share(fpre);
     for (int64_t t = f_t0; t < f_t1; ++t) {

@@ -181,11 +181,42 @@ ECDLM_PK_TARGET inline __attribute__((always_inline)) void group(__m512 (&acc)[M
 // prefetchers stop at 4 KB pages. BM_QuantMoeMin, one thread: 2-8% faster than one line per group.
 constexpr int64_t kPackedPrefetch = 4096;
 
+// q4's K % 128 tail group g of the block's rows (read from the row layout w, as the token-lane
+// kernel does) into acc: the same int32 sum per (row, token) and the same f32 step as a packed
+// group, in the same place in the order, so a row gets the token-lane kernel's bits. Scalar sums:
+// a tail is at most 3 groups and LLaDA2's shapes have none.
+template <int MC>
+ECDLM_PK_TARGET void tail_group(__m512 (&acc)[MC], const QwOperand& w, int64_t b, int rows, const XRows<MC>& x,
+                                int64_t g, __m512 dw) {
+  const int64_t G = w.G, k0 = w.K - w.K % io::kQ4Chunk, half = (w.K - k0) / 2;
+  alignas(64) int8_t codes[16][64];
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t* t = w.q + (b * 16 + j) * w.row_bytes + k0 / 2;
+    for (int64_t k = g * G; k < (g + 1) * G; ++k) {
+      const int64_t i = k - k0;
+      codes[j][k - g * G] = j < rows ? static_cast<int8_t>(i < half ? t[i] & 15 : t[i - half] >> 4) : 0;
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MC; ++m) {
+    alignas(64) int32_t sum[16];
+    const int8_t* xq = x.q[m] + g * G;
+    for (int j = 0; j < 16; ++j) {
+      int32_t s = x.gb[m][g];
+      for (int64_t i = 0; i < G; ++i) s += codes[j][i] * xq[i];
+      sum[j] = s;
+    }
+    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sum)), _mm512_mul_ps(dw, _mm512_set1_ps(x.d[m][g])),
+                             acc[m]);
+  }
+}
+
 // Block b against the chunk's MC tokens: y[m * ldy + j] for the block's rows j < rows. Blocks run
 // one at a time: side by side on one thread (2 or 4 blocks, more chains per broadcast) the streams
 // ran 5-10% slower from memory (BM_QuantMoeMin).
 template <int MC, int PART, int G>
-ECDLM_PK_TARGET void block(const Packed& p, int64_t b, bool q8, const XRows<MC>& x, int rows, float* y, int64_t ldy) {
+ECDLM_PK_TARGET void block(const Packed& p, const QwOperand& w, int64_t b, bool q8, const XRows<MC>& x, int rows,
+                           float* y, int64_t ldy) {
   constexpr int NS = G / 4;
   __m512 acc[MC];
 #pragma GCC unroll 8
@@ -212,7 +243,7 @@ ECDLM_PK_TARGET void block(const Packed& p, int64_t b, bool q8, const XRows<MC>&
     const int64_t KQ = p.slots / 16 * 128;  // inputs in whole chunks; the rest is q4_tail's
     // q4's minimum term right after its group's scaled sum, as the token-lane kernel adds them, so
     // a row gets the same bits from either kernel (its batch decides which runs: continuous
-    // batching). The K % 128 tail's groups (q4_tail) still come after.
+    // batching); the K % 128 tail's groups last, also as it does.
     const uint16_t* mn = p.m.empty() ? nullptr : p.m.data() + b * KG * 16;
     const auto add_min = [&](int64_t g) ECDLM_PK_TARGET {
       const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + g * 16)));
@@ -229,8 +260,10 @@ ECDLM_PK_TARGET void block(const Packed& p, int64_t b, bool q8, const XRows<MC>&
         group<MC, PART, NS, 4>(acc, v, x, k, g, scale(g));
       if (mn) add_min(g);
     }
-    if (mn)
-      for (int64_t g = KQ / G; g < KG; ++g) add_min(g);
+    for (int64_t g = KQ / G; g < KG; ++g) {
+      tail_group<MC>(acc, w, b, rows, x, g, scale(g));
+      if (mn) add_min(g);
+    }
   }
   const auto mask = static_cast<__mmask16>(rows == 16 ? 0xFFFF : (1U << rows) - 1);
 #pragma GCC unroll 8
@@ -239,25 +272,26 @@ ECDLM_PK_TARGET void block(const Packed& p, int64_t b, bool q8, const XRows<MC>&
 
 // Blocks [b0, b1) against tokens m0 .. m0 + MC - 1 (rows_last: the last block's rows).
 template <int MC, int PART, int G>
-void run_blocks(const Packed& p, int64_t b0, int64_t b1, bool q8, const QxOperand& xo, int64_t m0, int rows_last,
-                float* y, int64_t ldy) {
+void run_blocks(const Packed& p, const QwOperand& w, int64_t b0, int64_t b1, bool q8, const QxOperand& xo, int64_t m0,
+                int rows_last, float* y, int64_t ldy) {
   const auto x = x_rows<MC>(xo, m0);
-  for (int64_t b = b0; b < b1; ++b) block<MC, PART, G>(p, b, q8, x, b + 1 == b1 ? rows_last : 16, y + (b - b0) * 16, ldy);
+  for (int64_t b = b0; b < b1; ++b)
+    block<MC, PART, G>(p, w, b, q8, x, b + 1 == b1 ? rows_last : 16, y + (b - b0) * 16, ldy);
 }
 
 // Chains per token by token count: 4 at 1-2 tokens, 2 at 3-8 (8-16 chains).
 template <int G>
-void run_mc(int64_t mc, const Packed& p, int64_t b0, int64_t b1, bool q8, const QxOperand& x, int64_t m0,
-            int rows_last, float* y, int64_t ldy) {
+void run_mc(int64_t mc, const Packed& p, const QwOperand& w, int64_t b0, int64_t b1, bool q8, const QxOperand& x,
+            int64_t m0, int rows_last, float* y, int64_t ldy) {
   switch (mc) {
-    case 1: return run_blocks<1, 4, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
-    case 2: return run_blocks<2, 4, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
-    case 3: return run_blocks<3, 2, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
-    case 4: return run_blocks<4, 2, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
-    case 5: return run_blocks<5, 2, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
-    case 6: return run_blocks<6, 2, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
-    case 7: return run_blocks<7, 2, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
-    default: return run_blocks<8, 2, G>(p, b0, b1, q8, x, m0, rows_last, y, ldy);
+    case 1: return run_blocks<1, 4, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
+    case 2: return run_blocks<2, 4, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
+    case 3: return run_blocks<3, 2, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
+    case 4: return run_blocks<4, 2, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
+    case 5: return run_blocks<5, 2, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
+    case 6: return run_blocks<6, 2, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
+    case 7: return run_blocks<7, 2, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
+    default: return run_blocks<8, 2, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
   }
 }
 
@@ -304,12 +338,8 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
   const int rows_last = static_cast<int>(n1 - (b1 - 1) * 16);
   for (int64_t m0 = 0; m0 < x.M; m0 += 8) {
     const int64_t mc = std::min<int64_t>(8, x.M - m0);
-    (p.G == 32 ? run_mc<32> : run_mc<64>)(mc, p, b0, b1, q8, x, m0, rows_last, y + m0 * ldy, ldy);
+    (p.G == 32 ? run_mc<32> : run_mc<64>)(mc, p, w, b0, b1, q8, x, m0, rows_last, y + m0 * ldy, ldy);
   }
-  const int64_t k_tail = w.K - w.K % io::kQ4Chunk;
-  if (!q8 && k_tail < w.K)
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t m = 0; m < x.M; ++m) y[m * ldy + (n - n0)] += q4_tail(x, m, w, n, k_tail);
 }
 
 }  // namespace ecdlm::kernels::detail

@@ -59,6 +59,8 @@ class F32TilesScope {
  private:
   bool prev_;
 };
+// Whether this thread is inside an F32TilesScope (the decoders' kernels are on).
+bool f32_tiles_active();
 torch::Tensor f32_linear(const torch::Tensor& x_MK, const torch::Tensor& w_NK);
 // (silu(x·gateᵀ) ⊙ (x·upᵀ)) · downᵀ in bf16 [M, D]: h is rounded to bf16 once, the output once
 // (torch's path rounds after each op). Requires small_m_swiglu_applies.
