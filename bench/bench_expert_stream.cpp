@@ -8,8 +8,13 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <utility>
 
+#include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/head.h"
+#include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_backend.h"
+#include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/moe/experts.h"
 #include "ecdlm/util/huge_pages.h"
@@ -135,31 +140,50 @@ BENCHMARK(BM_SmallMLinear)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-// The LM head of a cached step: [M, 2048] masked rows x LLaDA2's [157184, 2048] bf16 head (644 MB,
-// streamed from memory) through kernels::head_linear, two threads. Counters: GB/s of weight bytes
-// and GFLOP/s (2 M N K). args: M (a block's masked rows: 32 down to 1 as it fills), N
+// The LM head of a cached step: [M, 2048] masked rows x LLaDA2's [157184, 2048] head (644 MB in
+// bf16, streamed from memory), two threads: bf16 through kernels::head_linear, or packed as
+// `convert --quantize-lm-head` packs it (q8 / q4, groups of 32) through quant_linear on its
+// output-lane copies, as the readers run it. Counters: GB/s of weight bytes and GFLOP/s (2 M N K).
+// args: M (a block's masked rows: 32 down to 1 as it fills), N, format (0 bf16, 1 q8, 2 q4).
 void BM_HeadLinear(benchmark::State& state) {
-  if (!kernels::cpu_has_avx512_bf16()) {
+  const int fmt = static_cast<int>(state.range(2));
+  if (fmt == 0 && !kernels::cpu_has_avx512_bf16()) {
     state.SkipWithError("head_linear needs AVX512-BF16");
+    return;
+  }
+  if (fmt > 0 && !kernels::cpu_has_avx512_vnni()) {
+    state.SkipWithError("the output-lane copies need AVX512-VNNI");
     return;
   }
   torch::set_num_threads(2);
   torch::NoGradGuard ng;
   const int64_t M = state.range(0), N = state.range(1), K = 2048;
   static std::map<int64_t, torch::Tensor> ws;
+  static std::map<std::pair<int64_t, int>, io::QuantWeight> qs;
   auto& w = ws[N];
   if (!w.defined()) w = torch::randn({N, K}).to(torch::kBFloat16);
   const auto x = torch::randn({M, K}).to(torch::kBFloat16);
-  for (auto _ : state) benchmark::DoNotOptimize(kernels::head_linear(x, w).data_ptr());
-  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(N * K * 2) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  double bytes = static_cast<double>(N * K * 2);
+  if (fmt == 0) {
+    for (auto _ : state) benchmark::DoNotOptimize(kernels::head_linear(x, w).data_ptr());
+  } else {
+    auto& q = qs[{N, fmt}];
+    if (!q.qweight.defined()) q = io::quantize(w.to(torch::kFloat32), {fmt == 1 ? io::QuantKind::kQ8 : io::QuantKind::kQ4, 32});
+    kernels::set_quant_repack(true);
+    (void)kernels::prepack_quant({&q});
+    bytes = static_cast<double>(kernels::detail::packed_bytes(q));
+    for (auto _ : state) benchmark::DoNotOptimize(kernels::quant_linear(x, q).data_ptr());
+    kernels::set_quant_repack(false);
+  }
+  state.counters["GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOP/s"] =
       benchmark::Counter(2.0 * static_cast<double>(M * N * K) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(fmt == 0 ? "bf16" : fmt == 1 ? "q8 copies" : "q4 copies");
 }
 
 BENCHMARK(BM_HeadLinear)
-    ->ArgsProduct({{1, 4, 8, 16, 24, 32}, {157184}})
-    ->Args({16, 2048})  // 8 MB: from the L3, the kernel's compute speed
-    ->Args({32, 2048})
+    ->ArgsProduct({{1, 4, 8, 16, 24, 32}, {157184}, {0, 1, 2}})
+    ->ArgsProduct({{16, 32}, {2048}, {0, 1, 2}})  // 2-8 MB: from the L3, the kernel's compute speed
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -4,12 +4,14 @@
 // at 1..64 rows per path, to place the int8 kernels' row limit (kernels/quant.cpp kMaxRows).
 // Run: build/ecdlm_microbench --benchmark_filter='Quant' --benchmark_repetitions=1
 #include <benchmark/benchmark.h>
+#include <immintrin.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
 #include <iterator>
 #include <map>
+#include <optional>
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
@@ -484,5 +486,57 @@ void BM_QuantPrefill(benchmark::State& state) {
   static const char* const names[] = {" torch", " lanes, repacked", " vnni tiles, decoders", " avx2, decoders"};
   state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(fmt)]) + names[path]);
 }
-BENCHMARK(BM_QuantPrefill)->ArgsProduct({{1, 3}, {65, 128, 256}, {0, 1, 2, 3}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_QuantPrefill)->ArgsProduct({{1, 2, 3, 4}, {65, 128, 256}, {0, 1, 2, 3}})->Unit(benchmark::kMillisecond);
+}  // namespace
+
+namespace {
+// The dot-product instructions' peak on one core, so the kernels' GFLOP/s can be read as a fraction
+// of it: 12 independent accumulators in registers, nothing but vpdpbusd (int8: 64 multiply-adds,
+// 128 ops each) or vdpbf16ps (bf16: 32, 64 flops). Counter GOPS. args: 0 vpdpbusd, 1 vdpbf16ps.
+#define ECDLM_R12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) int32_t vnni_chains(int64_t n) {
+#define ECDLM_INIT(i) __m512i a##i = _mm512_set1_epi32(i);
+  ECDLM_R12(ECDLM_INIT)
+  __m512i w = _mm512_set1_epi32(0x01010101), x = _mm512_set1_epi32(0x01020304);
+  asm("" : "+v"(w), "+v"(x));  // opaque operands: the loop is not folded
+  for (int64_t i = 0; i < n; ++i) {
+#define ECDLM_STEP(i) a##i = _mm512_dpbusd_epi32(a##i, w, x);
+    ECDLM_R12(ECDLM_STEP)
+  }
+  int32_t s = 0;
+#define ECDLM_SUM(i) s += _mm512_reduce_add_epi32(a##i);
+  ECDLM_R12(ECDLM_SUM)
+  return s;
+}
+__attribute__((target("avx512f,avx512bw,avx512bf16"), noinline)) float bf16_chains(int64_t n) {
+#define ECDLM_INITF(i) __m512 f##i = _mm512_set1_ps(i);
+  ECDLM_R12(ECDLM_INITF)
+  __m512bh w = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+  asm("" : "+v"(w));
+  for (int64_t i = 0; i < n; ++i) {
+#define ECDLM_STEPF(i) f##i = _mm512_dpbf16_ps(f##i, w, w);
+    ECDLM_R12(ECDLM_STEPF)
+  }
+  float s = 0;
+#define ECDLM_SUMF(i) s += _mm512_reduce_add_ps(f##i);
+  ECDLM_R12(ECDLM_SUMF)
+  return s;
+}
+void BM_DotPeak(benchmark::State& state) {
+  const bool bf16 = state.range(0) == 1;
+  if (bf16 ? !kernels::cpu_has_avx512_bf16() : !kernels::cpu_has_avx512_vnni()) {
+    state.SkipWithError(bf16 ? "no AVX512-BF16" : "no AVX512-VNNI");
+    return;
+  }
+  constexpr int64_t kIters = 1 << 22;
+  for (auto _ : state) {
+    if (bf16)
+      benchmark::DoNotOptimize(bf16_chains(kIters));
+    else
+      benchmark::DoNotOptimize(vnni_chains(kIters));
+  }
+  state.counters["GOPS"] = benchmark::Counter(12.0 * kIters * (bf16 ? 64 : 128) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(bf16 ? "vdpbf16ps, one core" : "vpdpbusd, one core");
+}
+BENCHMARK(BM_DotPeak)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 }  // namespace
