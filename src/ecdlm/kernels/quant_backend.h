@@ -170,7 +170,8 @@ bool has_packed(const io::QuantWeight& w);
 // bit-identical to the panel kernel on w's row layout. q4's K % 128 tail still reads w's rows.
 void vnni_lane_rows_packed(const QxLanes& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                            int64_t ldy);
-// vnni_rows over the packed copy p of w (n0 a multiple of 16).
+// vnni_rows over the packed copy p of w (n0 a multiple of 16): per token row bit-identical to
+// vnni_lane_rows_packed (same group sums, same f32 steps in the same order, q4's tail included).
 void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                       int64_t ldy);
 
@@ -179,7 +180,8 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
 void avx512_dequant_row_bf16(const QwOperand& w, int64_t n, uint16_t* out);
 
 // q4 rows whose K is not a multiple of 128 end in a shorter chunk: its groups' integer dot
-// products, scaled (without the minimum term, which the kernels add over all groups). Scalar.
+// products, scaled (without the minimum term, which the kernels add over all groups). Scalar; the
+// row-layout kernels (vnni 4 x 4 tiles, avx2) add it after their sums.
 float q4_tail(const QxOperand& x, int64_t m, const QwOperand& w, int64_t n, int64_t k0);
 
 }  // namespace ecdlm::kernels::detail
