@@ -240,7 +240,7 @@ ECDLM_PK_TARGET void block(const Packed& p, const QwOperand& w, int64_t b, bool 
     // A 128-input chunk is 16 vectors: group g's slots are the low (inputs k .. k + 63 of the chunk)
     // or high (k + 64 ..) nibbles of vectors s0 .. s0 + NS - 1; the chunk's vectors are read twice
     // (the second time from L1).
-    const int64_t KQ = p.slots / 16 * 128;  // inputs in whole chunks; the rest is q4_tail's
+    const int64_t KQ = p.slots / 16 * 128;  // inputs in whole chunks; the rest is tail_group's
     // q4's minimum term right after its group's scaled sum, as the token-lane kernel adds them, so
     // a row gets the same bits from either kernel (its batch decides which runs: continuous
     // batching); the K % 128 tail's groups last, also as it does.
