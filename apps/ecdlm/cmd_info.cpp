@@ -97,8 +97,20 @@ json memory_json(const ModelConfig& c, const ParamCounts& n, const json& ck) {
   // The checkpoint's main weight dtype (most elements; small f32 buffers do not count), else bf16.
   int64_t bytes_per = ck.value("present", false) && ck.value("main_dtype", "BF16") == "F32" ? 4 : 2;
   const int64_t block = 32, E = c.num_experts, L = c.num_moe_layers();
-  const int64_t expert_bytes = n.per_expert * bytes_per;
-  const int64_t always = (n.total - n.experts) * bytes_per;
+  int64_t expert_bytes = n.per_expert * bytes_per;
+  int64_t always = (n.total - n.experts) * bytes_per, total = n.total * bytes_per;
+  std::string weights = bytes_per == 2 ? "bf16" : "f32";
+  if (ck.contains("quantization") && L * E > 0) {
+    // convert --quantize: the bytes as stored (packed and bf16 tensors alike): a routed expert the
+    // experts' mean (a layer left bf16 by --quantize-exclude included), the rest always read.
+    const auto& q = ck["quantization"];
+    const int64_t experts = ck["expert_bytes"].get<int64_t>();
+    total = ck["tensor_bytes"].get<int64_t>();
+    expert_bytes = experts / (L * E);
+    always = std::max<int64_t>(0, total - experts);
+    weights = q.value("format", std::string("quantized")) + " packed, bf16 rest";
+    bytes_per = 2;  // activations and the KV cache stay bf16
+  }
   auto policy = [&](const std::string& rule, int64_t lo, int64_t hi) {
     lo = std::min(lo, E);
     hi = std::min(hi, E);
@@ -110,7 +122,8 @@ json memory_json(const ModelConfig& c, const ParamCounts& n, const json& ck) {
   };
   json m;
   m["bytes_per_weight"] = bytes_per;
-  m["weights_total_bytes"] = n.total * bytes_per;
+  m["weights"] = weights;
+  m["weights_total_bytes"] = total;
   m["non_expert_bytes"] = always;
   m["bytes_per_expert"] = expert_bytes;
   m["block_tokens"] = block;
@@ -271,13 +284,18 @@ json build_info(const std::string& dir) {
     ck["elements"] = numel;
     ck["dtypes"] = dtypes;
     ck["expert_layout"] = expert_file_layout(st);
-    // convert --quantize: the config block plus what the file holds packed.
-    int64_t packed = 0, packed_weights = 0;
-    for (const auto& name : st.names())
+    // convert --quantize: the config block plus what the file holds packed; the routed experts'
+    // bytes as stored (either layout), for the memory estimate.
+    int64_t packed = 0, packed_weights = 0, expert_bytes = 0;
+    for (const auto& name : st.names()) {
+      const auto bytes = static_cast<int64_t>(st.info(name).nbytes());
       if (ends_with(name, ".qweight") || ends_with(name, ".scales") || ends_with(name, ".mins")) {
-        packed += static_cast<int64_t>(st.info(name).nbytes());
+        packed += bytes;
         packed_weights += ends_with(name, ".qweight") ? 1 : 0;
       }
+      if (name.find(".mlp.experts.") != std::string::npos) expert_bytes += bytes;
+    }
+    ck["expert_bytes"] = expert_bytes;
     if (packed_weights > 0) {
       const json raw = fs::exists(cfg_path) ? read_json_file(cfg_path) : json::object();
       json q = raw.is_object() && raw.contains("quantization") ? raw["quantization"] : json::object();
@@ -396,8 +414,7 @@ void print_human(const json& j) {
   row("eos id", sid(inf["eos_id"]));
   row("routing", s(inf["routing"]["why"]));
   const auto& m = j["memory"];
-  std::printf("memory (%s weights, mapped: only what a forward reads is paged in)\n",
-              m["bytes_per_weight"].get<int>() == 2 ? "bf16" : "f32");
+  std::printf("memory (%s weights, mapped: only what a forward reads is paged in)\n", s(m["weights"]).c_str());
   row("all weights", human_bytes(m["weights_total_bytes"].get<double>()));
   row("non-expert (always read)", human_bytes(m["non_expert_bytes"].get<double>()));
   row("KV cache per token", human_bytes(m["kv_cache_bytes_per_token"].get<double>()));

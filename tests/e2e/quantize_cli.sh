@@ -153,6 +153,21 @@ PY
 "$ECDLM" info -m "$TMP/q4" --json > "$TMP/info.json" || fail "info q4"
 jq_py "$TMP/info.json" "q=j['checkpoint']['quantization']; assert q['format']=='q4_g32' and q['packed_tensors'] > 0, q"
 "$ECDLM" info -m "$TMP/q4" | grep -q "q4_g32" || fail "info table lacks the quantization row"
+# The memory estimate counts the bytes as stored, not bf16's: the whole file, and a routed expert at
+# the experts' mean (layer 0's left bf16 by the exclude, the others q4_g32: 20/32 bytes per weight).
+"$ECDLM" info -m "$TMP/bf16" --json > "$TMP/info_bf16.json" || fail "info bf16"
+python3 - "$TMP/info.json" "$TMP/info_bf16.json" <<'PY' || fail "info memory of a quantized directory"
+import json, sys
+q, b = (json.load(open(p)) for p in sys.argv[1:3])
+mq, mb = q["memory"], b["memory"]
+assert mq["weights"].startswith("q4_g32") and mb["weights"] == "bf16", (mq["weights"], mb["weights"])
+assert mq["weights_total_bytes"] == q["checkpoint"]["tensor_bytes"], mq
+ratio = mq["bytes_per_expert"] / mb["bytes_per_expert"]
+assert 20 / 64 - 1e-9 <= ratio < 1, (mq["bytes_per_expert"], mb["bytes_per_expert"])
+assert mq["per_policy"]["ec"]["bytes_per_forward_max"] < mb["per_policy"]["ec"]["bytes_per_forward_max"], (mq, mb)
+print("info memory: q4", mq["weights_total_bytes"], "bytes against bf16", mb["weights_total_bytes"])
+PY
+"$ECDLM" info -m "$TMP/q4" | grep -q "memory (q4_g32 packed, bf16 rest weights" || fail "info memory header"
 
 # --- refusals -----------------------------------------------------------------------------------------------
 expect_rc 2 "$ECDLM" convert -m "$TMP/q8" -o "$TMP/again" --quantize q4
