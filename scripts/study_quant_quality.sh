@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quality of quantized weights on the trained Brown models (issue 18): for each model, convert to bf16,
-# q8, q4 and q4s (group 32, the default set; FORMATS="bf16 q8 q8_g64 q4 q4_g64" adds groups of 64),
-# then
+# q8, q4 and q4s (group 32, the default set; FORMATS="bf16 q8 q8_g64 q4 q4_g64" adds groups of 64,
+# a "+head" suffix packs the LM head too), then
 #  - ELBO perplexity and cloze accuracy on the whole validation split (paired: the same windows,
 #    masks and spans for every format; scripts/cloze_paired.py),
 #  - routing agreement with bf16 on 16 half-masked validation windows (`logits --routing-out`,
@@ -24,7 +24,7 @@ python3 scripts/make_masked_windows.py data/brown "$OUT/windows.safetensors" 16 
   echo
   echo "\`scripts/study_quant_quality.sh $*\` on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) (CPU family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs))"
   echo "($(nproc) cores), $(date -u +%Y-%m-%d). Every format is converted from the same checkpoint"
-  echo "(\`convert --dtype bf16 [--quantize FMT [--quantize-group 64]]\`, group 32 unless named _g64, default set: routed and shared experts,"
+  echo "(\`convert --dtype bf16 [--quantize FMT [--quantize-group 64]]\`, group 32 unless named _g64, default set (+head: and the LM head): routed and shared experts,"
   echo "dense MLPs, attention; embedding, norms, router and LM head bf16) and scored on the same windows,"
   echo "masks and cloze spans: ${EVAL_WINDOWS:-all} validation windows of 256, 2 mask draws per window (ELBO), 4 spans"
   echo "of 8 tokens per window (cloze). Ratios are against bf16, with paired bootstrap 95% intervals."
@@ -36,11 +36,13 @@ for spec in "$@"; do
   for f in "${FORMATS[@]}"; do
     dir="$OUT/$name-$f"
     q=()
-    case "$f" in
+    base=${f%+head}
+    case "$base" in
       bf16) ;;
-      *_g64) q=(--quantize "${f%_g64}" --quantize-group 64) ;;
-      *) q=(--quantize "$f") ;;
+      *_g64) q=(--quantize "${base%_g64}" --quantize-group 64) ;;
+      *) q=(--quantize "$base") ;;
     esac
+    [ "$base" = "$f" ] || q+=(--quantize-lm-head)
     [ -f "$dir/config.json" ] || "${ECDLM[@]}" -q convert -m "$src" -o "$dir" --dtype bf16 "${q[@]}"
     [ -f "$OUT/$name-$f.eval.json" ] || {
       "${ECDLM[@]}" eval -m "$dir" --data data/brown --eval-seq-len 256 --eval-windows "${EVAL_WINDOWS:-100000}" --eval-mask-samples 2 \
