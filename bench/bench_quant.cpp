@@ -538,5 +538,12 @@ void BM_DotPeak(benchmark::State& state) {
   state.counters["GOPS"] = benchmark::Counter(12.0 * kIters * (bf16 ? 64 : 128) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(bf16 ? "vdpbf16ps, one core" : "vpdpbusd, one core");
 }
+#undef ECDLM_R12
+#undef ECDLM_INIT
+#undef ECDLM_STEP
+#undef ECDLM_SUM
+#undef ECDLM_INITF
+#undef ECDLM_STEPF
+#undef ECDLM_SUMF
 BENCHMARK(BM_DotPeak)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 }  // namespace
