@@ -93,7 +93,8 @@ BENCHMARK(BM_QuantExpert)
     ->UseRealTime();
 
 // All 64 experts in one call, M rows each (a cached step's MoE layer): kernels::quant_moe against
-// the bf16 kernels::small_m_moe. args: format (as BM_QuantExpert), M, threads.
+// the bf16 kernels::small_m_moe. args: format (as BM_QuantExpert), M, threads, repacked copies (1:
+// the decoders' default on AVX512-VNNI, 0: the row layout).
 void BM_QuantMoe(benchmark::State& state) {
   const int fmt = static_cast<int>(state.range(0)) - 1;
   const int64_t M = state.range(1);
@@ -102,6 +103,7 @@ void BM_QuantMoe(benchmark::State& state) {
   auto& ex = experts(fmt);
   const auto x = torch::randn({M * kExperts, kD}).to(torch::kBFloat16);
   const std::vector<int64_t> counts(kExperts, M);
+  const bool repack = state.range(3) == 1;
   std::vector<torch::Tensor> g, u, d;
   kernels::QuantExperts q;
   for (const auto& e : ex) {
@@ -117,16 +119,22 @@ void BM_QuantMoe(benchmark::State& state) {
     return;
   }
   const double bytes = fmt < 0 ? 3.0 * kD * kF * 2 : 3.0 * static_cast<double>(ex[0].qgate.bytes());
+  kernels::set_quant_repack(repack);
   for (auto _ : state) {
     auto y = fmt < 0 ? kernels::small_m_moe(x, counts, g, u, d) : kernels::quant_moe(x, counts, q, torch::kBFloat16);
     benchmark::DoNotOptimize(y.data_ptr());
   }
+  kernels::set_quant_repack(false);
   state.counters["GB/s"] = benchmark::Counter(bytes * kExperts * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel((fmt < 0 ? std::string("bf16") : io::quant_format_name(kFormats[static_cast<size_t>(fmt)])) + " M " +
-                 std::to_string(M));
+                 std::to_string(M) + (fmt >= 0 && repack ? " copies" : ""));
 }
 
-BENCHMARK(BM_QuantMoe)->ArgsProduct({{0, 1, 3}, {1, 4, 8}, {2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_QuantMoe)
+    ->ArgsProduct({{0, 1, 2, 3, 4}, {1, 4, 8, 12, 16, 24}, {2}, {1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_QuantMoe)->ArgsProduct({{1, 3}, {1, 4, 8}, {2}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // A cached token-routed step's MoE layer: the 64 experts with 1-8 rows each (3.7 on average, as
 // the synthetic LLaDA2 model's ~69 experts per layer), bf16 (small_m_moe) against q8 / q4 with the
@@ -418,7 +426,7 @@ void BM_QuantHot(benchmark::State& state) {
                  std::to_string(state.range(1)) + (state.range(2) ? " packed" : " rows"));
 }
 
-BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 2}, {1, 4, 8, 16, 32, 64}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+BENCHMARK(BM_QuantHot)->ArgsProduct({{0, 1, 2, 3}, {1, 4, 8, 12, 16, 24, 32, 64}, {0, 1}})->Unit(benchmark::kMicrosecond)->MinTime(0.2);
 
 }  // namespace
 
@@ -486,7 +494,7 @@ void BM_QuantPrefill(benchmark::State& state) {
   static const char* const names[] = {" torch", " lanes, repacked", " vnni tiles, decoders", " avx2, decoders"};
   state.SetLabel(io::quant_format_name(kFormats[static_cast<size_t>(fmt)]) + names[path]);
 }
-BENCHMARK(BM_QuantPrefill)->ArgsProduct({{1, 2, 3, 4}, {65, 128, 256}, {0, 1, 2, 3}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_QuantPrefill)->ArgsProduct({{1, 2, 3, 4}, {32, 65, 128, 256}, {0, 1, 2, 3}})->Unit(benchmark::kMillisecond);
 }  // namespace
 
 namespace {

@@ -108,11 +108,12 @@ TEST_F(QuantLanesPacked, QuantLinearTakesItAndMatchesTheReference) {
     }
 }
 
-// The fused MoE with repacking on: experts of 16+ rows run the packed lane kernel and give the bits
-// repacking off gives (the panel kernel); the few-row experts beside them run the packed few-row kernel.
+// The fused MoE with repacking on: experts of kPackedLaneMinRows+ rows run the packed lane kernel,
+// those of 16-127 the packed few-row kernel, and both give the bits repacking off gives there (the
+// panel kernel, from 16 rows).
 TEST_F(QuantLanesPacked, FusedMoeWideExpertsSameBitsAsWithoutRepacking) {
   torch::manual_seed(43);
-  const std::vector<int64_t> counts = {16, 3, 0, 33, 21};
+  const std::vector<int64_t> counts = {kd::kPackedLaneMinRows, 3, 0, kd::kPackedLaneMinRows + 17, 21, 16};
   int64_t P = 0;
   for (auto c : counts) P += c;
   for (const auto& f : {QuantFormat{QuantKind::kQ8, 32}, QuantFormat{QuantKind::kQ4, 32}, QuantFormat{QuantKind::kQ4, 64},
@@ -147,8 +148,8 @@ TEST_F(QuantLanesPacked, FusedMoeWideExpertsSameBitsAsWithoutRepacking) {
 namespace ecdlm {
 namespace {
 // A served row's product must not depend on its batch (continuous batching): on the copies, a
-// token row alone (the few-row kernel) and inside 16-300 rows (the token-lane kernel, passes of
-// 128) gives the same bits, in every format (q4 with K a multiple of 128: a K % 128 tail's groups
+// token row alone (the few-row kernel) and inside 16-300 rows (the few-row kernel's passes of 8
+// tokens below 128 rows, the token-lane kernel's passes of 128 from there) gives the same bits, in every format (q4 with K a multiple of 128: a K % 128 tail's groups
 // are summed in another order by the two kernels).
 TEST_F(QuantLanesPacked, RowAloneAndInABatchGiveTheSameBits) {
   torch::manual_seed(44);

@@ -107,7 +107,7 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
     pk = detail::packed(w);
     wo_rows.packed = pk.get();
   }
-  if (vnni && M >= detail::kLaneMinRows && (wo_rows.packed || detail::row_layout_lanes())) {
+  if (vnni && M >= detail::lane_min_rows(wo_rows.packed != nullptr) && (wo_rows.packed || detail::row_layout_lanes())) {
     // many rows: 16 tokens per vector (quant_lanes.cpp)
     thread_local detail::QxLaneScratch lane_buf;
     // Chunks of 128 tokens (a prefill's rows): wider lanes leave L1 (a K block's lanes 4 KB per

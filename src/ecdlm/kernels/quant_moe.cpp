@@ -5,8 +5,9 @@
 //      64 columns quantized right away (64 is a multiple of the group, so no group straddles
 //      two units) into the down projection's operand;
 //   3. (expert, 64 rows of D): down, written as f32 or rounded to bf16.
-// Experts with kLaneMinRows rows or more (dense MLPs, shared experts) also get their x and h rows
-// in the token-lane layout (after phases 1 and 2) and run the token-lane kernel (quant_lanes.cpp).
+// Experts with lane_min_rows() rows or more (16 on the row layout, 128 on the repacked copies: a
+// prefill's dense MLP or shared expert) also get their x and h rows in the token-lane layout
+// (after phases 1 and 2) and run the token-lane kernel (quant_lanes.cpp).
 // Expert by expert, each product was its own fork/join with a single-threaded scalar activation
 // quantization (x quantized twice, for gate and for up); a cached step has ~70 experts a layer.
 #include <ATen/Parallel.h>
@@ -110,7 +111,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   const auto n = static_cast<int64_t>(ids.size());
   std::vector<detail::QwOperand> gw, uw, dw;
   // On vnni with repacking on, every expert's output-lane copies (quant_repack.cpp), held for the
-  // call: the few-row kernel's operand, and read in place by the token-lane kernel (16+ rows).
+  // call: the few-row kernel's operand, and read in place by the token-lane kernel (128+ rows).
   std::vector<std::shared_ptr<const detail::Packed>> held;
   const bool repack = vnni && quant_repack();
   for (size_t e = 0; e < ids.size(); ++e) {
@@ -142,7 +143,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   std::vector<int64_t> wide;
   if (vnni && (repack || detail::row_layout_lanes()))
     for (int64_t e = 0; e < n; ++e)
-      if (counts[ids[size_t(e)]] >= detail::kLaneMinRows) wide.push_back(e);
+      if (counts[ids[size_t(e)]] >= detail::lane_min_rows(repack)) wide.push_back(e);
   std::vector<detail::QxLaneScratch> lane_buf(wide.size() * 2);
   std::vector<detail::QxLanes> xl(static_cast<size_t>(n)), hl(static_cast<size_t>(n));  // TB == 0: none
   const auto n_wide = static_cast<int64_t>(wide.size());
