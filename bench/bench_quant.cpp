@@ -555,3 +555,67 @@ void BM_DotPeak(benchmark::State& state) {
 #undef ECDLM_SUMF
 BENCHMARK(BM_DotPeak)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 }  // namespace
+
+namespace {
+// The two kernels on the repacked copies at the same rows, interleaved call by call (the machine's
+// noise hits both alike), medians of 9 calls each: the few-row kernel (passes of 8 tokens) against
+// the token lanes (16 tokens per vector), by shape: 0 LLaDA2's LM head [157184, 2048] (one product,
+// 2 threads, from memory), 1 the 64 experts of BM_QuantMoe with M rows each (2 threads), 2 one hot
+// [256, 2048] weight (one thread, in L2: the arithmetic alone). What set kPackedLaneMinRows.
+// args: shape, format (index into kFormats), M.
+void BM_PackedFewRowVsLanes(benchmark::State& state) {
+  if (skip_without_vnni(state)) return;
+  const int shape = static_cast<int>(state.range(0));
+  const auto f = kFormats[static_cast<size_t>(state.range(1))];
+  const int64_t M = state.range(2);
+  torch::set_num_threads(shape == 2 ? 1 : 2);
+  torch::NoGradGuard ng;
+  static std::map<std::pair<int, int64_t>, io::QuantWeight> single;
+  io::QuantWeight& w = single[{shape, state.range(1)}];
+  kernels::QuantExperts q;
+  torch::Tensor x;
+  std::vector<int64_t> counts;
+  if (shape == 1) {
+    for (const auto& e : experts(static_cast<int>(state.range(1)))) {
+      q.gate.push_back(&e.qgate);
+      q.up.push_back(&e.qup);
+      q.down.push_back(&e.qdown);
+    }
+    counts.assign(kExperts, M);
+    x = torch::randn({M * kExperts, kD}).to(torch::kBFloat16);
+  } else {
+    if (!w.qweight.defined()) w = io::quantize(torch::randn({shape == 0 ? 157184 : 256, 2048}) * 0.02, f);
+    x = torch::randn({M, 2048}).to(torch::kBFloat16);
+  }
+  kernels::set_quant_repack(true);
+  const auto call = [&] {
+    auto y = shape == 1 ? kernels::quant_moe(x, counts, q, torch::kBFloat16) : kernels::quant_linear(x, w);
+    benchmark::DoNotOptimize(y.data_ptr());
+  };
+  call();  // builds the copies outside the timing
+  std::vector<double> ms[2];
+  for (auto _ : state)
+    for (int rep = 0; rep < 9; ++rep)
+      for (int lanes = 0; lanes < 2; ++lanes) {
+        kernels::detail::set_packed_lane_min_rows(lanes ? 16 : kernels::detail::kPackedLaneMinRows);
+        const auto t0 = std::chrono::steady_clock::now();
+        call();
+        ms[lanes].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+  kernels::detail::set_packed_lane_min_rows(kernels::detail::kPackedLaneMinRows);
+  kernels::set_quant_repack(false);
+  for (auto& v : ms) std::sort(v.begin(), v.end());
+  const double few = ms[0][ms[0].size() / 2], lanes = ms[1][ms[1].size() / 2];
+  state.counters["few_row_ms"] = few;
+  state.counters["lanes_ms"] = lanes;
+  state.counters["few_row_x"] = lanes / few;
+  static const char* const names[] = {"LM head 157184 x 2048", "64 experts", "hot 256 x 2048"};
+  state.SetLabel(std::string(names[shape]) + ", " + io::quant_format_name(f) + ", M " + std::to_string(M));
+}
+
+BENCHMARK(BM_PackedFewRowVsLanes)
+    ->ArgsProduct({{0, 1, 2}, {0, 3}, {16, 24, 32, 64}})
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace

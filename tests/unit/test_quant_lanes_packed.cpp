@@ -109,7 +109,7 @@ TEST_F(QuantLanesPacked, QuantLinearTakesItAndMatchesTheReference) {
 }
 
 // The fused MoE with repacking on: experts of kPackedLaneMinRows+ rows run the packed lane kernel,
-// those of 16-127 the packed few-row kernel, and both give the bits repacking off gives there (the
+// those of 16-63 the packed few-row kernel, and both give the bits repacking off gives there (the
 // panel kernel, from 16 rows).
 TEST_F(QuantLanesPacked, FusedMoeWideExpertsSameBitsAsWithoutRepacking) {
   torch::manual_seed(43);
@@ -149,8 +149,8 @@ namespace ecdlm {
 namespace {
 // A served row's product must not depend on its batch (continuous batching): on the copies, a
 // token row alone (the few-row kernel) and inside 16-300 rows (the few-row kernel's passes of 8
-// tokens below 128 rows, the token-lane kernel's passes of 128 from there) gives the same bits, in every format (q4 with K a multiple of 128: a K % 128 tail's groups
-// are summed in another order by the two kernels).
+// tokens below 64 rows, the token-lane kernel's passes of 128 from there) gives the same bits, in
+// every format.
 TEST_F(QuantLanesPacked, RowAloneAndInABatchGiveTheSameBits) {
   torch::manual_seed(44);
   RepackOn on;
@@ -176,5 +176,38 @@ TEST_F(QuantLanesPacked, RowAloneAndInABatchGiveTheSameBits) {
     }
   }
 }
+
+// Where the drivers switch from the few-row kernel to the token lanes (kPackedLaneMinRows) is a
+// speed choice only: at 16-70 rows both kernels give the same bits, a linear and the fused experts
+// alike, in every format, K % 128 tails (q4) included.
+TEST_F(QuantLanesPacked, FewRowKernelAndTokenLanesGiveTheSameBits) {
+  torch::manual_seed(45);
+  RepackOn on;
+  struct Limit {  // the copies' switch, put back whatever happens
+    explicit Limit(int64_t rows) { kd::set_packed_lane_min_rows(rows); }
+    ~Limit() { kd::set_packed_lane_min_rows(kd::kPackedLaneMinRows); }
+  };
+  for (const auto& f : kFormats)
+    for (int64_t K : {256, 320}) {
+      if (K % f.group) continue;
+      const auto w = io::quantize(awkward_weight(67, K), f);
+      const test::RandomQuantExperts ex(2, 192, K, f);
+      for (int64_t M : {16, 17, 24, 40, 63, 70}) {
+        const auto x = torch::randn({M, K});
+        const auto xs = torch::randn({M + 3, K}).to(torch::kBFloat16);
+        torch::Tensor few, few_moe;
+        {
+          Limit l(1 << 20);
+          few = kernels::quant_linear(x, w);
+          few_moe = kernels::quant_moe(xs, {3, M}, ex.view(), torch::kBFloat16);
+        }
+        Limit l(16);
+        const auto what = io::quant_format_name(f) + " K " + std::to_string(K) + " M " + std::to_string(M);
+        EXPECT_TRUE(torch::equal(few, kernels::quant_linear(x, w))) << what;
+        EXPECT_TRUE(torch::equal(few_moe, kernels::quant_moe(xs, {3, M}, ex.view(), torch::kBFloat16))) << what;
+      }
+    }
+}
+
 }  // namespace
 }  // namespace ecdlm

@@ -7,7 +7,7 @@
 //           exactly in the int32 accumulator's initial value: -Z · (sum of each lane's 4 x codes),
 //           precomputed once per call per token row (Z = 128 for q8, 8 for q4s). q4's minimum
 //           adds Σ_g m[n,g] · d_x[m,g] · Σ q_x over the group, a K/G-long dot product per output.
-//           From kLaneMinRows (16) token rows on (kPackedLaneMinRows, 128, on the repacked
+//           From kLaneMinRows (16) token rows on (kPackedLaneMinRows, 64, on the repacked
 //           copies, quant_repack.h), vnni runs the token-lane kernel instead
 //           (quant_lanes.cpp): 16 tokens per vector, a weight's 4 codes broadcast, int32 sums over
 //           a whole group, so the scales cost 3 instructions per group instead of 3 per vpdpbusd.

@@ -146,15 +146,21 @@ QxLanes build_lanes(const QxOperand& x, int32_t z, QxLaneScratch& buf);
 // loaded Zen 5, fastest of 40 interleaved calls) measured the tiles 1.6x faster at 8 rows, the
 // lanes 1.05x (q8) / 1.2x (q4) faster at 16 and 1.4x / 1.8x at 32 (2048 x 2048).
 constexpr int64_t kLaneMinRows = 16;
-// The same on the repacked copies, where the few-row kernel (quant_repack.cpp, 8 tokens per pass,
-// a 16-row block's bytes read once per pass from L1 / L2) is the other choice: it measured faster
-// than the token lanes up to 128 rows and level at 256 (one thread, 2-core Zen 5, session 10):
-// hot [256, 2048] (BM_QuantHot) 1.6-2.1x at 16-64 rows; 24 projections 2048 x 2048
-// (BM_QuantPrefill) 1.1-1.3x at 32-65 rows; 64 experts from memory at 24 rows each, 2 threads
-// (BM_QuantMoe) q8 1.55x, q4 1.2-1.4x. The token lanes idle on a partly filled 16-token vector
-// and pay a broadcast per weight row and step, which 8 tokens of the few-row kernel share.
-constexpr int64_t kPackedLaneMinRows = 128;
-inline int64_t lane_min_rows(bool packed) { return packed ? kPackedLaneMinRows : kLaneMinRows; }
+// The same on the repacked copies, where the other choice is the few-row kernel (quant_repack.cpp:
+// 8 tokens per pass, each 16-row block's bytes read from memory once and from L1 for its other
+// passes), which the token lanes beat only from 32-64 rows, and only streaming the LM head.
+// BM_PackedFewRowVsLanes (interleaved, medians of 9; 2-core Zen 5, session 10), few-row speed-up at
+// 16 / 24 / 32 / 64 rows, q8 | q4_g64: 64 experts from memory 1.50 / 1.42 / 1.19 / 1.21 | 1.29 /
+// 1.37 / 1.09 / 1.09; a hot [256, 2048] 1.36 / 1.48 / 1.27 / 1.29 | 1.21 / 1.40 / 1.23 / 1.23; the
+// [157184, 2048] head 0.99 / 1.33 / 1.07 / 1.06 | 0.94 / 1.22 / 0.92 / 0.83. The token lanes idle
+// on a partly filled 16-token vector and pay a broadcast per weight row and step, which 8 tokens of
+// the few-row kernel share.
+constexpr int64_t kPackedLaneMinRows = 64;
+// The copies' limit now (kPackedLaneMinRows unless a benchmark or test moved it, to compare the two
+// kernels on the same rows; their bits are equal) and the limit for a product on the copies or not.
+int64_t packed_lane_min_rows();
+void set_packed_lane_min_rows(int64_t rows);
+inline int64_t lane_min_rows(bool packed) { return packed ? packed_lane_min_rows() : kLaneMinRows; }
 // y[m * ldy + (n - n0)] = x_m · deq(w_n) for n in [n0, n1), m < M, from the token-lane operand.
 // w.packed set: vnni_lane_rows_packed (no per-call panel copy).
 void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);

@@ -5,7 +5,7 @@
 //      64 columns quantized right away (64 is a multiple of the group, so no group straddles
 //      two units) into the down projection's operand;
 //   3. (expert, 64 rows of D): down, written as f32 or rounded to bf16.
-// Experts with lane_min_rows() rows or more (16 on the row layout, 128 on the repacked copies: a
+// Experts with lane_min_rows() rows or more (16 on the row layout, 64 on the repacked copies: a
 // prefill's dense MLP or shared expert) also get their x and h rows in the token-lane layout
 // (after phases 1 and 2) and run the token-lane kernel (quant_lanes.cpp).
 // Expert by expert, each product was its own fork/join with a single-threaded scalar activation
@@ -111,7 +111,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   const auto n = static_cast<int64_t>(ids.size());
   std::vector<detail::QwOperand> gw, uw, dw;
   // On vnni with repacking on, every expert's output-lane copies (quant_repack.cpp), held for the
-  // call: the few-row kernel's operand, and read in place by the token-lane kernel (128+ rows).
+  // call: the few-row kernel's operand, and read in place by the token-lane kernel (64+ rows).
   std::vector<std::shared_ptr<const detail::Packed>> held;
   const bool repack = vnni && quant_repack();
   for (size_t e = 0; e < ids.size(); ++e) {

@@ -30,6 +30,10 @@
 namespace ecdlm::kernels::detail {
 
 std::atomic<bool> g_repack{false};
+std::atomic<int64_t> g_packed_lane_min_rows{kPackedLaneMinRows};
+
+int64_t packed_lane_min_rows() { return g_packed_lane_min_rows.load(std::memory_order_relaxed); }
+void set_packed_lane_min_rows(int64_t rows) { g_packed_lane_min_rows = rows; }
 
 namespace {
 
@@ -336,10 +340,16 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
   const bool q8 = w.kind == io::QuantKind::kQ8;
   const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;  // n0 % 16 == 0
   const int rows_last = static_cast<int>(n1 - (b1 - 1) * 16);
-  for (int64_t m0 = 0; m0 < x.M; m0 += 8) {
-    const int64_t mc = std::min<int64_t>(8, x.M - m0);
-    (p.G == 32 ? run_mc<32> : run_mc<64>)(mc, p, w, b0, b1, q8, x, m0, rows_last, y + m0 * ldy, ldy);
-  }
+  const auto run = p.G == 32 ? run_mc<32> : run_mc<64>;
+  if (x.M <= 8) return run(x.M, p, w, b0, b1, q8, x, 0, rows_last, y, ldy);
+  // More than 8 tokens: block by block, every pass of 8 tokens over the block before the next, so
+  // the block's bytes (16 x K: 32 KB of q8 at K 2048) come from memory once and stay in L1 for the
+  // other passes (pass by pass over all blocks, the head at 32 rows measured slower than the token
+  // lanes).
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t m0 = 0; m0 < x.M; m0 += 8)
+      run(std::min<int64_t>(8, x.M - m0), p, w, b, b + 1, q8, x, m0, b + 1 == b1 ? rows_last : 16,
+          y + m0 * ldy + (b - b0) * 16, ldy);
 }
 
 }  // namespace ecdlm::kernels::detail

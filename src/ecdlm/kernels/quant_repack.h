@@ -1,11 +1,11 @@
 // Repacking switch for the quantized kernels (kernels/quant_repack.cpp): with it on, the AVX512-VNNI
 // path runs its products on a copy of each weight repacked into output lanes, built at load
 // (prepack_quant) or on first use and kept while the weight lives: products of fewer than
-// kPackedLaneMinRows (128) token rows (a cached step's experts, projections and LM head) in the
+// kPackedLaneMinRows (64) token rows (a cached step's experts, projections and LM head) in the
 // packed few-row kernel, 8 tokens per pass, ~1.5 vector ops per 64 weight bytes and token against
-// the 4 x 4 tiles' ~4-5; 128 rows and more (a prefill) in the token-lane kernel reading the copy in
-// place (quant_lanes_packed.cpp: no per-call panel copy, no dequantized weight). Process-wide;
-// other CPUs ignore it.
+// the 4 x 4 tiles' ~4-5; 64 rows and more (a prefill, a batch's projections) in the token-lane
+// kernel reading the copy in place (quant_lanes_packed.cpp: no per-call panel copy, no dequantized
+// weight). Process-wide; other CPUs ignore it.
 #pragma once
 #include <vector>
 
