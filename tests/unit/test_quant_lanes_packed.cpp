@@ -73,8 +73,9 @@ TEST_F(QuantLanesPacked, BitIdenticalToThePanelKernel) {
     }
 }
 
-// quant_linear at 16-300 rows with repacking on (the packed lane kernel, in passes of 128 tokens
-// above 128) against repacking off (the panel kernel, bit for bit) and the f64 reference.
+// quant_linear at 16-300 rows with repacking on (the few-row kernel below kPackedLaneMinRows, the
+// packed lane kernel from there, in passes of 128 tokens above 128) against repacking off (the
+// panel kernel, bit for bit) and the f64 reference.
 TEST_F(QuantLanesPacked, QuantLinearTakesItAndMatchesTheReference) {
   torch::manual_seed(42);
   for (const auto& f : kFormats)
@@ -96,7 +97,7 @@ TEST_F(QuantLanesPacked, QuantLinearTakesItAndMatchesTheReference) {
                                    " M " + std::to_string(M);
           EXPECT_TRUE(kd::has_packed(w)) << what;
           EXPECT_TRUE(torch::equal(off, on)) << what;
-          {  // auto takes the lanes at any row count once the copy is there (the prefill too)
+          {  // auto takes the int8 kernels at any row count once the copy is there (the prefill too)
             RepackOn r;
             EXPECT_TRUE(torch::equal(kernels::quant_linear(x, w), on)) << what;
           }
