@@ -131,7 +131,7 @@ void BM_QuantMoe(benchmark::State& state) {
 }
 
 BENCHMARK(BM_QuantMoe)
-    ->ArgsProduct({{0, 1, 2, 3, 4}, {1, 4, 8, 12, 16, 24}, {2}, {1}})
+    ->ArgsProduct({{0, 1, 2, 3, 4}, {1, 4, 8, 9, 12, 16, 17, 24}, {2}, {1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_QuantMoe)->ArgsProduct({{1, 3}, {1, 4, 8}, {2}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -342,14 +342,18 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
   const int rows_last = static_cast<int>(n1 - (b1 - 1) * 16);
   const auto run = p.G == 32 ? run_mc<32> : run_mc<64>;
   if (x.M <= 8) return run(x.M, p, w, b0, b1, q8, x, 0, rows_last, y, ldy);
-  // More than 8 tokens: block by block, every pass of 8 tokens over the block before the next, so
-  // the block's bytes (16 x K: 32 KB of q8 at K 2048) come from memory once and stay in L1 for the
-  // other passes (pass by pass over all blocks, the head at 32 rows measured slower than the token
-  // lanes).
+  // More than 8 tokens: block by block, every pass over the block before the next, so the block's
+  // bytes (16 x K: 32 KB of q8 at K 2048) come from memory once and stay in L1 for the other passes
+  // (pass by pass over all blocks, the head at 32 rows measured slower than the token lanes). The
+  // fewest passes of at most 8 tokens, balanced (9 rows: 5 + 4, not 8 + 1, whose 1-token pass pays
+  // a weight load and nibble mask per vpdpbusd). Each token's sums are its own: same bits.
+  const int64_t passes = (x.M + 7) / 8, base = x.M / passes, extra = x.M % passes;
   for (int64_t b = b0; b < b1; ++b)
-    for (int64_t m0 = 0; m0 < x.M; m0 += 8)
-      run(std::min<int64_t>(8, x.M - m0), p, w, b, b + 1, q8, x, m0, b + 1 == b1 ? rows_last : 16,
-          y + m0 * ldy + (b - b0) * 16, ldy);
+    for (int64_t i = 0, m0 = 0; i < passes; ++i) {
+      const int64_t mc = base + (i < extra ? 1 : 0);
+      run(mc, p, w, b, b + 1, q8, x, m0, b + 1 == b1 ? rows_last : 16, y + m0 * ldy + (b - b0) * 16, ldy);
+      m0 += mc;
+    }
 }
 
 }  // namespace ecdlm::kernels::detail
