@@ -60,6 +60,17 @@ std::vector<Expert>& experts(int fmt) {
   return e;
 }
 
+// Pointers to experts(fmt)'s quantized projections, as kernels::quant_moe takes them.
+kernels::QuantExperts quant_experts(int fmt) {
+  kernels::QuantExperts q;
+  for (const auto& e : experts(fmt)) {
+    q.gate.push_back(&e.qgate);
+    q.up.push_back(&e.qup);
+    q.down.push_back(&e.qdown);
+  }
+  return q;
+}
+
 // args: format (0 bf16, 1 + index into kFormats), M, threads
 void BM_QuantExpert(benchmark::State& state) {
   const int fmt = static_cast<int>(state.range(0)) - 1;
@@ -105,15 +116,12 @@ void BM_QuantMoe(benchmark::State& state) {
   const std::vector<int64_t> counts(kExperts, M);
   const bool repack = state.range(3) == 1;
   std::vector<torch::Tensor> g, u, d;
-  kernels::QuantExperts q;
   for (const auto& e : ex) {
     g.push_back(e.gate);
     u.push_back(e.up);
     d.push_back(e.down);
-    q.gate.push_back(&e.qgate);
-    q.up.push_back(&e.qup);
-    q.down.push_back(&e.qdown);
   }
+  const auto q = fmt < 0 ? kernels::QuantExperts{} : quant_experts(fmt);
   if (fmt < 0 && !kernels::small_m_moe_applies(x, counts, g, u, d)) {
     state.SkipWithError("no bf16 small-M kernel on this CPU for these rows");
     return;
@@ -162,12 +170,7 @@ void BM_QuantMoeMin(benchmark::State& state) {
     d.push_back(e.down);
   }
   std::map<int, kernels::QuantExperts> q;
-  for (int f : {0, 2})
-    for (const auto& e : experts(f)) {
-      q[f].gate.push_back(&e.qgate);
-      q[f].up.push_back(&e.qup);
-      q[f].down.push_back(&e.qdown);
-    }
+  for (int f : {0, 2}) q[f] = quant_experts(f);
   const bool bf16 = kernels::small_m_moe_applies(x, counts, g, u, d);
   std::vector<double> best(std::size(paths), 1e30);
   for (auto _ : state)
@@ -576,11 +579,7 @@ void BM_PackedFewRowVsLanes(benchmark::State& state) {
   torch::Tensor x;
   std::vector<int64_t> counts;
   if (shape == 1) {
-    for (const auto& e : experts(static_cast<int>(state.range(1)))) {
-      q.gate.push_back(&e.qgate);
-      q.up.push_back(&e.qup);
-      q.down.push_back(&e.qdown);
-    }
+    q = quant_experts(static_cast<int>(state.range(1)));
     counts.assign(kExperts, M);
     x = torch::randn({M * kExperts, kD}).to(torch::kBFloat16);
   } else {
