@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "ecdlm/kernels/avx512_reduce.h"
+#include "ecdlm/kernels/convert.h"
 #include "ecdlm/kernels/small_m.h"
 
 // GCC 12's AVX-512 intrinsics pass _mm512_undefined_ps() as the unused merge source, which its
@@ -33,15 +34,6 @@ struct Src {
   bool bf16 = false;
   bool round = false;  // an f32 cache read by a bf16 call: round as `.to(bf16)` would
 };
-
-// n bf16 values to f32 (exact: the bf16 bits are the f32's upper half).
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void bf16_row_to_f32(const uint16_t* x, int64_t n, float* y) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const auto m = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1U << (n - i)) - 1);
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + i));
-    _mm512_mask_storeu_ps(y + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-  }
-}
 
 // dst[c * ld + i] = src[i][c] for a 16 x 16 block (rows src[0..15], 16 floats each): unpack
 // pairs of rows, then 4 x 4 blocks within 128-bit lanes, then lanes across registers.
@@ -232,7 +224,7 @@ void run_item(const Call& c, const Item& it, Scratch& w) {
   auto row_ptr = [&](const Src& src, int64_t jj, float* buf) -> const float* {
     if (!src.bf16 && !src.round) return static_cast<const float*>(src.p) + jj * src.ld;
     if (src.bf16) {
-      bf16_row_to_f32(static_cast<const uint16_t*>(src.p) + jj * src.ld, hd, buf);
+      bf16_to_f32(static_cast<const uint16_t*>(src.p) + jj * src.ld, hd, buf);
     } else {
       const float* f = static_cast<const float*>(src.p) + jj * src.ld;
       for (int64_t d = 0; d < hd; ++d) buf[d] = static_cast<float>(c10::BFloat16(f[d]));
@@ -275,7 +267,7 @@ void run_item(const Call& c, const Item& it, Scratch& w) {
     const int64_t off = (row.row0 + i) * ldq + hq * hd;
     if (c.bf16) {
       const auto* src = static_cast<const uint16_t*>(c.q->data_ptr()) + off;
-      bf16_row_to_f32(src, hd, qr);
+      bf16_to_f32(src, hd, qr);
     } else {
       std::memcpy(qr, c.q->data_ptr<float>() + off, static_cast<size_t>(hd) * sizeof(float));
     }
