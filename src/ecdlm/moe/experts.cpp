@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "ecdlm/kernels/convert.h"
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/nn/dtype.h"
@@ -167,6 +168,9 @@ SortedPairs sort_pairs(const int64_t* idx, int64_t P, int64_t E) {
   return s;
 }
 
+inline const uint16_t* as_bits(const at::BFloat16* y) { return reinterpret_cast<const uint16_t*>(y); }
+inline const float* as_bits(const float* y) { return y; }
+
 // out[t] = sum over t's pairs, in sorted order, of float(y) * gate: the same additions, in the same
 // order, as index_add over the sorted rows, so the result equals the torch path bit for bit.
 template <typename Y>
@@ -182,14 +186,7 @@ void combine_sorted(const Y* y_PD, const float* gate, const std::vector<int64_t>
       std::sort(rows.begin(), rows.end());
       float* o = out_TD + t * D;
       std::fill(o, o + D, 0.0f);
-      for (int64_t r : rows) {
-        const float g = gate[pair_of_P[size_t(r)]];
-        const Y* yr = y_PD + r * D;
-        for (int64_t d = 0; d < D; ++d) {
-          const float prod = static_cast<float>(yr[d]) * g;
-          o[d] = o[d] + prod;
-        }
-      }
+      for (int64_t r : rows) kernels::add_scaled(as_bits(y_PD + r * D), gate[pair_of_P[size_t(r)]], D, o);
     }
   });
 }
