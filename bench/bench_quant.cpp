@@ -618,3 +618,32 @@ BENCHMARK(BM_PackedFewRowVsLanes)
     ->Unit(benchmark::kMillisecond);
 
 }  // namespace
+
+namespace {
+// The few-row kernel alone (kernels::detail::vnni_packed_rows on a packed copy, one thread): no
+// activation quantization, no dispatch, no output conversion. args: format, M, weight rows N (16:
+// one 16-row block, in L1; 256: in L2; 8192: from memory).
+void BM_PackedKernel(benchmark::State& state) {
+  if (skip_without_vnni(state)) return;
+  const auto f = kFormats[static_cast<size_t>(state.range(0))];
+  const int64_t M = state.range(1), N = state.range(2), K = 2048;
+  const auto w = io::quantize(torch::randn({N, K}) * 0.02, f);
+  const auto pk = kernels::detail::packed(w);
+  auto wo = kernels::detail::weight_operand(w);
+  wo.packed = pk.get();
+  kernels::detail::QxScratch buf;
+  const auto store = buf.store(M, K, f.group);
+  const auto xf = torch::randn({M, K});
+  for (int64_t m = 0; m < M; ++m)
+    kernels::detail::quantize_row(xf.data_ptr<float>() + m * K, K, store, m, 0, kernels::detail::vnni_zero_point(f.kind));
+  const auto x = store.view();
+  std::vector<float> y(static_cast<size_t>(M * N));
+  for (auto _ : state) {
+    kernels::detail::vnni_packed_rows(x, *pk, wo, 0, N, y.data(), N);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GOPS"] = benchmark::Counter(2.0 * static_cast<double>(M * N * K) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(M) + " N " + std::to_string(N));
+}
+BENCHMARK(BM_PackedKernel)->ArgsProduct({{0, 3}, {1, 4, 8, 16, 32}, {16, 256, 8192}})->Unit(benchmark::kMicrosecond);
+}  // namespace
