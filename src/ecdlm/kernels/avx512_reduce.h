@@ -23,6 +23,11 @@ inline __mmask16 tail_mask(int64_t n) {
   return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (n <= 0 ? 0 : (1U << n) - 1));
 }
 
+// The lanes of m from 16 bf16 bit patterns at p, as f32 (exact: a bf16 is the high half of an f32).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_bf16(const void* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 // Horizontal max and sum of 16 lanes, the sum in lane order (a fixed order: results that must
 // not depend on the batch use it).
 __attribute__((target("avx512f"))) inline float hmax(__m512 v) {

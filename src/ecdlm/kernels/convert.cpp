@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cstring>
 
+#include "ecdlm/kernels/avx512_reduce.h"
+
 // GCC 12's AVX-512 intrinsics pass an undefined merge source: a false -Wuninitialized.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -26,15 +28,12 @@ bool avx512() {
   return has && g_vector.load(std::memory_order_relaxed);
 }
 
-inline __mmask16 tail(int64_t left) { return static_cast<__mmask16>(left >= 16 ? 0xFFFF : (1U << left) - 1); }
-
-ECDLM_CV_TARGET __m512 load_bf16(const uint16_t* x, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x)), 16));
-}
+using detail::load_bf16;
+using detail::tail_mask;
 
 ECDLM_CV_TARGET void bf16_to_f32_avx512(const uint16_t* x, int64_t n, float* y) {
   for (int64_t i = 0; i < n; i += 16) {
-    const auto m = tail(n - i);
+    const auto m = tail_mask(n - i);
     _mm512_mask_storeu_ps(y + i, m, load_bf16(x + i, m));
   }
 }
@@ -42,7 +41,7 @@ ECDLM_CV_TARGET void bf16_to_f32_avx512(const uint16_t* x, int64_t n, float* y) 
 ECDLM_CV_TARGET void add_scaled_avx512(const uint16_t* y, float g, int64_t n, float* o) {
   const __m512 gv = _mm512_set1_ps(g);
   for (int64_t i = 0; i < n; i += 16) {
-    const auto m = tail(n - i);
+    const auto m = tail_mask(n - i);
     const __m512 prod = _mm512_mul_ps(load_bf16(y + i, m), gv);
     _mm512_mask_storeu_ps(o + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + i), prod));
   }
@@ -51,7 +50,7 @@ ECDLM_CV_TARGET void add_scaled_avx512(const uint16_t* y, float g, int64_t n, fl
 ECDLM_CV_TARGET void add_scaled_avx512(const float* y, float g, int64_t n, float* o) {
   const __m512 gv = _mm512_set1_ps(g);
   for (int64_t i = 0; i < n; i += 16) {
-    const auto m = tail(n - i);
+    const auto m = tail_mask(n - i);
     const __m512 prod = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), gv);
     _mm512_mask_storeu_ps(o + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + i), prod));
   }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ecdlm/kernels/avx512_reduce.h"
 #include "ecdlm/kernels/small_m.h"
 
 // GCC 12's _mm512_reduce_add_ps passes _mm256_undefined_pd() by design: a false warning.
@@ -33,16 +34,14 @@ constexpr int64_t kSerialElems = 1 << 17;
 #define ECDLM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 // 16 bf16 -> f32 (exact: bf16 is the high half of an f32), and f32 -> bf16 nearest-even.
-ECDLM_BF16_TARGET inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
+ECDLM_BF16_TARGET inline __m512 load16(const c10::BFloat16* p, __mmask16 m) { return detail::load_bf16(p, m); }
 ECDLM_BF16_TARGET inline __m512 round16(__m512 v) {  // the value the bf16 rounding of v holds
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
 }
 ECDLM_BF16_TARGET inline void store16(c10::BFloat16* p, __mmask16 m, __m512 v) {
   _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
 }
-inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1U << n) - 1); }
+using detail::tail_mask;
 
 ECDLM_BF16_TARGET void rms_norm_rows_avx512(const c10::BFloat16* x, const c10::BFloat16* w, c10::BFloat16* y,
                                             int64_t rows, int64_t D, float eps) {
