@@ -613,7 +613,7 @@ void BM_PackedFewRowVsLanes(benchmark::State& state) {
 }
 
 BENCHMARK(BM_PackedFewRowVsLanes)
-    ->ArgsProduct({{0, 1, 2}, {0, 3}, {16, 24, 32, 64}})
+    ->ArgsProduct({{0, 1, 2}, {0, 3}, {16, 24, 32, 64, 128, 224, 512}})
     ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
 
@@ -645,5 +645,5 @@ void BM_PackedKernel(benchmark::State& state) {
   state.counters["GOPS"] = benchmark::Counter(2.0 * static_cast<double>(M * N * K) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(M) + " N " + std::to_string(N));
 }
-BENCHMARK(BM_PackedKernel)->ArgsProduct({{0, 3}, {1, 4, 8, 16, 32}, {16, 256, 8192}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PackedKernel)->ArgsProduct({{0, 3}, {1, 4, 8, 9, 12, 16, 24, 32}, {16, 256, 8192}})->Unit(benchmark::kMicrosecond);
 }  // namespace

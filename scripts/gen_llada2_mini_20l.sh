@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 W=$1 R=${2:-token} T=${3:-2} FORMATS=${4:-"q4 q8 bf16"} N=${N:-256}
 B=${B:-build/ecdlm} FLAGS=${FLAGS:-} TAG=${TAG:-}
 [ -d "$W/bf16" ] || $B --threads "$T" init -c configs/models/llada2-mini-shaped-20l.json -o "$W/bf16" --dtype bf16
-[ -d "$W/q8" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q8" --quantize q8
-[ -d "$W/q4" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/q4" --quantize q4
+# Only the formats asked for are converted (q4_g64 etc. come from `convert --quantize-group 64`).
+for F in $FORMATS; do
+  case $F in q8|q4) [ -d "$W/$F" ] || $B --threads "$T" convert -m "$W/bf16" -o "$W/$F" --quantize "$F" ;; esac
+done
 IDS=$(python3 -c "import random; random.seed(64); print(','.join(str(random.randrange(1000, 150000)) for _ in range(64)))")
 for F in $FORMATS; do
   sync; echo 1 > /proc/sys/vm/drop_caches || echo "(page cache not dropped: not root)"

@@ -154,7 +154,13 @@ constexpr int64_t kLaneMinRows = 16;
 // 1.37 / 1.09 / 1.09; a hot [256, 2048] 1.36 / 1.48 / 1.27 / 1.29 | 1.21 / 1.40 / 1.23 / 1.23; the
 // [157184, 2048] head 0.99 / 1.33 / 1.07 / 1.06 | 0.94 / 1.22 / 0.92 / 0.83. The token lanes idle
 // on a partly filled 16-token vector and pay a broadcast per weight row and step, which 8 tokens of
-// the few-row kernel share.
+// the few-row kernel share. From 128 rows (session 12) the same benchmark has the few-row kernel
+// ahead on the experts (128 / 224 / 512 rows: 1.41 / 1.16 / 2.08 | 1.60 / 1.16 / 2.05) and the hot
+// weight (1.41 / 1.35 / 1.39 | 1.30 / 1.28 / 1.39) and behind on the head (0.97 / 0.98 / 0.93 |
+// 0.89 / 0.89 / 0.85), but sending every non-vocabulary weight to it changed nothing end to end:
+// `bench serve` at 8 clients (q4, 224-row projections, shared expert and dense MLP) 215 / 210 ms
+// per step before, 215 / 238 after; a 480-token prefill on the 20-layer q4_g64 shape 1.91 / 2.04 s
+// before, 1.95 / 2.07 s after. So the limit stays.
 constexpr int64_t kPackedLaneMinRows = 64;
 // The copies' limit now (kPackedLaneMinRows unless a benchmark or test moved it, to compare the two
 // kernels on the same rows; their bits are equal) and the limit for a product on the copies or not.
