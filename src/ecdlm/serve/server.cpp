@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -75,9 +76,31 @@ std::string metrics_text(const Metrics& m, StatusCounts& sc, const SchedulerPara
   return o.str();
 }
 
+// Streamed responses not yet written out to their end. cpp-httplib stops writing a chunked response
+// as soon as the listening socket closes, so stop() waits for these before it closes it: a row that
+// finished at shutdown would otherwise lose its last chunks and the terminator (the client sees a
+// premature close).
+struct OpenStreams {
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t n = 0;
+  void add(int64_t d) {
+    std::lock_guard<std::mutex> lk(mu);
+    n += d;
+    cv.notify_all();
+  }
+  // Whether every stream ended before the deadline.
+  bool wait_empty(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lk(mu);
+    return cv.wait_until(lk, deadline, [&] { return n == 0; });
+  }
+};
+
 // Streams a job's updates as SSE. Wakes at every step of the job's rows; a step without news
 // writes an SSE comment, so a client that went away is noticed (the write fails) within two steps.
-void stream_job(httplib::Response& res, const std::shared_ptr<Job>& job, const RequestInfo& info, const ApiDefaults& d) {
+// The releaser runs when the response has been written (or abandoned): `open` counts until then.
+void stream_job(httplib::Response& res, const std::shared_ptr<Job>& job, const RequestInfo& info, const ApiDefaults& d,
+                const std::shared_ptr<OpenStreams>& open) {
   struct State {
     bool started = false;
     uint64_t seen_steps = 0;
@@ -118,9 +141,11 @@ void stream_job(httplib::Response& res, const std::shared_ptr<Job>& job, const R
         if (done) sink.done();
         return true;
       },
-      [job](bool success) {
+      [job, open](bool success) {
         if (!success || !job->done()) job->client_gone = true;
+        open->add(-1);
       });
+  open->add(1);
 }
 
 // "address:port" of a socket's local or peer end, as cpp-httplib writes it into a Request.
@@ -181,6 +206,7 @@ struct Server::Impl {
   std::unique_ptr<Loaded> L;
   std::unique_ptr<Scheduler> sched;
   StatusCounts counts;
+  std::shared_ptr<OpenStreams> open_streams = std::make_shared<OpenStreams>();
   std::thread http;
   bool stopped = false;
 
@@ -206,7 +232,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
     case Scheduler::Admit::kOk:
       break;
   }
-  if (info.stream) return stream_job(res, job, info, L->defaults);
+  if (info.stream) return stream_job(res, job, info, L->defaults, open_streams);
   // Not streamed: nothing is written until the end, so watch the socket for the client leaving.
   const int fd = connection_fd(req);
   std::unique_lock<std::mutex> lk(job->mu);
@@ -307,6 +333,10 @@ void Server::stop() {
   if (I.stopped) return;
   I.stopped = true;
   if (I.sched) I.sched->shutdown(I.sp.shutdown_timeout);
+  // The rows are done (or cancelled): let their streams write their last chunks, within bounds (a
+  // stalled client's write times out in cpp-httplib after its write timeout, 5 s by default).
+  if (!I.open_streams->wait_empty(std::chrono::steady_clock::now() + std::chrono::seconds(10)))
+    LOG_WARN("serve: shutdown: streams still open after 10 s; closing them");
   I.svr.stop();
   if (I.http.joinable()) I.http.join();
   I.is_ready = false;
