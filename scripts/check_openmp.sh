@@ -3,7 +3,7 @@
 # at::parallel_for / parallel_reduce are inline OpenMP regions: a file compiled without -fopenmp
 # runs them on one thread, silently. Fails, naming each file, if a source under src/ecdlm calls
 # them and its compile command (BUILD_DIR/compile_commands.json) lacks -fopenmp: re-run cmake
-# (CMakeLists.txt adds the flag to every such file at configure time).
+# (CMakeLists.txt gives every source the flags: OpenMP::OpenMP_CXX is public on ecdlm_base).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 db=$1/compile_commands.json
