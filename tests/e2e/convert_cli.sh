@@ -50,6 +50,33 @@ PY
 "$ECDLM" info -m "$TMP/init" --json > "$TMP/info.json" || fail "info on init"
 jq_py "$TMP/info.json" "m=j['memory']; p=m['per_policy']; assert m['bytes_per_weight']==2 and p['block']['bytes_per_forward_min'] < p['token']['bytes_per_forward_max'] <= p['ec']['bytes_per_forward_max'], m"
 "$ECDLM" info -m "$TMP/init" | grep -q -- "--moe-routing block" || fail "info table lacks the memory rows"
+# --init-routing calibrated: a popularity ladder in expert_bias, the other weights as the plain init.
+"$ECDLM" init -c "$TINY/config.json" -o "$TMP/cal" --seed 3 --init-routing calibrated --init-popularity-bias 0.1 \
+  > /dev/null || fail "init calibrated"
+python3 - "$TMP" <<'PY' || fail "calibrated init"
+import glob, math, sys
+sys.path.insert(0, sys.argv[1])
+import st
+def load(d):  # F32 tensors only (st.py skips bf16: the plain init's expert_bias stays f32)
+    out = {}
+    for f in glob.glob(f"{sys.argv[1]}/{d}/*.safetensors"):
+        out.update(st.read(f))
+    return out
+plain, cal = load("init"), load("cal")
+bias = sorted(cal["model.layers.1.mlp.gate.expert_bias"][1], reverse=True)
+assert all(abs(b + 0.1 * math.log1p(r)) < 1e-6 for r, b in enumerate(bias)), bias[:4]
+assert not any(plain["model.layers.1.mlp.gate.expert_bias"][1])
+emb = cal["model.word_embeddings.weight"][1]
+sd = math.sqrt(sum(x * x for x in emb) / len(emb))
+assert 0.9 < sd < 1.1, sd
+PY
+expect_fail "applies only with --init-routing calibrated" \
+  "$ECDLM" init -c "$TINY/config.json" -o "$TMP/bad-init" --init-popularity-bias 0.1
+expect_fail "moe_router_enable_expert_bias" \
+  "$ECDLM" init -c "$GOLDEN/tiny-lladamoe/config.json" -o "$TMP/bad-init" --init-routing calibrated
+[ ! -e "$TMP/bad-init" ] || fail "a refused init left a directory"
+"$ECDLM" init -c "$GOLDEN/tiny-lladamoe/config.json" -o "$TMP/cal-moe" --init-routing calibrated \
+  --init-popularity-bias 0 > /dev/null || fail "init calibrated without expert_bias"
 
 # --- export: our TC model -> LLaDA2 layout ------------------------------------------------------------
 python3 - "$TMP" <<'PY'

@@ -48,8 +48,6 @@ void copy_weights(MoeDlm& src, MoeDlm& dst) {
     if (sb.contains(kv.key())) kv.value().copy_(sb[kv.key()]);
 }
 
-constexpr double kSyntheticPopularityBias = 0.045;
-
 // Read bandwidth of this machine now (GB/s): the median of 5 sums over a 512 MB buffer, with
 // torch's threads. The floor a weight-streaming part is compared with.
 double measure_stream_gbps() {
@@ -184,25 +182,20 @@ MoeDlm make_synthetic_model(const ModelConfig& c, uint64_t seed) {
     if (init.ones) kv.value().fill_(1.0);
     else fill_normal(kv.value(), init.std);
   }
-  fill_normal(m->model->word_embeddings->weight, 1.0);
+  fill_normal(m->model->word_embeddings->weight, RoutingInit{}.embedding_std);
   for (auto& blk : m->moe_blocks()) init_synthetic_router(*blk);
   m->eval();
   return m;
 }
 
 void init_synthetic_router(moe::MoeBlockImpl& blk) {
-  // f32, as in the reference (router math in fp32): sharp enough that sigmoid scores differ
-  // (N(0, 4/D) weights on unit-scale inputs), plus a selection-only popularity bias -a ln(1 + rank)
-  // over shuffled experts. a = 0.045 is calibrated on the metric the dMoE paper reports, the mean
-  // over a decode's denoising forwards (dmoe-llada2.md gotcha 13): this bench's 256-token
-  // token-routing decode then uses about 69 distinct experts per 32-token block, against 69.5 on
-  // LLaDA2.0-mini.
+  // f32, as in the reference (router math in fp32). The recipe and its calibration: RoutingInit.
   torch::NoGradGuard ng;
+  const RoutingInit r;
   const auto E = blk.gate->weight.size(0), D = blk.gate->weight.size(1);
-  blk.gate->weight.set_data(
-      torch::empty({E, D}, torch::kFloat32).normal_(0.0, 2.0 / std::sqrt(static_cast<double>(D))));
-  auto rank = torch::randperm(E, torch::kInt64).to(torch::kFloat32);
-  blk.gate->expert_bias.set_data(-kSyntheticPopularityBias * torch::log1p(rank));
+  blk.gate->weight.set_data(torch::empty({E, D}, torch::kFloat32)
+                                .normal_(0.0, r.router_std_sqrt_d / std::sqrt(static_cast<double>(D))));
+  blk.gate->expert_bias.set_data(popularity_bias(E, r.popularity_bias));
 }
 
 namespace {

@@ -432,7 +432,8 @@ static std::vector<std::pair<std::string, std::vector<int64_t>>> init_shapes(con
 }
 
 ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, const std::string& dtype,
-                              uint64_t seed, uint64_t max_shard_bytes, const json* raw_config) {
+                              uint64_t seed, uint64_t max_shard_bytes, const json* raw_config,
+                              const RoutingInit* routing) {
   const auto want = parse_out_dtype(dtype, "--dtype");
   if (!want) fail("", "--dtype", "'keep' has no meaning for a new model", "use f32, bf16 or f16");
   cfg.validate(dst);
@@ -446,9 +447,17 @@ ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, co
     p.shape = shape;
     const bool is_bias = ends_with(name, "expert_bias");
     p.dtype = is_bias ? io::DType::F32 : *want;
-    const auto init = param_init(name, cfg.num_hidden_layers);
-    p.make = [gen, shape = shape, is_bias, init, dt] {
-      if (is_bias) return torch::zeros(shape, torch::kFloat32);
+    auto init = param_init(name, cfg.num_hidden_layers);
+    double bias_a = 0.0;
+    if (routing) {
+      if (ends_with(name, "word_embeddings.weight") || ends_with(name, "embed_tokens.weight"))
+        init.std = routing->embedding_std;
+      if (ends_with(name, "mlp.gate.weight"))
+        init.std = routing->router_std_sqrt_d / std::sqrt(static_cast<double>(cfg.hidden_size));
+      if (is_bias) bias_a = routing->popularity_bias;
+    }
+    p.make = [gen, shape = shape, is_bias, bias_a, init, dt] {
+      if (is_bias) return bias_a == 0.0 ? torch::zeros(shape, torch::kFloat32) : popularity_bias(shape[0], bias_a, *gen);
       if (init.ones) return torch::ones(shape, dt);
       return at::normal(0.0, init.std, shape, *gen).to(dt);
     };

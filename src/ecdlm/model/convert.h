@@ -11,6 +11,8 @@
 
 namespace ecdlm {
 
+struct RoutingInit;  // model/init.h
+
 // per-expert: HF layout, `mlp.experts.<e>.<proj>.weight` [F, D] (what HF tooling reads).
 // stacked: ecdlm's `mlp.experts.<proj>` [E, F, D] (one tensor per projection and layer; the
 // mapped loader then binds a model without per-expert bookkeeping).
@@ -59,9 +61,10 @@ ConvertReport export_llada2(const std::string& src, const std::string& dst, cons
 // A randomly initialized model dir for `cfg` (N(0, 0.02), output projections / sqrt(2 layers),
 // norms 1, expert_bias 0), generated tensor by tensor: memory stays at one tensor.
 // `raw_config`, when given, is written as config.json (an HF config stays byte-for-byte its key
-// set, torch_dtype updated); otherwise cfg's own JSON.
+// set, torch_dtype updated); otherwise cfg's own JSON. `routing`, when given, replaces the
+// embeddings, router weights and expert biases by that recipe (model/init.h).
 ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, const std::string& dtype,
                               uint64_t seed, uint64_t max_shard_bytes = 5ull << 30,
-                              const nlohmann::json* raw_config = nullptr);
+                              const nlohmann::json* raw_config = nullptr, const RoutingInit* routing = nullptr);
 
 }  // namespace ecdlm

@@ -16,6 +16,11 @@ ParamInit param_init(const std::string& name, int64_t num_hidden_layers) {
   return {false, out ? 0.02 / std::sqrt(2.0 * static_cast<double>(num_hidden_layers)) : 0.02};
 }
 
+torch::Tensor popularity_bias(int64_t num_experts, double a, c10::optional<at::Generator> gen) {
+  auto rank_E = at::randperm(num_experts, gen, torch::TensorOptions().dtype(torch::kInt64)).to(torch::kFloat32);
+  return -a * torch::log1p(rank_E);
+}
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
