@@ -36,6 +36,11 @@ void register_bench_serve(CLI::App* bench) {
   sub->add_option("--requests", a->p.requests, "Requests per level")->capture_default_str();
   sub->add_option("--max-tokens", a->p.max_tokens, "Tokens per request")->capture_default_str();
   sub->add_option("--steps", a->p.steps, "Denoising steps per block")->capture_default_str();
+  sub->add_option("--temperature", a->p.temperature,
+                  "Sampling temperature of every request (0 = greedy; greedy decoding of the synthetic model's "
+                  "random weights repeats one token and touches far fewer experts than a real model)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
   sub->add_option("--max-batch", a->p.max_batch, "Server --max-batch")->capture_default_str();
   sub->add_option("--synth-moe-layers", a->p.synth_moe_layers, "MoE layers of the synthetic model")->capture_default_str();
   sub->add_flag("--no-synthetic", a->no_synthetic, "Only the -m model (no synthetic LLaDA2-shaped model)");

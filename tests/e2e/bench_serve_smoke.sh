@@ -18,6 +18,7 @@ python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
 ARGS=(bench serve -m "$M" --no-synthetic --clients 1,2 --requests 2 --max-tokens 32)
 "$ECDLM" -q --threads 1 "${ARGS[@]}" --out-json "$TMP/rows.json" > "$TMP/table.md"
 grep -q "^| model | routing | clients | tokens/s | speed-up |" "$TMP/table.md" || { cat "$TMP/table.md"; fail "no table header"; }
+grep -q "temperature 1, request i with seed i" "$TMP/table.md" || { cat "$TMP/table.md"; fail "sampling not stated"; }
 [ "$(grep -c "^| $M (f32) | token | [12] | [0-9.]* | [0-9.]*x |" "$TMP/table.md")" = 2 ] || { cat "$TMP/table.md"; fail "want a row for 1 and 2 clients"; }
 # Where a step's time goes: the forward's parts per step, one row per level.
 grep -q "^| model | routing | clients | rows per step | ms per step | attention | router | experts |" "$TMP/table.md" \
@@ -41,7 +42,7 @@ assert abs(rows[0]["speedup"] - 1.0) < 1e-9, rows[0]
 PY
 }
 check_json "$TMP/rows.json" || fail "--out-json rows"
-"$ECDLM" -q --threads 1 "${ARGS[@]}" --json > "$TMP/stdout.json"
+"$ECDLM" -q --threads 1 "${ARGS[@]}" --temperature 0 --json > "$TMP/stdout.json"  # greedy requests
 check_json "$TMP/stdout.json" || fail "--json rows"
 
 # --dtype f32,bf16: the model once in each dtype (f32 as stored, bf16 as `serve --dtype bf16` loads it).
@@ -57,6 +58,7 @@ PY
 expect_fail "--dtype" "$ECDLM" -q bench serve -m "$M" --no-synthetic --dtype f16
 expect_fail "--dtype" "$ECDLM" -q bench serve --dtype bf16
 expect_fail "--no-synthetic" "$ECDLM" -q bench serve --no-synthetic
+expect_fail "--temperature" "$ECDLM" -q bench serve -m "$M" --no-synthetic --temperature -1
 expect_fail "--clients" "$ECDLM" -q bench serve -m "$M" --no-synthetic --clients 2,4
 expect_fail "--synth-weights" "$ECDLM" -q bench serve --synth-weights q5
 expect_fail "--synth-weights" "$ECDLM" -q bench serve -m "$M" --no-synthetic --synth-weights q8

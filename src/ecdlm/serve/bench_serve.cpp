@@ -122,7 +122,7 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
   Server server(sp);
   const int port = server.listen();
   server.ready(std::move(loaded));
-  // The same requests at every level: prompts of 16..96 tokens, greedy, EOS ignored.
+  // The same requests at every level: prompts of 16..96 tokens, request i sampled with seed i, EOS ignored.
   std::mt19937_64 rng(p.seed);
   std::vector<std::vector<int64_t>> prompts;
   for (int64_t i = 0; i < p.requests; ++i) {
@@ -149,6 +149,7 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
           for (int64_t i; (i = next++) < p.requests;) {
             json body = {{"model", "bench"}, {"prompt", prompts[static_cast<size_t>(i)]}, {"max_tokens", p.max_tokens},
                          {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"seed", i},
+                         {"temperature", p.temperature},
                          {"ecdlm", {{"moe_routing", routing}, {"ignore_eos", true}}}};
             try {
               samples[static_cast<size_t>(i)] = stream_request(port, body);
@@ -289,9 +290,11 @@ json to_json(const std::vector<ServeBenchRow>& rows) {
 }
 
 std::string to_markdown(const std::vector<ServeBenchRow>& rows, const ServeBenchParams& p) {
-  std::ostringstream o;
+  std::ostringstream o, sampling;
+  if (p.temperature > 0) sampling << "temperature " << p.temperature << ", request i with seed i";
+  else sampling << "greedy";
   o << "Requests per level: " << p.requests << " (prompts of 16-96 tokens, " << p.max_tokens
-    << " generated tokens each, greedy, EOS ignored), block " << p.block_length << ", " << p.steps
+    << " generated tokens each, " << sampling.str() << ", EOS ignored), block " << p.block_length << ", " << p.steps
     << " steps per block, max batch " << p.max_batch << ". Speed-up: aggregate tokens/s over the 1-client level "
     << "(the same requests one after another).\n\n"
     << "| model | routing | clients | tokens/s | speed-up | time to first block p50 (ms) | latency p50 (ms) | "

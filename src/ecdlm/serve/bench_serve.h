@@ -2,7 +2,7 @@
 // clients of our own (cpp-httplib) at 1, 2, 4, 8 and 16 concurrent clients, under token and dMoE
 // block routing, on the synthetic LLaDA2.0-mini-shaped model of `bench generate` (and a trained
 // model directory when given). Every level runs the same requests (random prompts of several
-// lengths, greedy, EOS ignored); the baseline is the same number of requests one after another.
+// lengths, seeded, EOS ignored); the baseline is the same number of requests one after another.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -28,6 +28,9 @@ struct ServeBenchParams {
   int64_t synth_moe_layers = 3, synth_vocab = 32768;
   int64_t max_tokens = 64, block_length = 32, steps = 8;  // steps per block: 4 tokens per step
   int64_t max_batch = 16;
+  // Sampled, as bench generate samples: greedy decoding of random weights repeats one token, and
+  // its blocks then touch ~28 experts per layer instead of LLaDA2.0-mini's ~69 (spec gotcha 17).
+  double temperature = 1.0;
   uint64_t seed = 7;
 };
 
