@@ -131,6 +131,11 @@ curl -sf "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/j
 serve_stop serve
 jq_py "$TMP/serve.json" "c=j['choices'][0]; assert j['usage']['completion_tokens'] == 16 and c['finish_reason'] == 'length', j"
 grep -q "output-lane copies $REPACK" "$TMP/serve.err" || { cat "$TMP/serve.err"; fail "serve q8: repack log"; }
+grep -q "may differ between running alone" "$TMP/serve.err" && fail "serve q8 (auto kernels) warned of batch variance"
+# torch's GEMMs are not batch-invariant: serve says so
+serve_start serve-torch "$TMP/q8" --quant-kernel torch --quant-repack off
+serve_stop serve-torch
+grep -q "may differ between running alone" "$TMP/serve-torch.err" || { cat "$TMP/serve-torch.err"; fail "no batch-variance warning"; }
 
 # --- LLaDA-MoE (separate q/k/v in the file) --------------------------------------------------------------
 "$ECDLM" -q convert -m "$LLADA" -o "$TMP/lq8" --quantize q8 --layout stacked || fail "convert llada q8"
