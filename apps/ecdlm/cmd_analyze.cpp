@@ -98,7 +98,7 @@ void register_analyze(CLI::App& app) {
   sub->add_option("--smooth", a->smooth, "Centered moving average of ln L over this many points (1 = none)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--window", a->window, "Fit over the last fraction of each run")->capture_default_str()
-      ->check(CLI::Range(1e-9, 1.0));
+      ->check(Finite)->check(CLI::Range(1e-9, 1.0));
   sub->add_option("--from", a->from, "Fit from this x (overrides --window)");
   sub->add_option("--to", a->to, "Fit up to this x");
   sub->add_flag("--json", a->json, "Print JSON");

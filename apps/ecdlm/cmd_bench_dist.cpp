@@ -229,15 +229,16 @@ void register_bench_dist(CLI::App* bench) {
   s->add_option("--bench-ep", a->model.ep, "EP model: expert-parallel sizes (EP > experts: replicated experts)")
       ->delimiter(',')->capture_default_str()->check(CLI::PositiveNumber);
   s->add_option("--bench-link-gbps", a->model.link_gbps, "EP model: the assumed inter-node link, Gb/s per rank")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(Finite)->check(CLI::PositiveNumber);
   s->add_option("--bench-link-latency-us", a->model.link_latency_us, "EP model: its cost per all_to_all call, us")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(Finite)->check(CLI::NonNegativeNumber);
   s->add_option("--bench-loopback-gbps", a->model.loopback_gbps,
-                "EP model: the loopback link's Gb/s (default: measured by a 2-rank all_to_all probe)")->check(CLI::PositiveNumber);
+                "EP model: the loopback link's Gb/s (default: measured by a 2-rank all_to_all probe)")
+      ->check(Finite)->check(CLI::PositiveNumber);
   s->add_option("--bench-loopback-latency-us", a->model.loopback_latency_us, "EP model: with --bench-loopback-gbps, its us per call")
-      ->check(CLI::NonNegativeNumber);
+      ->check(Finite)->check(CLI::NonNegativeNumber);
   s->add_option("--bench-capacity-factor", a->model.capacity_factor, "EP model: the capacity of the \"TC, capacity\" rows")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(Finite)->check(CLI::PositiveNumber);
   s->add_option("--bench-ep-batches", a->model.batches, "EP model: routed validation batches per model (>= the largest EP)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   s->add_option("--bench-ep-steps", a->model.steps, "EP model: sampled steps per EP")->capture_default_str()->check(CLI::PositiveNumber);

@@ -39,7 +39,7 @@ void register_bench_serve(CLI::App* bench) {
   sub->add_option("--temperature", a->p.temperature,
                   "Sampling temperature of every request (0 = greedy; greedy decoding of the synthetic model's "
                   "random weights repeats one token and touches far fewer experts than a real model)")
-      ->check(CLI::Range(0.0, 100.0))
+      ->check(Finite)->check(CLI::Range(0.0, 100.0))
       ->capture_default_str();
   sub->add_option("--max-batch", a->p.max_batch, "Server --max-batch")->capture_default_str();
   sub->add_option("--synth-moe-layers", a->p.synth_moe_layers, "MoE layers of the synthetic model")->capture_default_str();

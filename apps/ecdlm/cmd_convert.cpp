@@ -152,7 +152,7 @@ void register_convert(CLI::App& app) {
     auto* pop = sub->add_option("--init-popularity-bias", a->popularity,
                                 "With --init-routing calibrated: a in the expert_bias -a ln(1 + rank) "
                                 "(0 = none; larger concentrates routing on fewer experts)")
-                    ->check(CLI::Range(0.0, 10.0))
+                    ->check(Finite)->check(CLI::Range(0.0, 10.0))
                     ->capture_default_str();
     sub->add_flag("--json", a->json, "Print the report as JSON");
     set_runner(sub, [a, pop] {

@@ -31,7 +31,7 @@ void register_prepare_data(CLI::App& app) {
                   "Existing tokenizer to use instead of training one: a SentencePiece model, a "
                   "tokenizer.json, or a model directory (e.g. a pretrained checkpoint's); copied into --out");
   sub->add_option("--val-fraction", p->val_fraction, "Fraction of documents held out for val")
-      ->check(CLI::Range(0.0, 0.999))
+      ->check(Finite)->check(CLI::Range(0.0, 0.999))
       ->capture_default_str();
   sub->add_option("--seed", p->seed, "Seed for the split and tokenizer training")
       ->capture_default_str();

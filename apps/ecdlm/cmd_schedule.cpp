@@ -61,7 +61,8 @@ void register_schedule(CLI::App& app) {
                   "static, linear, linear-reverse, cosine, cosine-reverse, gaussian, gaussian-reverse")->capture_default_str();
   sub->add_option("--moe-capacity-k-min", a->k_min, "k at the low end of the schedule")->capture_default_str();
   sub->add_option("--moe-capacity-k-max", a->k_max, "k at the high end (static: k)")->capture_default_str();
-  sub->add_option("--moe-capacity-gaussian-sigma", a->sigma, "Gaussian width")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--moe-capacity-gaussian-sigma", a->sigma, "Gaussian width")
+      ->capture_default_str()->check(Finite)->check(CLI::PositiveNumber);
   sub->add_option("--seq-len", a->seq_len, "Sequence length L")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--moe-experts", a->experts, "Routed experts E")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--points", a->points, "Rows of the k(r) table")->capture_default_str()->check(CLI::Range(2, 1000));

@@ -234,7 +234,7 @@ void register_train(CLI::App& app) {
                                                              "T^2; default 1)");
   add("--dist-timeout", a->dist_timeout, "Distributed runs (torchrun environment): seconds to wait for the other "
                                          "ranks at start-up and in every collective before failing (default 300)")
-      ->check(CLI::PositiveNumber);
+      ->check(Finite)->check(CLI::PositiveNumber);
   add("--dist-ep", a->dist_ep, "Expert parallel: ranks that split every MoE layer's experts (default 1); "
                                "WORLD_SIZE = data parallel x this, and it must divide the expert count")
       ->check(CLI::PositiveNumber);

@@ -2,10 +2,23 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <string>
 
 namespace ecdlm::cli {
+
+// CLI11's numeric validators (Range, PositiveNumber, NonNegativeNumber) let "nan" through, as every
+// comparison with NaN is false, and PositiveNumber lets "inf" through: chain this on float options.
+inline const CLI::Validator Finite(
+    [](std::string& s) {
+      char* end = nullptr;
+      const double v = std::strtod(s.c_str(), &end);
+      return end != s.c_str() && *end == '\0' && !std::isfinite(v) ? "must be a finite number, got " + s
+                                                                     : std::string();
+    },
+    "FINITE");
 
 // The callback runs after parsing; it returns the process exit code.
 using Runner = std::function<int()>;

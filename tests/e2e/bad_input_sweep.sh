@@ -46,6 +46,13 @@ bad "--train-batch-size" train --config "$T" --data data --out run --train-batch
 bad "--train-steps" train --config "$T" --data data --out run --train-steps -5
 bad "--train-lr" train --config "$T" --data data --out run --train-lr -1
 bad "--eval-windows" eval -m "$TINY" --data data --eval-windows 0
+# NaN passes CLI11's range checks (every comparison with it is false): float flags refuse it.
+bad "--init-popularity-bias: must be a finite number, got nan" init -c "$TINY/config.json" -o out \
+  --init-routing calibrated --init-popularity-bias nan
+bad "--moe-capacity-gaussian-sigma: must be a finite number, got inf" schedule --moe-capacity-gaussian-sigma inf
+bad "--val-fraction: must be a finite number, got nan" prepare-data --source jsonl --input corpus.jsonl --out d \
+  --val-fraction nan
+bad "--temperature: must be a finite number, got nan" bench serve --temperature nan
 # A model far beyond this machine: refused before anything is allocated or written.
 bad "model config: the model has" train --config huge.json --data data --out run   # was: bad_alloc
 bad "out: the model has" init -c huge.json -o out                                  # was: bad_alloc
