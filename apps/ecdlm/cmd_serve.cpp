@@ -1,5 +1,6 @@
 // `ecdlm serve`: parses the flags, checks them before anything is bound or loaded, and starts the
 // OpenAI-compatible server (src/ecdlm/serve/) with a loader for the model, tokenizer and defaults.
+#include <cmath>
 #include <filesystem>
 #include <memory>
 #include <sstream>
@@ -40,7 +41,8 @@ void check_flags(ServeOptions& o) {
     flag_error("--max-n", "exceeds --max-batch or --max-queue (a request's n rows join together)",
                "lower --max-n or raise --max-batch / --max-queue");
   if (sp.max_body_bytes < 1024) flag_error("--max-body", "must be >= 1024 bytes", "e.g. 1048576");
-  if (sp.shutdown_timeout < 0) flag_error("--shutdown-timeout", "must be >= 0", "e.g. 30");
+  if (!(sp.shutdown_timeout >= 0) || !std::isfinite(sp.shutdown_timeout))
+    flag_error("--shutdown-timeout", "must be a finite number >= 0", "e.g. 30");
   if (sp.http_threads < 2) flag_error("--http-threads", "must be >= 2", "e.g. 64");
   if (o.tp.block_length <= 0) flag_error("--diffusion-block-length", "must be > 0", "LLaDA2 uses 32");
   if (o.tp.steps == 0) o.tp.steps = o.tp.block_length;

@@ -53,6 +53,7 @@ bad "--moe-capacity-gaussian-sigma: must be a finite number, got inf" schedule -
 bad "--val-fraction: must be a finite number, got nan" prepare-data --source jsonl --input corpus.jsonl --out d \
   --val-fraction nan
 bad "--temperature: must be a finite number, got nan" bench serve --temperature nan
+bad "--temperature: must be a finite number >= 0" generate -m "$TINY" "${IDS[@]}" --temperature inf
 # A model far beyond this machine: refused before anything is allocated or written.
 bad "model config: the model has" train --config huge.json --data data --out run   # was: bad_alloc
 bad "out: the model has" init -c huge.json -o out                                  # was: bad_alloc

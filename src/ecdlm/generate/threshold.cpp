@@ -109,8 +109,10 @@ void validate_params(const ThresholdParams& p, const ModelConfig& c, int64_t pro
   need(p.minimal_topk >= 1, "--diffusion-minimal-topk", "must be >= 1", "");
   need(p.rule == ThresholdRule::kFastFactor || (p.threshold >= 0.0 && p.threshold <= 1.0), "--diffusion-threshold",
        "must be in [0, 1], got " + std::to_string(p.threshold), "LLaDA2 recommends 0.95");
-  need(p.rule != ThresholdRule::kFastFactor || p.factor > 0.0, "--diffusion-factor", "must be > 0", "e.g. 1.0");
-  need(p.temperature >= 0.0, "--temperature", "must be >= 0", "0 = greedy");
+  need(p.rule != ThresholdRule::kFastFactor || (p.factor > 0.0 && std::isfinite(p.factor)), "--diffusion-factor",
+       "must be a finite number > 0", "e.g. 1.0");
+  need(p.temperature >= 0.0 && std::isfinite(p.temperature), "--temperature", "must be a finite number >= 0",
+       "0 = greedy");
   need(p.top_k >= 0, "--top-k", "must be >= 0", "0 = off");
   need(p.top_p > 0.0 && p.top_p <= 1.0, "--top-p", "must be in (0, 1]", "1 = off");
   const int64_t mask = p.mask_id >= 0 ? p.mask_id : c.mask_token_id;
