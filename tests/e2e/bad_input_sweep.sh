@@ -54,6 +54,7 @@ bad "--val-fraction: must be a finite number, got nan" prepare-data --source jso
   --val-fraction nan
 bad "--temperature: must be a finite number, got nan" bench serve --temperature nan
 bad "--temperature: must be a finite number >= 0" generate -m "$TINY" "${IDS[@]}" --temperature inf
+bad "moe_aux_loss_coeff: must be a finite number >= 0" train --config "$T" --data data --out run --moe-aux-loss-coeff nan
 # A model far beyond this machine: refused before anything is allocated or written.
 bad "model config: the model has" train --config huge.json --data data --out run   # was: bad_alloc
 bad "out: the model has" init -c huge.json -o out                                  # was: bad_alloc

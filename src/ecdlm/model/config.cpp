@@ -63,8 +63,14 @@ void ModelConfig::validate(const std::string& src) const {
     if (n_group > 1)
       need(topk_group * (num_experts / n_group) >= num_experts_per_tok, "topk_group",
            "the kept groups hold fewer experts than num_experts_per_tok", "raise topk_group");
-    need(moe_capacity_factor >= 0, "moe_capacity_factor", "must be >= 0 (0 = dropless)", "");
-    need(routed_scaling_factor > 0, "routed_scaling_factor", "must be > 0", "");
+    // Comparisons pass NaN and inf through: these fields must also be finite.
+    const auto finite_ge0 = [](double v) { return v >= 0 && std::isfinite(v); };
+    need(finite_ge0(moe_capacity_factor), "moe_capacity_factor", "must be a finite number >= 0 (0 = dropless)", "");
+    need(routed_scaling_factor > 0 && std::isfinite(routed_scaling_factor), "routed_scaling_factor",
+         "must be a finite number > 0", "");
+    need(finite_ge0(moe_aux_loss_coeff), "moe_aux_loss_coeff", "must be a finite number >= 0", "0 = off");
+    need(finite_ge0(moe_z_loss_coeff), "moe_z_loss_coeff", "must be a finite number >= 0", "0 = off");
+    need(finite_ge0(moe_loss_free_bias_rate), "moe_loss_free_bias_rate", "must be a finite number >= 0", "0 = off");
     if (router_type == RouterType::kExpertChoice) {
       need(moe_capacity_k_min >= 0 && moe_capacity_k_max >= 0 &&
                (moe_capacity_k_max == 0 || moe_capacity_k_min <= moe_capacity_k_max),
