@@ -193,8 +193,7 @@ void init_synthetic_router(moe::MoeBlockImpl& blk) {
   torch::NoGradGuard ng;
   const RoutingInit r;
   const auto E = blk.gate->weight.size(0), D = blk.gate->weight.size(1);
-  blk.gate->weight.set_data(torch::empty({E, D}, torch::kFloat32)
-                                .normal_(0.0, r.router_std_sqrt_d / std::sqrt(static_cast<double>(D))));
+  blk.gate->weight.set_data(torch::empty({E, D}, torch::kFloat32).normal_(0.0, r.router_std(D)));
   blk.gate->expert_bias.set_data(popularity_bias(E, r.popularity_bias));
 }
 

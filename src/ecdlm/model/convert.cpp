@@ -452,8 +452,7 @@ ConvertReport init_checkpoint(const ModelConfig& cfg, const std::string& dst, co
     if (routing) {
       if (ends_with(name, "word_embeddings.weight") || ends_with(name, "embed_tokens.weight"))
         init.std = routing->embedding_std;
-      if (ends_with(name, "mlp.gate.weight"))
-        init.std = routing->router_std_sqrt_d / std::sqrt(static_cast<double>(cfg.hidden_size));
+      if (ends_with(name, "mlp.gate.weight")) init.std = routing->router_std(cfg.hidden_size);
       if (is_bias) bias_a = routing->popularity_bias;
     }
     p.make = [gen, shape = shape, is_bias, bias_a, init, dt] {

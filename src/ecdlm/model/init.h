@@ -1,6 +1,7 @@
 // MoeDlm's init rule by parameter name. The skip switch (weight_init_enabled, SkipWeightInit) lives
 // in nn/init.h, below model/ and moe/, which both honour it.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -32,6 +33,7 @@ struct RoutingInit {
   double embedding_std = 1.0;
   double router_std_sqrt_d = 2.0;  // the router's std times sqrt(hidden)
   double popularity_bias = 0.045;
+  double router_std(int64_t hidden) const { return router_std_sqrt_d / std::sqrt(static_cast<double>(hidden)); }
 };
 // One layer's popularity bias: -a ln(1 + rank), ranks a random permutation of the experts (f32).
 torch::Tensor popularity_bias(int64_t num_experts, double a, c10::optional<at::Generator> gen = c10::nullopt);
