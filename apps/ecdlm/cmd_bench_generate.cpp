@@ -64,6 +64,11 @@ void register_bench_generate(CLI::App* bench) {
                   "Only these routing policies (comma list; default all): token, block, topk, des-s, des-v, ec")
       ->delimiter(',')
       ->check(CLI::IsMember({"token", "block", "topk", "des-s", "des-v", "ec"}));
+  sub->add_option("--bench-kv-cache", a->p.kv_cache,
+                  "Only these KV cache settings (comma list; default both): on, off (on alone skips the slow "
+                  "uncached forwards and the cache speedup table)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"on", "off"}));
   sub->add_option("--bench-kernels", a->p.kernels,
                   "Small-M kernels to compare (comma list): auto, amx, avx512, torch (kernels/small_m.h)")
       ->delimiter(',')

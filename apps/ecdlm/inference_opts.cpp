@@ -18,6 +18,7 @@
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm::cli {
 
@@ -78,6 +79,14 @@ void RoutingFlags::add_to(CLI::App* sub) {
                   "the checkpoint's row-layout pages are then handed back, so memory does not double. auto: on with "
                   "the vnni kernel, all built at load when they take at most 70% of the available memory, else "
                   "each on its first use")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  sub->add_option("--mmap", mmap,
+                  "Weights already in the compute dtype: on = used in place from the file's mapping (an expert "
+                  "never routed to is never read: models larger than memory run), off = copied into process "
+                  "memory at load (reads the whole file; steps then stream process memory, not page-cache pages: "
+                  "bf16 decodes faster). auto: off when they (and a quantized checkpoint's repacked copies) take at "
+                  "most 70% of the available memory, else on. Packed quantized weights stay mapped")
       ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
 }
@@ -239,6 +248,37 @@ void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
                                 << "; output-lane copies " << done);
 }
 
+// --mmap: whether the weights stored in the compute dtype are copied into process memory (logged).
+bool decide_copy(const io::SafetensorsSet& st, torch::ScalarType dtype, const std::string& mode) {
+  const int64_t in_place = in_place_bytes(st, dtype);
+  if (in_place == 0 || mode == "on") {
+    if (in_place > 0) LOG_INFO("weights: " << size_str(double(in_place)) << " used in place from the mapping (--mmap on)");
+    return false;
+  }
+  // A quantized checkpoint's packed bytes: their output-lane copies (setup_quantized) take about as much.
+  int64_t packed = 0;
+  for (const auto& name : st.names())
+    if (ends_with(name, ".qweight") || ends_with(name, ".scales") || ends_with(name, ".mins"))
+      packed += static_cast<int64_t>(st.info(name).nbytes());
+  const int64_t avail = prof::available_memory_bytes();
+  const auto size = [](int64_t b) { return size_str(static_cast<double>(b)); };
+  if (mode == "off" && avail >= 0 && in_place > avail)
+    fail("", "--mmap", "off copies " + size(in_place) + " of weights into memory, and " + size(avail) + " is available",
+         "use --mmap auto or on (weights read from the file as they are used), or a quantized checkpoint "
+         "(ecdlm convert --quantize q4)");
+  if (mode == "auto" && avail >= 0 && in_place + packed > avail * 7 / 10) {
+    LOG_INFO("weights: " << size(in_place) << " used in place from the mapping (--mmap auto: "
+                         << size(in_place + packed) << (packed > 0 ? " with the quantized copies" : "")
+                         << " would take more than 70% of the " << size(avail) << " available)");
+    return false;
+  }
+  LOG_INFO("weights: " << size(in_place) << " copied into memory at load (--mmap " << mode
+                       << (mode == "auto" ? ": they fit in 70% of the " + size(avail) + " available; --mmap on maps them"
+                                          : std::string())
+                       << ")");
+  return true;
+}
+
 }  // namespace
 
 MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats* stats, std::string* dtype) {
@@ -270,6 +310,7 @@ MoeDlm load_for_routing(const std::string& dir, const RoutingFlags& f, LoadStats
                                         : "")
                                 << ")");
   lo.map_weights = true;
+  if (st) lo.copy_weights = decide_copy(*st, lo.dtype, f.mmap);
   auto model = load_routed(dir, f, lo, stats);
   setup_quantized(*model, f);
   return model;

@@ -27,6 +27,7 @@ struct RoutingFlags {
   std::string kernel = "auto";        // --kernel: auto | amx | avx512 | torch (kernels/small_m.h)
   std::string quant_kernel = "auto";  // --quant-kernel: auto | vnni | avx2 | bf16 | torch (kernels/quant.h)
   std::string quant_repack = "auto";  // --quant-repack: auto | on | off (kernels/quant_repack.h)
+  std::string mmap = "auto";          // --mmap: auto | on | off (LoadOptions::copy_weights)
 
   void add_to(CLI::App* sub);
   // The effective routing for `cfg` (validated; UserError naming the flag), logged with its source.

@@ -20,7 +20,7 @@ jq_py() { python3 -c "import json,sys; j=json.load(open('$1')); $2"; }
 jq_py "$TMP/conv.json" "assert j['expert_groups'] == 6 and j['tensors_out'] < j['tensors_in'], j"
 grep -q '"torch_dtype": "bfloat16"' "$TMP/stacked/config.json" || fail "config torch_dtype not updated"
 "$ECDLM" logits -m "$TMP/stacked" --input "$TINY/golden.safetensors" --attention block-causal \
-  --block-length 32 --moe-routing token --dtype bf16 --out "$TMP/bf16.safetensors" --json > "$TMP/l.json" \
+  --block-length 32 --moe-routing token --dtype bf16 --mmap on --out "$TMP/bf16.safetensors" --json > "$TMP/l.json" \
   || fail "logits on the stacked bf16 checkpoint"
 jq_py "$TMP/l.json" "w=j['weights']; assert w['stacked_experts'] and w['copied_bytes'] <= 2*64*4 and w['mapped_bytes'] > 0, w"
 # bf16 weights: close to the f32 golden logits, not equal.

@@ -120,4 +120,8 @@ if [ "${avail_kb:-0}" -gt 0 ] && [ "$avail_kb" -lt $((90 * 1024 * 1024)) ]; then
     --bench-synth-vocab 200000
   grep -q "GiB are available" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "memory check message"; }
 fi
+# --bench-kv-cache keeps only the variants with the KV cache on / off; none left is an error.
+expect_fail "--bench-kv-cache" "$ECDLM" -q bench generate --bench-brown-model "" --bench-policies topk --bench-kv-cache off
+grep -q "uncached runs exist for token and block" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "--bench-kv-cache message"; }
+expect_rc 2 "$ECDLM" -q bench generate --bench-kv-cache maybe
 echo "generate_threshold e2e OK"

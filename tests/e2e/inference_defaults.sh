@@ -20,10 +20,21 @@ hasnt() { ! grep -qF -- "$1" "$2" || { cat "$2" >&2; fail "$3"; }; }
 # --- dtype: the stored one by default, conversions logged with their size ---------------------------
 "${E[@]}" convert -m "$TINY" -o "$TMP/bf16" --dtype bf16 > /dev/null || fail "convert to bf16"
 LOGITS=(logits --input "$TINY/golden.safetensors" --attention block-causal --block-length 16 --json)
-"${E[@]}" "${LOGITS[@]}" -m "$TMP/bf16" > "$TMP/l.json" 2> "$TMP/err.txt" || { cat "$TMP/err.txt"; fail "logits bf16"; }
+"${E[@]}" "${LOGITS[@]}" -m "$TMP/bf16" --mmap on --out "$TMP/mm-on.st" > "$TMP/l.json" 2> "$TMP/err.txt" \
+  || { cat "$TMP/err.txt"; fail "logits bf16"; }
 jq_py "$TMP/l.json" "w=j['weights']; assert j['dtype'] == 'bf16' and w['mapped_bytes'] > 50 * w['copied_bytes'], j" \
   "a bf16 checkpoint did not load as bf16 in place"
 has "weights: bf16, the checkpoint's stored dtype" "$TMP/err.txt" "the stored dtype is not logged"
+has "used in place from the mapping (--mmap on)" "$TMP/err.txt" "--mmap on is not logged"
+# --mmap auto (the default) copies a model this small into memory; off always does; same logits.
+for M in auto off; do
+  "${E[@]}" "${LOGITS[@]}" -m "$TMP/bf16" --mmap $M --out "$TMP/mm-$M.st" > "$TMP/l.json" 2> "$TMP/err.txt" \
+    || { cat "$TMP/err.txt"; fail "logits --mmap $M"; }
+  jq_py "$TMP/l.json" "w=j['weights']; assert w['mapped_bytes'] == 0 and w['copied_bytes'] > 500000, w" "--mmap $M did not copy"
+  has "copied into memory at load (--mmap $M" "$TMP/err.txt" "--mmap $M is not logged"
+  cmp -s "$TMP/mm-on.st" "$TMP/mm-$M.st" || fail "--mmap $M changed the logits"
+done
+expect_rc 2 "${E[@]}" "${LOGITS[@]}" -m "$TMP/bf16" --mmap maybe
 "${E[@]}" "${LOGITS[@]}" -m "$TMP/bf16" --dtype f32 > "$TMP/l32.json" 2> "$TMP/err.txt" || fail "logits --dtype f32"
 jq_py "$TMP/l32.json" "assert j['dtype'] == 'f32' and j['weights']['copied_bytes'] > 1000000, j" "--dtype f32 not applied"
 grep -qE "converting 0\.[0-9]{2} MB of bf16 weights to f32 \(--dtype f32\)" "$TMP/err.txt" \

@@ -11,6 +11,7 @@
 #include "ecdlm/generate/threshold.h"
 #include "ecdlm/io/safetensors.h"
 #include "ecdlm/model/checkpoint.h"
+#include "ecdlm/model/model_dir.h"
 #include "ecdlm/model/convert.h"
 #include "ecdlm/model/init.h"
 #include "ecdlm/util/error.h"
@@ -61,6 +62,35 @@ TEST(MappedLoad, SameLogitsAsCopyAndZeroCopyWhenDtypeMatches) {
   }
   // Mapped parameters are read-only inference weights.
   for (const auto& p : map->parameters()) EXPECT_FALSE(p.requires_grad());
+}
+
+// --mmap off: the same tensors, copied into process memory (none aliases the file's mapping), the
+// same logits bit for bit, per-expert binding kept.
+TEST(MappedLoad, CopiedWeightsGiveTheSameLogitsAndLeaveTheMapping) {
+  if (!test::has_golden("tiny")) GTEST_SKIP() << "no golden fixtures";
+  const auto dir = test::golden_dir("tiny");
+  auto ids = golden_ids();
+  LoadStats sm, sc;
+  auto map = load_model(dir, nullptr, mapped(), &sm);
+  auto opt = mapped();
+  opt.copy_weights = true;
+  auto copy = load_model(dir, nullptr, opt, &sc);
+  EXPECT_TRUE(torch::equal(logits_of(map, ids), logits_of(copy, ids)));
+  const auto st = io::SafetensorsSet::open(dir);
+  EXPECT_EQ(sc.mapped_bytes, 0);
+  EXPECT_EQ(sc.copied_bytes, static_cast<int64_t>(st.total_bytes()));
+  EXPECT_EQ(in_place_bytes(st, torch::kFloat32), sm.mapped_bytes + sm.copied_bytes);  // all f32: bias buffers too
+  // No parameter points into any shard's mapping.
+  for (const auto& f : st.files()) {
+    const auto* lo = f->data(f->tensors().front());
+    const auto* hi = lo + f->data_size();
+    for (const auto& p : copy->parameters()) {
+      if (p.numel() == 0) continue;
+      const auto* q = static_cast<const uint8_t*>(p.data_ptr());
+      EXPECT_TRUE(q < lo || q >= hi);
+    }
+  }
+  for (auto& blk : copy->moe_blocks()) EXPECT_TRUE(blk->experts->per_expert_bound());
 }
 
 TEST(MappedLoad, BlockRoutingTouchesOnlyCoresetExperts) {

@@ -226,6 +226,15 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       if (std::find(p.policies.begin(), p.policies.end(), v.routing) != p.policies.end()) keep.push_back(v);
     variants = keep;
   }
+  if (!p.kv_cache.empty()) {
+    std::vector<Variant> keep;
+    for (const auto& v : variants)
+      if (std::find(p.kv_cache.begin(), p.kv_cache.end(), v.kv ? "on" : "off") != p.kv_cache.end()) keep.push_back(v);
+    variants = keep;
+  }
+  if (variants.empty())
+    fail("", "--bench-kv-cache", "no variant measures these policies with the KV cache off",
+         "uncached runs exist for token and block (p 0.6) routing; add 'on' or one of those policies");
   {
     std::vector<Variant> crossed;
     for (const auto& k : p.kernels) {

@@ -22,6 +22,8 @@ struct GenBenchParams {
   int64_t reps = 3;                 // repetitions, variants interleaved; medians reported
   uint64_t seed = 7;
   std::vector<std::string> policies;  // routing policies to run (empty = all): token block topk des-s des-v ec
+  // KV cache settings to run ("on", "off"; empty = both): "on" alone skips the slow uncached forwards.
+  std::vector<std::string> kv_cache;
   // Small-M kernels to compare (kernels::SmallM names: auto, amx, avx512, torch). Every routing
   // variant runs once per kernel.
   std::vector<std::string> kernels = {"auto"};

@@ -318,14 +318,20 @@ const TensorInfo& SafetensorsFile::require(const std::string& name) const {
 
 const uint8_t* SafetensorsFile::data(const TensorInfo& t) const { return data_base_ + t.begin; }
 
+void release_pages(const void* p, std::size_t bytes) {
+  if (bytes == 0) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  // Whole pages inside the range only: a page shared with a neighbour stays (a misaligned tensor's
+  // heap copy must not drop another allocation's page).
+  const auto lo = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const auto hi = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
+  // Advice only: a failure leaves the pages resident, which is merely what happens without it.
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 void SafetensorsFile::release(const std::string& name) const {
   const TensorInfo& t = require(name);
-  if (t.nbytes() == 0) return;
-  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto lo = reinterpret_cast<uintptr_t>(data(t)) / page * page;
-  const auto hi = reinterpret_cast<uintptr_t>(data(t)) + t.nbytes();
-  // Advice only: a failure leaves the pages resident, which is merely what happens without it.
-  ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  release_pages(data(t), t.nbytes());
 }
 
 torch::Tensor SafetensorsFile::get(const std::string& name) const {

@@ -130,4 +130,8 @@ void save_safetensors_sharded_streamed(const std::string& dir, const std::vector
                                        uint64_t max_shard_bytes,
                                        const std::map<std::string, std::string>& metadata = {});
 
+// Hands the resident pages wholly inside [p, p + bytes) of a read-only file mapping back
+// (MADV_DONTNEED: a later read faults them in again from the file). Advice only.
+void release_pages(const void* p, std::size_t bytes);
+
 }  // namespace ecdlm::io

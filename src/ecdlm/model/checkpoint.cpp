@@ -7,9 +7,11 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 
+#include "ecdlm/kernels/pack_arena.h"
 #include "ecdlm/model/init.h"
 #include "ecdlm/model/model_dir.h"
 #include "ecdlm/model/quantize.h"
@@ -154,8 +156,7 @@ class WeightLoader {
       target.set_data(src.to(torch::kFloat32).clone());
       stats.copied_bytes += nbytes(target);
     } else if (src.scalar_type() == opt_.dtype) {
-      target.set_data(src);
-      stats.mapped_bytes += nbytes(src);
+      target.set_data(in_place(src));
     } else {
       target.set_data(src.to(opt_.dtype));
       stats.copied_bytes += nbytes(target);
@@ -169,10 +170,7 @@ class WeightLoader {
   }
 
   torch::Tensor as_expert_weight(const torch::Tensor& src) {
-    if (src.scalar_type() == opt_.dtype) {
-      stats.mapped_bytes += nbytes(src);
-      return src;
-    }
+    if (src.scalar_type() == opt_.dtype) return in_place(src);
     auto t = src.to(opt_.dtype);
     stats.copied_bytes += nbytes(t);
     return t;
@@ -197,6 +195,28 @@ class WeightLoader {
   LoadStats stats;
 
  private:
+  // A tensor already in the load dtype: the mapping itself, or (copy_weights) a private copy from
+  // the load's huge-page arena (load_weights opens it: fresh 4 KB pages fault one by one, ~4 ms per
+  // MB in this guest), after which the file's pages are handed back.
+  torch::Tensor in_place(const torch::Tensor& src) {
+    if (!opt_.copy_weights) {
+      stats.mapped_bytes += nbytes(src);
+      return src;
+    }
+    const auto bytes = static_cast<std::size_t>(nbytes(src));
+    if (bytes == 0 || !src.is_contiguous()) {
+      auto t = src.clone(at::MemoryFormat::Contiguous);
+      stats.copied_bytes += nbytes(t);
+      return t;
+    }
+    void* p = kernels::detail::pack_alloc(bytes);
+    std::memcpy(p, src.data_ptr(), bytes);
+    io::release_pages(src.data_ptr(), bytes);
+    stats.copied_bytes += static_cast<int64_t>(bytes);
+    return torch::from_blob(p, src.sizes(), [bytes](void* q) { kernels::detail::pack_free(q, bytes); },
+                            src.options());
+  }
+
   const io::SafetensorsSet& st_;
   const LoadOptions& opt_;
   std::set<std::string> used_;
@@ -266,6 +286,10 @@ std::vector<std::string> load_weights(MoeDlm& model, const io::SafetensorsSet& s
                                      " experts but config.json num_experts is " + std::to_string(c.num_experts),
            "set num_experts in config.json to the number of experts stored in the checkpoint");
   }
+  // The copies' region: every in-place byte plus each tensor's alignment, committed as written.
+  std::optional<kernels::detail::PackArenaScope> arena;
+  if (opt.map_weights && opt.copy_weights)
+    arena.emplace(static_cast<std::size_t>(in_place_bytes(st, opt.dtype)) + 64 * st.names().size());
   WeightLoader ld(st, opt);
   for (auto& [prefix, ex] : expert_modules(model)) load_experts(ld, st, prefix, ex, opt);
   // Linear weights stored quantized bind their packed form; `weight` shrinks to [0, in].

@@ -21,6 +21,11 @@ struct LoadOptions {
   // must then never be written), and routed experts are bound one slice per expert, so an expert
   // never routed to is never paged in. Off: every tensor is copied into fresh parameters.
   bool map_weights = false;
+  // With map_weights: tensors stored in `dtype` are copied into process memory at load instead of
+  // used in place (experts still one tensor per expert; packed quantized weights stay mapped, their
+  // output-lane copies are process memory already). Reads the whole file once; then a step streams
+  // anonymous memory, not page-cache pages faulted in one 4 KB page at a time.
+  bool copy_weights = false;
 };
 
 struct LoadStats {

@@ -37,15 +37,30 @@ std::string stored_weight_dtype(const io::SafetensorsSet& st) {
   return best;
 }
 
+namespace {
+// A float weight's bytes (quantized weights' scales and minimums are float too, and not weights).
+bool float_weight(const std::string& name, const io::TensorInfo& t) {
+  return is_float(t.dtype) && !ends_with(name, ".scales") && !ends_with(name, ".mins");
+}
+}  // namespace
+
 std::map<std::string, int64_t> conversion_bytes(const io::SafetensorsSet& st, torch::ScalarType target) {
   std::map<std::string, int64_t> out;
   for (const auto& name : st.names()) {
     const auto& t = st.info(name);
-    if (is_float(t.dtype) && io::dtype_to_torch(t.dtype) != target && !ends_with(name, ".scales") &&
-        !ends_with(name, ".mins"))
+    if (float_weight(name, t) && io::dtype_to_torch(t.dtype) != target)
       out[io::dtype_name(t.dtype)] += static_cast<int64_t>(t.nbytes());
   }
   return out;
+}
+
+int64_t in_place_bytes(const io::SafetensorsSet& st, torch::ScalarType target) {
+  int64_t n = 0;
+  for (const auto& name : st.names()) {
+    const auto& t = st.info(name);
+    if (float_weight(name, t) && io::dtype_to_torch(t.dtype) == target) n += static_cast<int64_t>(t.nbytes());
+  }
+  return n;
 }
 
 std::string expert_file_layout(const io::SafetensorsSet& st) {

@@ -21,6 +21,9 @@ std::string stored_weight_dtype(const io::SafetensorsSet& st);
 // Bytes of float tensors stored in a dtype other than `target`, per stored dtype name ("BF16" ->
 // bytes in the file): what loading in `target` converts.
 std::map<std::string, int64_t> conversion_bytes(const io::SafetensorsSet& st, torch::ScalarType target);
+// Bytes of float tensors stored in `target` itself (quantized weights' scales and minimums
+// excluded): what a mapped load in `target` uses in place, and what --mmap off copies.
+int64_t in_place_bytes(const io::SafetensorsSet& st, torch::ScalarType target);
 
 // How the file stores routed experts: "per-expert" (HF: mlp.experts.E.{gate,up,down}_proj.weight),
 // "stacked" (ecdlm convert --layout stacked: mlp.experts.{gate,up,down}_proj) or "none".
