@@ -35,7 +35,7 @@ with open(sys.argv[1], "wb") as f:
 PY
 
 run() {  # model_dir input routing -> "peak_rss_bytes touched_bytes experts_used experts_total"
-  /usr/bin/time -v "$BIN" --threads "$T" logits -m "$1" --input "$2" --out "$W/out.safetensors" \
+  /usr/bin/time -v "$BIN" --threads "$T" logits --mmap on -m "$1" --input "$2" --out "$W/out.safetensors" \
     --dtype bf16 --moe-routing "$3" --json > "$W/run.json" 2> "$W/time.txt"
   local rss_kb
   rss_kb=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$W/time.txt")

@@ -266,7 +266,12 @@ bool decide_copy(const io::SafetensorsSet& st, torch::ScalarType dtype, const st
     fail("", "--mmap", "off copies " + size(in_place) + " of weights into memory, and " + size(avail) + " is available",
          "use --mmap auto or on (weights read from the file as they are used), or a quantized checkpoint "
          "(ecdlm convert --quantize q4)");
-  if (mode == "auto" && avail >= 0 && in_place + packed > avail * 7 / 10) {
+  if (mode == "auto" && avail < 0) {
+    LOG_INFO("weights: " << size(in_place) << " used in place from the mapping (--mmap auto: the available "
+                            "memory is unknown)");
+    return false;
+  }
+  if (mode == "auto" && in_place + packed > avail * 7 / 10) {
     LOG_INFO("weights: " << size(in_place) << " used in place from the mapping (--mmap auto: "
                          << size(in_place + packed) << (packed > 0 ? " with the quantized copies" : "")
                          << " would take more than 70% of the " << size(avail) << " available)");

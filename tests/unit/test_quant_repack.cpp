@@ -171,6 +171,24 @@ TEST(PackArena, RegionLivesUntilItsLastBlockIsFreed) {
   EXPECT_EQ(v[15], 3);
 }
 
+// A scope opened inside another (a model load inside reserve_quant_copies' process-long region)
+// serves its own region, and closing it reopens the outer one.
+TEST(PackArena, ScopesNest) {
+  namespace d = kernels::detail;
+  const size_t mb = size_t{1} << 20;
+  const d::PackArenaScope outer(2 * mb);
+  char* a = static_cast<char*>(d::pack_alloc(mb));
+  char *b = nullptr, *c = nullptr;
+  {
+    const d::PackArenaScope inner(2 * mb);
+    b = static_cast<char*>(d::pack_alloc(mb));
+    EXPECT_TRUE(b < a || b >= a + 2 * mb);  // the inner region, not the outer's free half
+  }
+  c = static_cast<char*>(d::pack_alloc(mb));
+  EXPECT_EQ(c - a, static_cast<ptrdiff_t>(mb));  // the outer region again, right after a
+  for (char* p : {a, b, c}) d::pack_free(p, mb);
+}
+
 TEST_F(QuantRepack, CacheSharesWhileTheWeightLivesAndNeverServesAFreedOne) {
   torch::manual_seed(33);
   RepackOn on;

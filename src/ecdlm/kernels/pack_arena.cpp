@@ -61,16 +61,18 @@ void drop_if_done(Region* r) {
 
 PackArenaScope::PackArenaScope(std::size_t bytes) {
   Region* r = bytes ? map_region(bytes) : nullptr;
-  if (!r) return;  // no region: copies come from the heap, as without a scope
+  if (!r) return;  // no region: copies come from the heap (or the displaced scope's), as without it
   std::lock_guard<std::mutex> lock(st().mu);
   st().regions.push_back(r);
-  st().open = r;
+  region_ = r;
+  prev_ = st().open.exchange(r);
 }
 
 PackArenaScope::~PackArenaScope() {
+  if (!region_) return;
   std::lock_guard<std::mutex> lock(st().mu);
-  Region* r = st().open.exchange(nullptr);
-  if (!r) return;
+  auto* r = static_cast<Region*>(region_);
+  st().open = static_cast<Region*>(prev_);
   r->open = false;
   drop_if_done(r);
 }

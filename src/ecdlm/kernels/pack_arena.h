@@ -10,13 +10,18 @@
 namespace ecdlm::kernels::detail {
 
 // While alive, pack_alloc serves requests from one region of `bytes` (rounded up to 2 MB) until it
-// is used up, from any thread. Not nestable.
+// is used up, from any thread. Scopes nest: closing one reopens the region it displaced (a model
+// load's copies inside the process-long region of reserve_quant_copies).
 class PackArenaScope {
  public:
   explicit PackArenaScope(std::size_t bytes);
   ~PackArenaScope();
   PackArenaScope(const PackArenaScope&) = delete;
   PackArenaScope& operator=(const PackArenaScope&) = delete;
+
+ private:
+  void* region_ = nullptr;  // this scope's region (null: none could be mapped)
+  void* prev_ = nullptr;    // the region open before it
 };
 
 void* pack_alloc(std::size_t bytes);      // 64-byte aligned; the open arena's, else the heap's
