@@ -18,7 +18,6 @@
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
-#include "ecdlm/util/strings.h"
 
 namespace ecdlm::cli {
 
@@ -255,11 +254,7 @@ bool decide_copy(const io::SafetensorsSet& st, torch::ScalarType dtype, const st
     if (in_place > 0) LOG_INFO("weights: " << size_str(double(in_place)) << " used in place from the mapping (--mmap on)");
     return false;
   }
-  // A quantized checkpoint's packed bytes: their output-lane copies (setup_quantized) take about as much.
-  int64_t packed = 0;
-  for (const auto& name : st.names())
-    if (ends_with(name, ".qweight") || ends_with(name, ".scales") || ends_with(name, ".mins"))
-      packed += static_cast<int64_t>(st.info(name).nbytes());
+  const int64_t packed = packed_bytes(st);  // their output-lane copies (setup_quantized) take about as much
   const int64_t avail = prof::available_memory_bytes();
   const auto size = [](int64_t b) { return size_str(static_cast<double>(b)); };
   if (mode == "off" && avail >= 0 && in_place > avail)

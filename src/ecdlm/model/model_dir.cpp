@@ -20,14 +20,18 @@ bool has_file(const std::string& dir, const std::string& name) {
   return fs::is_regular_file(fs::path(dir) / name, ec);
 }
 
+// A float weight (quantized weights' f16 scales and minimums are float too, and no weight).
+bool float_weight(const std::string& name, const io::TensorInfo& t) {
+  return is_float(t.dtype) && !ends_with(name, ".scales") && !ends_with(name, ".mins");
+}
+
 }  // namespace
 
 std::string stored_weight_dtype(const io::SafetensorsSet& st) {
   std::map<std::string, int64_t> elements;
   for (const auto& name : st.names()) {
     const auto& t = st.info(name);
-    // Quantized weights' f16 scales and minimums are no compute dtype.
-    if (is_float(t.dtype) && !ends_with(name, ".scales") && !ends_with(name, ".mins"))
+    if (float_weight(name, t))
       elements[io::dtype_name(t.dtype)] += t.numel();
   }
   std::string best;
@@ -37,13 +41,6 @@ std::string stored_weight_dtype(const io::SafetensorsSet& st) {
   return best;
 }
 
-namespace {
-// A float weight's bytes (quantized weights' scales and minimums are float too, and not weights).
-bool float_weight(const std::string& name, const io::TensorInfo& t) {
-  return is_float(t.dtype) && !ends_with(name, ".scales") && !ends_with(name, ".mins");
-}
-}  // namespace
-
 std::map<std::string, int64_t> conversion_bytes(const io::SafetensorsSet& st, torch::ScalarType target) {
   std::map<std::string, int64_t> out;
   for (const auto& name : st.names()) {
@@ -52,6 +49,14 @@ std::map<std::string, int64_t> conversion_bytes(const io::SafetensorsSet& st, to
       out[io::dtype_name(t.dtype)] += static_cast<int64_t>(t.nbytes());
   }
   return out;
+}
+
+int64_t packed_bytes(const io::SafetensorsSet& st) {
+  int64_t n = 0;
+  for (const auto& name : st.names())
+    if (ends_with(name, ".qweight") || ends_with(name, ".scales") || ends_with(name, ".mins"))
+      n += static_cast<int64_t>(st.info(name).nbytes());
+  return n;
 }
 
 int64_t in_place_bytes(const io::SafetensorsSet& st, torch::ScalarType target) {

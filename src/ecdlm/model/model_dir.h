@@ -24,6 +24,8 @@ std::map<std::string, int64_t> conversion_bytes(const io::SafetensorsSet& st, to
 // Bytes of float tensors stored in `target` itself (quantized weights' scales and minimums
 // excluded): what a mapped load in `target` uses in place, and what --mmap off copies.
 int64_t in_place_bytes(const io::SafetensorsSet& st, torch::ScalarType target);
+// Bytes of quantized weights (codes, scales, minimums): about what their repacked copies take.
+int64_t packed_bytes(const io::SafetensorsSet& st);
 
 // How the file stores routed experts: "per-expert" (HF: mlp.experts.E.{gate,up,down}_proj.weight),
 // "stacked" (ecdlm convert --layout stacked: mlp.experts.{gate,up,down}_proj) or "none".
