@@ -46,9 +46,8 @@ torch::Tensor segment_attention(AttentionImpl& a, const ModelConfig& cfg, const 
     c.k = c.k.defined() ? torch::cat({c.k, kn}, 2) : kn.contiguous();
     c.v = c.v.defined() ? torch::cat({c.v, vn}, 2) : vn.contiguous();
   };
-  if (kernels::decode_attention_enabled() && q_1NHd.scalar_type() == torch::kFloat32) {
+  if (kernels::decode_attention_enabled()) {
     // All segments in one parallel region, reading each cache where it lies (no cat, no mask).
-    // f32 models only: at bf16, torch's oneDNN matmuls are faster (bench DecodeAttention).
     const auto q_NHd = q_1NHd[0].contiguous(), k_NKd = k_1NHd[0].contiguous(), v_NKd = v_1NHd[0].contiguous();
     std::vector<kernels::AttnRow> rows(segs.size());
     for (size_t s = 0; s < segs.size(); ++s) {

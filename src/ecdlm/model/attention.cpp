@@ -44,10 +44,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x_BLD, const RopeTable
   }
   q_BLHd = apply_rope(q_BLHd, rope);
   k_BLHd = apply_rope(k_BLHd, rope);
-  if (kernels::decode_attention_enabled() && q_BLHd.scalar_type() == torch::kFloat32) {
+  if (kernels::decode_attention_enabled()) {
     // Inside the decoders: the fused kernel, when the mask is a visible prefix per query (block-
-    // causal, causal, full), so a row rounds as it does in the batched server step (f32 models,
-    // as segment_attention).
+    // causal, causal, full), so a row rounds as it does in the batched server step (as
+    // segment_attention).
     const int64_t P = past && past->k.defined() ? past->k.size(2) : 0;
     std::vector<int64_t> vis_L;
     if ((P == 0 || past->k.size(0) == B) && kernels::visible_from_mask(mask_LS, L, P + L, vis_L)) {
