@@ -620,6 +620,27 @@ BENCHMARK(BM_PackedFewRowVsLanes)
 }  // namespace
 
 namespace {
+// One weight [N, 2048] of format f with its packed copy, and M quantized token rows.
+struct PackedCase {
+  io::QuantWeight w;
+  std::shared_ptr<const kernels::detail::Packed> pk;
+  kernels::detail::QwOperand wo;
+  kernels::detail::QxScratch buf;
+  kernels::detail::QxOperand x;
+  std::vector<float> y;
+  PackedCase(io::QuantFormat f, int64_t M, int64_t N, int64_t K = 2048)
+      : w(io::quantize(torch::randn({N, K}) * 0.02, f)), pk(kernels::detail::packed(w)), wo(kernels::detail::weight_operand(w)) {
+    wo.packed = pk.get();
+    const auto store = buf.store(M, K, f.group);
+    const auto xf = torch::randn({M, K});
+    for (int64_t m = 0; m < M; ++m)
+      kernels::detail::quantize_row(xf.data_ptr<float>() + m * K, K, store, m, 0, kernels::detail::vnni_zero_point(f.kind));
+    x = store.view();
+    y.resize(static_cast<size_t>(M * N));
+  }
+  void run() { kernels::detail::vnni_packed_rows(x, *pk, wo, 0, w.N, y.data(), w.N); }
+};
+
 // The few-row kernel alone (kernels::detail::vnni_packed_rows on a packed copy, one thread): no
 // activation quantization, no dispatch, no output conversion. args: format, M, weight rows N (16:
 // one 16-row block, in L1; 256: in L2; 8192: in L3, q8 16 MB / q4_g64 9 MB of the 32 MB here).
@@ -627,23 +648,47 @@ void BM_PackedKernel(benchmark::State& state) {
   if (skip_without_vnni(state)) return;
   const auto f = kFormats[static_cast<size_t>(state.range(0))];
   const int64_t M = state.range(1), N = state.range(2), K = 2048;
-  const auto w = io::quantize(torch::randn({N, K}) * 0.02, f);
-  const auto pk = kernels::detail::packed(w);
-  auto wo = kernels::detail::weight_operand(w);
-  wo.packed = pk.get();
-  kernels::detail::QxScratch buf;
-  const auto store = buf.store(M, K, f.group);
-  const auto xf = torch::randn({M, K});
-  for (int64_t m = 0; m < M; ++m)
-    kernels::detail::quantize_row(xf.data_ptr<float>() + m * K, K, store, m, 0, kernels::detail::vnni_zero_point(f.kind));
-  const auto x = store.view();
-  std::vector<float> y(static_cast<size_t>(M * N));
+  PackedCase c(f, M, N, K);
   for (auto _ : state) {
-    kernels::detail::vnni_packed_rows(x, *pk, wo, 0, N, y.data(), N);
-    benchmark::DoNotOptimize(y.data());
+    c.run();
+    benchmark::DoNotOptimize(c.y.data());
   }
   state.counters["GOPS"] = benchmark::Counter(2.0 * static_cast<double>(M * N * K) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(M) + " N " + std::to_string(N));
 }
 BENCHMARK(BM_PackedKernel)->ArgsProduct({{0, 3}, {1, 4, 8, 9, 12, 16, 24, 32}, {16, 256, 8192}})->Unit(benchmark::kMicrosecond);
+
+// Paired 16-row blocks against single ones in the few-row kernel, interleaved call by call (the
+// machine's drift hits both alike), medians of 31 calls each, one thread. args: format, M, N (as
+// BM_PackedKernel). Counters: each path's GOPS and pair_speedup (single ms / paired ms).
+void BM_PackedPairs(benchmark::State& state) {
+  if (skip_without_vnni(state)) return;
+  const auto f = kFormats[static_cast<size_t>(state.range(0))];
+  const int64_t M = state.range(1), N = state.range(2), K = 2048;
+  PackedCase c(f, M, N, K);
+  std::vector<double> ms[2];
+  for (auto _ : state)
+    for (int rep = 0; rep < 31; ++rep)
+      for (int pairs = 0; pairs < 2; ++pairs) {
+        kernels::detail::set_packed_pair_min_rows(pairs ? 1 : int64_t{1} << 40);
+        const auto t0 = std::chrono::steady_clock::now();
+        c.run();
+        benchmark::DoNotOptimize(c.y.data());
+        ms[pairs].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+  kernels::detail::set_packed_pair_min_rows(kernels::detail::kPackedPairMinRows);
+  const auto med = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9, single = med(ms[0]), paired = med(ms[1]);
+  state.counters["single_GOPS"] = gop / (single * 1e-3);
+  state.counters["pairs_GOPS"] = gop / (paired * 1e-3);
+  state.counters["pair_speedup"] = single / paired;
+  state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(M) + " N " + std::to_string(N));
+}
+BENCHMARK(BM_PackedPairs)
+    ->ArgsProduct({{1, 3}, {1, 2, 4, 6, 8, 9, 12, 16, 24, 32}, {256, 8192}})
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
 }  // namespace

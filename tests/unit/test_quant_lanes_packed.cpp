@@ -2,7 +2,8 @@
 // bit-identical to the panel kernel on the row layout (same int32 group sums, same f32 steps) on
 // every format, group, N and K tail (q4's unpacked K % 128 tail), 16-40 token rows and unaligned
 // row ranges, and within the f64 reference's bound; the drivers (quant_linear, quant_moe) take it
-// with repacking on and give the same bits as with repacking off.
+// with repacking on and give the same bits as with repacking off; the few-row kernel's paired
+// blocks give the bits of single ones.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -206,6 +207,48 @@ TEST_F(QuantLanesPacked, FewRowKernelAndTokenLanesGiveTheSameBits) {
         const auto what = io::quant_format_name(f) + " K " + std::to_string(K) + " M " + std::to_string(M);
         EXPECT_TRUE(torch::equal(few, kernels::quant_linear(x, w))) << what;
         EXPECT_TRUE(torch::equal(few_moe, kernels::quant_moe(xs, {3, M}, ex.view(), torch::kBFloat16))) << what;
+      }
+    }
+}
+
+// Two 16-row blocks at a time (from kPackedPairMinRows token rows; one broadcast feeds both) is
+// a speed choice only: against one block at a time, the same bits at 1-63 rows, on every format,
+// an odd block count and a partial last block, and q4 weights with a K % 128 tail (which keep the
+// single blocks).
+TEST_F(QuantLanesPacked, PairedBlocksGiveTheSameBitsAsSingleBlocks) {
+  torch::manual_seed(46);
+  struct Limit {  // put back whatever happens
+    explicit Limit(int64_t rows) { kd::set_packed_pair_min_rows(rows); }
+    ~Limit() { kd::set_packed_pair_min_rows(kd::kPackedPairMinRows); }
+  };
+  kd::QxScratch xbuf;
+  for (const auto& f : kFormats)
+    for (int64_t K : {256, 320}) {
+      if (K % f.group) continue;
+      for (int64_t N : {32, 40, 67}) {
+        const auto w = io::quantize(awkward_weight(N, K), f);
+        const auto pk = kd::packed(w);
+        auto wo = kd::weight_operand(w);
+        wo.packed = pk.get();
+        const int32_t z = kd::vnni_zero_point(f.kind);
+        for (int64_t M : {1, 3, 8, 9, 17, 32, 63}) {
+          auto x = torch::randn({M, K});
+          x.index_put_({M - 1, 0}, 40.0F);
+          const auto st = xbuf.store(M, K, f.group);
+          for (int64_t m = 0; m < M; ++m) kd::quantize_row(x[m].data_ptr<float>(), K, st, m, 0, z);
+          for (auto [n0, n1] : {std::pair<int64_t, int64_t>{0, N}, {16, N}}) {
+            auto one = torch::full({M, n1 - n0}, -1.0F), two = torch::full({M, n1 - n0}, -2.0F);
+            {
+              Limit l(int64_t{1} << 40);
+              kd::vnni_packed_rows(st.view(), *pk, wo, n0, n1, one.data_ptr<float>(), n1 - n0);
+            }
+            Limit l(1);
+            kd::vnni_packed_rows(st.view(), *pk, wo, n0, n1, two.data_ptr<float>(), n1 - n0);
+            EXPECT_TRUE(torch::equal(one, two)) << io::quant_format_name(f) << " K " << K << " N " << N << " M " << M
+                                                << " rows " << n0 << ".." << n1 << " max |d| "
+                                                << (one - two).abs().max().item<float>();
+          }
+        }
       }
     }
 }

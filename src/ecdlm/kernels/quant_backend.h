@@ -167,6 +167,11 @@ constexpr int64_t kPackedLaneMinRows = 64;
 int64_t packed_lane_min_rows();
 void set_packed_lane_min_rows(int64_t rows);
 inline int64_t lane_min_rows(bool packed) { return packed ? packed_lane_min_rows() : kLaneMinRows; }
+// Token rows from which the few-row kernel runs two 16-row blocks at a time (one broadcast of a
+// token's codes feeds both), and the limit now (a benchmark or test may move it; same bits).
+constexpr int64_t kPackedPairMinRows = 9;
+int64_t packed_pair_min_rows();
+void set_packed_pair_min_rows(int64_t rows);
 // y[m * ldy + (n - n0)] = x_m · deq(w_n) for n in [n0, n1), m < M, from the token-lane operand.
 // w.packed set: vnni_lane_rows_packed (no per-call panel copy).
 void vnni_lane_rows(const QxLanes& x, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy);

@@ -34,6 +34,9 @@ std::atomic<int64_t> g_packed_lane_min_rows{kPackedLaneMinRows};
 
 int64_t packed_lane_min_rows() { return g_packed_lane_min_rows.load(std::memory_order_relaxed); }
 void set_packed_lane_min_rows(int64_t rows) { g_packed_lane_min_rows = rows; }
+std::atomic<int64_t> g_packed_pair_min_rows{kPackedPairMinRows};
+int64_t packed_pair_min_rows() { return g_packed_pair_min_rows.load(std::memory_order_relaxed); }
+void set_packed_pair_min_rows(int64_t rows) { g_packed_pair_min_rows = rows; }
 
 namespace {
 
@@ -185,6 +188,8 @@ ECDLM_PK_TARGET inline __attribute__((always_inline)) void group(__m512 (&acc)[M
 // prefetchers stop at 4 KB pages. BM_QuantMoeMin, one thread: 2-8% faster than one line per group.
 constexpr int64_t kPackedPrefetch = 4096;
 
+
+
 // q4's K % 128 tail group g of the block's rows (read from the row layout w, as the token-lane
 // kernel does) into acc: the same int32 sum per (row, token) and the same f32 step as a packed
 // group, in the same place in the order, so a row gets the token-lane kernel's bits. Scalar sums:
@@ -299,6 +304,153 @@ void run_mc(int64_t mc, const Packed& p, const QwOperand& w, int64_t b0, int64_t
   }
 }
 
+// Two 16-row blocks against one pass of MC tokens over group g: each token's 4 codes, broadcast
+// once, feed both blocks (one broadcast per two vpdpbusd; block() pays one per vpdpbusd, where the
+// broadcasts and the epilogue, not the products, bound the 8-token passes). acc [MC][2][16] holds
+// the f32 sums across groups (L1). Per (row, token) the int32 group sum and the f32 steps are
+// block()'s, in its order: the same bits. SH as group().
+template <int MC, int G, int SH, bool MINS>
+ECDLM_PK_TARGET inline __attribute__((always_inline)) void pair_group(const uint8_t* v0, const uint8_t* v1,
+                                                                       const XRows<8>& x, int64_t k, int64_t g,
+                                                                       const __m512 (&dw)[2], const __m512 (&mv)[2],
+                                                                       float* acc) {
+  constexpr int NS = G / 4;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512i dot[2][MC];
+#pragma GCC unroll 8
+  for (int m = 0; m < MC; ++m) dot[0][m] = dot[1][m] = _mm512_set1_epi32(x.gb[m][g]);
+#pragma GCC unroll 16
+  for (int s = 0; s < NS; ++s) {
+    __m512i w0 = _mm512_loadu_si512(v0 + s * 64), w1 = _mm512_loadu_si512(v1 + s * 64);
+    if constexpr (SH == 0) {
+      w0 = _mm512_and_si512(w0, low);
+      w1 = _mm512_and_si512(w1, low);
+    }
+    if constexpr (SH == 4) {
+      w0 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), low);
+      w1 = _mm512_and_si512(_mm512_srli_epi16(w1, 4), low);
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MC; ++m) {
+      int32_t c;
+      std::memcpy(&c, x.q[m] + k + 4 * s, 4);
+      const __m512i xb = _mm512_set1_epi32(c);
+      dot[0][m] = _mm512_dpbusd_epi32(dot[0][m], w0, xb);
+      dot[1][m] = _mm512_dpbusd_epi32(dot[1][m], w1, xb);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MC; ++m) {
+    const __m512 dx = _mm512_set1_ps(x.d[m][g]);
+#pragma GCC unroll 2
+    for (int b = 0; b < 2; ++b) {
+      float* a = acc + (m * 2 + b) * 16;
+      __m512 r = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[b][m]), _mm512_mul_ps(dw[b], dx), _mm512_loadu_ps(a));
+      if constexpr (MINS) r = _mm512_fmadd_ps(mv[b], _mm512_set1_ps(x.c[m][g]), r);
+      _mm512_storeu_ps(a, r);
+    }
+  }
+}
+
+template <int G, int SH, bool MINS>
+ECDLM_PK_TARGET void pair_pass(int mc, const uint8_t* v0, const uint8_t* v1, const XRows<8>& x, int64_t k, int64_t g,
+                               const __m512 (&dw)[2], const __m512 (&mv)[2], float* acc) {
+  switch (mc) {
+    case 1: return pair_group<1, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+    case 2: return pair_group<2, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+    case 3: return pair_group<3, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+    case 4: return pair_group<4, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+    case 5: return pair_group<5, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+    case 6: return pair_group<6, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+    case 7: return pair_group<7, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+    default: return pair_group<8, G, SH, MINS>(v0, v1, x, k, g, dw, mv, acc);
+  }
+}
+
+// Blocks b and b + 1 (rows1: the second one's rows) against all x.M tokens, group by group and
+// within a group pass by pass (passes of at most 8 tokens, balanced as vnni_packed_rows'): a
+// group's 2 x G / 4 weight vectors come from memory once and from L1 for the other passes.
+// Whole 128-input chunks only (q4 without a K % 128 tail).
+ECDLM_PK_TARGET inline __m512 half16(const uint16_t* h) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
+}
+
+template <int G>
+ECDLM_PK_TARGET void run_pair(const Packed& p, int64_t b, bool q8, const QxOperand& xo, int rows1, float* y,
+                              int64_t ldy) {
+  constexpr int NS = G / 4;
+  const int64_t M = xo.M, KG = p.K / G;
+  thread_local std::vector<float> acc_buf;
+  if (static_cast<int64_t>(acc_buf.size()) < M * 32) acc_buf.resize(static_cast<size_t>(M * 32));
+  float* acc = acc_buf.data();
+  std::fill(acc, acc + M * 32, 0.0F);
+  const int64_t passes = (M + 7) / 8, base = M / passes, extra = M % passes;
+  thread_local std::vector<XRows<8>> xr;
+  thread_local std::vector<int> mcs, m0s;
+  xr.resize(static_cast<size_t>(passes));
+  mcs.resize(static_cast<size_t>(passes));
+  m0s.resize(static_cast<size_t>(passes));
+  const int64_t KX = xo.K / xo.G;
+  for (size_t i = 0, m0 = 0; i < static_cast<size_t>(passes); ++i) {
+    mcs[i] = static_cast<int>(base + (static_cast<int64_t>(i) < extra ? 1 : 0));
+    m0s[i] = static_cast<int>(m0);
+    xr[i] = XRows<8>{};
+    for (int j = 0; j < mcs[i]; ++j) {
+      xr[i].q[j] = xo.q + (m0 + j) * xo.K;
+      xr[i].d[j] = xo.d + (m0 + j) * KX;
+      xr[i].gb[j] = xo.gb + (m0 + j) * KX;
+      xr[i].c[j] = xo.c + (m0 + j) * KX;
+    }
+    m0 += static_cast<size_t>(mcs[i]);
+  }
+  const uint8_t* q[2] = {p.q.data() + b * p.slots * 64, p.q.data() + (b + 1) * p.slots * 64};
+  const uint16_t* d[2] = {p.d.data() + b * KG * 16, p.d.data() + (b + 1) * KG * 16};
+  const bool mins = !p.m.empty();
+  const uint16_t* mn[2] = {mins ? p.m.data() + b * KG * 16 : nullptr, mins ? p.m.data() + (b + 1) * KG * 16 : nullptr};
+  for (int64_t g = 0; g < KG; ++g) {
+    const int64_t k = g * G;
+    const __m512 dw[2] = {half16(d[0] + g * 16), half16(d[1] + g * 16)};
+    __m512 mv[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    if (mins) mv[0] = half16(mn[0] + g * 16), mv[1] = half16(mn[1] + g * 16);
+    const uint8_t *v0, *v1;
+    int sh = -1;
+    if (q8) {
+      v0 = q[0] + g * NS * 64;
+      v1 = q[1] + g * NS * 64;
+      for (int s = 0; s < NS; ++s) {
+        _mm_prefetch(reinterpret_cast<const char*>(v0 + kPackedPrefetch + s * 64), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(v1 + kPackedPrefetch + s * 64), _MM_HINT_T0);
+      }
+    } else {
+      const int64_t in = k % 128, at = (k / 128 * 16 + (in % 64) / 4) * 64;
+      v0 = q[0] + at;
+      v1 = q[1] + at;
+      sh = in < 64 ? 0 : 4;
+      if (in == 0)
+        for (int s = 0; s < 16; ++s) {
+          _mm_prefetch(reinterpret_cast<const char*>(v0 + kPackedPrefetch + s * 64), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(v1 + kPackedPrefetch + s * 64), _MM_HINT_T0);
+        }
+    }
+    for (size_t i = 0; i < static_cast<size_t>(passes); ++i) {
+      float* a = acc + m0s[i] * 32;
+      if (sh < 0)
+        pair_pass<G, -1, false>(mcs[i], v0, v1, xr[i], k, g, dw, mv, a);
+      else if (mins)
+        sh == 0 ? pair_pass<G, 0, true>(mcs[i], v0, v1, xr[i], k, g, dw, mv, a)
+                : pair_pass<G, 4, true>(mcs[i], v0, v1, xr[i], k, g, dw, mv, a);
+      else
+        sh == 0 ? pair_pass<G, 0, false>(mcs[i], v0, v1, xr[i], k, g, dw, mv, a)
+                : pair_pass<G, 4, false>(mcs[i], v0, v1, xr[i], k, g, dw, mv, a);
+    }
+  }
+  const auto mask1 = static_cast<__mmask16>(rows1 == 16 ? 0xFFFF : (1U << rows1) - 1);
+  for (int64_t m = 0; m < M; ++m) {
+    _mm512_storeu_ps(y + m * ldy, _mm512_loadu_ps(acc + m * 32));
+    _mm512_mask_storeu_ps(y + m * ldy + 16, mask1, _mm512_loadu_ps(acc + m * 32 + 16));
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<const Packed> packed(const io::QuantWeight& w) {
@@ -341,14 +493,25 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
   const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;  // n0 % 16 == 0
   const int rows_last = static_cast<int>(n1 - (b1 - 1) * 16);
   const auto run = p.G == 32 ? run_mc<32> : run_mc<64>;
-  if (x.M <= 8) return run(x.M, p, w, b0, b1, q8, x, 0, rows_last, y, ldy);
+  const bool pairs = x.M >= packed_pair_min_rows() && (q8 || p.slots / 16 * 128 == p.K);
+  if (x.M <= 8 && !pairs) return run(x.M, p, w, b0, b1, q8, x, 0, rows_last, y, ldy);
   // More than 8 tokens: block by block, every pass over the block before the next, so the block's
   // bytes (16 x K: 32 KB of q8 at K 2048) come from memory once and stay in L1 for the other passes
   // (pass by pass over all blocks, the head at 32 rows measured slower than the token lanes). The
   // fewest passes of at most 8 tokens, balanced (9 rows: 5 + 4, not 8 + 1, whose 1-token pass pays
   // a weight load and nibble mask per vpdpbusd). Each token's sums are its own: same bits.
+  // From kPackedPairMinRows tokens two blocks at a time (run_pair; q4 without a K % 128 tail),
+  // 1.05-1.3x at 9-32 tokens in L2 or L3 (BM_PackedPairs), 0.6-0.95x at 1-4, where the stream
+  // bounds the kernel and one block at a time streams faster.
   const int64_t passes = (x.M + 7) / 8, base = x.M / passes, extra = x.M % passes;
-  for (int64_t b = b0; b < b1; ++b)
+  int64_t b = b0;
+  if (pairs)
+    for (; b + 1 < b1; b += 2) {
+      const int rows1 = b + 2 == b1 ? rows_last : 16;
+      float* yb = y + (b - b0) * 16;
+      p.G == 32 ? run_pair<32>(p, b, q8, x, rows1, yb, ldy) : run_pair<64>(p, b, q8, x, rows1, yb, ldy);
+    }
+  for (; b < b1; ++b)
     for (int64_t i = 0, m0 = 0; i < passes; ++i) {
       const int64_t mc = base + (i < extra ? 1 : 0);
       run(mc, p, w, b, b + 1, q8, x, m0, b + 1 == b1 ? rows_last : 16, y + m0 * ldy + (b - b0) * 16, ldy);
