@@ -98,7 +98,7 @@ serve::Loaded load(ServeOptions& o) {
                                        << describe_routing(p.routing, cfg, o.routing.policy_source(cfg)));
   L.model = load_for_routing(o.model_dir, o.routing);
   // Batch invariance (a row's tokens alone = in a full batch) holds on our own fixed-order kernels only.
-  if (o.routing.kernel == "torch" || o.routing.quant_kernel == "bf16" || o.routing.quant_kernel == "torch")
+  if (o.routing.kernel == "torch" || o.routing.quant_kernel == "torch")
     LOG_WARN("serve: --kernel " << o.routing.kernel << " / --quant-kernel " << o.routing.quant_kernel
                                 << ": these products round by the batch's row count, so a request's tokens may "
                                    "differ between running alone and beside others; the defaults (auto) do not");

@@ -68,8 +68,8 @@ void RoutingFlags::add_to(CLI::App* sub) {
   sub->add_option("--quant-kernel", quant_kernel,
                   "Quantized checkpoints (convert --quantize): products of up to 64 token rows on auto (best this "
                   "CPU has), vnni (AVX512-VNNI int8), avx2 (AVX2 int8), bf16 (dequantized tiles, AVX512-BF16) or "
-                  "torch (dequantize + torch's GEMM, every row count). bf16 and torch are not batch-invariant: a "
-                  "served row's tokens may depend on its batch")
+                  "torch (dequantize + torch's GEMM, every row count). torch is not batch-invariant: a served "
+                  "row's tokens may depend on its batch")
       ->check(CLI::IsMember({"auto", "vnni", "avx2", "bf16", "torch"}))
       ->capture_default_str();
   sub->add_option("--quant-repack", quant_repack,

@@ -1,8 +1,9 @@
 // A served row's quantized products must not depend on its batch (continuous batching, issue 17):
 // inside the decoders' scope (kernels::F32TilesScope) a token row computed alone equals the same
 // row inside 3-300 rows, bit for bit, on every int8 path the CPU has (the vnni kernels on the
-// output-lane copies and on the row layout, the AVX2 fallback), in every format, with and without
-// a q4 K % 128 tail, for quant_linear and the fused SwiGLU experts.
+// output-lane copies and on the row layout, the AVX2 fallback) and on the dequantized bf16 tiles
+// (--quant-kernel bf16), in every format, with and without a q4 K % 128 tail, for quant_linear and
+// the fused SwiGLU experts. (--quant-kernel torch is not: torch's GEMM blocks by the row count.)
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -32,6 +33,7 @@ class QuantRowExact : public ::testing::TestWithParam<Path> {
     const auto& p = GetParam();
     if (p.kernel == QuantKernel::kVnni && !kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
     if (p.kernel == QuantKernel::kAvx2 && !kernels::cpu_has_avx2()) GTEST_SKIP() << "no AVX2";
+    if (p.kernel == QuantKernel::kBf16 && !kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "no AVX512-BF16";
     prev_ = kernels::quant_kernel_choice();
     kernels::set_quant_kernel(p.kernel);
     kernels::set_quant_repack(p.repack);
@@ -83,7 +85,8 @@ TEST_P(QuantRowExact, FusedExpertsRowAloneEqualsTheRowInABatch) {
 INSTANTIATE_TEST_SUITE_P(Paths, QuantRowExact,
                          ::testing::Values(Path{"vnni_copies", QuantKernel::kVnni, true},
                                            Path{"vnni_rows", QuantKernel::kVnni, false},
-                                           Path{"avx2", QuantKernel::kAvx2, false}),
+                                           Path{"avx2", QuantKernel::kAvx2, false},
+                                           Path{"bf16", QuantKernel::kBf16, false}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
