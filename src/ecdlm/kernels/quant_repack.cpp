@@ -188,8 +188,6 @@ ECDLM_PK_TARGET inline __attribute__((always_inline)) void group(__m512 (&acc)[M
 // prefetchers stop at 4 KB pages. BM_QuantMoeMin, one thread: 2-8% faster than one line per group.
 constexpr int64_t kPackedPrefetch = 4096;
 
-
-
 // q4's K % 128 tail group g of the block's rows (read from the row layout w, as the token-lane
 // kernel does) into acc: the same int32 sum per (row, token) and the same f32 step as a packed
 // group, in the same place in the order, so a row gets the token-lane kernel's bits. Scalar sums:
@@ -367,14 +365,15 @@ ECDLM_PK_TARGET void pair_pass(int mc, const uint8_t* v0, const uint8_t* v1, con
   }
 }
 
-// Blocks b and b + 1 (rows1: the second one's rows) against all x.M tokens, group by group and
-// within a group pass by pass (passes of at most 8 tokens, balanced as vnni_packed_rows'): a
-// group's 2 x G / 4 weight vectors come from memory once and from L1 for the other passes.
-// Whole 128-input chunks only (q4 without a K % 128 tail).
+// 16 f16 scales (or minimums) as f32.
 ECDLM_PK_TARGET inline __m512 half16(const uint16_t* h) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
 }
 
+// Blocks b and b + 1 (rows1: the second one's rows) against all x.M tokens, group by group and
+// within a group pass by pass (passes of at most 8 tokens, balanced as vnni_packed_rows'): a
+// group's 2 x G / 4 weight vectors come from memory once and from L1 for the other passes.
+// Whole 128-input chunks only (q4 without a K % 128 tail).
 template <int G>
 ECDLM_PK_TARGET void run_pair(const Packed& p, int64_t b, bool q8, const QxOperand& xo, int rows1, float* y,
                               int64_t ldy) {
