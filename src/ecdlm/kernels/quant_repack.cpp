@@ -133,11 +133,12 @@ struct XRows {
   const float* c[MC];
 };
 
+// Rows m0 .. m0 + n - 1 (n <= MC; the rest stay null).
 template <int MC>
-XRows<MC> x_rows(const QxOperand& x, int64_t m0) {
+XRows<MC> x_rows(const QxOperand& x, int64_t m0, int n = MC) {
   XRows<MC> r{};
   const int64_t K = x.K, KG = K / x.G;
-  for (int m = 0; m < MC; ++m) {
+  for (int m = 0; m < n; ++m) {
     r.q[m] = x.q + (m0 + m) * K;
     r.d[m] = x.d + (m0 + m) * KG;
     r.gb[m] = x.gb + (m0 + m) * KG;
@@ -389,17 +390,10 @@ ECDLM_PK_TARGET void run_pair(const Packed& p, int64_t b, bool q8, const QxOpera
   xr.resize(static_cast<size_t>(passes));
   mcs.resize(static_cast<size_t>(passes));
   m0s.resize(static_cast<size_t>(passes));
-  const int64_t KX = xo.K / xo.G;
   for (size_t i = 0, m0 = 0; i < static_cast<size_t>(passes); ++i) {
     mcs[i] = static_cast<int>(base + (static_cast<int64_t>(i) < extra ? 1 : 0));
     m0s[i] = static_cast<int>(m0);
-    xr[i] = XRows<8>{};
-    for (int j = 0; j < mcs[i]; ++j) {
-      xr[i].q[j] = xo.q + (m0 + j) * xo.K;
-      xr[i].d[j] = xo.d + (m0 + j) * KX;
-      xr[i].gb[j] = xo.gb + (m0 + j) * KX;
-      xr[i].c[j] = xo.c + (m0 + j) * KX;
-    }
+    xr[i] = x_rows<8>(xo, static_cast<int64_t>(m0), mcs[i]);
     m0 += static_cast<size_t>(mcs[i]);
   }
   const uint8_t* q[2] = {p.q.data() + b * p.slots * 64, p.q.data() + (b + 1) * p.slots * 64};
