@@ -185,6 +185,11 @@ ECDLM_PK_TARGET inline __attribute__((always_inline)) void group(__m512 (&acc)[M
   }
 }
 
+// 16 f16 scales (or minimums) as f32.
+ECDLM_PK_TARGET inline __m512 half16(const uint16_t* h) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
+}
+
 // Prefetch distance in bytes of a block's stream (every 64-byte line is asked for): the hardware
 // prefetchers stop at 4 KB pages. BM_QuantMoeMin, one thread: 2-8% faster than one line per group.
 constexpr int64_t kPackedPrefetch = 4096;
@@ -232,9 +237,7 @@ ECDLM_PK_TARGET void block(const Packed& p, const QwOperand& w, int64_t b, bool 
   const int64_t KG = p.K / G;
   const uint8_t* q = p.q.data() + b * p.slots * 64;
   const uint16_t* d = p.d.data() + b * KG * 16;
-  const auto scale = [&](int64_t g) ECDLM_PK_TARGET {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + g * 16)));
-  };
+  const auto scale = [&](int64_t g) ECDLM_PK_TARGET { return half16(d + g * 16); };
   const auto prefetch = [&](const uint8_t* v, int n) {
     for (int s = 0; s < n; ++s) _mm_prefetch(reinterpret_cast<const char*>(v + kPackedPrefetch + s * 64), _MM_HINT_T0);
   };
@@ -254,7 +257,7 @@ ECDLM_PK_TARGET void block(const Packed& p, const QwOperand& w, int64_t b, bool 
     // batching); the K % 128 tail's groups last, also as it does.
     const uint16_t* mn = p.m.empty() ? nullptr : p.m.data() + b * KG * 16;
     const auto add_min = [&](int64_t g) ECDLM_PK_TARGET {
-      const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + g * 16)));
+      const __m512 mv = half16(mn + g * 16);
 #pragma GCC unroll 8
       for (int m = 0; m < MC; ++m) acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.c[m][g]), acc[m]);
     };
@@ -302,6 +305,14 @@ void run_mc(int64_t mc, const Packed& p, const QwOperand& w, int64_t b0, int64_t
     default: return run_blocks<8, 2, G>(p, w, b0, b1, q8, x, m0, rows_last, y, ldy);
   }
 }
+
+// The fewest passes of at most 8 tokens over M rows, balanced (9 rows: 5 + 4, not 8 + 1, whose
+// 1-token pass pays a weight load and nibble mask per vpdpbusd): pass i has rows(i) tokens.
+struct Passes {
+  int64_t n, base, extra;
+  explicit Passes(int64_t M) : n((M + 7) / 8), base(M / n), extra(M % n) {}
+  int64_t rows(int64_t i) const { return base + (i < extra ? 1 : 0); }
+};
 
 // Two 16-row blocks against one pass of MC tokens over group g: each token's 4 codes, broadcast
 // once, feed both blocks (one broadcast per two vpdpbusd; block() pays one per vpdpbusd, where the
@@ -366,11 +377,6 @@ ECDLM_PK_TARGET void pair_pass(int mc, const uint8_t* v0, const uint8_t* v1, con
   }
 }
 
-// 16 f16 scales (or minimums) as f32.
-ECDLM_PK_TARGET inline __m512 half16(const uint16_t* h) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
-}
-
 // Blocks b and b + 1 (rows1: the second one's rows) against all x.M tokens, group by group and
 // within a group pass by pass (passes of at most 8 tokens, balanced as vnni_packed_rows'): a
 // group's 2 x G / 4 weight vectors come from memory once and from L1 for the other passes.
@@ -384,14 +390,15 @@ ECDLM_PK_TARGET void run_pair(const Packed& p, int64_t b, bool q8, const QxOpera
   if (static_cast<int64_t>(acc_buf.size()) < M * 32) acc_buf.resize(static_cast<size_t>(M * 32));
   float* acc = acc_buf.data();
   std::fill(acc, acc + M * 32, 0.0F);
-  const int64_t passes = (M + 7) / 8, base = M / passes, extra = M % passes;
+  const Passes ps(M);
+  const int64_t passes = ps.n;
   thread_local std::vector<XRows<8>> xr;
   thread_local std::vector<int> mcs, m0s;
   xr.resize(static_cast<size_t>(passes));
   mcs.resize(static_cast<size_t>(passes));
   m0s.resize(static_cast<size_t>(passes));
   for (size_t i = 0, m0 = 0; i < static_cast<size_t>(passes); ++i) {
-    mcs[i] = static_cast<int>(base + (static_cast<int64_t>(i) < extra ? 1 : 0));
+    mcs[i] = static_cast<int>(ps.rows(static_cast<int64_t>(i)));
     m0s[i] = static_cast<int>(m0);
     xr[i] = x_rows<8>(xo, static_cast<int64_t>(m0), mcs[i]);
     m0 += static_cast<size_t>(mcs[i]);
@@ -490,13 +497,12 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
   if (x.M <= 8 && !pairs) return run(x.M, p, w, b0, b1, q8, x, 0, rows_last, y, ldy);
   // More than 8 tokens: block by block, every pass over the block before the next, so the block's
   // bytes (16 x K: 32 KB of q8 at K 2048) come from memory once and stay in L1 for the other passes
-  // (pass by pass over all blocks, the head at 32 rows measured slower than the token lanes). The
-  // fewest passes of at most 8 tokens, balanced (9 rows: 5 + 4, not 8 + 1, whose 1-token pass pays
-  // a weight load and nibble mask per vpdpbusd). Each token's sums are its own: same bits.
+  // (pass by pass over all blocks, the head at 32 rows measured slower than the token lanes), in
+  // balanced Passes. Each token's sums are its own: same bits.
   // From kPackedPairMinRows tokens two blocks at a time (run_pair; q4 without a K % 128 tail),
   // 1.05-1.3x at 9-32 tokens in L2 or L3 (BM_PackedPairs), 0.6-0.95x at 1-4, where the stream
   // bounds the kernel and one block at a time streams faster.
-  const int64_t passes = (x.M + 7) / 8, base = x.M / passes, extra = x.M % passes;
+  const Passes ps(x.M);
   int64_t b = b0;
   if (pairs)
     for (; b + 1 < b1; b += 2) {
@@ -505,8 +511,8 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
       p.G == 32 ? run_pair<32>(p, b, q8, x, rows1, yb, ldy) : run_pair<64>(p, b, q8, x, rows1, yb, ldy);
     }
   for (; b < b1; ++b)
-    for (int64_t i = 0, m0 = 0; i < passes; ++i) {
-      const int64_t mc = base + (i < extra ? 1 : 0);
+    for (int64_t i = 0, m0 = 0; i < ps.n; ++i) {
+      const int64_t mc = ps.rows(i);
       run(mc, p, w, b, b + 1, q8, x, m0, b + 1 == b1 ? rows_last : 16, y + m0 * ldy + (b - b0) * 16, ldy);
       m0 += mc;
     }
