@@ -500,7 +500,7 @@ void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, i
   // (pass by pass over all blocks, the head at 32 rows measured slower than the token lanes), in
   // balanced Passes. Each token's sums are its own: same bits.
   // From kPackedPairMinRows tokens two blocks at a time (run_pair; q4 without a K % 128 tail),
-  // 1.05-1.3x at 9-32 tokens in L2 or L3 (BM_PackedPairs), 0.6-0.95x at 1-4, where the stream
+  // 1.0-1.3x at 9-32 tokens in L2 or L3 (BM_PackedPairs), 0.6-0.95x at 1-4, where the stream
   // bounds the kernel and one block at a time streams faster.
   const Passes ps(x.M);
   int64_t b = b0;
