@@ -689,4 +689,40 @@ BENCHMARK(BM_PackedPairs)
     ->ArgsProduct({{1, 3}, {1, 2, 4, 6, 8, 9, 12, 16, 24, 32}, {256, 8192}})
     ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
+
+// AMX-INT8 tiles against the VNNI few-row kernel on the same copy (same bits), interleaved call by
+// call, medians of 31 each, one thread; AMX CPUs only (kPackedAmxMinRows is a guess until this has
+// run on one). args: format, M, N (as BM_PackedKernel). Counters: each path's GOPS, amx_speedup.
+void BM_PackedAmx(benchmark::State& state) {
+  if (!kernels::cpu_has_amx_int8()) {
+    state.SkipWithError("no AMX-INT8 on this CPU");
+    return;
+  }
+  const auto f = kFormats[static_cast<size_t>(state.range(0))];
+  const int64_t M = state.range(1), N = state.range(2), K = 2048;
+  PackedCase c(f, M, N, K);
+  kernels::detail::set_packed_amx_min_rows(1);
+  std::vector<double> ms[2];
+  for (auto _ : state)
+    for (int rep = 0; rep < 31; ++rep)
+      for (int amx = 0; amx < 2; ++amx) {
+        c.wo.amx = amx == 1;
+        const auto t0 = std::chrono::steady_clock::now();
+        c.run();
+        benchmark::DoNotOptimize(c.y.data());
+        ms[amx].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+  kernels::detail::set_packed_amx_min_rows(kernels::detail::kPackedAmxMinRows);
+  for (auto& v : ms) std::sort(v.begin(), v.end());
+  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9, vnni = ms[0][ms[0].size() / 2],
+               amx = ms[1][ms[1].size() / 2];
+  state.counters["vnni_GOPS"] = gop / (vnni * 1e-3);
+  state.counters["amx_GOPS"] = gop / (amx * 1e-3);
+  state.counters["amx_speedup"] = vnni / amx;
+  state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(M) + " N " + std::to_string(N));
+}
+BENCHMARK(BM_PackedAmx)
+    ->ArgsProduct({{0, 1, 3}, {1, 4, 8, 9, 16, 32, 64, 128}, {256, 8192}})
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
 }  // namespace

@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "ecdlm/bench/generate_bench.h"
 #include "ecdlm/bench/generate_plot.h"
+#include "ecdlm/kernels/quant.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/huge_pages.h"
 #include "ecdlm/util/log.h"
@@ -19,16 +20,19 @@ struct GenBenchArgs {
   bench::GenBenchParams p;
   bool json = false;
   std::string out_md, out_json, plot;
+  std::string quant_kernel = "auto";  // --bench-quant-kernel
 };
 
 int run(const GenBenchArgs& a) {
   const auto& p = a.p;
+  kernels::set_quant_kernel(kernels::parse_quant_kernel(a.quant_kernel, "--bench-quant-kernel"));
   const std::string policies = p.policies.empty() ? "all" : join(p.policies), kernels = join(p.kernels);
   LOG_INFO("bench generate: quick " << p.quick << ", brown model '" << p.brown_model << "', synthetic MoE layers "
                                     << p.synth_moe_layers << ", vocab " << p.synth_vocab << ", prompt " << p.prompt_len
                                     << ", gen " << p.gen_length << ", block " << p.block_length << ", reps " << p.reps
                                     << ", seed " << p.seed << ", policies " << policies << ", kernels "
-                                    << kernels << ", weights " << (p.quant.empty() ? "bf16" : join(p.quant)) << ", huge pages " << (huge_pages::enabled() ? "on" : "off")
+                                    << kernels << ", weights " << (p.quant.empty() ? "bf16" : join(p.quant)) << " (quantized kernel "
+                                    << kernels::quant_kernel_name(kernels::quant_kernel_backend()) << "), huge pages " << (huge_pages::enabled() ? "on" : "off")
                                     << " (THP " << huge_pages::thp_mode() << ")");
   auto rows = bench::run_generate_bench(p);
   const auto md = bench::to_markdown(rows, p);
@@ -92,6 +96,11 @@ void register_bench_generate(CLI::App* bench) {
           if (f == ok && !(f == "bf16" && f != v)) return std::string();
         return "unknown format '" + v + "': use bf16, q8, q4, q4s, q8_g64, q4_g64, ... optionally with +head and then +rows or +repack";
       });
+  sub->add_option("--bench-quant-kernel", a->quant_kernel,
+                  "The quantized variants' kernel, as the readers' --quant-kernel: auto, amx (AMX-INT8 tiles from "
+                  "9 token rows), vnni, avx2, bf16 or torch")
+      ->check(CLI::IsMember({"auto", "amx", "vnni", "avx2", "bf16", "torch"}))
+      ->capture_default_str();
   sub->add_option("--bench-block-length", a->p.block_length, "Block length (= the coreset chunk)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--bench-reps", a->p.reps, "Repetitions (variants interleaved; medians)")

@@ -67,10 +67,11 @@ void RoutingFlags::add_to(CLI::App* sub) {
       ->capture_default_str();
   sub->add_option("--quant-kernel", quant_kernel,
                   "Quantized checkpoints (convert --quantize): products of up to 64 token rows on auto (best this "
-                  "CPU has), vnni (AVX512-VNNI int8), avx2 (AVX2 int8), bf16 (dequantized tiles, AVX512-BF16) or "
+                  "CPU has), amx (vnni, with products of 9+ token rows on AMX-INT8 tiles; same results), vnni "
+                  "(AVX512-VNNI int8), avx2 (AVX2 int8), bf16 (dequantized tiles, AVX512-BF16) or "
                   "torch (dequantize + torch's GEMM, every row count). torch is not batch-invariant: a served "
                   "row's tokens may depend on its batch")
-      ->check(CLI::IsMember({"auto", "vnni", "avx2", "bf16", "torch"}))
+      ->check(CLI::IsMember({"auto", "amx", "vnni", "avx2", "bf16", "torch"}))
       ->capture_default_str();
   sub->add_option("--quant-repack", quant_repack,
                   "Quantized checkpoints on AVX512-VNNI: run the quantized products on copies of the weights "
@@ -210,7 +211,7 @@ void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
   const int64_t bytes = quantized_bytes(model);
   if (bytes == 0) return;
   const auto backend = kernels::quant_kernel_backend();
-  const bool vnni = backend == kernels::QuantKernel::kVnni;
+  const bool vnni = kernels::is_vnni(backend);
   const int64_t avail = prof::available_memory_bytes();
   const auto size = [](int64_t b) { return size_str(static_cast<double>(b)); };
   if (f.quant_repack == "on" && !vnni)

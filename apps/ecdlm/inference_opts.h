@@ -25,7 +25,7 @@ struct RoutingFlags {
   double ec_k_min = 0, ec_k_max = 0;
   std::string dtype;                  // --dtype: f32 | bf16; "" = the checkpoint's stored dtype
   std::string kernel = "auto";        // --kernel: auto | amx | avx512 | torch (kernels/small_m.h)
-  std::string quant_kernel = "auto";  // --quant-kernel: auto | vnni | avx2 | bf16 | torch (kernels/quant.h)
+  std::string quant_kernel = "auto";  // --quant-kernel: auto | amx | vnni | avx2 | bf16 | torch (kernels/quant.h)
   std::string quant_repack = "auto";  // --quant-repack: auto | on | off (kernels/quant_repack.h)
   std::string mmap = "auto";          // --mmap: auto | on | off (LoadOptions::copy_weights)
 

@@ -115,6 +115,18 @@ expect_rc 2 "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --qu
   --out "$TMP/x.safetensors"
 grep -q "quant-repack: repacked weights run on the AVX512-VNNI kernel" "$TMP/err.txt" || fail "repack refusal message"
 
+# --quant-kernel amx: vnni's results on AMX-INT8 tiles where the CPU has them, else refused (exit 2).
+if grep -qw amx_int8 /proc/cpuinfo; then
+  for k in vnni amx; do
+    "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" --quant-kernel $k --quant-repack on \
+      --out "$TMP/k_$k.safetensors" 2> "$TMP/err.txt" || { cat "$TMP/err.txt"; fail "logits q8 --quant-kernel $k"; }
+  done
+  cmp -s "$TMP/k_vnni.safetensors" "$TMP/k_amx.safetensors" || fail "--quant-kernel amx logits differ from vnni's"
+else
+  expect_fail "this CPU has no AMX-INT8" "$ECDLM" logits -m "$TMP/q8" --input "$TINY/golden.safetensors" \
+    --quant-kernel amx --out "$TMP/x.safetensors"
+fi
+
 # --- generate: KV cache + block routing on q4 --------------------------------------------------------------
 "$ECDLM" generate -m "$TMP/q4" --prompt-ids 5,17,42,7 -n 32 --diffusion-block-length 32 --diffusion-steps 8 \
   --moe-routing block --block-top-p 0.6 --eos-id 298 --mask-id 299 --json > "$TMP/gen.json" 2> "$TMP/err.txt" \

@@ -1,7 +1,8 @@
 // A served row's quantized products must not depend on its batch (continuous batching, issue 17):
 // inside the decoders' scope (kernels::F32TilesScope) a token row computed alone equals the same
 // row inside 3-300 rows, bit for bit, on every int8 path the CPU has (the vnni kernels on the
-// output-lane copies and on the row layout, the AVX2 fallback) and on the dequantized bf16 tiles
+// output-lane copies and on the row layout, the AMX-INT8 tiles on the copies (emulated where the
+// CPU has no AMX), the AVX2 fallback) and on the dequantized bf16 tiles
 // (--quant-kernel bf16), in every format, with and without a q4 K % 128 tail, for quant_linear and
 // the fused SwiGLU experts. (--quant-kernel torch is not: torch's GEMM blocks by the row count.)
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
+#include "ecdlm/kernels/quant_backend.h"
 #include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/kernels/small_m.h"
 #include "quant_test_util.h"
@@ -34,6 +36,10 @@ class QuantRowExact : public ::testing::TestWithParam<Path> {
     if (p.kernel == QuantKernel::kVnni && !kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
     if (p.kernel == QuantKernel::kAvx2 && !kernels::cpu_has_avx2()) GTEST_SKIP() << "no AVX2";
     if (p.kernel == QuantKernel::kBf16 && !kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "no AVX512-BF16";
+    if (p.kernel == QuantKernel::kAmx) {
+      if (!kernels::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512-VNNI";
+      kernels::detail::set_amx_int8_emulated(!kernels::cpu_has_amx_int8());
+    }
     prev_ = kernels::quant_kernel_choice();
     kernels::set_quant_kernel(p.kernel);
     kernels::set_quant_repack(p.repack);
@@ -41,6 +47,7 @@ class QuantRowExact : public ::testing::TestWithParam<Path> {
   void TearDown() override {
     kernels::set_quant_kernel(prev_);
     kernels::set_quant_repack(false);
+    kernels::detail::set_amx_int8_emulated(false);
   }
   QuantKernel prev_ = QuantKernel::kAuto;
 };
@@ -84,6 +91,7 @@ TEST_P(QuantRowExact, FusedExpertsRowAloneEqualsTheRowInABatch) {
 
 INSTANTIATE_TEST_SUITE_P(Paths, QuantRowExact,
                          ::testing::Values(Path{"vnni_copies", QuantKernel::kVnni, true},
+                                           Path{"amx_copies", QuantKernel::kAmx, true},
                                            Path{"vnni_rows", QuantKernel::kVnni, false},
                                            Path{"avx2", QuantKernel::kAvx2, false},
                                            Path{"bf16", QuantKernel::kBf16, false}),

@@ -298,7 +298,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       const auto rows = q.find("+rows"), rp = q.find("+repack");
       const auto cut = std::min(rows, rp);
       mq.repack = rp != std::string::npos ||
-                  (rows == std::string::npos && kernels::quant_kernel_backend() == kernels::QuantKernel::kVnni);
+                  (rows == std::string::npos && kernels::is_vnni(kernels::quant_kernel_backend()));
       const auto qh = q.substr(0, cut);
       const auto plus = qh.find("+head");
       qp.lm_head = plus != std::string::npos;

@@ -63,5 +63,6 @@ void amx_rows(const uint16_t* xp, int64_t M, int64_t K, int64_t R, const uint16_
 
 // CPU and OS support, probed once.
 bool cpu_amx_bf16();  // CPUID AMX-TILE + AMX-BF16, and the OS granted this process tile data
+bool cpu_amx_int8();  // CPUID AMX-TILE + AMX-INT8, the same
 
 }  // namespace ecdlm::kernels::detail

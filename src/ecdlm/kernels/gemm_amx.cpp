@@ -13,19 +13,13 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ecdlm/kernels/amx_tiles.h"
 #include "ecdlm/kernels/backend.h"
 
 namespace ecdlm::kernels::detail {
 namespace {
 
 #define ECDLM_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 TileConfig make_config() {
   TileConfig c;
@@ -37,19 +31,6 @@ TileConfig make_config() {
 }
 
 const TileConfig kConfig = make_config();
-
-bool probe_amx() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool amx_bf16 = (d >> 22) & 1U, amx_tile = (d >> 24) & 1U;
-  if (!amx_bf16 || !amx_tile) return false;
-  // Linux (5.16+) hands out tile data per process on request (arch_prctl ARCH_REQ_XCOMP_PERM).
-  constexpr int kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
-  unsigned long perm = 0;
-  if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &perm) != 0) return false;
-  return (perm >> kXfeatureXtiledata) & 1UL;
-}
 
 // C[0..3] += A-slices x B-groups over all K chunks, then C -> y (transposed: C rows are weight
 // rows, its columns tokens). R2: two 16-row weight slices; G2: two 16-token groups.
@@ -96,8 +77,25 @@ ECDLM_AMX_TARGET void tile_block(const uint16_t* w, int64_t K, const uint16_t* x
 
 }  // namespace
 
+bool amx_usable(int feature_bit) {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!((d >> kCpuidAmxTile) & 1U) || !((d >> feature_bit) & 1U)) return false;
+  // Linux (5.16+) hands out tile data per process on request (arch_prctl ARCH_REQ_XCOMP_PERM).
+  constexpr int kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+  unsigned long perm = 0;
+  if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &perm) != 0) return false;
+  return (perm >> kXfeatureXtiledata) & 1UL;
+}
+
 bool cpu_amx_bf16() {
-  static const bool has = probe_amx();
+  static const bool has = amx_usable(kCpuidAmxBf16);
+  return has;
+}
+
+bool cpu_amx_int8() {
+  static const bool has = amx_usable(kCpuidAmxInt8);
   return has;
 }
 

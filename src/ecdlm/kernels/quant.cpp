@@ -50,6 +50,7 @@ bool probe_avx2() {
 
 QuantKernel resolve(QuantKernel c) {
   if (c != QuantKernel::kAuto) return c;  // kBf16 forced: every M
+  if (cpu_has_amx_int8()) return QuantKernel::kAmx;
   if (cpu_has_avx512_vnni()) return QuantKernel::kVnni;
   return cpu_has_avx2() ? QuantKernel::kAvx2 : QuantKernel::kTorch;
 }
@@ -57,6 +58,8 @@ QuantKernel resolve(QuantKernel c) {
 void check_available(QuantKernel k, const std::string& flag) {
   if (k == QuantKernel::kVnni && !cpu_has_avx512_vnni())
     fail("", flag, "this CPU has no AVX512-VNNI", "use auto, avx2 or torch");
+  if (k == QuantKernel::kAmx && !cpu_has_amx_int8() && !(detail::amx_int8_emulated() && cpu_has_avx512_vnni()))
+    fail("", flag, "this CPU has no AMX-INT8 (or the OS did not grant tile data)", "use auto or vnni");
   if (k == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", flag, "this CPU has no AVX2/FMA/F16C", "use auto or torch");
   if (k == QuantKernel::kBf16 && !cpu_has_avx512_bf16()) fail("", flag, "this CPU has no AVX512-BF16", "use auto or torch");
 }
@@ -102,16 +105,19 @@ torch::Tensor run_int8(const torch::Tensor& x_MK, const io::QuantWeight& w, Quan
   const auto wo = detail::weight_operand(w);
   float* y = y_MN.data_ptr<float>();
   const int64_t units = (N + kUnitRows - 1) / kUnitRows;
-  const bool vnni = k == QuantKernel::kVnni;
+  const bool vnni = is_vnni(k);
   // On vnni with repacking on, the output-lane copy (quant_repack.cpp): the few-row kernel's
-  // operand, and read in place by the token-lane kernel (no per-call panel copy).
+  // operand, and read in place by the token-lane kernel (no per-call panel copy) or, on amx, by
+  // the tiles at every row count from kPackedAmxMinRows.
   auto wo_rows = wo;
   std::shared_ptr<const detail::Packed> pk;
   if (vnni && quant_repack()) {
     pk = detail::packed(w);
     wo_rows.packed = pk.get();
+    wo_rows.amx = k == QuantKernel::kAmx && detail::amx_packed_applies(*pk, wo);
   }
-  if (vnni && M >= detail::lane_min_rows(wo_rows.packed != nullptr) && (wo_rows.packed || detail::row_layout_lanes())) {
+  if (vnni && !wo_rows.amx && M >= detail::lane_min_rows(wo_rows.packed != nullptr) &&
+      (wo_rows.packed || detail::row_layout_lanes())) {
     // many rows: 16 tokens per vector (quant_lanes.cpp)
     thread_local detail::QxLaneScratch lane_buf;
     // Chunks of 128 tokens (a prefill's rows): wider lanes leave L1 (a K block's lanes 4 KB per
@@ -286,10 +292,11 @@ QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag)
   QuantKernel k;
   if (name == "auto") k = QuantKernel::kAuto;
   else if (name == "vnni") k = QuantKernel::kVnni;
+  else if (name == "amx") k = QuantKernel::kAmx;
   else if (name == "avx2") k = QuantKernel::kAvx2;
   else if (name == "torch") k = QuantKernel::kTorch;
   else if (name == "bf16") k = QuantKernel::kBf16;
-  else fail("", flag, "unknown quantized kernel '" + name + "'", "use auto, vnni, avx2, bf16 or torch");
+  else fail("", flag, "unknown quantized kernel '" + name + "'", "use auto, amx, vnni, avx2, bf16 or torch");
   check_available(k, flag);
   return k;
 }
@@ -301,6 +308,7 @@ const char* quant_kernel_name(QuantKernel k) {
     case QuantKernel::kAvx2: return "avx2";
     case QuantKernel::kTorch: return "torch";
     case QuantKernel::kBf16: return "bf16";
+    case QuantKernel::kAmx: return "amx";
   }
   return "?";
 }
@@ -311,6 +319,11 @@ QuantKernel quant_kernel_backend() { return resolve(g_choice); }
 
 bool cpu_has_avx512_vnni() {
   static const bool has = probe_vnni();
+  return has;
+}
+
+bool cpu_has_amx_int8() {
+  static const bool has = cpu_has_avx512_vnni() && detail::cpu_amx_int8();
   return has;
 }
 

@@ -19,8 +19,11 @@
 //   torch   dequantize 64-row tiles to bf16 and multiply with torch's GEMM: the reference-grade
 //           path (x exact), and the many-row (prefill) path whatever the choice, except on
 //           repacked weights (quant_repack.h), where vnni's token-lane kernel takes every M.
-// AMX-INT8 is not written: no CPU here has it to test on.
-// `auto` picks vnni, else avx2, else torch, up to quant_max_rows() token rows (more rows take
+//   amx     vnni, with the products of kPackedAmxMinRows (9) or more token rows on the repacked
+//           copies run on AMX-INT8 tiles (quant_amx.cpp): one tdpbsud per 16 tokens x 16 weight
+//           rows x group, the copy read in place as the B operand; the same bits as vnni.
+// `auto` picks amx on a CPU with AMX-INT8, else vnni, else avx2, else torch, up to
+// quant_max_rows() token rows (more rows take
 // torch, or the token-lane kernel on repacked weights); bf16 runs only when chosen (every M).
 #pragma once
 #include <torch/torch.h>
@@ -33,15 +36,18 @@
 
 namespace ecdlm::kernels {
 
-enum class QuantKernel { kAuto, kVnni, kAvx2, kTorch, kBf16 };
+enum class QuantKernel { kAuto, kVnni, kAvx2, kTorch, kBf16, kAmx };
+// The VNNI kernels run (kAmx is vnni with AMX-INT8 tiles for its many-row products).
+inline bool is_vnni(QuantKernel k) { return k == QuantKernel::kVnni || k == QuantKernel::kAmx; }
 
-// --quant-kernel NAME (auto | vnni | avx2 | bf16 | torch). A forced path this CPU lacks is a UserError.
+// --quant-kernel NAME (auto | amx | vnni | avx2 | bf16 | torch). A forced path this CPU lacks is a UserError.
 QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag);
 const char* quant_kernel_name(QuantKernel k);
 void set_quant_kernel(QuantKernel k);  // process-wide choice, default kAuto
 QuantKernel quant_kernel_choice();
-QuantKernel quant_kernel_backend();  // the choice resolved on this CPU (kVnni, kAvx2 or kTorch)
+QuantKernel quant_kernel_backend();  // the choice resolved on this CPU (kAmx, kVnni, kAvx2 or kTorch)
 bool cpu_has_avx512_vnni();          // AVX512F, BW, VL and VNNI
+bool cpu_has_amx_int8();             // AMX-TILE + AMX-INT8 with tile data granted (and VNNI)
 bool cpu_has_avx2();                 // AVX2, FMA and F16C
 // Token rows up to which the int8 kernels run (0 for torch).
 int64_t quant_max_rows();

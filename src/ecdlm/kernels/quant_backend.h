@@ -29,8 +29,8 @@ constexpr int64_t kInt8MaxRows = 64;
 //    take the rows beyond 64 with x unquantized.
 // Either way a row's result then does not depend on how many rows share the call.
 inline bool int8_any_rows(QuantKernel backend) {
-  return (backend == QuantKernel::kVnni && quant_repack()) ||
-         ((backend == QuantKernel::kVnni || backend == QuantKernel::kAvx2) && f32_tiles_active());
+  return (is_vnni(backend) && quant_repack()) ||
+         ((is_vnni(backend) || backend == QuantKernel::kAvx2) && f32_tiles_active());
 }
 // Whether vnni may run the token-lane kernel (16+ rows) on a weight's row layout (copied into a
 // panel per call): not inside the decoders' scope, where its group-wise sums would differ from the
@@ -105,6 +105,7 @@ struct QwOperand {
   const uint16_t* d = nullptr;
   const uint16_t* m = nullptr;  // q4 only
   const Packed* packed = nullptr;  // the output-lane copy, when the driver took one (vnni)
+  bool amx = false;                // the copy's products may run on AMX-INT8 tiles (amx_packed_rows)
 };
 
 QwOperand weight_operand(const io::QuantWeight& w);
@@ -200,6 +201,29 @@ void vnni_lane_rows_packed(const QxLanes& x, const Packed& p, const QwOperand& w
 // vnni_lane_rows_packed (same group sums, same f32 steps in the same order, q4's tail included).
 void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                       int64_t ldy);
+
+// --- AMX-INT8 (quant_amx.cpp) ---------------------------------------------------------------
+// The packed copy is tdpbsud's B operand as it lies: a 16-row block's slots s .. s + G / 4 - 1 are
+// one [G / 4, 64-byte] tile (row = 4 inputs, dword j = output row j's 4 codes), the token rows'
+// codes the A tile ([16 tokens, G bytes], read in place), and one tile product gives 16 tokens x 16
+// rows of a group's int32 sums. The epilogue is vnni_packed_rows': the same int32 sums (+ the
+// group bias) and the same f32 steps per (row, token) in the same order, so the same bits.
+// Whether amx_packed_rows takes p (q8, or q4 without a K % 128 tail).
+bool amx_packed_applies(const Packed& p, const QwOperand& w);
+// vnni_packed_rows on AMX-INT8 tiles (real ones, or emulated where set_amx_int8_emulated is on).
+void amx_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
+                     int64_t ldy);
+// Token rows from which vnni_packed_rows hands a w.amx product to the tiles, and the limit now (a
+// test or benchmark may move it; same bits). Not measured on an AMX CPU (none to run on so far):
+// 9 is where the VNNI kernel stops being bound by the weight stream (kPackedPairMinRows).
+constexpr int64_t kPackedAmxMinRows = 9;
+int64_t packed_amx_min_rows();
+void set_packed_amx_min_rows(int64_t rows);
+// Tests: run the AMX-INT8 kernel on scalar tiles that follow the instructions' definitions (tile
+// shapes from the loaded configuration, tdpbsud's signed x unsigned dword sums), so its layout
+// logic runs on CPUs without AMX; --quant-kernel amx is then accepted anywhere.
+void set_amx_int8_emulated(bool on);
+bool amx_int8_emulated();
 
 // Row n of w dequantized to bf16 (AVX512-BF16): out[k] = bf16((code - z) · d + m), the values
 // io::dequantize_rows gives, rounded to nearest-even.

@@ -85,7 +85,9 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   check_experts(x_PD, counts, ex);
   if (out != torch::kFloat32 && out != torch::kBFloat16) fail("", "quant_moe", "out must be f32 or bf16");
   const auto backend = k == QuantKernel::kAuto ? quant_kernel_backend() : k;
-  if (backend == QuantKernel::kVnni && !cpu_has_avx512_vnni()) fail("", "quant_moe", "this CPU has no AVX512-VNNI");
+  if (is_vnni(backend) && !cpu_has_avx512_vnni()) fail("", "quant_moe", "this CPU has no AVX512-VNNI");
+  if (backend == QuantKernel::kAmx && !cpu_has_amx_int8() && !detail::amx_int8_emulated())
+    fail("", "quant_moe", "this CPU has no AMX-INT8", "use auto or vnni");
   if (backend == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", "quant_moe", "this CPU has no AVX2/FMA/F16C");
   const int64_t P = x_PD.size(0), D = x_PD.size(1);
   const int64_t max_m = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
@@ -97,7 +99,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
       (max_m > detail::kInt8MaxRows && !detail::int8_any_rows(backend)))
     return moe_by_expert(x_PD, counts, ex, out, k);
 
-  const bool vnni = backend == QuantKernel::kVnni;
+  const bool vnni = is_vnni(backend);
   const auto gf = ex.gate[0]->format, df = ex.down[0]->format;
   const int64_t F = ex.gate[0]->N;
   // Non-empty experts and their first rows.
@@ -123,6 +125,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
       for (auto [op, w] : {std::pair{&gw.back(), ex.gate[i]}, {&uw.back(), ex.up[i]}, {&dw.back(), ex.down[i]}}) {
         held.push_back(detail::packed(*w));
         op->packed = held.back().get();
+        op->amx = backend == QuantKernel::kAmx && detail::amx_packed_applies(*op->packed, *op);
       }
     }
   }
@@ -139,11 +142,14 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   const auto silu_mul = vnni ? detail::avx512_silu_mul : detail::silu_mul_scalar;
   const auto round_bf16 = vnni ? detail::avx512_round_bf16_f : detail::round_bf16_scalar;
   // Experts with many rows (a dense MLP or shared expert at a 32-token block) take the token-lane
-  // kernel (quant_lanes.cpp): x's and h's rows in 16-token lanes, built once per expert.
+  // kernel (quant_lanes.cpp): x's and h's rows in 16-token lanes, built once per expert. Not on
+  // AMX tiles, which take every row count.
   std::vector<int64_t> wide;
   if (vnni && (repack || detail::row_layout_lanes()))
     for (int64_t e = 0; e < n; ++e)
-      if (counts[ids[size_t(e)]] >= detail::lane_min_rows(repack)) wide.push_back(e);
+      if (counts[ids[size_t(e)]] >= detail::lane_min_rows(repack) &&
+          !(gw[size_t(e)].amx && uw[size_t(e)].amx && dw[size_t(e)].amx))
+        wide.push_back(e);
   std::vector<detail::QxLaneScratch> lane_buf(wide.size() * 2);
   std::vector<detail::QxLanes> xl(static_cast<size_t>(n)), hl(static_cast<size_t>(n));  // TB == 0: none
   const auto n_wide = static_cast<int64_t>(wide.size());

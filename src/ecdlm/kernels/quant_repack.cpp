@@ -489,6 +489,7 @@ bool has_packed(const io::QuantWeight& w) {
 
 void vnni_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                       int64_t ldy) {
+  if (w.amx && x.M >= packed_amx_min_rows()) return amx_packed_rows(x, p, w, n0, n1, y, ldy);  // same bits
   const bool q8 = w.kind == io::QuantKind::kQ8;
   const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;  // n0 % 16 == 0
   const int rows_last = static_cast<int>(n1 - (b1 - 1) * 16);

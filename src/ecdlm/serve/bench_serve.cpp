@@ -240,7 +240,7 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
       qp.format = w;
       const int64_t n = quantize_model(*L.model, qp);
       weights = io::quant_format_name(quantize_format(qp));
-      if (kernels::quant_kernel_backend() == kernels::QuantKernel::kVnni) {
+      if (kernels::is_vnni(kernels::quant_kernel_backend())) {
         kernels::set_quant_repack(true);
         prepack_quantized(*L.model);
       }
