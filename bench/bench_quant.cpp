@@ -8,7 +8,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -641,6 +643,23 @@ struct PackedCase {
   void run() { kernels::detail::vnni_packed_rows(x, *pk, wo, 0, w.N, y.data(), w.N); }
 };
 
+// Two variants of c's product (use(v) switches to variant v) interleaved call by call, so the
+// machine's drift hits both alike: medians of 31 calls each, in ms.
+std::array<double, 2> interleaved_medians(benchmark::State& state, PackedCase& c, const std::function<void(int)>& use) {
+  std::vector<double> ms[2];
+  for (auto _ : state)
+    for (int rep = 0; rep < 31; ++rep)
+      for (int v = 0; v < 2; ++v) {
+        use(v);
+        const auto t0 = std::chrono::steady_clock::now();
+        c.run();
+        benchmark::DoNotOptimize(c.y.data());
+        ms[v].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+  for (auto& v : ms) std::sort(v.begin(), v.end());
+  return {ms[0][ms[0].size() / 2], ms[1][ms[1].size() / 2]};
+}
+
 // The few-row kernel alone (kernels::detail::vnni_packed_rows on a packed copy, one thread): no
 // activation quantization, no dispatch, no output conversion. args: format, M, weight rows N (16:
 // one 16-row block, in L1; 256: in L2; 8192: in L3, q8 16 MB / q4_g64 9 MB of the 32 MB here).
@@ -666,20 +685,11 @@ void BM_PackedPairs(benchmark::State& state) {
   const auto f = kFormats[static_cast<size_t>(state.range(0))];
   const int64_t M = state.range(1), N = state.range(2), K = 2048;
   PackedCase c(f, M, N, K);
-  std::vector<double> ms[2];
-  for (auto _ : state)
-    for (int rep = 0; rep < 31; ++rep)
-      for (int pairs = 0; pairs < 2; ++pairs) {
-        kernels::detail::set_packed_pair_min_rows(pairs ? 1 : int64_t{1} << 40);
-        const auto t0 = std::chrono::steady_clock::now();
-        c.run();
-        benchmark::DoNotOptimize(c.y.data());
-        ms[pairs].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
+  const auto [single, paired] = interleaved_medians(state, c, [](int pairs) {
+    kernels::detail::set_packed_pair_min_rows(pairs ? 1 : int64_t{1} << 40);
+  });
   kernels::detail::set_packed_pair_min_rows(kernels::detail::kPackedPairMinRows);
-  for (auto& v : ms) std::sort(v.begin(), v.end());
-  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9, single = ms[0][ms[0].size() / 2],
-               paired = ms[1][ms[1].size() / 2];
+  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9;
   state.counters["single_GOPS"] = gop / (single * 1e-3);
   state.counters["pairs_GOPS"] = gop / (paired * 1e-3);
   state.counters["pair_speedup"] = single / paired;
@@ -702,20 +712,9 @@ void BM_PackedAmx(benchmark::State& state) {
   const int64_t M = state.range(1), N = state.range(2), K = 2048;
   PackedCase c(f, M, N, K);
   kernels::detail::set_packed_amx_min_rows(1);
-  std::vector<double> ms[2];
-  for (auto _ : state)
-    for (int rep = 0; rep < 31; ++rep)
-      for (int amx = 0; amx < 2; ++amx) {
-        c.wo.amx = amx == 1;
-        const auto t0 = std::chrono::steady_clock::now();
-        c.run();
-        benchmark::DoNotOptimize(c.y.data());
-        ms[amx].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
+  const auto [vnni, amx] = interleaved_medians(state, c, [&c](int tiles) { c.wo.amx = tiles == 1; });
   kernels::detail::set_packed_amx_min_rows(kernels::detail::kPackedAmxMinRows);
-  for (auto& v : ms) std::sort(v.begin(), v.end());
-  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9, vnni = ms[0][ms[0].size() / 2],
-               amx = ms[1][ms[1].size() / 2];
+  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9;
   state.counters["vnni_GOPS"] = gop / (vnni * 1e-3);
   state.counters["amx_GOPS"] = gop / (amx * 1e-3);
   state.counters["amx_speedup"] = vnni / amx;

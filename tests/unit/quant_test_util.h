@@ -16,6 +16,15 @@ inline const std::vector<io::QuantFormat> kQuantFormats = {
     {io::QuantKind::kQ8, 32}, {io::QuantKind::kQ8, 64},    {io::QuantKind::kQ4, 32},
     {io::QuantKind::kQ4, 64}, {io::QuantKind::kQ4Sym, 32}, {io::QuantKind::kQ4Sym, 64}};
 
+// N x K weights ~ N(0, 0.05²) with an all-zero group (row 0, inputs 32-63) and an extreme value (4.0,
+// the last row's last input).
+inline torch::Tensor awkward_weight(int64_t N, int64_t K) {
+  auto w = torch::randn({N, K}) * 0.05;
+  if (K >= 64) w.index_put_({0, torch::indexing::Slice(32, 64)}, 0.0F);
+  w.index_put_({N - 1, K - 1}, 4.0F);
+  return w;
+}
+
 // Fixture base for tests of the vnni kernels: skipped on a CPU without AVX512-VNNI.
 class NeedsVnni : public ::testing::Test {
  protected:

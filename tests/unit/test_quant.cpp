@@ -23,6 +23,7 @@ namespace {
 using io::QuantFormat;
 using io::QuantKind;
 using kernels::QuantKernel;
+using test::awkward_weight;
 
 const std::vector<QuantFormat>& kFormats = test::kQuantFormats;
 
@@ -182,13 +183,7 @@ class QuantKernelTest : public ::testing::TestWithParam<QuantKernel> {
   }
 };
 
-// Weights with all-zero groups and an extreme value, x with a zero row and an outlier.
-torch::Tensor awkward_weight(int64_t N, int64_t K) {
-  auto w = torch::randn({N, K}) * 0.05;
-  if (K >= 64) w.index_put_({0, torch::indexing::Slice(32, 64)}, 0.0F);
-  w.index_put_({N - 1, K - 1}, 4.0F);
-  return w;
-}
+// x with a zero row and an outlier (weights: test::awkward_weight).
 
 torch::Tensor awkward_x(int64_t M, int64_t K) {
   auto x = torch::randn({M, K});

@@ -22,6 +22,7 @@ namespace {
 
 using kernels::QuantKernel;
 namespace kd = kernels::detail;
+using test::awkward_weight;
 
 class QuantAmxInt8 : public ::testing::TestWithParam<bool> {  // param: emulated tiles
  protected:
@@ -36,13 +37,6 @@ class QuantAmxInt8 : public ::testing::TestWithParam<bool> {  // param: emulated
     kernels::set_quant_repack(false);
   }
 };
-
-torch::Tensor awkward_weight(int64_t N, int64_t K) {
-  auto w = torch::randn({N, K}) * 0.05;
-  if (K >= 64) w.index_put_({0, torch::indexing::Slice(32, 64)}, 0.0F);  // an all-zero group
-  w.index_put_({N - 1, K - 1}, 4.0F);
-  return w;
-}
 
 TEST_P(QuantAmxInt8, SameBitsAsTheVnniKernel) {
   torch::manual_seed(51);
@@ -103,6 +97,9 @@ TEST_P(QuantAmxInt8, DriversGiveTheVnniBits) {
           << io::quant_format_name(f) << " out " << out;
   }
 }
+
+// The start-up self-check (cpu_has_amx_int8 runs it on the hardware) passes on these tiles.
+TEST_P(QuantAmxInt8, SelfCheckAgrees) { EXPECT_TRUE(kd::amx_int8_self_check()); }
 
 INSTANTIATE_TEST_SUITE_P(Tiles, QuantAmxInt8, ::testing::Values(true, false),
                          [](const auto& info) { return std::string(info.param ? "emulated" : "hardware"); });

@@ -23,19 +23,13 @@ using io::QuantFormat;
 using io::QuantKind;
 using kernels::QuantKernel;
 namespace kd = kernels::detail;
+using test::awkward_weight;
 
 const std::vector<QuantFormat>& kFormats = test::kQuantFormats;
 
 using test::RepackOn;
 
 class QuantLanesPacked : public test::NeedsVnni {};
-
-torch::Tensor awkward_weight(int64_t N, int64_t K) {
-  auto w = torch::randn({N, K}) * 0.05;
-  if (K >= 64) w.index_put_({0, torch::indexing::Slice(32, 64)}, 0.0F);  // an all-zero group
-  w.index_put_({N - 1, K - 1}, 4.0F);
-  return w;
-}
 
 // Direct calls: the same lanes through the panel kernel and the packed one, over row ranges that
 // start inside a 16-row block and end in a partial one.

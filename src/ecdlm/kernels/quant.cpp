@@ -16,6 +16,7 @@
 #include "ecdlm/kernels/quant_backend.h"
 #include "ecdlm/kernels/small_m.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/log.h"
 
 namespace ecdlm::kernels {
 namespace {
@@ -323,7 +324,15 @@ bool cpu_has_avx512_vnni() {
 }
 
 bool cpu_has_amx_int8() {
-  static const bool has = cpu_has_avx512_vnni() && detail::cpu_amx_int8();
+  static const bool has = [] {
+    if (!cpu_has_avx512_vnni() || !detail::cpu_amx_int8()) return false;
+    const bool was = detail::amx_int8_emulated();
+    detail::set_amx_int8_emulated(false);
+    const bool agrees = detail::amx_int8_self_check();
+    detail::set_amx_int8_emulated(was);
+    if (!agrees) LOG_WARN("AMX-INT8: the tiles disagreed with the VNNI kernel on a self-check; using vnni");
+    return agrees;
+  }();
   return has;
 }
 

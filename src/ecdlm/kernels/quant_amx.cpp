@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "ecdlm/kernels/amx_tiles.h"
@@ -252,6 +253,51 @@ int64_t packed_amx_min_rows() { return g_amx_min_rows.load(std::memory_order_rel
 void set_packed_amx_min_rows(int64_t rows) { g_amx_min_rows = rows; }
 void set_amx_int8_emulated(bool on) { g_emulated = on; }
 bool amx_int8_emulated() { return g_emulated.load(std::memory_order_relaxed); }
+
+bool amx_int8_self_check() {
+  std::mt19937 rng(7);
+  const auto byte = [&] { return static_cast<uint8_t>(rng() & 0xFF); };
+  for (const bool q8 : {true, false}) {  // q8 G 64: B read in place; q4 G 32: unpacked, half-height B
+    const int64_t G = q8 ? 64 : 32, K = 256, M = 17, N = 32, KG = K / G;  // M 17: a partial chunk
+    Packed p;
+    p.NB = N / 16;
+    p.K = K;
+    p.G = G;
+    p.slots = q8 ? K / 4 : K / 8;
+    p.q.resize(static_cast<size_t>(p.NB * p.slots * 64));
+    for (auto& b : p.q) b = byte();
+    p.d.resize(static_cast<size_t>(p.NB * KG * 16));
+    for (auto& h : p.d) h = static_cast<uint16_t>(0x3C00 | (rng() & 0x3FF));  // f16 in [1, 2)
+    if (!q8) p.m.assign(p.d.size(), 0xB800);                                   // -0.5
+    std::vector<int8_t> xq(static_cast<size_t>(M * K));
+    for (auto& c : xq) c = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    std::vector<float> xd(static_cast<size_t>(M * KG)), xc(xd.size());
+    std::vector<int32_t> xgb(xd.size());
+    for (size_t i = 0; i < xd.size(); ++i) {
+      xd[i] = 1.0F / static_cast<float>(1 + rng() % 97);
+      xc[i] = static_cast<float>(static_cast<int>(rng() % 2001) - 1000) * 1e-3F;
+      xgb[i] = static_cast<int32_t>(rng() % 20001) - 10000;
+    }
+    QxOperand x;
+    x.M = M;
+    x.K = K;
+    x.G = G;
+    x.q = xq.data();
+    x.d = xd.data();
+    x.c = xc.data();
+    x.gb = xgb.data();
+    QwOperand w;
+    w.kind = q8 ? io::QuantKind::kQ8 : io::QuantKind::kQ4;
+    w.K = K;
+    w.G = G;
+    w.packed = &p;
+    std::vector<float> ref(static_cast<size_t>(M * N)), got(ref.size(), -1.0F);
+    vnni_packed_rows(x, p, w, 0, N, ref.data(), N);
+    amx_packed_rows(x, p, w, 0, N, got.data(), N);
+    if (std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) != 0) return false;
+  }
+  return true;
+}
 
 bool amx_packed_applies(const Packed& p, const QwOperand& w) {
   return (w.kind == io::QuantKind::kQ8 || p.slots / 16 * 128 == p.K) && (p.G == 32 || p.G == 64);

@@ -224,6 +224,11 @@ void set_packed_amx_min_rows(int64_t rows);
 // logic runs on CPUs without AMX; --quant-kernel amx is then accepted anywhere.
 void set_amx_int8_emulated(bool on);
 bool amx_int8_emulated();
+// The tiles (emulated where set) against the VNNI kernel on a fixed random case of each tile
+// shape (q8 G 64, q4 G 32; 17 tokens): true when every bit agrees. cpu_has_amx_int8() runs it
+// once on the hardware and keeps to vnni otherwise (the hardware path is new and, so far, run on
+// emulated tiles only).
+bool amx_int8_self_check();
 
 // Row n of w dequantized to bf16 (AVX512-BF16): out[k] = bf16((code - z) · d + m), the values
 // io::dequantize_rows gives, rounded to nearest-even.
