@@ -700,6 +700,19 @@ BENCHMARK(BM_PackedPairs)
     ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
 
+// convert --quantize's per-tensor work (io::quantize: group scales, codes, q4's least-squares
+// refinement) on one [2048, 2048] f32 weight, all threads. args: format index (kFormats).
+void BM_Quantize(benchmark::State& state) {
+  const auto f = kFormats[static_cast<size_t>(state.range(0))];
+  torch::manual_seed(5);
+  const auto w = torch::randn({2048, 2048}) * 0.02;
+  for (auto _ : state) benchmark::DoNotOptimize(io::quantize(w, f).qweight.data_ptr());
+  state.counters["Mweights_per_s"] =
+      benchmark::Counter(2048.0 * 2048.0 * 1e-6, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(io::quant_format_name(f));
+}
+BENCHMARK(BM_Quantize)->DenseRange(0, 5)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // AMX-INT8 tiles against the VNNI few-row kernel on the same copy (same bits), interleaved call by
 // call, medians of 31 each, one thread; AMX CPUs only (kPackedAmxMinRows is a guess until this has
 // run on one). args: format, M, N (as BM_PackedKernel). Counters: each path's GOPS, amx_speedup.

@@ -3,7 +3,8 @@
 # text alone and while 7 other requests run (tests/e2e/serve_client.cjs batch), on the golden tiny-dmoe LLaDA2
 # checkpoint (copied, f32 weights converted at load) with the fixture tokenizer, under its default dMoE block
 # routing (block 32) and under token routing (block 16); then the same checkpoint converted to q8 and q4,
-# on the output-lane copies, on the row layout and on the AVX2 kernel. Under a minute.
+# on the output-lane copies, on the row layout, on the AVX2 kernel and (where the CPU has them) on
+# AMX-INT8 tiles. Under a minute.
 # Usage: bash serve_bf16_batch.sh <path-to-ecdlm-binary> <repo-root>
 set -euo pipefail
 ECDLM="$1"; ROOT="$2"
@@ -53,5 +54,7 @@ if grep -q avx512_vnni /proc/cpuinfo; then
   run_quant q4 "$TMP/q4" "output-lane copies on (--quant-repack auto)"
   run_quant q8-rows "$TMP/q8" "copies off (--quant-repack off)" --quant-repack off
   run_quant q8-avx2 "$TMP/q8" "quantized kernel: avx2 -> avx2" --quant-kernel avx2
+  # AMX-INT8 tiles (the tests run them on emulated tiles elsewhere: test_quant_amx.cpp)
+  if grep -qw amx_int8 /proc/cpuinfo; then run_quant q8-amx "$TMP/q8" "quantized kernel: amx -> amx" --quant-kernel amx; fi
 fi
 echo "serve_bf16_batch: OK"

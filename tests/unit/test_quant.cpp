@@ -7,9 +7,13 @@
 
 #include <c10/util/Half.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <random>
+#include <utility>
 
 #include "ecdlm/io/quant_format.h"
 #include "ecdlm/kernels/quant.h"
@@ -35,6 +39,28 @@ torch::Tensor student_t3(std::vector<int64_t> shape) {
 }
 
 float half_at(const torch::Tensor& t, int64_t i, int64_t j) { return t.index({i, j}).item<float>(); }
+
+// The quantizer's rounding (io::detail::round_even) is std::nearbyint's below 2^22 and, clamped to
+// the codes' ranges, everywhere: halves (ties to even), values next to the magic constant's
+// edges, huge and tiny ones of both signs, random ones.
+TEST(QuantFormat, RoundEvenAsNearbyint) {
+  std::vector<float> xs;
+  for (int k = -300; k <= 300; ++k)
+    for (float f : {-0.5F, -0.25F, 0.0F, 0.25F, 0.5F, 0.75F}) xs.push_back(static_cast<float>(k) + f);
+  for (float e : {4194304.0F, 8388608.0F, 12582912.0F, 16777216.0F, 1e30F, 3.4e38F})
+    for (float s : {-1.0F, 1.0F})
+      for (float dx : {-1.5F, -1.0F, -0.5F, 0.0F, 0.5F, 1.0F, 1.5F}) xs.push_back(s * e + dx);
+  for (float t : {0.0F, -0.0F, 1e-30F, -1e-30F, 1.4e-45F, 0.49999997F, -0.49999997F, 2.5F, -2.5F, 3.5F}) xs.push_back(t);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> wide(-1e6F, 1e6F), narrow(-140.0F, 140.0F);
+  for (int i = 0; i < 20000; ++i) xs.push_back(i % 2 ? wide(rng) : narrow(rng));
+  for (float x : xs) {
+    const float want = std::nearbyint(x), got = io::detail::round_even(x);
+    if (std::fabs(x) < 4194304.0F) EXPECT_EQ(got, want) << x;
+    for (auto [lo, hi] : {std::pair{-127.0F, 127.0F}, {0.0F, 15.0F}, {-8.0F, 7.0F}})
+      EXPECT_EQ(std::clamp(got, lo, hi), std::clamp(want, lo, hi)) << x << " in [" << lo << ", " << hi << "]";
+  }
+}
 
 TEST(QuantFormat, NamesRoundTripAndUnknownNamesThrow) {
   for (const auto& f : kFormats) EXPECT_EQ(io::parse_quant_format(io::quant_format_name(f), "--quant"), f);

@@ -14,6 +14,8 @@ namespace {
 
 float to_f16(float v) { return static_cast<float>(c10::Half(v)); }
 
+constexpr int64_t kMaxGroup = 64;  // check_format's largest group
+
 // Squared error of the group under (d, m) with codes re-chosen for them; fills q.
 double requantize(QuantKind kind, const float* v, int64_t G, float d, float m, int* q) {
   double err = 0;
@@ -22,13 +24,13 @@ double requantize(QuantKind kind, const float* v, int64_t G, float d, float m, i
     float w = 0;
     if (d != 0.0F) {
       if (kind == QuantKind::kQ8) {
-        c = static_cast<int>(std::clamp(std::nearbyint(v[i] / d), -127.0F, 127.0F));
+        c = static_cast<int>(std::clamp(detail::round_even(v[i] / d), -127.0F, 127.0F));
         w = d * static_cast<float>(c);
       } else if (kind == QuantKind::kQ4Sym) {
-        c = static_cast<int>(std::clamp(std::nearbyint(v[i] / d) + 8.0F, 0.0F, 15.0F));
+        c = static_cast<int>(std::clamp(detail::round_even(v[i] / d) + 8.0F, 0.0F, 15.0F));
         w = d * static_cast<float>(c - 8);
       } else {
-        c = static_cast<int>(std::clamp(std::nearbyint((v[i] - m) / d), 0.0F, 15.0F));
+        c = static_cast<int>(std::clamp(detail::round_even((v[i] - m) / d), 0.0F, 15.0F));
         w = d * static_cast<float>(c) + m;
       }
     } else {
@@ -99,7 +101,13 @@ QuantWeight quantize_impl(const torch::Tensor& w_NK, QuantFormat f, bool refine)
 
 namespace detail {
 
+float round_even(float x) {
+  constexpr float kMagic = 12582912.0F;  // 1.5 · 2^23
+  return (x + kMagic) - kMagic;
+}
+
 void quantize_group(QuantKind kind, const float* v, int64_t G, bool refine, int* q, float* d, float* m) {
+  if (G < 1 || G > kMaxGroup) fail("", "quantize", "group size " + std::to_string(G), "use 32 or 64");
   float lo = v[0], hi = v[0], amax_signed = v[0];
   for (int64_t i = 0; i < G; ++i) {
     if (!std::isfinite(v[i])) fail("", "quantize", "a weight is not finite", "check the checkpoint");
@@ -124,12 +132,12 @@ void quantize_group(QuantKind kind, const float* v, int64_t G, bool refine, int*
   }
   // Least-squares refit of the scale (and min) for the current codes, then re-chosen codes; kept
   // while the error falls (llama.cpp's K-quant search does the same with more candidates).
-  std::vector<int> trial(static_cast<size_t>(G));
-  std::vector<int> cur(q, q + G);
+  int trial[kMaxGroup], cur[kMaxGroup];  // no heap per group: convert quantizes billions of weights
+  std::copy_n(q, G, cur);
   for (int it = 0; it < 4; ++it) {
     double sq = 0, sqq = 0, sv = 0, svq = 0;
     for (int64_t i = 0; i < G; ++i) {
-      const double c = kind == QuantKind::kQ4Sym ? cur[static_cast<size_t>(i)] - 8 : cur[static_cast<size_t>(i)];
+      const double c = kind == QuantKind::kQ4Sym ? cur[i] - 8 : cur[i];
       sq += c;
       sqq += c * c;
       sv += v[i];
@@ -146,13 +154,13 @@ void quantize_group(QuantKind kind, const float* v, int64_t G, bool refine, int*
       nm = to_f16(static_cast<float>((sqq * sv - sq * svq) / det));
     }
     if (nd == 0.0F || (kind == QuantKind::kQ4 && nd < 0.0F)) break;
-    const double e = requantize(kind, v, G, nd, nm, trial.data());
+    const double e = requantize(kind, v, G, nd, nm, trial);
     if (e >= best) break;
     best = e;
     bd = nd;
     bm = nm;
-    cur = trial;
-    std::copy(trial.begin(), trial.end(), q);
+    std::copy_n(trial, G, cur);
+    std::copy_n(trial, G, q);
   }
   *d = bd;
   *m = bm;

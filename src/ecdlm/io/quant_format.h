@@ -64,6 +64,11 @@ namespace detail {
 // Quantize one group of G values to codes q (q8: int8 values as int; q4: 0..15) and f16-rounded
 // scale d and min m (0 for symmetric kinds). refine: least-squares refit of q4's scale (and min).
 void quantize_group(QuantKind kind, const float* v, int64_t G, bool refine, int* q, float* d, float* m);
+// std::nearbyint under the default rounding (ties to even) without its libm call, which the
+// baseline x86-64 build made per weight (no roundss before SSE4.1): adding and removing 1.5 · 2^23
+// leaves x rounded to an integer for |x| < 2^22; beyond, the result stays as far out on the same
+// side, so the codes' clamps give what nearbyint gives (test: QuantFormat.RoundEvenAsNearbyint).
+float round_even(float x);
 // Relative RMS error ||w - deq(quant(w))|| / ||w|| with or without q4's refinement.
 double relative_rms_error(const torch::Tensor& w_NK, QuantFormat f, bool refine);
 }  // namespace detail

@@ -60,7 +60,7 @@ void check_available(QuantKernel k, const std::string& flag) {
   if (k == QuantKernel::kVnni && !cpu_has_avx512_vnni())
     fail("", flag, "this CPU has no AVX512-VNNI", "use auto, avx2 or torch");
   if (k == QuantKernel::kAmx && !cpu_has_amx_int8() && !(detail::amx_int8_emulated() && cpu_has_avx512_vnni()))
-    fail("", flag, "this CPU has no AMX-INT8 (or the OS did not grant tile data)", "use auto or vnni");
+    fail("", flag, "this CPU has no AMX-INT8 (or the OS did not grant tile data, or the tiles failed the start-up self-check)", "use auto or vnni");
   if (k == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", flag, "this CPU has no AVX2/FMA/F16C", "use auto or torch");
   if (k == QuantKernel::kBf16 && !cpu_has_avx512_bf16()) fail("", flag, "this CPU has no AVX512-BF16", "use auto or torch");
 }
