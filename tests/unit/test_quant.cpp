@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "ecdlm/io/quant_format.h"
+#include "ecdlm/io/quant_search.h"
 #include "ecdlm/kernels/quant.h"
 #include "quant_test_util.h"
 #include "ecdlm/kernels/small_m.h"
@@ -60,6 +61,39 @@ TEST(QuantFormat, RoundEvenAsNearbyint) {
     for (auto [lo, hi] : {std::pair{-127.0F, 127.0F}, {0.0F, 15.0F}, {-8.0F, 7.0F}})
       EXPECT_EQ(std::clamp(got, lo, hi), std::clamp(want, lo, hi)) << x << " in [" << lo << ", " << hi << "]";
   }
+}
+
+// The code search's vectorized step gives the scalar one's codes and squared error bit for bit,
+// for every kind and group, on groups with zeros, outliers, a constant value and ties, under the
+// scales the search tries (first guesses and refits: random d, m; d = 0).
+TEST(QuantFormat, VectorSearchGivesTheScalarCodesAndErrors) {
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512";
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0F, 0.05F);
+  std::uniform_real_distribution<float> unit(0.0F, 1.0F);
+  for (auto kind : {QuantKind::kQ8, QuantKind::kQ4, QuantKind::kQ4Sym})
+    for (int64_t G : {32, 64})
+      for (int trial = 0; trial < 400; ++trial) {
+        std::vector<float> v(static_cast<size_t>(G));
+        for (auto& x : v) x = normal(rng);
+        if (trial % 5 == 1) v[static_cast<size_t>(trial) % v.size()] = 3.0F;  // an outlier
+        if (trial % 5 == 2) std::fill(v.begin(), v.begin() + G / 2, 0.0F);
+        if (trial % 5 == 3) std::fill(v.begin(), v.end(), -0.02F);
+        const float amax = *std::max_element(v.begin(), v.end(), [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+        float d = static_cast<float>(c10::Half(std::fabs(amax) / (kind == QuantKind::kQ8 ? 127.0F : 7.5F) *
+                                               (0.7F + 0.6F * unit(rng))));
+        if (trial % 5 == 4) {  // codes exactly between two levels: ties to even
+          d = 0.01F;
+          for (size_t i = 0; i < v.size(); ++i) v[i] = (static_cast<float>(i % 9) - 4.0F + 0.5F) * d;
+        }
+        if (trial % 50 == 0) d = 0.0F;
+        const float m = kind == QuantKind::kQ4 ? *std::min_element(v.begin(), v.end()) * (0.8F + 0.4F * unit(rng)) : 0.0F;
+        std::vector<int> qs(v.size()), qv(v.size());
+        const double es = io::detail::requantize_scalar(kind, v.data(), G, d, m, qs.data());
+        const double ev = io::detail::requantize_avx512(kind, v.data(), G, d, m, qv.data());
+        EXPECT_EQ(es, ev) << io::quant_format_name({kind, G}) << " trial " << trial;
+        EXPECT_EQ(qs, qv) << io::quant_format_name({kind, G}) << " trial " << trial;
+      }
 }
 
 TEST(QuantFormat, NamesRoundTripAndUnknownNamesThrow) {

@@ -2,12 +2,17 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "ecdlm/io/quant_search.h"
 #include "ecdlm/util/error.h"
+
+#pragma GCC diagnostic ignored "-Wuninitialized"  // _mm512_undefined_* inside GCC's intrinsics
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace ecdlm::io {
 namespace {
@@ -16,31 +21,11 @@ float to_f16(float v) { return static_cast<float>(c10::Half(v)); }
 
 constexpr int64_t kMaxGroup = 64;  // check_format's largest group
 
-// Squared error of the group under (d, m) with codes re-chosen for them; fills q.
+// Squared error of the group under (d, m) with codes re-chosen for them; fills q (quant_search.h).
 double requantize(QuantKind kind, const float* v, int64_t G, float d, float m, int* q) {
-  double err = 0;
-  for (int64_t i = 0; i < G; ++i) {
-    int c = 0;
-    float w = 0;
-    if (d != 0.0F) {
-      if (kind == QuantKind::kQ8) {
-        c = static_cast<int>(std::clamp(detail::round_even(v[i] / d), -127.0F, 127.0F));
-        w = d * static_cast<float>(c);
-      } else if (kind == QuantKind::kQ4Sym) {
-        c = static_cast<int>(std::clamp(detail::round_even(v[i] / d) + 8.0F, 0.0F, 15.0F));
-        w = d * static_cast<float>(c - 8);
-      } else {
-        c = static_cast<int>(std::clamp(detail::round_even((v[i] - m) / d), 0.0F, 15.0F));
-        w = d * static_cast<float>(c) + m;
-      }
-    } else {
-      c = kind == QuantKind::kQ4Sym ? 8 : 0;
-      w = kind == QuantKind::kQ4 ? m : 0.0F;
-    }
-    q[i] = c;
-    err += static_cast<double>(v[i] - w) * static_cast<double>(v[i] - w);
-  }
-  return err;
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512 && G % 16 == 0 && G <= kMaxGroup ? detail::requantize_avx512(kind, v, G, d, m, q)
+                                                 : detail::requantize_scalar(kind, v, G, d, m, q);
 }
 
 void check_format(QuantFormat f, const std::string& field) {
@@ -100,6 +85,71 @@ QuantWeight quantize_impl(const torch::Tensor& w_NK, QuantFormat f, bool refine)
 }  // namespace
 
 namespace detail {
+
+double requantize_scalar(QuantKind kind, const float* v, int64_t G, float d, float m, int* q) {
+  double err = 0;
+  for (int64_t i = 0; i < G; ++i) {
+    int c = 0;
+    float w = 0;
+    if (d != 0.0F) {
+      if (kind == QuantKind::kQ8) {
+        c = static_cast<int>(std::clamp(detail::round_even(v[i] / d), -127.0F, 127.0F));
+        w = d * static_cast<float>(c);
+      } else if (kind == QuantKind::kQ4Sym) {
+        c = static_cast<int>(std::clamp(detail::round_even(v[i] / d) + 8.0F, 0.0F, 15.0F));
+        w = d * static_cast<float>(c - 8);
+      } else {
+        c = static_cast<int>(std::clamp(detail::round_even((v[i] - m) / d), 0.0F, 15.0F));
+        w = d * static_cast<float>(c) + m;
+      }
+    } else {
+      c = kind == QuantKind::kQ4Sym ? 8 : 0;
+      w = kind == QuantKind::kQ4 ? m : 0.0F;
+    }
+    q[i] = c;
+    err += static_cast<double>(v[i] - w) * static_cast<double>(v[i] - w);
+  }
+  return err;
+}
+
+// 16 weights at a time, each with the scalar version's float operations in its order (the
+// function is compiled without FMA contraction); the squares are summed in index order as there.
+__attribute__((target("avx512f"), optimize("fp-contract=off"))) double requantize_avx512(
+    QuantKind kind, const float* v, int64_t G, float d, float m, int* q) {
+  alignas(64) double sq[kMaxGroup];
+  const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m), magic = _mm512_set1_ps(12582912.0F);
+  const __m512 lo = _mm512_set1_ps(kind == QuantKind::kQ8 ? -127.0F : 0.0F),
+               hi = _mm512_set1_ps(kind == QuantKind::kQ8 ? 127.0F : 15.0F);
+  for (int64_t i = 0; i < G; i += 16) {
+    const __m512 x = _mm512_loadu_ps(v + i);
+    __m512i c;
+    __m512 w;
+    if (d != 0.0F) {
+      const __m512 t = _mm512_div_ps(kind == QuantKind::kQ4 ? _mm512_sub_ps(x, vm) : x, vd);
+      __m512 r = _mm512_sub_ps(_mm512_add_ps(t, magic), magic);
+      if (kind == QuantKind::kQ4Sym) r = _mm512_add_ps(r, _mm512_set1_ps(8.0F));
+      c = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
+      if (kind == QuantKind::kQ8)
+        w = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(c));
+      else if (kind == QuantKind::kQ4Sym)
+        w = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(_mm512_sub_epi32(c, _mm512_set1_epi32(8))));
+      else
+        w = _mm512_add_ps(_mm512_mul_ps(vd, _mm512_cvtepi32_ps(c)), vm);
+    } else {
+      c = _mm512_set1_epi32(kind == QuantKind::kQ4Sym ? 8 : 0);
+      w = kind == QuantKind::kQ4 ? vm : _mm512_setzero_ps();
+    }
+    _mm512_storeu_si512(q + i, c);
+    const __m512 e = _mm512_sub_ps(x, w);
+    const __m512d e0 = _mm512_cvtps_pd(_mm512_castps512_ps256(e)),
+                  e1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+    _mm512_store_pd(sq + i, _mm512_mul_pd(e0, e0));
+    _mm512_store_pd(sq + i + 8, _mm512_mul_pd(e1, e1));
+  }
+  double err = 0;
+  for (int64_t i = 0; i < G; ++i) err += sq[i];
+  return err;
+}
 
 float round_even(float x) {
   constexpr float kMagic = 12582912.0F;  // 1.5 · 2^23
