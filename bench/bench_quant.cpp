@@ -660,6 +660,16 @@ std::array<double, 2> interleaved_medians(benchmark::State& state, PackedCase& c
   return {ms[0][ms[0].size() / 2], ms[1][ms[1].size() / 2]};
 }
 
+// Counters of two variants' medians (ms) of c's product: each one's GOPS and `speedup` (a / b).
+void report_two(benchmark::State& state, const PackedCase& c, const std::string& a, double a_ms, const std::string& b,
+                double b_ms, const std::string& speedup) {
+  const double gop = 2.0 * static_cast<double>(c.x.M * c.w.N * c.w.K) * 1e-9;
+  state.counters[a + "_GOPS"] = gop / (a_ms * 1e-3);
+  state.counters[b + "_GOPS"] = gop / (b_ms * 1e-3);
+  state.counters[speedup] = a_ms / b_ms;
+  state.SetLabel(io::quant_format_name(c.w.format) + " M " + std::to_string(c.x.M) + " N " + std::to_string(c.w.N));
+}
+
 // The few-row kernel alone (kernels::detail::vnni_packed_rows on a packed copy, one thread): no
 // activation quantization, no dispatch, no output conversion. args: format, M, weight rows N (16:
 // one 16-row block, in L1; 256: in L2; 8192: in L3, q8 16 MB / q4_g64 9 MB of the 32 MB here).
@@ -689,11 +699,7 @@ void BM_PackedPairs(benchmark::State& state) {
     kernels::detail::set_packed_pair_min_rows(pairs ? 1 : int64_t{1} << 40);
   });
   kernels::detail::set_packed_pair_min_rows(kernels::detail::kPackedPairMinRows);
-  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9;
-  state.counters["single_GOPS"] = gop / (single * 1e-3);
-  state.counters["pairs_GOPS"] = gop / (paired * 1e-3);
-  state.counters["pair_speedup"] = single / paired;
-  state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(M) + " N " + std::to_string(N));
+  report_two(state, c, "single", single, "pairs", paired, "pair_speedup");
 }
 BENCHMARK(BM_PackedPairs)
     ->ArgsProduct({{1, 3}, {1, 2, 4, 6, 8, 9, 12, 16, 24, 32}, {256, 8192}})
@@ -727,11 +733,7 @@ void BM_PackedAmx(benchmark::State& state) {
   kernels::detail::set_packed_amx_min_rows(1);
   const auto [vnni, amx] = interleaved_medians(state, c, [&c](int tiles) { c.wo.amx = tiles == 1; });
   kernels::detail::set_packed_amx_min_rows(kernels::detail::kPackedAmxMinRows);
-  const double gop = 2.0 * static_cast<double>(M * N * K) * 1e-9;
-  state.counters["vnni_GOPS"] = gop / (vnni * 1e-3);
-  state.counters["amx_GOPS"] = gop / (amx * 1e-3);
-  state.counters["amx_speedup"] = vnni / amx;
-  state.SetLabel(io::quant_format_name(f) + " M " + std::to_string(M) + " N " + std::to_string(N));
+  report_two(state, c, "vnni", vnni, "amx", amx, "amx_speedup");
 }
 BENCHMARK(BM_PackedAmx)
     ->ArgsProduct({{0, 1, 3}, {1, 4, 8, 9, 16, 32, 64, 128}, {256, 8192}})

@@ -99,7 +99,7 @@ TEST_P(QuantAmxInt8, DriversGiveTheVnniBits) {
 }
 
 // The start-up self-check (cpu_has_amx_int8 runs it on the hardware) passes on these tiles.
-TEST_P(QuantAmxInt8, SelfCheckAgrees) { EXPECT_TRUE(kd::amx_int8_self_check()); }
+TEST_P(QuantAmxInt8, SelfCheckAgrees) { EXPECT_TRUE(kd::amx_int8_self_check(GetParam())); }
 
 INSTANTIATE_TEST_SUITE_P(Tiles, QuantAmxInt8, ::testing::Values(true, false),
                          [](const auto& info) { return std::string(info.param ? "emulated" : "hardware"); });

@@ -18,6 +18,11 @@ __attribute__((target("avx512f"))) inline void reduce4(__m512 a, __m512 b, __m51
   _mm_storeu_ps(y, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, t)));
 }
 
+// 16 f16 values (scales, minimums) as f32.
+__attribute__((target("avx512f"))) inline __m512 half16(const uint16_t* h) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
+}
+
 // The first n of 16 lanes (none for n <= 0, all for n >= 16).
 inline __mmask16 tail_mask(int64_t n) {
   return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (n <= 0 ? 0 : (1U << n) - 1));

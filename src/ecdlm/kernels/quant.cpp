@@ -56,7 +56,9 @@ QuantKernel resolve(QuantKernel c) {
   return cpu_has_avx2() ? QuantKernel::kAvx2 : QuantKernel::kTorch;
 }
 
-void check_available(QuantKernel k, const std::string& flag) {
+}  // namespace
+
+void detail::require_quant_kernel(QuantKernel k, const std::string& flag) {
   if (k == QuantKernel::kVnni && !cpu_has_avx512_vnni())
     fail("", flag, "this CPU has no AVX512-VNNI", "use auto, avx2 or torch");
   if (k == QuantKernel::kAmx && !cpu_has_amx_int8() && !(detail::amx_int8_emulated() && cpu_has_avx512_vnni()))
@@ -64,6 +66,8 @@ void check_available(QuantKernel k, const std::string& flag) {
   if (k == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", flag, "this CPU has no AVX2/FMA/F16C", "use auto or torch");
   if (k == QuantKernel::kBf16 && !cpu_has_avx512_bf16()) fail("", flag, "this CPU has no AVX512-BF16", "use auto or torch");
 }
+
+namespace {
 
 int num_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
 
@@ -298,7 +302,7 @@ QuantKernel parse_quant_kernel(const std::string& name, const std::string& flag)
   else if (name == "torch") k = QuantKernel::kTorch;
   else if (name == "bf16") k = QuantKernel::kBf16;
   else fail("", flag, "unknown quantized kernel '" + name + "'", "use auto, amx, vnni, avx2, bf16 or torch");
-  check_available(k, flag);
+  detail::require_quant_kernel(k, flag);
   return k;
 }
 
@@ -326,10 +330,7 @@ bool cpu_has_avx512_vnni() {
 bool cpu_has_amx_int8() {
   static const bool has = [] {
     if (!cpu_has_avx512_vnni() || !detail::cpu_amx_int8()) return false;
-    const bool was = detail::amx_int8_emulated();
-    detail::set_amx_int8_emulated(false);
-    const bool agrees = detail::amx_int8_self_check();
-    detail::set_amx_int8_emulated(was);
+    const bool agrees = detail::amx_int8_self_check(false);
     if (!agrees) LOG_WARN("AMX-INT8: the tiles disagreed with the VNNI kernel on a self-check; using vnni");
     return agrees;
   }();
@@ -362,7 +363,7 @@ torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w) 
 
 torch::Tensor quant_linear(const torch::Tensor& x_MK, const io::QuantWeight& w, QuantKernel k) {
   check_operands(x_MK, w, "quant_linear");
-  check_available(k, "quant_linear");
+  detail::require_quant_kernel(k, "quant_linear");
   if (k == QuantKernel::kAuto) {
     const int64_t M = x_MK.size(0);
     k = resolve(quant_kernel_choice());

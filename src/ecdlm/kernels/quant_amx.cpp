@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "ecdlm/kernels/amx_tiles.h"
+#include "ecdlm/kernels/avx512_reduce.h"
 #include "ecdlm/kernels/quant_backend.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"  // _mm512_undefined_ps inside GCC's intrinsics
@@ -123,14 +124,6 @@ TileConfig config_for(int G) {
   return c;
 }
 
-ECDLM_AMX8_TARGET inline __m512 half16(const uint16_t* h) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
-}
-
-// Prefetch distance of the copy's stream (as the VNNI kernel's: the hardware prefetchers stop at
-// 4 KB pages).
-constexpr int64_t kPrefetch = 4096;
-
 // The group's int32 sums of one 16-token chunk (c16: 16 x 16, stride 16) into acc [M][2][16]:
 // block j's lanes of token m, as pair_group / group() step them.
 template <bool MINS>
@@ -185,7 +178,7 @@ ECDLM_AMX8_TARGET void tiles(const QxOperand& x, const Packed& p, bool q8, int64
         const uint8_t* v;
         if (q8) {
           v = q[j] + g * NS * 64;
-          for (int s = 0; s < NS; ++s) _mm_prefetch(reinterpret_cast<const char*>(v + kPrefetch + s * 64), _MM_HINT_T0);
+          for (int s = 0; s < NS; ++s) _mm_prefetch(reinterpret_cast<const char*>(v + kPackedPrefetch + s * 64), _MM_HINT_T0);
         } else {
           // Group g's codes: the low (inputs k .. k + 63 of the 128-input chunk) or high nibbles of
           // the chunk's vectors (in % 64) / 4 onwards.
@@ -193,7 +186,7 @@ ECDLM_AMX8_TARGET void tiles(const QxOperand& x, const Packed& p, bool q8, int64
           const uint8_t* src = q[j] + (k / 128 * 16 + (in % 64) / 4) * 64;
           if (in == 0)
             for (int s = 0; s < 16; ++s)
-              _mm_prefetch(reinterpret_cast<const char*>(src + kPrefetch + s * 64), _MM_HINT_T0);
+              _mm_prefetch(reinterpret_cast<const char*>(src + kPackedPrefetch + s * 64), _MM_HINT_T0);
           const __m512i low = _mm512_set1_epi8(0x0F);
           for (int s = 0; s < NS; ++s) {
             __m512i w = _mm512_loadu_si512(src + s * 64);
@@ -247,6 +240,21 @@ ECDLM_AMX8_TARGET void tiles(const QxOperand& x, const Packed& p, bool q8, int64
   T::release();
 }
 
+// amx_packed_rows on emulated or hardware tiles.
+void run_tiles(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y, int64_t ldy,
+               bool emulated) {
+  if (x.M == 0 || n1 <= n0) return;
+  const bool q8 = w.kind == io::QuantKind::kQ8;
+  const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;  // n0 % 16 == 0
+  const int rows_last = static_cast<int>(n1 - (b1 - 1) * 16);
+  if (emulated)
+    p.G == 32 ? tiles<EmuTiles, 32>(x, p, q8, b0, b1, rows_last, y, ldy)
+              : tiles<EmuTiles, 64>(x, p, q8, b0, b1, rows_last, y, ldy);
+  else
+    p.G == 32 ? tiles<HwTiles, 32>(x, p, q8, b0, b1, rows_last, y, ldy)
+              : tiles<HwTiles, 64>(x, p, q8, b0, b1, rows_last, y, ldy);
+}
+
 }  // namespace
 
 int64_t packed_amx_min_rows() { return g_amx_min_rows.load(std::memory_order_relaxed); }
@@ -254,7 +262,7 @@ void set_packed_amx_min_rows(int64_t rows) { g_amx_min_rows = rows; }
 void set_amx_int8_emulated(bool on) { g_emulated = on; }
 bool amx_int8_emulated() { return g_emulated.load(std::memory_order_relaxed); }
 
-bool amx_int8_self_check() {
+bool amx_int8_self_check(bool emulated) {
   std::mt19937 rng(7);
   const auto byte = [&] { return static_cast<uint8_t>(rng() & 0xFF); };
   for (const bool q8 : {true, false}) {  // q8 G 64: B read in place; q4 G 32: unpacked, half-height B
@@ -293,7 +301,7 @@ bool amx_int8_self_check() {
     w.packed = &p;
     std::vector<float> ref(static_cast<size_t>(M * N)), got(ref.size(), -1.0F);
     vnni_packed_rows(x, p, w, 0, N, ref.data(), N);
-    amx_packed_rows(x, p, w, 0, N, got.data(), N);
+    run_tiles(x, p, w, 0, N, got.data(), N, emulated);
     if (std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) != 0) return false;
   }
   return true;
@@ -305,16 +313,7 @@ bool amx_packed_applies(const Packed& p, const QwOperand& w) {
 
 void amx_packed_rows(const QxOperand& x, const Packed& p, const QwOperand& w, int64_t n0, int64_t n1, float* y,
                      int64_t ldy) {
-  if (x.M == 0 || n1 <= n0) return;
-  const bool q8 = w.kind == io::QuantKind::kQ8;
-  const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;  // n0 % 16 == 0
-  const int rows_last = static_cast<int>(n1 - (b1 - 1) * 16);
-  if (amx_int8_emulated())
-    p.G == 32 ? tiles<EmuTiles, 32>(x, p, q8, b0, b1, rows_last, y, ldy)
-              : tiles<EmuTiles, 64>(x, p, q8, b0, b1, rows_last, y, ldy);
-  else
-    p.G == 32 ? tiles<HwTiles, 32>(x, p, q8, b0, b1, rows_last, y, ldy)
-              : tiles<HwTiles, 64>(x, p, q8, b0, b1, rows_last, y, ldy);
+  run_tiles(x, p, w, n0, n1, y, ldy, amx_int8_emulated());
 }
 
 }  // namespace ecdlm::kernels::detail

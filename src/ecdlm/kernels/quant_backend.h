@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "ecdlm/io/quant_format.h"
@@ -186,6 +187,10 @@ struct Packed {
   std::vector<uint8_t, PackAlloc<uint8_t>> q;  // pack_arena.h: one huge-page region when prepacked
   std::vector<uint16_t, PackAlloc<uint16_t>> d, m;
 };
+// Prefetch distance in bytes of a block's stream in the kernels reading the copies (every 64-byte
+// line is asked for): the hardware prefetchers stop at 4 KB pages. BM_QuantMoeMin, one thread:
+// 2-8% faster than one line per group.
+constexpr int64_t kPackedPrefetch = 4096;
 // Bytes a packed copy of w takes (codes, scales, minimums).
 int64_t packed_bytes(const io::QuantWeight& w);
 // Whether the vnni drivers run their products on packed copies: quant_repack.h.
@@ -224,11 +229,14 @@ void set_packed_amx_min_rows(int64_t rows);
 // logic runs on CPUs without AMX; --quant-kernel amx is then accepted anywhere.
 void set_amx_int8_emulated(bool on);
 bool amx_int8_emulated();
-// The tiles (emulated where set) against the VNNI kernel on a fixed random case of each tile
-// shape (q8 G 64, q4 G 32; 17 tokens): true when every bit agrees. cpu_has_amx_int8() runs it
+// The tiles (emulated or the hardware's) against the VNNI kernel on a fixed random case of each
+// tile shape (q8 G 64, q4 G 32; 17 tokens): true when every bit agrees. cpu_has_amx_int8() runs it
 // once on the hardware and keeps to vnni otherwise (the hardware path is new and, so far, run on
 // emulated tiles only).
-bool amx_int8_self_check();
+bool amx_int8_self_check(bool emulated);
+// Throws UserError (naming `what` and the fix) when this CPU cannot run kernel k (kAmx: AMX-INT8
+// granted and self-checked, or emulated tiles on a VNNI CPU).
+void require_quant_kernel(QuantKernel k, const std::string& what);
 
 // Row n of w dequantized to bf16 (AVX512-BF16): out[k] = bf16((code - z) · d + m), the values
 // io::dequantize_rows gives, rounded to nearest-even.

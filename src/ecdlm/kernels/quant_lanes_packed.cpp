@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ecdlm/kernels/avx512_reduce.h"
 #include "ecdlm/kernels/quant_backend.h"
 
 // GCC 12 flags the intrinsics' own _mm512_undefined_* operands: a false -Wmaybe-uninitialized.
@@ -219,10 +220,8 @@ ECDLM_PL_TARGET void convert_scales(const Packed& p, int64_t b0, int64_t b1, int
   for (int64_t b = b0; b < b1; ++b)
     for (int64_t g = 0; g < LG; ++g) {
       const size_t at = size_t((b * KG + g0 + g) * 16);
-      _mm512_store_ps(sc.d[b - b0][g], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.d.data() + at))));
-      if (!p.m.empty())
-        _mm512_store_ps(sc.m[b - b0][g],
-                        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.m.data() + at))));
+      _mm512_store_ps(sc.d[b - b0][g], half16(p.d.data() + at));
+      if (!p.m.empty()) _mm512_store_ps(sc.m[b - b0][g], half16(p.m.data() + at));
     }
 }
 

@@ -85,10 +85,7 @@ torch::Tensor quant_moe(const torch::Tensor& x_PD, const std::vector<int64_t>& c
   check_experts(x_PD, counts, ex);
   if (out != torch::kFloat32 && out != torch::kBFloat16) fail("", "quant_moe", "out must be f32 or bf16");
   const auto backend = k == QuantKernel::kAuto ? quant_kernel_backend() : k;
-  if (is_vnni(backend) && !cpu_has_avx512_vnni()) fail("", "quant_moe", "this CPU has no AVX512-VNNI");
-  if (backend == QuantKernel::kAmx && !cpu_has_amx_int8() && !detail::amx_int8_emulated())
-    fail("", "quant_moe", "this CPU has no AMX-INT8", "use auto or vnni");
-  if (backend == QuantKernel::kAvx2 && !cpu_has_avx2()) fail("", "quant_moe", "this CPU has no AVX2/FMA/F16C");
+  detail::require_quant_kernel(backend, "quant_moe");
   const int64_t P = x_PD.size(0), D = x_PD.size(1);
   const int64_t max_m = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
   if (P == 0) return torch::empty({0, D}, out);

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "ecdlm/kernels/avx512_reduce.h"
 #include "ecdlm/kernels/quant.h"
 #include "ecdlm/kernels/quant_backend.h"
 
@@ -184,15 +185,6 @@ ECDLM_PK_TARGET inline __attribute__((always_inline)) void group(__m512 (&acc)[M
     acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(x.d[m][g])), acc[m]);
   }
 }
-
-// 16 f16 scales (or minimums) as f32.
-ECDLM_PK_TARGET inline __m512 half16(const uint16_t* h) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
-}
-
-// Prefetch distance in bytes of a block's stream (every 64-byte line is asked for): the hardware
-// prefetchers stop at 4 KB pages. BM_QuantMoeMin, one thread: 2-8% faster than one line per group.
-constexpr int64_t kPackedPrefetch = 4096;
 
 // q4's K % 128 tail group g of the block's rows (read from the row layout w, as the token-lane
 // kernel does) into acc: the same int32 sum per (row, token) and the same f32 step as a packed
