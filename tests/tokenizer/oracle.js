@@ -143,6 +143,15 @@ async function gen(modules, brownDir, outDir) {
       lines.plain.push(JSON.stringify({ ids: e0.getIds() }));
       lines.decoded.push(JSON.stringify({ text: await tok.decode(e1.getIds(), false) }));
     }
+    // Ids the tokenizer has no token for (a model vocabulary padded past it): HF's decode leaves
+    // them out. A few texts' ids with such ids put at the start, in the middle and at the end.
+    const V = tok.getVocabSize(true), unknown = [];
+    for (const t of texts.slice(0, 16)) {
+      const ids = (await tok.encode(t, null, { addSpecialTokens: false })).getIds(), k = ids.length >> 1;
+      const mixed = [V + 3, ...ids.slice(0, k), V, V + 1000, ...ids.slice(k), 2147483000];
+      unknown.push(JSON.stringify({ ids: mixed, text: await tok.decode(mixed, false) }));
+    }
+    lines.unknown = unknown;
     for (const [k, arr] of Object.entries(lines)) fs.writeFileSync(path.join(dir, `${k}.jsonl`), arr.join('\n') + '\n');
     names.push(v.name);
   }

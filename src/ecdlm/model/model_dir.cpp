@@ -6,6 +6,7 @@
 #include "ecdlm/text/tokenizer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
+#include "ecdlm/util/log.h"
 #include "ecdlm/util/strings.h"
 
 namespace ecdlm {
@@ -126,6 +127,9 @@ void check_tokenizer_fits(const text::Tokenizer& tok, const ModelConfig& cfg, co
     fail(source, "vocab_size",
          "tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but the model only " + std::to_string(cfg.vocab_size),
          "use the tokenizer the model was trained with");
+  if (tok.vocab_size() < cfg.vocab_size)  // common: embeddings padded to a round size
+    LOG_INFO("tokenizer " << source << ": " << tok.vocab_size() << " pieces for the model's " << cfg.vocab_size
+                          << " ids; an id past them is left out of the text (as Hugging Face decode does)");
 }
 
 SpecialId resolve_eos_id(const std::string& dir, const ModelConfig& cfg) {

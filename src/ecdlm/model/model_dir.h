@@ -50,7 +50,7 @@ SpecialId require_mask_id(const std::string& dir, const ModelConfig& cfg, const 
                           int64_t override_id = -1);
 
 // UserError naming `source` (the tokenizer's file or directory) when the tokenizer has more
-// pieces than the model's vocabulary.
+// pieces than the model's vocabulary; an info line when it has fewer (decode leaves such ids out).
 void check_tokenizer_fits(const text::Tokenizer& tok, const ModelConfig& cfg, const std::string& source);
 
 // The EOS id both decoders stop at by default: config.json eos_token_id, else (LLaDA2) its

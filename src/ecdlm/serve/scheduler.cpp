@@ -89,12 +89,34 @@ void Scheduler::admit_locked() {
     queue_.pop_front();
     m_.queue_rows -= n;
     for (int c = 0; c < static_cast<int>(n); ++c) {
-      // The handler validated the params against the model: a throw here is a bug, not input.
-      const int64_t id = b->add(job->prompt, job->params[static_cast<size_t>(c)]);
-      rows_[{b, id}] = {job, c};
-      ++m_.rows_started;
+      // The handler validated the params against the model: a throw here is a bug, not input,
+      // and it fails this request only.
+      try {
+        const int64_t id = b->add(job->prompt, job->params[static_cast<size_t>(c)]);
+        rows_[{b, id}] = {job, c};
+        ++m_.rows_started;
+      } catch (const std::exception& e) {
+        LOG_WARN("serve: a request could not join the batch: " << e.what());
+        fail_job_locked(job, std::string("the request could not start: ") + e.what());
+        break;
+      }
     }
   }
+}
+
+void Scheduler::fail_job_locked(const std::shared_ptr<Job>& job, const std::string& error) {
+  for (auto it = rows_.begin(); it != rows_.end();) {
+    if (it->second.first != job) {
+      ++it;
+      continue;
+    }
+    it->first.first->cancel(it->first.second);  // leaves the batch at the next step, its KV cache freed
+    it = rows_.erase(it);
+  }
+  std::lock_guard<std::mutex> jl(job->mu);
+  job->failed = true;
+  job->error = error;
+  job->cv.notify_all();
 }
 
 void Scheduler::finish_choice(Job& job, int c, const std::string& reason) {
@@ -114,6 +136,18 @@ void Scheduler::apply(gen::ContinuousBatcher* b, const gen::RowEvent& ev) {
   if (it == rows_.end()) return;
   auto job = it->second.first;
   const int c = it->second.second;
+  try {
+    apply_event(b, ev, it, job, c);
+  } catch (const std::exception& e) {
+    // Turning a step's tokens into an answer failed (a bug): that request ends with a 500, the
+    // scheduler thread and every other request go on.
+    LOG_WARN("serve: a request failed: " << e.what());
+    fail_job_locked(job, std::string("generation failed: ") + e.what());
+  }
+}
+
+void Scheduler::apply_event(gen::ContinuousBatcher* b, const gen::RowEvent& ev, RowMap::iterator it,
+                            const std::shared_ptr<Job>& job, int c) {
   if (ev.finished) {
     rows_.erase(it);
     if (ev.result.cancelled) {
@@ -247,9 +281,11 @@ void Scheduler::loop() {
             ++it;
             continue;
           }
-          std::lock_guard<std::mutex> jl(it->second.first->mu);
-          it->second.first->failed = true;
-          it->second.first->cv.notify_all();
+          auto& job = *it->second.first;
+          std::lock_guard<std::mutex> jl(job.mu);
+          job.failed = true;
+          job.error = std::string("generation failed: ") + e.what();
+          job.cv.notify_all();
           it = rows_.erase(it);
         }
         batchers_[k] = std::make_unique<gen::ContinuousBatcher>(model_, b->params());  // drops the failed rows

@@ -63,7 +63,8 @@ struct Job {
   std::vector<Choice> choices;
   int finished = 0;
   uint64_t steps = 0;              // events seen (one per step of a running row): wakes streams
-  bool failed = false;             // shut down before it could finish
+  bool failed = false;             // ended without an answer: shut down, or `error`
+  std::string error;               // why it failed, when not the shutdown (a failed step)
   Clock::time_point t_submit;
 
   bool done() const { return failed || finished == static_cast<int>(choices.size()); }
@@ -97,10 +98,16 @@ class Scheduler {
   const SchedulerParams& params() const { return sp_; }
 
  private:
+  // (batcher, its row id) -> job, choice
+  using RowMap = std::map<std::pair<gen::ContinuousBatcher*, int64_t>, std::pair<std::shared_ptr<Job>, int>>;
   void loop();
   void admit_locked();
   void apply(gen::ContinuousBatcher* b, const gen::RowEvent& ev);
+  void apply_event(gen::ContinuousBatcher* b, const gen::RowEvent& ev, RowMap::iterator it,
+                   const std::shared_ptr<Job>& job, int c);
   void finish_choice(Job& job, int c, const std::string& reason);
+  // Under mu_: ends job with `error` (a 500 for its client), its rows cancelled and forgotten.
+  void fail_job_locked(const std::shared_ptr<Job>& job, const std::string& error);
 
   MoeDlm& model_;
   const text::Tokenizer& tok_;
@@ -110,8 +117,7 @@ class Scheduler {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
-  // (batcher, its row id) -> job, choice
-  std::map<std::pair<gen::ContinuousBatcher*, int64_t>, std::pair<std::shared_ptr<Job>, int>> rows_;
+  RowMap rows_;
   bool stopping_ = false, cancel_all_ = false, exit_ = false;
   std::thread thread_;
 };

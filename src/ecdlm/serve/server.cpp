@@ -128,7 +128,11 @@ void stream_job(httplib::Response& res, const std::shared_ptr<Job>& job, const R
         for (const auto& u : ups) out += sse_update(u, info, d);
         if (done) {
           if (job->failed)
-            out += "data: " + error_body("the server is shutting down; the request was cancelled", "server_error", "").dump() + "\n\n";
+            out += "data: " +
+                   error_body(job->error.empty() ? "the server is shutting down; the request was cancelled" : job->error,
+                              "server_error", "")
+                       .dump(-1, ' ', false, json::error_handler_t::replace) +
+                   "\n\n";
           else if (info.include_usage)
             out += sse_usage(*job, info, d);
           out += "data: [DONE]\n\n";
@@ -243,7 +247,10 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
       return send_error(res, 499, "the client closed the connection", "", "client_closed");
     }
   }
-  if (job->failed) return send_error(res, 503, "the server shut down before the request finished", "", "server_error");
+  if (job->failed) {
+    if (!job->error.empty()) return send_error(res, 500, job->error, "", "server_error");
+    return send_error(res, 503, "the server shut down before the request finished", "", "server_error");
+  }
   res.set_content(response_json(*job, info, L->defaults).dump(-1, ' ', false, json::error_handler_t::replace),
                   "application/json");
 }

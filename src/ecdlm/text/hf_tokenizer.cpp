@@ -136,7 +136,12 @@ int32_t HfTokenizer::piece_to_id(const std::string& piece) const {
 std::string HfTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::vector<std::string> toks;
   toks.reserve(ids.size());
-  for (int32_t id : ids) toks.push_back(id_to_piece(id));
+  for (int32_t id : ids) {
+    // An id without a token (a model vocabulary padded past the tokenizer's, or a hole) is left
+    // out, as HF tokenizers' decode does, instead of failing the whole text.
+    if (const AddedToken* a = added_by_id(id)) toks.push_back(a->content);
+    else if (model_.has_id(id)) toks.emplace_back(model_.id_to_token(id));
+  }
   if (!decoder_) {
     std::string out;
     for (size_t i = 0; i < toks.size(); ++i) {

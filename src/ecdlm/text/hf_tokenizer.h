@@ -57,7 +57,7 @@ class HfTokenizer : public Tokenizer {
   using Tokenizer::encode;
   std::vector<int32_t> encode(const std::string& text) const override { return encode(text, true); }
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const override;
-  // HF decode(ids, skip_special_tokens=false). Unknown ids throw std::out_of_range.
+  // HF decode(ids, skip_special_tokens=false); ids without a token are left out, as HF does.
   std::string decode(const std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override { return vocab_size_; }
   int32_t mask_id() const override { return mask_id_; }

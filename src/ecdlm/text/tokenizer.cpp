@@ -199,9 +199,12 @@ std::vector<int32_t> SpmTokenizer::encode(const std::string& text) const {
 }
 
 std::string SpmTokenizer::decode(const std::vector<int32_t>& ids) const {
-  for (int32_t id : ids) check_id(id);
+  std::vector<int32_t> known;  // ids outside the vocabulary left out, as HfTokenizer::decode
+  known.reserve(ids.size());
+  for (int32_t id : ids)
+    if (id >= 0 && id < size_) known.push_back(id);
   std::string out;
-  if (spm::api().decode(sp_, ids.data(), static_cast<int64_t>(ids.size()), append_str, &out) != 0)
+  if (spm::api().decode(sp_, known.data(), static_cast<int64_t>(known.size()), append_str, &out) != 0)
     throw std::runtime_error(path_ + ": decode failed");
   return out;
 }

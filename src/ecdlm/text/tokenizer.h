@@ -26,7 +26,10 @@ class Tokenizer {
   virtual std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const {
     return encode(text);
   }
-  // Ids outside [0, vocab_size) throw std::out_of_range.
+  // Ids the tokenizer has no token for (outside [0, vocab_size), or a hole in it) are left out,
+  // as Hugging Face tokenizers' decode does: a model's vocabulary is often padded past its
+  // tokenizer's, and a sampled padding id must not fail a whole answer. id_to_piece throws
+  // std::out_of_range for them.
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual int32_t mask_id() const = 0;
