@@ -18,6 +18,7 @@
 #include "ecdlm/train/retrofit.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
+#include "ecdlm/util/strings.h"
 
 namespace ecdlm::cli {
 
@@ -158,13 +159,6 @@ bool trained_bidirectional(const ModelConfig& cfg) { return cfg.arch == Arch::kL
 
 namespace {
 
-std::string size_str(double bytes) {
-  char buf[32];
-  if (bytes >= 1e9) std::snprintf(buf, sizeof(buf), "%.2f GB", bytes / 1e9);
-  else std::snprintf(buf, sizeof(buf), "%.2f MB", bytes / 1e6);
-  return buf;
-}
-
 std::unique_ptr<io::SafetensorsSet> open_weights(const std::string& dir) {
   try {
     return std::make_unique<io::SafetensorsSet>(io::SafetensorsSet::open(dir));
@@ -200,50 +194,18 @@ MoeDlm load_routed(const std::string& dir, const RoutingFlags& f, const LoadOpti
 }
 
 // --quant-kernel and --quant-repack for a quantized checkpoint (set process-wide, logged once).
-// auto: copies with the vnni kernel; all built now when they take at most 70% of the available
-// memory (each weight's rows are handed back as its copy is made, so the copies are what stays:
-// LLaDA2.0-mini's q8 copies, 16.6 GB, fit a 24 GB machine and decode 1.7x faster than copies made
-// on first use inside the steps), else each weight's on its first use (an expert never routed to is
-// never copied, as it is never paged in).
+// auto's rule (model/quantize.h setup_quant_copies): LLaDA2.0-mini's q8 copies, 16.6 GB, fit a 24 GB
+// machine and decode 1.7x faster than copies made on first use inside the steps.
 void setup_quantized(MoeDlmImpl& model, const RoutingFlags& f) {
   kernels::set_quant_kernel(kernels::parse_quant_kernel(f.quant_kernel, "--quant-kernel"));
   kernels::set_quant_repack(false);
-  const int64_t bytes = quantized_bytes(model);
-  if (bytes == 0) return;
+  if (quantized_bytes(model) == 0) return;
   const auto backend = kernels::quant_kernel_backend();
-  const bool vnni = kernels::is_vnni(backend);
-  const int64_t avail = prof::available_memory_bytes();
-  const auto size = [](int64_t b) { return size_str(static_cast<double>(b)); };
-  if (f.quant_repack == "on" && !vnni)
+  if (f.quant_repack == "on" && !kernels::is_vnni(backend))
     fail("", "--quant-repack", "repacked weights run on the AVX512-VNNI kernel, and the quantized kernel in use is " +
                                    std::string(kernels::quant_kernel_name(backend)),
          "use --quant-kernel vnni on a CPU with AVX512-VNNI, or --quant-repack off");
-  if (f.quant_repack == "on" && avail >= 0 && bytes > avail * 4 / 5)
-    LOG_WARN("--quant-repack on: the copies (" << size(bytes) << ") exceed 80% of the " << size(avail)
-                                               << " of available memory");
-  std::string done;
-  if (f.quant_repack == "off") {
-    done = "off (--quant-repack off)";
-  } else if (!vnni) {
-    done = "off (--quant-repack auto: the " + std::string(kernels::quant_kernel_name(backend)) + " kernel reads the rows)";
-  } else if (f.quant_repack == "auto" && avail >= 0 && bytes > avail * 7 / 10) {
-    kernels::set_quant_repack(true);
-    kernels::reserve_quant_copies(bytes + bytes / 8);  // + padding to 16-row blocks and alignment
-    done = "on (--quant-repack auto), each built on its first use: all of them (" + size(bytes) +
-           ") would take more than 70% of the " + size(avail) + " of available memory";
-  } else {
-    kernels::set_quant_repack(true);
-    const auto t0 = std::chrono::steady_clock::now();
-    int64_t released = 0;
-    const int64_t n = prepack_quantized(model, &released);
-    char buf[256];
-    std::snprintf(buf, sizeof(buf), "on (--quant-repack %s): %lld weights, %s, repacked in %.2f s; %s of the row layout "
-                  "handed back, RSS %s",
-                  f.quant_repack.c_str(), static_cast<long long>(n), size(bytes).c_str(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), size(released).c_str(),
-                  size_str(prof::rss_bytes()).c_str());
-    done = buf;
-  }
+  const std::string done = setup_quant_copies(model, f.quant_repack);
   LOG_INFO("quantized kernel: " << f.quant_kernel << " -> " << kernels::quant_kernel_name(backend)
                                 << "; output-lane copies " << done);
 }

@@ -55,6 +55,17 @@ assert [(r["dtype"], r["model"]) for r in rows] == [("f32", sys.argv[2] + " (f32
 assert all(r["tokens"] == 64 and r["tokens_per_s"] > 0 for r in rows), rows
 PY
 
+# A quantized checkpoint is served on the output-lane copies, as `ecdlm serve` serves it (--quant-repack
+# auto), where the CPU has AVX512-VNNI (until 2026-12-06 bench serve ran its products on the row layout).
+"$ECDLM" --threads 1 convert -m "$M" -o "$TMP/q8" --quantize q8 > /dev/null 2>&1
+cp "$M/tokenizer.json" "$M/tokenizer_config.json" "$TMP/q8/"
+"$ECDLM" --threads 1 bench serve -m "$TMP/q8" --no-synthetic --clients 1 --requests 2 --max-tokens 32 \
+  > "$TMP/q8.md" 2> "$TMP/q8.err"
+grep -q "^| $TMP/q8 (f32 + quantized weights) | token | 1 |" "$TMP/q8.md" || { cat "$TMP/q8.md"; fail "no quantized row"; }
+if grep -q avx512_vnni /proc/cpuinfo; then
+  grep -q "output-lane copies on (--quant-repack auto)" "$TMP/q8.err" || { cat "$TMP/q8.err"; fail "q8 not on the copies"; }
+fi
+
 expect_fail "--dtype" "$ECDLM" -q bench serve -m "$M" --no-synthetic --dtype f16
 expect_fail "--dtype" "$ECDLM" -q bench serve --dtype bf16
 expect_fail "--no-synthetic" "$ECDLM" -q bench serve --no-synthetic

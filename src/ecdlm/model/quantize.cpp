@@ -1,11 +1,16 @@
 #include "ecdlm/model/quantize.h"
 
+#include <chrono>
+#include <cstdio>
 #include <memory>
 #include <regex>
 
 #include "ecdlm/kernels/quant_repack.h"
 #include "ecdlm/model/moe_dlm.h"
+#include "ecdlm/kernels/quant.h"
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/log.h"
+#include "ecdlm/util/profile.h"
 #include "ecdlm/util/strings.h"
 
 namespace ecdlm {
@@ -313,6 +318,38 @@ int64_t quantized_bytes(MoeDlmImpl& model) {
   int64_t bytes = 0;
   for (const auto* w : quantized_weights(model)) bytes += w->bytes();
   return bytes;
+}
+
+std::string setup_quant_copies(MoeDlmImpl& model, const std::string& mode) {
+  kernels::set_quant_repack(false);
+  const int64_t bytes = quantized_bytes(model);
+  if (bytes == 0) return "";
+  const auto backend = kernels::quant_kernel_backend();
+  const int64_t avail = prof::available_memory_bytes();
+  const auto size = [](int64_t b) { return size_str(static_cast<double>(b)); };
+  if (mode == "off") return "off (--quant-repack off)";
+  if (!kernels::is_vnni(backend))
+    return "off (--quant-repack " + mode + ": the " + std::string(kernels::quant_kernel_name(backend)) +
+           " kernel reads the rows)";
+  kernels::set_quant_repack(true);
+  if (mode == "on" && avail >= 0 && bytes > avail * 4 / 5)
+    LOG_WARN("--quant-repack on: the copies (" << size(bytes) << ") exceed 80% of the " << size(avail)
+                                               << " of available memory");
+  if (mode == "auto" && avail >= 0 && bytes > avail * 7 / 10) {
+    kernels::reserve_quant_copies(bytes + bytes / 8);  // + padding to 16-row blocks and alignment
+    return "on (--quant-repack auto), each built on its first use: all of them (" + size(bytes) +
+           ") would take more than 70% of the " + size(avail) + " of available memory";
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t released = 0;
+  const int64_t n = prepack_quantized(model, &released);
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "on (--quant-repack %s): %lld weights, %s, repacked in %.2f s; %s of the row layout "
+                "handed back, RSS %s",
+                mode.c_str(), static_cast<long long>(n), size(bytes).c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), size(released).c_str(),
+                size_str(prof::rss_bytes()).c_str());
+  return buf;
 }
 
 }  // namespace ecdlm

@@ -106,5 +106,12 @@ int64_t prepack_quantized(MoeDlmImpl& model, int64_t* released = nullptr);
 // Bytes of the packed weights of `model` (codes, scales, minimums): about what their output-lane
 // copies take. 0 for a model without quantized weights.
 int64_t quantized_bytes(MoeDlmImpl& model);
+// The output-lane copies of a quantized model for the kernel in use (kernels::quant_kernel_backend),
+// as every reader's --quant-repack sets them. mode "auto": with the vnni kernel, all built now when
+// they take at most 70% of the available memory (each weight's rows handed back as its copy is
+// made, so the copies are what stays), else each weight's on its first use (an expert never routed
+// to is never copied); "on": all built now; "off": none. Sets kernels::set_quant_repack and returns
+// what it did, for the log. A model without quantized weights: repacking off, "".
+std::string setup_quant_copies(MoeDlmImpl& model, const std::string& mode);
 
 }  // namespace ecdlm

@@ -266,10 +266,15 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
       lo.map_weights = true;  // as `ecdlm serve`: weights used in place where the dtype matches
       LOG_INFO("bench serve: " << p.model_dir << " in " << dt << (p.dtypes.empty() ? " (its stored dtype)" : " (--dtype)"));
       L.model = load_model(p.model_dir, nullptr, lo);
+      // A quantized checkpoint on the copies `ecdlm serve` builds by default (--quant-repack auto).
+      const std::string copies = setup_quant_copies(*L.model, "auto");
+      if (!copies.empty()) LOG_INFO("bench serve: quantized kernel " << kernels::quant_kernel_name(kernels::quant_kernel_backend())
+                                                                     << "; output-lane copies " << copies);
       L.defaults = defaults(mask.id);
       auto q = p;
       q.routings = {"token"};  // a model of our own: token choice (no dMoE coreset)
-      bench_model(p.model_dir + " (" + dt + ")", std::move(L), q, rows);
+      bench_model(p.model_dir + " (" + dt + (copies.empty() ? "" : " + quantized weights") + ")", std::move(L), q, rows);
+      kernels::set_quant_repack(false);
     }
   }
   return rows;

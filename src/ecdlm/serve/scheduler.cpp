@@ -23,6 +23,14 @@ void set_max(std::atomic<int64_t>& a, int64_t v) {
   }
 }
 
+// Ends job without an answer: its handler answers 500 with `error`.
+void mark_failed(Job& job, const std::string& error) {
+  std::lock_guard<std::mutex> jl(job.mu);
+  job.failed = true;
+  job.error = error;
+  job.cv.notify_all();
+}
+
 }  // namespace
 
 Scheduler::Scheduler(MoeDlm& model, const text::Tokenizer& tok, const SchedulerParams& sp)
@@ -113,10 +121,7 @@ void Scheduler::fail_job_locked(const std::shared_ptr<Job>& job, const std::stri
     it->first.first->cancel(it->first.second);  // leaves the batch at the next step, its KV cache freed
     it = rows_.erase(it);
   }
-  std::lock_guard<std::mutex> jl(job->mu);
-  job->failed = true;
-  job->error = error;
-  job->cv.notify_all();
+  mark_failed(*job, error);
 }
 
 void Scheduler::finish_choice(Job& job, int c, const std::string& reason) {
@@ -281,11 +286,7 @@ void Scheduler::loop() {
             ++it;
             continue;
           }
-          auto& job = *it->second.first;
-          std::lock_guard<std::mutex> jl(job.mu);
-          job.failed = true;
-          job.error = std::string("generation failed: ") + e.what();
-          job.cv.notify_all();
+          mark_failed(*it->second.first, std::string("generation failed: ") + e.what());
           it = rows_.erase(it);
         }
         batchers_[k] = std::make_unique<gen::ContinuousBatcher>(model_, b->params());  // drops the failed rows

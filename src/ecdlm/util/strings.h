@@ -1,5 +1,6 @@
 // Small string helpers shared across the library.
 #pragma once
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,14 @@ inline std::string join(const std::vector<std::string>& v, const std::string& se
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
   return s;
+}
+
+// "1.23 GB" / "45.60 MB": a byte count for the logs.
+inline std::string size_str(double bytes) {
+  char buf[32];
+  if (bytes >= 1e9) std::snprintf(buf, sizeof(buf), "%.2f GB", bytes / 1e9);
+  else std::snprintf(buf, sizeof(buf), "%.2f MB", bytes / 1e6);
+  return buf;
 }
 
 }  // namespace ecdlm
