@@ -150,6 +150,11 @@ async function api() {
     ["/v1/completions", { model, prompt: [1, 2, 400] }, 400, "prompt[2]"],
     ["/v1/completions", { model, prompt: "" }, 400, "prompt"],
     ["/v1/completions", { model, prompt: "x", stop: 7 }, 400, "stop"],
+    ["/v1/completions", `{"model": "${model}", "prompt": "x", "seed": 18446744073709551615}`, 400, "seed"],
+    ["/v1/completions", { model, prompt: "x", temperature: 2.5 }, 400, "temperature"],
+    ["/v1/completions", { model, prompt: "x", ecdlm: { threshold: 1e308 } }, 400, "ecdlm.threshold"],
+    ["/v1/completions", { model, prompt: "x", ecdlm: { block_top_p: 0 } }, 400, "ecdlm.block_top_p"],
+    ["/v1/completions", { model, prompt: "x", ecdlm: { block_length: 100000 } }, 400, "ecdlm.block_length"],
     ["/v1/completions", "x".repeat(2 << 20), 413, null],
   ];
   for (const [route, body, status, param] of bad) {

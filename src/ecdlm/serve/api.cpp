@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <set>
+#include <sstream>
 
 #include "ecdlm/text/chat.h"
 #include "ecdlm/util/error.h"
@@ -16,6 +17,9 @@ using nlohmann::json;
 
 int64_t get_int(const json& v, const std::string& name, int64_t lo, int64_t hi) {
   if (!v.is_number_integer()) bad(name, "'" + name + "' must be an integer");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))  // would wrap negative
+    bad(name, "'" + name + "' is " + std::to_string(v.get<uint64_t>()) + ", outside [" + std::to_string(lo) + ", " +
+                  std::to_string(hi) + "]");
   const auto x = v.get<int64_t>();
   if (x < lo || x > hi)
     bad(name, "'" + name + "' is " + std::to_string(x) + ", outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
@@ -25,6 +29,17 @@ int64_t get_int(const json& v, const std::string& name, int64_t lo, int64_t hi) 
 double get_num(const json& v, const std::string& name) {
   if (!v.is_number()) bad(name, "'" + name + "' must be a number");
   return v.get<double>();
+}
+
+// A number in [lo, hi] ((lo, hi] with open_lo), named in the error as the request spells it.
+double get_num(const json& v, const std::string& name, double lo, double hi, bool open_lo = false) {
+  const double x = get_num(v, name);
+  if ((open_lo ? !(x > lo) : !(x >= lo)) || !(x <= hi)) {
+    std::ostringstream o;
+    o << "'" << name << "' is " << v.dump() << ", outside " << (open_lo ? "(" : "[") << lo << ", " << hi << "]";
+    bad(name, o.str());
+  }
+  return x;
 }
 
 bool get_bool(const json& v, const std::string& name) {
@@ -75,7 +90,7 @@ void apply_ecdlm(const json& e, gen::ThresholdParams& p, bool& canvas, const Mod
   only_fields(e, {"threshold", "steps", "block_length", "moe_routing", "block_top_p", "decoder", "eos_early_stop",
                   "ignore_eos", "top_k", "stream_canvas", "confidence"},
               "ecdlm.");
-  if (e.contains("threshold")) p.threshold = get_num(e["threshold"], "ecdlm.threshold");
+  if (e.contains("threshold")) p.threshold = get_num(e["threshold"], "ecdlm.threshold", 0.0, 1.0);
   if (e.contains("steps")) p.steps = get_int(e["steps"], "ecdlm.steps", 1, 1 << 20);
   if (e.contains("block_length")) p.block_length = get_int(e["block_length"], "ecdlm.block_length", 1, 1 << 20);
   if (e.contains("top_k")) p.top_k = get_int(e["top_k"], "ecdlm.top_k", 0, cfg.vocab_size);
@@ -84,7 +99,7 @@ void apply_ecdlm(const json& e, gen::ThresholdParams& p, bool& canvas, const Mod
   if (e.contains("stream_canvas")) canvas = get_bool(e["stream_canvas"], "ecdlm.stream_canvas");
   try {
     if (e.contains("moe_routing")) p.routing.policy = moe::parse_routing_policy(get_str(e["moe_routing"], "ecdlm.moe_routing"));
-    if (e.contains("block_top_p")) p.routing.block_top_p = get_num(e["block_top_p"], "ecdlm.block_top_p");
+    if (e.contains("block_top_p")) p.routing.block_top_p = get_num(e["block_top_p"], "ecdlm.block_top_p", 0.0, 1.0, true);
     if (e.contains("confidence")) p.confidence = gen::parse_confidence(get_str(e["confidence"], "ecdlm.confidence"));
   } catch (const UserError& err) {
     bad("ecdlm", err.what());
@@ -182,10 +197,8 @@ std::shared_ptr<Job> build_job(const std::string& body, bool chat, const ApiDefa
     if (job->prompt.empty()) bad("prompt", "'prompt' is empty; threshold decoding continues a prompt");
   }
   if (b.contains("ecdlm")) apply_ecdlm(b["ecdlm"], p, job->canvas, cfg);
-  if (b.contains("temperature")) p.temperature = get_num(b["temperature"], "temperature");
-  if (p.temperature < 0 || p.temperature > 2) bad("temperature", "'temperature' must be in [0, 2]");
-  if (b.contains("top_p")) p.top_p = get_num(b["top_p"], "top_p");
-  if (!(p.top_p > 0 && p.top_p <= 1)) bad("top_p", "'top_p' must be in (0, 1]");
+  if (b.contains("temperature")) p.temperature = get_num(b["temperature"], "temperature", 0.0, 2.0);
+  if (b.contains("top_p")) p.top_p = get_num(b["top_p"], "top_p", 0.0, 1.0, true);
   if (b.contains("seed")) p.seed = static_cast<uint64_t>(get_int(b["seed"], "seed", 0, INT64_MAX));
   int64_t n = 1;
   if (b.contains("n")) n = get_int(b["n"], "n", 1, d.max_n);
@@ -211,6 +224,9 @@ std::shared_ptr<Job> build_job(const std::string& body, bool chat, const ApiDefa
   }
   // Lengths: the prompt and the output, rounded up to whole blocks, must fit the context.
   const int64_t P = static_cast<int64_t>(job->prompt.size()), ctx = cfg.max_position_embeddings;
+  if (ctx > 0 && p.block_length > ctx)
+    bad("ecdlm.block_length", "'ecdlm.block_length' " + std::to_string(p.block_length) + " exceeds the model's context " +
+                                  std::to_string(ctx));
   const int64_t room = ctx > 0 ? ctx / p.block_length * p.block_length - P : INT64_MAX;
   if (room < 1)
     bad(prompt_field, "the prompt has " + std::to_string(P) + " tokens; the model's context is " + std::to_string(ctx));
