@@ -20,7 +20,8 @@ void register_bench_serve(CLI::App* bench) {
   };
   auto a = std::make_shared<Args>();
   sub->add_flag("--quick", a->p.quick, "Small run (CI smoke): 1, 2 and 4 clients, 4 requests, 32 tokens");
-  sub->add_option("-m,--model", a->p.model_dir, "Also a model directory with its tokenizer (token routing)");
+  sub->add_option("-m,--model", a->p.model_dir,
+                  "Also a model directory with its tokenizer (token routing, or the --routing list when given)");
   sub->add_option("--dtype", a->p.dtypes,
                   "Weight dtype of the -m model: f32, bf16, or f32,bf16 for one run each (default: its stored dtype, "
                   "as `ecdlm serve`; the synthetic model is bf16)")
@@ -32,7 +33,10 @@ void register_bench_serve(CLI::App* bench) {
       ->delimiter(',')
       ->capture_default_str();
   sub->add_option("--clients", a->p.clients, "Concurrency levels (the first must be 1)")->delimiter(',');
-  sub->add_option("--routing", a->p.routings, "Routing policies (token, block)")->delimiter(',');
+  auto* routing = sub->add_option("--routing", a->p.routings,
+                                  "Routing policies, one run each (token, block; default: both for the synthetic "
+                                  "model, token for -m)")
+                      ->delimiter(',');
   sub->add_option("--requests", a->p.requests, "Requests per level")->capture_default_str();
   sub->add_option("--max-tokens", a->p.max_tokens, "Tokens per request")->capture_default_str();
   sub->add_option("--steps", a->p.steps, "Denoising steps per block")->capture_default_str();
@@ -47,9 +51,10 @@ void register_bench_serve(CLI::App* bench) {
   sub->add_flag("--json", a->json, "Print the rows as JSON instead of the table");
   sub->add_option("--out-md", a->out_md, "Write the markdown table here");
   sub->add_option("--out-json", a->out_json, "Write the rows as JSON here");
-  set_runner(sub, [a]() {
+  set_runner(sub, [a, routing]() {
     auto p = a->p;
     p.synthetic = !a->no_synthetic;
+    if (routing->count() > 0) p.model_routings = p.routings;
     if (p.quick) {
       p.clients = {1, 2, 4};
       p.requests = 4;
@@ -60,7 +65,8 @@ void register_bench_serve(CLI::App* bench) {
                                      << p.max_tokens << ", block " << p.block_length << ", steps " << p.steps
                                      << ", max batch " << p.max_batch << ", synthetic MoE layers " << p.synth_moe_layers
                                      << " (" << join(p.synth_weights) << ")"
-                                     << ", model '" << p.model_dir << "'");
+                                     << ", routing " << join(p.routings) << ", model '" << p.model_dir << "'"
+                                     << (p.model_dir.empty() ? "" : " (routing " + join(p.model_routings) + ")"));
     const auto rows = serve::run_serve_bench(p);
     const auto md = serve::to_markdown(rows, p);
     if (!a->out_md.empty()) write_file_atomic(a->out_md, md);

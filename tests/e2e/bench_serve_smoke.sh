@@ -66,6 +66,16 @@ if grep -q avx512_vnni /proc/cpuinfo; then
   grep -q "output-lane copies on (--quant-repack auto)" "$TMP/q8.err" || { cat "$TMP/q8.err"; fail "q8 not on the copies"; }
 fi
 
+# --routing applies to the -m model too when given (token alone otherwise).
+"$ECDLM" -q --threads 1 bench serve -m "$M" --no-synthetic --clients 1 --requests 2 --max-tokens 32 --routing block \
+  --json > "$TMP/block.json"
+python3 - "$TMP/block.json" <<'PY' || fail "--routing block on the -m model"
+import json, sys
+rows = json.load(open(sys.argv[1]))
+assert [r["routing"] for r in rows] == ["block"] and rows[0]["tokens"] == 64, rows
+PY
+expect_fail "--routing" "$ECDLM" -q bench serve -m "$M" --no-synthetic --routing nope
+
 expect_fail "--dtype" "$ECDLM" -q bench serve -m "$M" --no-synthetic --dtype f16
 expect_fail "--dtype" "$ECDLM" -q bench serve --dtype bf16
 expect_fail "--no-synthetic" "$ECDLM" -q bench serve --no-synthetic

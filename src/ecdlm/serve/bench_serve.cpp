@@ -214,6 +214,9 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
       fail("", "--synth-weights", "unknown weights '" + w + "'", "use bf16, q8, q4 or q4s (comma list)");
   if (!p.synthetic && !(p.synth_weights.size() == 1 && p.synth_weights[0] == "bf16"))
     fail("", "--synth-weights", "applies to the synthetic model, and --no-synthetic drops it", "drop one of the two");
+  for (const auto* list : {&p.routings, &p.model_routings})
+    for (const auto& r : *list)
+      if (r != "token" && r != "block") fail("", "--routing", "unknown routing '" + r + "'", "use token, block or token,block");
   std::vector<ServeBenchRow> rows;
   prof::set_enabled(true);
   auto defaults = [&](int64_t mask) {
@@ -272,7 +275,7 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
                                                                      << "; output-lane copies " << copies);
       L.defaults = defaults(mask.id);
       auto q = p;
-      q.routings = {"token"};  // a model of our own: token choice (no dMoE coreset)
+      q.routings = p.model_routings;
       bench_model(p.model_dir + " (" + dt + (copies.empty() ? "" : " + quantized weights") + ")", std::move(L), q, rows);
       kernels::set_quant_repack(false);
     }

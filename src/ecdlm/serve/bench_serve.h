@@ -23,7 +23,8 @@ struct ServeBenchParams {
   // output-lane copies built at load where the kernel is AVX512-VNNI).
   std::vector<std::string> synth_weights = {"bf16"};
   std::vector<int64_t> clients = {1, 2, 4, 8, 16};
-  std::vector<std::string> routings = {"token", "block"};
+  std::vector<std::string> routings = {"token", "block"};  // the synthetic model's
+  std::vector<std::string> model_routings = {"token"};     // the -m model's (--routing when given)
   int64_t requests = 16;                     // per level (each client takes requests / clients)
   int64_t synth_moe_layers = 3, synth_vocab = 32768;
   int64_t max_tokens = 64, block_length = 32, steps = 8;  // steps per block: 4 tokens per step
