@@ -20,6 +20,7 @@
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/profile.h"
+#include "ecdlm/util/progress.h"
 
 namespace ecdlm::serve {
 namespace {
@@ -139,7 +140,7 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
       const double u0 = metric(port, "ecdlm_unique_experts_per_block_sum"), n0 = metric(port, "ecdlm_unique_experts_per_block_count");
       prof::reset();  // where the level's steps spend their time
       std::vector<Sample> samples(static_cast<size_t>(p.requests));
-      std::atomic<int64_t> next{0};
+      std::atomic<int64_t> next{0}, done{0}, tokens_done{0};
       std::string error;
       std::mutex emu;
       const auto t0 = BClock::now();
@@ -153,13 +154,24 @@ void bench_model(const std::string& name, Loaded loaded, const ServeBenchParams&
                          {"ecdlm", {{"moe_routing", routing}, {"ignore_eos", true}}}};
             try {
               samples[static_cast<size_t>(i)] = stream_request(port, body);
+              tokens_done += samples[static_cast<size_t>(i)].tokens;
             } catch (const std::exception& e) {
               std::lock_guard<std::mutex> lk(emu);
               error = e.what();
             }
+            ++done;
           }
         });
+      // A level of a large model takes minutes: requests done, tokens/s and ETA meanwhile.
+      ProgressBar bar("bench serve " + routing + " " + std::to_string(c) + (c == 1 ? " client" : " clients"),
+                      p.requests, "tok");
+      while (done.load() < p.requests) {
+        bar.update(done.load(), "", static_cast<double>(tokens_done.load()));
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
       for (auto& t : th) t.join();
+      bar.update(done.load(), "", static_cast<double>(tokens_done.load()));
+      bar.finish();
       if (!error.empty()) throw std::runtime_error(error);
       ServeBenchRow r;
       r.model = name;
