@@ -255,12 +255,9 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
       qp.format = w;
       const int64_t n = quantize_model(*L.model, qp);
       weights = io::quant_format_name(quantize_format(qp));
-      if (kernels::is_vnni(kernels::quant_kernel_backend())) {
-        kernels::set_quant_repack(true);
-        prepack_quantized(*L.model);
-      }
-      LOG_INFO("bench serve: synthetic model in " << weights << ", " << n << " weights packed"
-                                                  << (kernels::quant_repack() ? ", on output-lane copies" : ""));
+      const std::string copies = setup_quant_copies(*L.model, "auto");  // as `ecdlm serve`
+      LOG_INFO("bench serve: synthetic model in " << weights << ", " << n << " weights packed; output-lane copies "
+                                                  << copies);
     }
     bench_model("synthetic LLaDA2.0-mini-shaped (" + std::to_string(p.synth_moe_layers) + " MoE layers, " + weights + ")",
                 std::move(L), p, rows, weights);
