@@ -53,7 +53,9 @@ void register_bench_generate(CLI::App* bench) {
   auto* sub = bench->add_subcommand(
       "generate", "Decoding: token vs dMoE block (p 0.5/0.6/0.8) vs top-k vs DES-S / DES-V (our interpretation) vs "
                   "EC routing, KV cache on/off");
-  sub->add_flag("--quick", a->p.quick, "Reduced run (2 MoE layers, 64 tokens, 1 repetition): under 2 minutes");
+  sub->add_flag("--quick", a->p.quick,
+                "Reduced run: 2 MoE layers, a 32-token prompt, 64 tokens, 1 repetition (each unless given by its "
+                "flag), and block p 0.6 only: under 2 minutes");
   sub->add_flag("--json", a->json, "Print {\"results\": [...]} as JSON");
   sub->add_option("--bench-brown-model", a->p.brown_model, "Token-choice Brown model directory (\"\" = skip)")
       ->capture_default_str();
@@ -109,7 +111,18 @@ void register_bench_generate(CLI::App* bench) {
   sub->add_option("--out-md", a->out_md, "Also write the markdown table here");
   sub->add_option("--out-json", a->out_json, "Also write the --json document here (`ecdlm plot --bench-generate` redraws it)");
   sub->add_option("--plot", a->plot, "PNG: MoE ms per forward against unique experts per block, a labelled point per policy");
-  set_runner(sub, [a] { return run(*a); });
+  set_runner(sub, [a, sub] {
+    // --quick's sizes for the flags not given (an explicit --bench-reps 3 --quick keeps its 3).
+    auto args = *a;
+    const auto given = [&](const char* flag) { return sub->count(flag) > 0; };
+    if (args.p.quick) {
+      if (!given("--bench-synth-layers")) args.p.synth_moe_layers = 2;
+      if (!given("--bench-reps")) args.p.reps = 1;
+      if (!given("--bench-gen-length")) args.p.gen_length = 64;
+      if (!given("--bench-prompt-length")) args.p.prompt_len = 32;
+    }
+    return run(args);
+  });
 }
 
 }  // namespace ecdlm::cli

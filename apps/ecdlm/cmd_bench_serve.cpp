@@ -3,6 +3,7 @@
 
 #include "commands.h"
 #include "ecdlm/serve/bench_serve.h"
+#include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
 #include "ecdlm/util/log.h"
 #include "ecdlm/util/strings.h"
@@ -19,7 +20,9 @@ void register_bench_serve(CLI::App* bench) {
     bool json = false, no_synthetic = false;
   };
   auto a = std::make_shared<Args>();
-  sub->add_flag("--quick", a->p.quick, "Small run (CI smoke): 1, 2 and 4 clients, 4 requests, 32 tokens");
+  sub->add_flag("--quick", a->p.quick,
+                "Small run (CI smoke): 1, 2 and 4 clients, 4 requests, 32 tokens, a 1-MoE-layer synthetic model "
+                "(each unless given by its flag)");
   sub->add_option("-m,--model", a->p.model_dir,
                   "Also a model directory with its tokenizer (token routing, or the --routing list when given)");
   sub->add_option("--dtype", a->p.dtypes,
@@ -43,7 +46,7 @@ void register_bench_serve(CLI::App* bench) {
   sub->add_option("--temperature", a->p.temperature,
                   "Sampling temperature of every request (0 = greedy; greedy decoding of the synthetic model's "
                   "random weights repeats one token and touches far fewer experts than a real model)")
-      ->check(Finite)->check(CLI::Range(0.0, 100.0))
+      ->check(Finite)->check(CLI::Range(0.0, 2.0))  // the server's range for `temperature`
       ->capture_default_str();
   sub->add_option("--max-batch", a->p.max_batch, "Server --max-batch")->capture_default_str();
   sub->add_option("--synth-moe-layers", a->p.synth_moe_layers, "MoE layers of the synthetic model")->capture_default_str();
@@ -51,15 +54,18 @@ void register_bench_serve(CLI::App* bench) {
   sub->add_flag("--json", a->json, "Print the rows as JSON instead of the table");
   sub->add_option("--out-md", a->out_md, "Write the markdown table here");
   sub->add_option("--out-json", a->out_json, "Write the rows as JSON here");
-  set_runner(sub, [a, routing]() {
+  set_runner(sub, [a, sub, routing]() {
     auto p = a->p;
     p.synthetic = !a->no_synthetic;
     if (routing->count() > 0) p.model_routings = p.routings;
-    if (p.quick) {
-      p.clients = {1, 2, 4};
-      p.requests = 4;
-      p.max_tokens = 32;
-      p.synth_moe_layers = 1;
+    const auto given = [&](const char* flag) { return sub->count(flag) > 0; };
+    if (!p.synthetic && given("--synth-moe-layers"))
+      fail("", "--synth-moe-layers", "applies to the synthetic model, and --no-synthetic drops it", "drop one of the two");
+    if (p.quick) {  // its sizes for the flags not given
+      if (!given("--clients")) p.clients = {1, 2, 4};
+      if (!given("--requests")) p.requests = 4;
+      if (!given("--max-tokens")) p.max_tokens = 32;
+      if (!given("--synth-moe-layers")) p.synth_moe_layers = 1;
     }
     LOG_INFO("bench serve: clients " << p.clients.size() << " levels, " << p.requests << " requests each, max_tokens "
                                      << p.max_tokens << ", block " << p.block_length << ", steps " << p.steps

@@ -93,8 +93,10 @@ void register_convert(CLI::App& app) {
     sub->add_option("--quantize-exclude", a->q_exclude, "Comma-separated categories or regexes to keep unquantized");
     sub->add_flag("--quantize-lm-head", a->q_lm_head, "Quantize lm_head too (kept bf16 by default)");
     sub->add_flag("--json", a->json, "Print the report as JSON");
-    set_runner(sub, [a] {
+    set_runner(sub, [a, sub] {
       require_dir(a->src);
+      if (a->quantize.empty() && sub->count("--quantize-group") > 0)
+        fail("", "--quantize-group", "given without --quantize", "add --quantize q8 or --quantize q4");
       ConvertParams p;
       p.layout = parse_expert_layout(a->layout);
       p.dtype = a->dtype;

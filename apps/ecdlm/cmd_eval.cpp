@@ -132,7 +132,11 @@ void register_eval(CLI::App& app) {
                   "Cloze spans per window, evenly spaced, one forward each (1 = mid-window)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   a->routing.add_to(sub);
-  set_runner(sub, [a] { return run(*a); });
+  set_runner(sub, [a, sub] {
+    if (sub->count("--eval-cloze-positions") > 0 && a->cloze_span <= 0)
+      fail("", "--eval-cloze-positions", "only applies with --eval-cloze-span", "add --eval-cloze-span N, or drop it");
+    return run(*a);
+  });
 }
 
 }  // namespace ecdlm::cli

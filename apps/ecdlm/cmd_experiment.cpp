@@ -36,6 +36,9 @@ int run(const ExperimentArgs& a) {
              "): it trains its runs one after another in one process",
          "run `ecdlm experiment` as one process, or launch the runs you want distributed as `ecdlm launch "
          "--nproc-per-node N -- train ...`");
+  if (a.rerun && a.report_only)
+    fail("", "--rerun", "conflicts with --report-only (which trains nothing and reports the finished runs)",
+         "drop one of the two");
   auto spec = ExperimentSpec::load(a.spec, a.quick);
   if (!a.runs_dir.empty()) spec.runs_dir = a.runs_dir;
   if (!a.results_dir.empty()) spec.results_dir = a.results_dir;

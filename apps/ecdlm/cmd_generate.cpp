@@ -97,6 +97,9 @@ void check_flag_combinations(const GenerateOptions& o, const std::string& decode
     flag_error("--prompt", "is empty", "--chat needs the user's message: pass -p \"...\"");
   if (o.given("--system") && !o.chat)
     flag_error("--system", "only applies to --chat", "add --chat, or drop --system");
+  if (o.ignore_eos)
+    for (const char* f : {"--eos-id", "--diffusion-eos-early-stop"})
+      if (o.given(f)) flag_error(f, "conflicts with --ignore-eos (no stop id at all)", "drop one of the two");
 }
 
 bool has_tokenizer_file(const std::string& dir) {
@@ -346,6 +349,9 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
     tp.rule = o.given("--diffusion-factor") ? gen::ThresholdRule::kFastFactor : gen::ThresholdRule::kFastThreshold;
     if (o.given("--diffusion-factor") && o.given("--diffusion-threshold"))
       flag_error("--diffusion-factor", "conflicts with --diffusion-threshold (Fast-dLLM uses one rule)", "pass one");
+    if (o.given("--diffusion-minimal-topk"))
+      flag_error("--diffusion-minimal-topk", "is an llada2 setting (it caps the steps per block, which fast-dllm does not "
+                 "schedule)", "drop it, or use --decoder llada2");
   } else if (decoder == "llada2") {
     tp.rule = gen::ThresholdRule::kLlada2;
     if (o.given("--diffusion-factor")) flag_error("--diffusion-factor", "is a Fast-dLLM setting", "use --decoder fast-dllm");

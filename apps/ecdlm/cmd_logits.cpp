@@ -212,7 +212,10 @@ void register_logits(CLI::App& app) {
   sub->add_option("--block-length", o->block_length,
                   "Block length of block-causal attention (blocks aligned to position 0)")
       ->capture_default_str();
-  set_runner(sub, [o, text_opt, input_opt]() {
+  set_runner(sub, [o, sub, text_opt, input_opt]() {
+    if (sub->count("--block-length") > 0 && o->attention != "block-causal")
+      throw UserError(format_error("", "--block-length", "only applies to --attention block-causal",
+                                   "add --attention block-causal, or drop --block-length"));
     return run_logits(*o, text_opt->count() > 0, input_opt->count() > 0);
   });
 }

@@ -75,7 +75,7 @@ serve::Loaded load(ServeOptions& o) {
   d.params = o.tp;
   d.params.mask_id = mask.id;
   d.params.kv_cache = true;
-  d.params.routing = o.routing.resolve(cfg);
+  d.params.routing = o.routing.resolve(cfg, /*request_defaults=*/true);
   d.chat = text::is_llada2_chat_tokenizer(*L.tok);
   if (d.chat)
     for (int32_t id : text::llada2_stop_ids(*L.tok, o.model_dir, cfg.vocab_size)) d.chat_stop_ids.push_back(id);

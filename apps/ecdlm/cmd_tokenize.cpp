@@ -134,14 +134,16 @@ void register_tokenize(CLI::App& app) {
   auto* m = sub->add_option("-m,--model", a->model_dir, "Model directory (tokenizer.json, vocab.json+merges.txt or tokenizer.model)");
   auto* t = sub->add_option("--tokenizer", a->tokenizer, "Tokenizer file instead of a model directory");
   m->excludes(t);
-  auto* tx = sub->add_option("--text", a->text, "Encode this one string (default: read --input, or stdin)");
+  auto* tx = sub->add_option("--text", a->text,
+                             "Encode this one string (with --decode: a JSON array of ids); default: read --input, or stdin");
   auto* in = sub->add_option("--input", a->input, "Input JSONL: {\"text\": ...} per line ({\"ids\": [...]} with --decode)");
   tx->excludes(in);
   sub->add_option("--output", a->output, "Output JSONL (default: stdout)");
-  sub->add_option("--add-special-tokens", a->add_special_tokens,
-                  "Add the post-processor's special tokens (BOS/EOS), as HF encode(add_special_tokens=)")
-      ->capture_default_str();
-  sub->add_flag("--decode", a->decode, "Decode {\"ids\": [...]} lines to {\"text\": ...} (special tokens kept)");
+  auto* add_special = sub->add_option("--add-special-tokens", a->add_special_tokens,
+                                      "Add the post-processor's special tokens (BOS/EOS), as HF encode(add_special_tokens=)")
+                          ->capture_default_str();
+  sub->add_flag("--decode", a->decode, "Decode {\"ids\": [...]} lines to {\"text\": ...} (special tokens kept)")
+      ->excludes(add_special);
   sub->add_flag("--show-tokens", a->show_tokens, "Also write the token strings as \"tokens\"");
   set_runner(sub, [a]() { return run(*a); });
 }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -29,25 +30,38 @@ void RoutingFlags::add_to(CLI::App* sub) {
                   "interpretation of the dMoE paper's DES-S / DES-V baselines); default: token, or block for dMoE "
                   "checkpoints")
       ->check(CLI::IsMember({"token", "ec", "block", "topk", "des-s", "des-v"}));
-  sub->add_option("--block-top-p", block_top_p, "Block routing: coreset mass p in (0, 1] (default: the "
-                                                "model's core_threshold, else 0.6)");
-  sub->add_option("--block-min-experts", block_min_experts, "Block routing: minimum coreset size G")
-      ->capture_default_str();
-  sub->add_option("--block-chunk", block_chunk, "Block routing: tokens per vote (aligned chunks)")
-      ->capture_default_str();
-  sub->add_option("--moe-topk-cap", topk_cap, "topk routing: experts per token")->capture_default_str();
-  des_opts.clear();
-  des_opts.push_back(sub->add_option("--moe-des-s-ratio", des_s_ratio,
-                  "des-s routing: (token, expert) pairs kept per chunk, as a fraction of tokens x k")
-      ->capture_default_str());
-  des_opts.push_back(sub->add_option("--moe-des-v-threshold", des_v_threshold,
-                  "des-v routing: keep experts whose summed vote is >= this x the best expert's, in [0, 1]")
-      ->capture_default_str());
-  des_opts.push_back(sub->add_option("--moe-des-min-experts", des_min_experts,
-                                     "des-s / des-v: minimum coreset size (0 = the model's k)")
-      ->capture_default_str());
-  des_opts.push_back(sub->add_option("--moe-des-chunk", des_chunk, "des-s / des-v: tokens per coreset (aligned chunks)")
-      ->capture_default_str());
+  using P = moe::RoutingPolicy;
+  policy_opts.clear();
+  const auto param = [&](CLI::Option* o, std::vector<P> policies, const char* applies) {
+    policy_opts.push_back({o, std::move(policies), applies});
+    return o;
+  };
+  param(sub->add_option("--block-top-p", block_top_p, "Block routing: coreset mass p in (0, 1] (default: the "
+                                                      "model's core_threshold, else 0.6)"),
+        {P::kBlock}, "block");
+  param(sub->add_option("--block-min-experts", block_min_experts, "Block routing: minimum coreset size G")
+            ->capture_default_str(),
+        {P::kBlock}, "block");
+  param(sub->add_option("--block-chunk", block_chunk, "Block routing: tokens per vote (aligned chunks)")
+            ->capture_default_str(),
+        {P::kBlock}, "block");
+  param(sub->add_option("--moe-topk-cap", topk_cap, "topk routing: experts per token")->capture_default_str(),
+        {P::kTopK}, "topk");
+  const std::vector<P> des = {P::kDesS, P::kDesV};
+  param(sub->add_option("--moe-des-s-ratio", des_s_ratio,
+                        "des-s routing: (token, expert) pairs kept per chunk, as a fraction of tokens x k")
+            ->capture_default_str(),
+        {P::kDesS}, "des-s");
+  param(sub->add_option("--moe-des-v-threshold", des_v_threshold,
+                        "des-v routing: keep experts whose summed vote is >= this x the best expert's, in [0, 1]")
+            ->capture_default_str(),
+        {P::kDesV}, "des-v");
+  param(sub->add_option("--moe-des-min-experts", des_min_experts, "des-s / des-v: minimum coreset size (0 = the model's k)")
+            ->capture_default_str(),
+        des, "des-s / des-v");
+  param(sub->add_option("--moe-des-chunk", des_chunk, "des-s / des-v: tokens per coreset (aligned chunks)")
+            ->capture_default_str(),
+        des, "des-s / des-v");
   sub->add_option("--moe-capacity-schedule", ec_schedule, "ec routing on a token-choice model: k(r) schedule "
                                                           "(default static k = the model's top-k)");
   sub->add_option("--moe-capacity-k-min", ec_k_min, "ec routing: schedule k_min");
@@ -98,7 +112,7 @@ torch::ScalarType parse_dtype(const std::string& s) {
   fail("", "--dtype", "unknown dtype '" + s + "'", "use f32 or bf16");
 }
 
-moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
+moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg, bool request_defaults) const {
   auto r = default_routing(cfg);
   if (!policy.empty()) r.policy = moe::parse_routing_policy(policy);
   // ec is applied at load time; in the layers it is the (converted) model's own routing.
@@ -111,11 +125,16 @@ moe::InferenceRouting RoutingFlags::resolve(const ModelConfig& cfg) const {
   r.des_v_threshold = des_v_threshold;
   r.des_min_experts = des_min_experts;
   r.des_chunk = des_chunk;
-  const bool des = r.policy == moe::RoutingPolicy::kDesS || r.policy == moe::RoutingPolicy::kDesV;
-  for (const auto* o : des_opts)
-    if (!des && o->count() > 0)
-      LOG_WARN(o->get_name() << " has no effect: routing is " << moe::routing_policy_name(r.policy)
-                             << " (it applies to --moe-routing des-s / des-v)");
+  for (const auto& po : policy_opts) {
+    if (po.opt->count() == 0 || std::find(po.policies.begin(), po.policies.end(), r.policy) != po.policies.end())
+      continue;
+    if (request_defaults)
+      LOG_INFO(po.opt->get_name() << ": the default for requests that choose " << po.applies
+                                  << " (ecdlm.moe_routing); the server's routing is " << moe::routing_policy_name(r.policy));
+    else
+      LOG_WARN(po.opt->get_name() << " has no effect: routing is " << moe::routing_policy_name(r.policy)
+                                  << " (it applies to --moe-routing " << po.applies << ")");
+  }
   if (r.policy != moe::RoutingPolicy::kToken) r.validate(moe_config_from(cfg));
   if (r.policy == moe::RoutingPolicy::kToken && block_top_p >= 0 && !(block_top_p > 0 && block_top_p <= 1))
     fail("", "--block-top-p", "must be in (0, 1]", "");

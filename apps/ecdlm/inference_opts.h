@@ -20,7 +20,13 @@ struct RoutingFlags {
   int64_t topk_cap = 4;
   double des_s_ratio = 0.65, des_v_threshold = 0.07;  // as moe::InferenceRouting
   int64_t des_min_experts = 0, des_chunk = 32;
-  std::vector<CLI::Option*> des_opts;  // to warn when given without a DES policy
+  // A policy's parameter flags, to say so when one is given and routing is another policy.
+  struct PolicyOpt {
+    CLI::Option* opt;
+    std::vector<moe::RoutingPolicy> policies;
+    std::string applies;  // "block", "des-s / des-v", ...
+  };
+  std::vector<PolicyOpt> policy_opts;
   std::string ec_schedule;            // ec on a TC model: capacity schedule (default static)
   double ec_k_min = 0, ec_k_max = 0;
   std::string dtype;                  // --dtype: f32 | bf16; "" = the checkpoint's stored dtype
@@ -31,7 +37,9 @@ struct RoutingFlags {
 
   void add_to(CLI::App* sub);
   // The effective routing for `cfg` (validated; UserError naming the flag), logged with its source.
-  moe::InferenceRouting resolve(const ModelConfig& cfg) const;
+  // request_defaults (serve): the flags are the defaults a request's own policy starts from, so a
+  // parameter of another policy is noted, not warned about.
+  moe::InferenceRouting resolve(const ModelConfig& cfg, bool request_defaults = false) const;
   // Where the effective policy comes from: "flag", "config" or "default" (routing_source below).
   std::string policy_source(const ModelConfig& cfg) const;
 };

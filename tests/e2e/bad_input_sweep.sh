@@ -106,4 +106,17 @@ if [ "$(id -u)" != 0 ] || command -v setpriv > /dev/null; then
   [ "$(ls -A)" = "$before" ] && [ -z "$(ls -A w)" ] || fail "unreadable cases wrote files: $(ls -A w)"
   rm -rf ro w
 fi
+# --- flags the chosen mode would ignore: refused by name (session 17's audit; each was: exit 0) ----
+bad "--diffusion-minimal-topk" generate -m "$TINY" "${IDS[@]}" --decoder fast-dllm --diffusion-minimal-topk 4
+bad "--eos-id" generate -m "$TINY" "${IDS[@]}" --decoder llada2 --ignore-eos
+bad "--diffusion-eos-early-stop" generate -m "$TINY" --prompt-ids 1,2 -n 8 --mask-id 299 --decoder llada2 --ignore-eos \
+  --diffusion-eos-early-stop
+bad "--block-length" logits -m "$TINY" --input "$TINY/golden.safetensors" --out x.safetensors --block-length 16
+bad "--quantize-group" convert -m "$TINY" -o conv --quantize-group 64
+bad "--rerun" experiment "$ROOT/configs/experiments/schedules.json" --rerun --report-only
+bad "--eval-cloze-positions" eval -m "$TINY" --data data --eval-cloze-positions 2
+bad "--add-special-tokens" tokenize --tokenizer "$TINY" --decode --add-special-tokens false --text '[1, 2]'
+bad "--synth-moe-layers" bench serve --no-synthetic -m "$TINY" --synth-moe-layers 2
+bad "--temperature" bench serve --temperature 3                 # was: each request failed with a 400
+bad "--steps" bench serve --steps 64                            # was: each request failed with a 400
 echo "bad_input_sweep e2e: OK"

@@ -272,7 +272,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
     }
   }
   {
-    const int64_t moe_layers = p.quick ? 2 : p.synth_moe_layers;
+    const int64_t moe_layers = p.synth_moe_layers;
     check_synthetic_fits(moe_layers, p.synth_vocab, need_ec);
     auto cfg = synthetic_llada2_config(moe_layers, p.synth_vocab);
     const bool bf16 = p.quant.empty() || std::find(p.quant.begin(), p.quant.end(), "bf16") != p.quant.end();
@@ -312,8 +312,7 @@ std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p) {
       models.push_back(std::move(mq));
     }
   }
-  const int64_t reps = p.quick ? 1 : p.reps;
-  const int64_t gen_length = p.quick ? 64 : p.gen_length, prompt_len = p.quick ? 32 : p.prompt_len;
+  const int64_t reps = p.reps, gen_length = p.gen_length, prompt_len = p.prompt_len;
 
   std::vector<GenBenchRow> rows;
   prof::set_enabled(true);

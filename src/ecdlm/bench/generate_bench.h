@@ -14,7 +14,7 @@
 namespace ecdlm::bench {
 
 struct GenBenchParams {
-  bool quick = false;
+  bool quick = false;  // fewer variants (block p 0.6 only); the CLI sets the smaller sizes
   std::string brown_model = "runs/brown-small-tc/best";  // a token-choice Brown model ("" = skip)
   int64_t synth_moe_layers = 3;     // + 1 dense layer, as LLaDA2 layer 0
   int64_t synth_vocab = 32768;      // LLaDA2's 157184 scaled by layers kept / 20 (see .cpp)

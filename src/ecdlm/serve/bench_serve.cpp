@@ -215,6 +215,11 @@ std::vector<ServeBenchRow> run_serve_bench(const ServeBenchParams& p) {
   if (p.clients.empty() || p.clients.front() != 1)
     fail("", "--clients", "the list must start at 1 (the one-after-another baseline)", "e.g. 1,2,4,8,16");
   if (p.requests < 1) fail("", "--requests", "must be >= 1", "e.g. 16");
+  if (p.steps < 1 || p.steps > p.block_length)
+    fail("", "--steps", "must be in [1, " + std::to_string(p.block_length) + "] (the block length): the server refuses more",
+         "e.g. 8");
+  if (!(p.temperature >= 0 && p.temperature <= 2))
+    fail("", "--temperature", "must be in [0, 2], the server's range", "e.g. 1");
   if (!p.synthetic && p.model_dir.empty())
     fail("", "--no-synthetic", "nothing to benchmark: no synthetic model and no -m", "pass -m MODEL_DIR");
   for (const auto& dt : p.dtypes)
