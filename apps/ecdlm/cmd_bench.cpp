@@ -20,7 +20,7 @@ struct BenchTrainArgs {
   std::string config = "configs/brown-small.json", out_md, bf16 = "true", init_from, data;
   std::vector<std::string> variants = {"ec", "tc-dropless", "tc-cf1.25"};
   int64_t steps = 4, reps = 3, warmup = 2, batch = 0, seq_len = 0, vocab = 8192;
-  bool json = false;
+  bool json = false, vocab_given = false;
 };
 
 int run_train(const BenchTrainArgs& a) {
@@ -36,10 +36,15 @@ int run_train(const BenchTrainArgs& a) {
   ModelConfig cfg = rc.model;
   cfg.vocab_size = a.vocab;
   cfg.mask_token_id = a.vocab - 1;
+  const bool data_meta = std::filesystem::exists(tp.data_dir + "/meta.json");
+  if (a.vocab_given && (!tp.init_from.empty() || data_meta))
+    fail("", "--vocab-size", "only applies to random tokens: the vocabulary comes from " +
+                                 (!tp.init_from.empty() ? "--bench-init-from's checkpoint" : tp.data_dir + "/meta.json"),
+         "drop --vocab-size (or point --data at a directory without prepared data)");
   if (!tp.init_from.empty()) {
     // Shapes and special ids come from the checkpoint; only the router is swapped per variant.
     cfg = ModelConfig::load(tp.init_from);
-  } else if (std::filesystem::exists(tp.data_dir + "/meta.json")) {
+  } else if (data_meta) {
     auto meta = read_json_file(tp.data_dir + "/meta.json");
     cfg.vocab_size = meta.value("vocab_size", cfg.vocab_size);
     cfg.mask_token_id = meta.value("mask_token_id", cfg.mask_token_id);
@@ -100,13 +105,24 @@ void register_bench(CLI::App& app) {
   tr->add_option("--bench-warmup", a->warmup, "Warm-up steps per variant")->capture_default_str()->check(CLI::NonNegativeNumber);
   tr->add_option("--train-batch-size", a->batch, "Override the config's batch size")->check(CLI::PositiveNumber);
   tr->add_option("--train-seq-len", a->seq_len, "Override the config's sequence length")->check(CLI::PositiveNumber);
-  tr->add_option("--vocab-size", a->vocab, "Vocabulary size of the benchmarked model")->capture_default_str()->check(CLI::Range(2, 1 << 24));
+  auto* vocab = tr->add_option("--vocab-size", a->vocab,
+                               "Vocabulary size of the benchmarked model on random tokens (prepared data and "
+                               "--bench-init-from bring their own)")
+                    ->capture_default_str()
+                    ->check(CLI::Range(2, 1 << 24));
   tr->add_option("--bench-bf16", a->bf16, "true|false")->capture_default_str();
-  tr->add_option("--bench-init-from", a->init_from, "Start every variant from this model's weights (realistic routing)")->check(CLI::ExistingDirectory);
+  tr->add_option("--bench-init-from", a->init_from,
+                 "Start every variant from this model (its weights and its config's shapes, in place of --config's "
+                 "model; realistic routing)")
+      ->check(CLI::ExistingDirectory);
   tr->add_option("--data", a->data, "Prepared data dir for real batches (default: the config's data_dir; random tokens if absent)");
   tr->add_option("--out-md", a->out_md, "Also write the markdown table to this file");
   tr->add_flag("--json", a->json, "Print {\"results\": [...]} JSON");
-  set_runner(tr, [a] { return run_train(*a); });
+  set_runner(tr, [a, vocab] {
+    auto args = *a;
+    args.vocab_given = vocab->count() > 0;
+    return run_train(args);
+  });
 
   auto t = std::make_shared<BenchTokenizeArgs>();
   auto* tk = bench->add_subcommand("tokenize", "Tokenizer throughput on Brown: ecdlm vs HF tokenizers (Node binding)");

@@ -214,7 +214,8 @@ void register_bench_dist(CLI::App* bench) {
   s->add_option("--bench-ranks", a->ranks, "N: ranks, and threads of the 1-rank run")->capture_default_str()->check(CLI::Range(2, 64));
   s->add_option("--bench-steps", a->steps, "Optimizer steps per run")->capture_default_str()->check(CLI::Range(4, 100000));
   s->add_option("--bench-reps", a->reps, "Runs of each setup (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
-  s->add_option("--train-batch-size", a->batch, "Global batch")->capture_default_str()->check(CLI::PositiveNumber);
+  s->add_option("--train-batch-size", a->batch, "Global batch (EP model: the batch of one rank)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   s->add_option("--train-seq-len", a->seq_len, "Sequence length")->capture_default_str()->check(CLI::PositiveNumber);
   s->add_option("--dist-ep", a->ep, "Also run the ranks expert parallel (train --dist-ep N) and report the "
                                     "all_to_all bytes and time per step")->capture_default_str();
@@ -245,7 +246,25 @@ void register_bench_dist(CLI::App* bench) {
   s->add_option("--bench-bytes-per-value", a->model.bytes_per_elem, "EP model: bytes per exchanged activation (4: f32, 2: bf16)")
       ->capture_default_str()->check(CLI::Range(1, 8));
   s->add_option("--plot", a->plot, "EP model: also write the step-time ratios to this PNG");
-  set_runner(s, [a] { return a->model.ec_model.empty() && a->model.tc_model.empty() ? run_bench_dist(*a) : run_ep_model(*a); });
+  set_runner(s, [a, s] {
+    const bool ep_model = !a->model.ec_model.empty() || !a->model.tc_model.empty();
+    // Each mode's flags, refused in the other (they would do nothing there).
+    const char* data_parallel_only[] = {"--config", "--bench-ranks", "--bench-steps", "--bench-reps", "--dist-ep",
+                                        "--bench-ep-f32-payload", "--work-dir"};
+    const char* ep_model_only[] = {"--bench-ep", "--bench-link-gbps", "--bench-link-latency-us", "--bench-loopback-gbps",
+                                   "--bench-loopback-latency-us", "--bench-capacity-factor", "--bench-ep-batches",
+                                   "--bench-ep-steps", "--bench-bytes-per-value", "--plot"};
+    for (const char* f : ep_model ? std::vector<const char*>(std::begin(data_parallel_only), std::end(data_parallel_only))
+                                  : std::vector<const char*>(std::begin(ep_model_only), std::end(ep_model_only)))
+      if (s->count(f) > 0)
+        fail("", f, ep_model ? "is a data-parallel run's setting; with --bench-ec-model / --bench-tc-model the EP model runs"
+                             : "is an EP model setting; it runs with --bench-ec-model and --bench-tc-model",
+             "drop " + std::string(f));
+    if (s->count("--bench-loopback-latency-us") > 0 && s->count("--bench-loopback-gbps") == 0)
+      fail("", "--bench-loopback-latency-us", "only applies with --bench-loopback-gbps (otherwise the probe measures both)",
+           "add --bench-loopback-gbps, or drop it");
+    return ep_model ? run_ep_model(*a) : run_bench_dist(*a);
+  });
   // Hidden: the loopback all_to_all probe the EP model launches on 2 ranks.
   auto probe = std::make_shared<std::pair<int64_t, std::string>>(4 << 20, "");
   auto* pr = bench->add_subcommand("a2a-probe", "");

@@ -101,7 +101,15 @@ void register_retrofit(CLI::App& app) {
   sub->add_option("--train-eval-every", a->eval_every, "Validate and checkpoint every N steps")->capture_default_str();
   sub->add_option("--train-seed", a->seed, "Seed")->capture_default_str();
   sub->add_flag("--json", a->json, "Print JSON");
-  set_runner(sub, [a] { return run(*a); });
+  set_runner(sub, [a, sub] {
+    if (a->steps == 0 && a->time_budget.empty())  // conversion only: the fine-tuning flags would do nothing
+      for (const char* f : {"--retrofit-train", "--data", "--train-lr", "--train-warmup", "--train-lr-schedule",
+                            "--train-batch-size", "--train-seq-len", "--train-eval-every", "--train-seed"})
+        if (sub->count(f) > 0)
+          fail("", f, "only applies when fine-tuning; without --train-steps or --train-time-budget retrofit only converts",
+               "add --train-steps N (or --train-time-budget), or drop " + std::string(f));
+    return run(*a);
+  });
 }
 
 }  // namespace ecdlm::cli

@@ -121,6 +121,15 @@ int run(TrainArgs& a) {
     for (const char* f : {"--moe-capacity-schedule", "--moe-capacity-k-min", "--moe-capacity-k-max"})
       if (given(a, f)) LOG_WARN(f << " has no effect with the token-choice router");
   }
+  if (cfg.router_type == RouterType::kExpertChoice && cfg.moe_capacity_schedule == "static")
+    for (const char* f : {"--moe-capacity-k-min", "--moe-capacity-k-max"})
+      if (given(a, f)) LOG_WARN(f << " has no effect with the static capacity schedule (k = --moe-top-k)");
+  if (p.moe_routing != "block")
+    for (const char* f : {"--block-top-p", "--block-min-experts", "--block-chunk"})
+      if (given(a, f)) LOG_WARN(f << " has no effect: training routing is " << p.moe_routing << " (it applies to --moe-routing block)");
+  if (p.distill_from.empty())
+    for (const char* f : {"--train-distill-weight", "--train-distill-temperature"})
+      if (given(a, f)) LOG_WARN(f << " has no effect without --train-distill-from");
   // TC norm matching (ec-dlm.md §4.1): a constant factor, stored in config.json.
   apply_tc_scaling_factor(cfg);
 

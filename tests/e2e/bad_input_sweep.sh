@@ -119,4 +119,6 @@ bad "--add-special-tokens" tokenize --tokenizer "$TINY" --decode --add-special-t
 bad "--synth-moe-layers" bench serve --no-synthetic -m "$TINY" --synth-moe-layers 2
 bad "--temperature" bench serve --temperature 3                 # was: each request failed with a 400
 bad "--steps" bench serve --steps 64                            # was: each request failed with a 400
+bad "--train-lr" retrofit --from "$TINY" --out rf --train-lr 1e-3   # conversion only: nothing trains
+bad "--vocab-size" bench train --config "$T" --data data --vocab-size 100   # the data's vocabulary rules
 echo "bad_input_sweep e2e: OK"

@@ -67,4 +67,8 @@ expect_fail "--bench-ep" "$ECDLM" -q bench dist "${ARGS[@]}" --bench-ep 3 --benc
 expect_fail "--bench-ep-batches" "$ECDLM" -q bench dist "${ARGS[@]}" --bench-ep 64 --bench-loopback-gbps 1
 expect_fail "no config.json" "$ECDLM" -q bench dist --data data --bench-ec-model nothere --bench-tc-model tc --bench-loopback-gbps 1
 expect_fail "no --dist-ep is given" "$ECDLM" -q bench dist --data data --bench-ep-f32-payload
+# Each mode's flags are refused in the other (they did nothing there).
+expect_fail "--bench-ranks" "$ECDLM" -q bench dist "${ARGS[@]}" --bench-ranks 4 --bench-loopback-gbps 1
+expect_fail "--bench-ep-steps" "$ECDLM" -q bench dist --data data --bench-ep-steps 4
+expect_fail "--bench-loopback-latency-us" "$ECDLM" -q bench dist "${ARGS[@]}" --bench-loopback-latency-us 5
 echo "bench_dist_model: OK"
