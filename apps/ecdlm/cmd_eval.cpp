@@ -47,6 +47,9 @@ int run(const EvalArgs& a) {
   p.seed = a.seed;
   p.bins = a.bins;
   p.bf16 = a.bf16 == "true";
+  if (!p.bf16 && dtype == "bf16")
+    LOG_WARN("--eval-bf16 false: the weights are bf16 (" << a.model << "'s stored dtype, or --dtype), so the products "
+             "stay bf16; pass --dtype f32 for an f32 evaluation");
   p.routing = a.routing.resolve(model->config());
   p.mask_mode = a.mask_mode;
   p.block_length = a.block_length;
@@ -116,7 +119,10 @@ void register_eval(CLI::App& app) {
   sub->add_option("--eval-batch-size", a->batch, "Windows per forward")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--eval-seed", a->seed, "Mask seed")->capture_default_str();
   sub->add_option("--eval-bins", a->bins, "Mask-ratio bin counts (e.g. 4 10)")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--eval-bf16", a->bf16, "true|false")->capture_default_str();
+  sub->add_option("--eval-bf16", a->bf16,
+                  "true|false: bf16 autocast of the products of f32 weights (bf16 weights compute in bf16 either "
+                  "way; --dtype f32 for an f32 evaluation)")
+      ->capture_default_str();
   sub->add_flag("--json", a->json, "Print JSON");
   sub->add_option("--eval-mask-mode", a->mask_mode,
                   "uniform (mask each token with prob. t, as training) or semi-ar (as the block decoder sees "
