@@ -11,9 +11,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 source "$ROOT/tests/e2e/lib.bash"
 M="$TMP/tiny-llada2"
-mkdir "$M"
-cp "$G/config.json" "$G/model.safetensors" "$M/"
-python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
+fixture_model "$G" "$M"
 
 ARGS=(bench serve -m "$M" --no-synthetic --clients 1,2 --requests 2 --max-tokens 32)
 "$ECDLM" -q --threads 1 "${ARGS[@]}" --out-json "$TMP/rows.json" > "$TMP/table.md"

@@ -87,9 +87,8 @@ jq_py "$TMP/b.json" "assert j['approximate'] is True and j['model_attention'] ==
   "generate --json does not mark the approximation"
 
 # --- the directory's tokenizer and generation_config.json mask id ----------------------------------------
-M="$TMP/lmoe"; mkdir "$M"
-cp "$LMOE/config.json" "$LMOE/model.safetensors" "$M/"
-python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
+M="$TMP/lmoe"
+fixture_model "$LMOE" "$M"
 "${E[@]}" generate -m "$M" --decoder llada --prompt-ids 104,101 -n 8 --json > "$TMP/d.json" 2> "$TMP/err.txt" \
   || { cat "$TMP/err.txt"; fail "--decoder llada --prompt-ids did not use the directory's tokenizer.json"; }
 jq_py "$TMP/d.json" "assert j['decoder'] == 'llada' and len(j['samples'][0]['tokens']) > 0, j" "llada --prompt-ids output"

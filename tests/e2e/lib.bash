@@ -20,6 +20,14 @@ expect_fail() {
   grep -qF -- "$want" "$TMP/bad.txt" || { cat "$TMP/bad.txt"; fail "error for '$*' does not mention $want"; }
 }
 
+# fixture_model SRC DIR: a copy of checkpoint SRC (config.json, model.safetensors) in DIR with the
+# fixture LLaDA2 tokenizer (tests/e2e/llada2_fixture.py) written next to it. Needs ROOT.
+fixture_model() {
+  mkdir -p "$2"
+  cp "$1/config.json" "$1/model.safetensors" "$2/"
+  python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$2"
+}
+
 # serve_start NAME MODEL_DIR ARGS...: starts `$ECDLM --threads 1 serve -m MODEL_DIR --port 0 ARGS...`
 # (stdout $TMP/NAME.out, stderr $TMP/NAME.err) and waits for its port and /health; sets SPID and PORT.
 # The caller's EXIT trap kills $SPID if the script fails before serve_stop.

@@ -17,9 +17,7 @@ trap cleanup EXIT
 source "$ROOT/tests/e2e/lib.bash"
 require_openai_client "$ROOT"
 M="$TMP/tiny-llada2"
-mkdir "$M"
-cp "$G/config.json" "$G/model.safetensors" "$M/"
-python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
+fixture_model "$G" "$M"
 
 # Block routing at the default block length 32; token routing at block 16, where a row alone is a
 # 16-row product (the small-M kernels' limit) and rows in a batch are more.

@@ -17,9 +17,7 @@ source "$ROOT/tests/e2e/lib.bash"
 require_openai_client "$ROOT"
 CLIENT="$ROOT/tests/e2e/serve_client.cjs"
 M="$TMP/tiny-llada2"
-mkdir "$M"
-cp "$G/config.json" "$G/model.safetensors" "$M/"
-python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
+fixture_model "$G" "$M"
 
 # The references: `ecdlm generate` with the server's defaults (llada2, block 32, threshold 0.95, seed 0).
 "$ECDLM" -q --threads 1 generate -m "$M" --chat -p hello -n 64 --decoder llada2 --json > "$TMP/generate_chat.json"

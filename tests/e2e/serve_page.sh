@@ -21,9 +21,7 @@ trap cleanup EXIT
 source "$ROOT/tests/e2e/lib.bash"
 SHOT="$(cd "$(dirname "$ECDLM")" && pwd)/serve-page.png"
 M="$TMP/tiny-llada2"
-mkdir "$M"
-cp "$G/config.json" "$G/model.safetensors" "$M/"
-python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
+fixture_model "$G" "$M"
 
 serve_start page "$M"
 BASE="http://127.0.0.1:$PORT"

@@ -15,9 +15,7 @@ cleanup() { [ -n "$SPID" ] && kill -9 "$SPID" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 source "$ROOT/tests/e2e/lib.bash"
 M="$TMP/gap"
-mkdir "$M"
-cp "$G/config.json" "$G/model.safetensors" "$M/"
-python3 "$ROOT/tests/e2e/llada2_fixture.py" write "$M"
+fixture_model "$G" "$M"
 GEN=(--threads 1 generate -m "$M" -p hello -n 56 --decoder llada2 --temperature 1 --seed 1 --json)
 
 # The request's tokens with the whole tokenizer; then the most frequent plain vocabulary id leaves it.
