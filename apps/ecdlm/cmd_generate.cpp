@@ -102,6 +102,17 @@ void check_flag_combinations(const GenerateOptions& o, const std::string& decode
       if (o.given(f)) flag_error(f, "conflicts with --ignore-eos (no stop id at all)", "drop one of the two");
 }
 
+// Generated ids that the tokenizer lacks (a model vocabulary padded past it) are left out of the
+// text, as HF's decode does; said once per process, so the missing text is not a mystery.
+void warn_missing_ids(const text::Tokenizer& tok, const std::vector<int32_t>& ids) {
+  static bool said = false;
+  const int64_t n = text::count_missing_ids(tok, ids);
+  if (n == 0 || said) return;
+  said = true;
+  LOG_WARN("generate: " << n << " generated id(s) have no token in the tokenizer (" << tok.vocab_size()
+                        << " pieces): left out of the text, as Hugging Face's decode does (--json lists every id)");
+}
+
 bool has_tokenizer_file(const std::string& dir) {
   std::error_code ec;
   for (const char* f : {"tokenizer.json", "vocab.json", "tokenizer.model"})
@@ -299,6 +310,7 @@ int run_generate(GenerateOptions o) {
       if (j <= len || !p.stop_at_eos) kept.push_back(t);
     }
     if (p.stop_at_eos) cut_at_stop(o.stop_ids, body, kept);
+    warn_missing_ids(*tok, body);
     texts.push_back(tok->decode(body));
     tokens.push_back(std::move(kept));
   }
@@ -418,6 +430,7 @@ int run_threshold(GenerateOptions& o, MoeDlm& model, const text::Tokenizer* tok,
     std::vector<int32_t> body(r.tokens.begin(), r.tokens.end());
     if (!o.ignore_eos && !body.empty() && std::find(stops.begin(), stops.end(), body.back()) != stops.end())
       body.pop_back();
+    if (tok) warn_missing_ids(*tok, body);
     const std::string text = tok ? tok->decode(body) : std::string();
     const double tps = r.seconds > 0 ? static_cast<double>(r.tokens.size()) / r.seconds : 0.0;
     LOG_INFO("sample " << i << ": " << r.tokens.size() << " tokens, " << r.forwards << " denoising + "

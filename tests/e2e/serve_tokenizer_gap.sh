@@ -40,6 +40,7 @@ echo "id $GAP removed from the tokenizer"
 # generate: exit 0, the same tokens, the id in them and its text left out of the answer.
 expect_rc 0 "$ECDLM" "${GEN[@]}"
 cp "$TMP/out.txt" "$TMP/gap.json"
+grep -q "generated id(s) have no token in the tokenizer" "$TMP/err.txt" || { cat "$TMP/err.txt"; fail "no warning"; }
 python3 - "$TMP/full.json" "$TMP/gap.json" "$GAP" <<'PY'
 import json, sys
 full = json.load(open(sys.argv[1]))["samples"][0]; gap = json.load(open(sys.argv[2]))["samples"][0]

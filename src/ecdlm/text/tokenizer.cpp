@@ -218,4 +218,20 @@ std::string SpmTokenizer::id_to_piece(int32_t id) const {
   return piece_of(sp_, id);
 }
 
+int64_t count_missing_ids(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  int64_t n = 0;
+  for (int32_t id : ids) {
+    if (id < 0 || id >= tok.vocab_size()) {
+      ++n;
+      continue;
+    }
+    try {
+      (void)tok.id_to_piece(id);
+    } catch (const std::out_of_range&) {  // a hole in the vocabulary
+      ++n;
+    }
+  }
+  return n;
+}
+
 }  // namespace ecdlm::text

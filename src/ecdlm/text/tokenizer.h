@@ -46,6 +46,9 @@ class Tokenizer {
 // without a <|mask|> piece (and no mask_token_id in config.json) has mask_id() == -1.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir_or_file);
 
+// How many of `ids` the tokenizer has no token for (decode leaves them out): for a warning.
+int64_t count_missing_ids(const Tokenizer& tok, const std::vector<int32_t>& ids);
+
 // SentencePiece BPE with byte fallback (any UTF-8 text encodes without <unk>).
 // Trained ids: 0 = <unk>, 1 = <|endoftext|>, 2 = <|mask|>, 3 = <|pad|>, 4..259 = bytes.
 // decode() renders the specials as their text (so masks stay visible); byte pieces that do not
