@@ -106,8 +106,9 @@ void check_flag_combinations(const GenerateOptions& o, const std::string& decode
 // text, as HF's decode does; said once per process, so the missing text is not a mystery.
 void warn_missing_ids(const text::Tokenizer& tok, const std::vector<int32_t>& ids) {
   static bool said = false;
+  if (said) return;
   const int64_t n = text::count_missing_ids(tok, ids);
-  if (n == 0 || said) return;
+  if (n == 0) return;
   said = true;
   LOG_WARN("generate: " << n << " generated id(s) have no token in the tokenizer (" << tok.vocab_size()
                         << " pieces): left out of the text, as Hugging Face's decode does (--json lists every id)");

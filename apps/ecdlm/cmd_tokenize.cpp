@@ -51,15 +51,7 @@ std::string process(const text::Tokenizer& tok, const TokenizeArgs& a, const std
       const std::string f = "ids[" + std::to_string(i) + "]";
       if (!v.is_number_integer()) fail(where, f, "expected an integer token id");
       const int64_t id = v.get<int64_t>();
-      bool known = id >= 0 && id < tok.vocab_size();
-      if (known) {
-        try {
-          (void)tok.id_to_piece(static_cast<int32_t>(id));
-        } catch (const std::out_of_range&) {
-          known = false;
-        }
-      }
-      if (!known)
+      if (!text::has_token(tok, id))
         fail(where, f, "token id " + std::to_string(id) + " is not in the vocabulary (size " +
                            std::to_string(tok.vocab_size()) + ")",
              "use ids produced by this tokenizer");

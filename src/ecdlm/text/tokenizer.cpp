@@ -218,19 +218,19 @@ std::string SpmTokenizer::id_to_piece(int32_t id) const {
   return piece_of(sp_, id);
 }
 
+bool has_token(const Tokenizer& tok, int64_t id) {
+  if (id < 0 || id >= tok.vocab_size()) return false;
+  try {
+    (void)tok.id_to_piece(static_cast<int32_t>(id));
+    return true;
+  } catch (const std::out_of_range&) {  // a hole in the vocabulary
+    return false;
+  }
+}
+
 int64_t count_missing_ids(const Tokenizer& tok, const std::vector<int32_t>& ids) {
   int64_t n = 0;
-  for (int32_t id : ids) {
-    if (id < 0 || id >= tok.vocab_size()) {
-      ++n;
-      continue;
-    }
-    try {
-      (void)tok.id_to_piece(id);
-    } catch (const std::out_of_range&) {  // a hole in the vocabulary
-      ++n;
-    }
-  }
+  for (int32_t id : ids) n += has_token(tok, id) ? 0 : 1;
   return n;
 }
 

@@ -46,7 +46,9 @@ class Tokenizer {
 // without a <|mask|> piece (and no mask_token_id in config.json) has mask_id() == -1.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir_or_file);
 
-// How many of `ids` the tokenizer has no token for (decode leaves them out): for a warning.
+// Whether the tokenizer has a token for `id` (in range and not a hole); decode leaves out the rest.
+bool has_token(const Tokenizer& tok, int64_t id);
+// How many of `ids` the tokenizer has no token for: for a warning.
 int64_t count_missing_ids(const Tokenizer& tok, const std::vector<int32_t>& ids);
 
 // SentencePiece BPE with byte fallback (any UTF-8 text encodes without <unk>).
