@@ -46,6 +46,30 @@ TEST(GenerateBench, CacheRatiosPairByKernelAndRepetition) {
 }
 
 
+// The streaming table's ceiling: the MoE's bytes at the run's read bandwidth, the other parts as
+// measured, and a quantized row's step there against bf16's measured step.
+TEST(GenerateBench, StepAtTheMoeFloor) {
+  auto r = row("token", true, "auto", {30.0});
+  r.stream_gbps = 50;                // GB/s
+  r.moe_bytes_per_forward = 250e6;   // 5 ms at 50 GB/s
+  r.moe_ms_per_forward = 12;
+  r.ms_per_forward = 27;             // 15 ms besides the MoE
+  r.weights = "q4";
+  EXPECT_DOUBLE_EQ(step_ms_at_moe_floor(r), 20.0);
+  auto b = row("token", true, "auto", {15.0});
+  b.weights = "bf16";
+  b.stream_gbps = 50;
+  b.moe_bytes_per_forward = 1000e6;
+  b.moe_ms_per_forward = 40;
+  b.ms_per_forward = 60;
+  const auto md = to_markdown({b, r}, GenBenchParams{});
+  EXPECT_NE(md.find("| 20.00 | 3.00x |"), std::string::npos) << md;  // q4: 60 / 20
+  EXPECT_NE(md.find("| 40.00 | - |"), std::string::npos) << md;      // bf16's own floor, no ratio
+  EXPECT_DOUBLE_EQ(to_json({b, r})["results"][1]["ms_per_forward_at_moe_floor"].get<double>(), 20.0);
+  r.stream_gbps = 0;  // no measured bandwidth: no floor
+  EXPECT_EQ(step_ms_at_moe_floor(r), 0.0);
+}
+
 GenBenchRow point(const std::string& routing, double p, int64_t g, double experts, double moe_ms) {
   GenBenchRow r = row(routing, true, "auto", {1.0});
   r.top_p = p;

@@ -457,7 +457,9 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
                    {"block_min_experts", r.block_min_experts}, {"kv_cache", r.kv_cache},
                    {"kernel", r.kernel}, {"weights", r.weights}, {"gen_length", r.gen_length},
                    {"moe_bytes_per_forward", r.moe_bytes_per_forward}, {"attention_bytes", r.attention_bytes},
-                   {"dense_bytes", r.dense_bytes}, {"head_bytes", r.head_bytes}, {"stream_gbps", r.stream_gbps}, {"unique_experts_per_block", r.unique_experts_per_block},
+                   {"dense_bytes", r.dense_bytes}, {"head_bytes", r.head_bytes}, {"stream_gbps", r.stream_gbps},
+                   {"ms_per_forward_at_moe_floor", step_ms_at_moe_floor(r)},
+                   {"unique_experts_per_block", r.unique_experts_per_block},
                    {"expert_bytes_per_forward", r.expert_bytes_per_forward}, {"ms_per_forward", r.ms_per_forward},
                    {"moe_ms_per_forward", r.moe_ms_per_forward}, {"attention_ms_per_forward", r.attention_ms_per_forward},
                    {"dense_ms_per_forward", r.dense_ms_per_forward}, {"head_ms_per_forward", r.head_ms_per_forward},
@@ -469,6 +471,11 @@ nlohmann::json to_json(const std::vector<GenBenchRow>& rows) {
                   {"block_min_experts", c.block_min_experts}, {"gen_length", c.gen_length},
                   {"speedup_median", c.median}, {"speedup_reps", c.ratios}});
   return {{"results", arr}, {"kv_cache_speedup", kv}};
+}
+
+double step_ms_at_moe_floor(const GenBenchRow& r) {
+  if (r.stream_gbps <= 0 || r.moe_bytes_per_forward <= 0 || r.ms_per_forward <= 0) return 0;
+  return r.ms_per_forward - r.moe_ms_per_forward + r.moe_bytes_per_forward / r.stream_gbps / 1e6;
 }
 
 std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p) {
@@ -502,21 +509,37 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
     if (quant) o << " " << (bf16 > 0 && r.weights != "bf16" ? fmt2(r.tokens_per_s / bf16) + "x" : std::string("-")) << " |";
     o << "\n";
   }
-  // Each part's weight bytes over its time, beside the read bandwidth measured in this run.
+  // Each part's weight bytes over its time, beside the read bandwidth measured in this run; and
+  // the forward with its MoE streamed at that bandwidth and every other part as measured: what a
+  // faster expert kernel alone could give (the rest of a 32-token step is arithmetic, not bytes).
   if (!rows.empty() && rows[0].stream_gbps > 0) {
+    const double bw = rows[0].stream_gbps;
     o << "\nWeight streaming per part (GB/s = weight bytes per forward / ms per forward; read bandwidth "
-      << std::setprecision(1) << rows[0].stream_gbps << " GB/s measured in this run):\n\n"
+      << std::setprecision(1) << bw << " GB/s measured in this run; MoE floor = the MoE's bytes at that bandwidth, "
+      << "the other parts as measured):\n\n"
       << "| model | weights | routing | KV cache | MoE MB | MoE GB/s | attention MB | attention GB/s | dense MB | "
-         "dense GB/s | LM head MB | LM head GB/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+         "dense GB/s | LM head MB | LM head GB/s | ms / forward at the MoE floor |"
+      << (quant ? " vs bf16 at the MoE floor |" : "") << "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+      << (quant ? "---|" : "") << "\n";
     auto gbps = [](double bytes, double ms) { return ms > 0 && bytes > 0 ? fmt2(bytes / ms / 1e6) : std::string("-"); };
     for (const auto& r : rows) {
       if (r.routing == "ec") continue;
+      const double floor_ms = step_ms_at_moe_floor(r);
+      double bf16_ms = 0;
+      for (const auto& b : rows)
+        if (same(b, r) && b.weights == "bf16") bf16_ms = b.ms_per_forward;
       o << "| " << r.model << " | " << r.weights << " | " << policy_label(r.routing, r.top_p, r.block_min_experts)
         << " | " << (r.kv_cache ? "on" : "off") << " | " << std::setprecision(1) << r.moe_bytes_per_forward / 1e6
         << " | " << gbps(r.moe_bytes_per_forward, r.moe_ms_per_forward) << " | " << r.attention_bytes / 1e6 << " | "
         << gbps(r.attention_bytes, r.attention_ms_per_forward) << " | " << r.dense_bytes / 1e6 << " | "
         << gbps(r.dense_bytes, r.dense_ms_per_forward) << " | " << r.head_bytes / 1e6 << " | "
-        << gbps(r.head_bytes, r.head_ms_per_forward) << " |\n";
+        << gbps(r.head_bytes, r.head_ms_per_forward) << " | " << (floor_ms > 0 ? fmt2(floor_ms) : std::string("-"))
+        << " |";
+      if (quant)
+        o << " "
+          << (floor_ms > 0 && bf16_ms > 0 && r.weights != "bf16" ? fmt2(bf16_ms / floor_ms) + "x" : std::string("-"))
+          << " |";
+      o << "\n";
     }
   }
   const auto kv = cache_ratios(rows);

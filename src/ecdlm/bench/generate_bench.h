@@ -82,6 +82,9 @@ void init_synthetic_router(moe::MoeBlockImpl& blk);
 std::vector<GenBenchRow> run_generate_bench(const GenBenchParams& p);
 
 nlohmann::json to_json(const std::vector<GenBenchRow>& rows);
+// ms per forward with the MoE part's weight bytes streamed at the run's read bandwidth and every
+// other part as measured (0 without a measured bandwidth): the ceiling of a faster expert kernel.
+double step_ms_at_moe_floor(const GenBenchRow& r);
 std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchParams& p);
 
 }  // namespace ecdlm::bench
