@@ -237,6 +237,12 @@ async function api() {
   running = 1;
   for (let i = 0; i < 100 && running !== 0; ++i) { await sleep(100); running = await metric("ecdlm_running_rows"); }
   check(running === 0 && (await metric("ecdlm_running_kinds")) === 0, "kinds: every row and batcher gone");
+  // Block routing with a block of the request's own: its coreset vote follows the block (the
+  // server's chunk is its block), where it was refused for the CLI's --block-chunk.
+  const half = await client.completions.create(
+    { model, prompt: "The", max_tokens: 16, ecdlm: { block_length: 16, moe_routing: "block", ignore_eos: true } });
+  check(half.choices[0].finish_reason === "length" && half.usage.completion_tokens === 16,
+        "block routing with ecdlm.block_length 16");
   const m = await raw("/metrics");
   check(/ecdlm_requests_total\{status="400"\} \d+/.test(m.text) && /ecdlm_step_seconds_count \d+/.test(m.text) &&
         /ecdlm_unique_experts_per_block_sum/.test(m.text), "metrics text");

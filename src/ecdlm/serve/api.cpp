@@ -92,7 +92,16 @@ void apply_ecdlm(const json& e, gen::ThresholdParams& p, bool& canvas, const Mod
               "ecdlm.");
   if (e.contains("threshold")) p.threshold = get_num(e["threshold"], "ecdlm.threshold", 0.0, 1.0);
   if (e.contains("steps")) p.steps = get_int(e["steps"], "ecdlm.steps", 1, 1 << 20);
-  if (e.contains("block_length")) p.block_length = get_int(e["block_length"], "ecdlm.block_length", 1, 1 << 20);
+  if (e.contains("block_length")) {
+    // Settings tied to the server's block follow the request's: one step per token (LLaDA2's
+    // default, unless the request gives steps) and a coreset voted once per block (dMoE's). A
+    // server setting apart from its block stays as set.
+    const int64_t server_block = p.block_length;
+    p.block_length = get_int(e["block_length"], "ecdlm.block_length", 1, 1 << 20);
+    if (!e.contains("steps") && p.steps == server_block) p.steps = p.block_length;
+    if (p.routing.block_chunk == server_block) p.routing.block_chunk = p.block_length;
+    if (p.routing.des_chunk == server_block) p.routing.des_chunk = p.block_length;
+  }
   if (e.contains("top_k")) p.top_k = get_int(e["top_k"], "ecdlm.top_k", 0, cfg.vocab_size);
   if (e.contains("eos_early_stop")) p.eos_early_stop = get_bool(e["eos_early_stop"], "ecdlm.eos_early_stop");
   if (e.contains("ignore_eos") && get_bool(e["ignore_eos"], "ecdlm.ignore_eos")) p.eos_id = -2;  // no stop ids at all
