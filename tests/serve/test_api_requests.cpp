@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../json_mutate.h"
 #include "../test_models.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/serve/api.h"
@@ -88,59 +89,14 @@ const std::vector<json>& valid_bodies() {
   return bodies;
 }
 
-// Values a field may be swapped for: every JSON type, extreme and non-integral numbers.
-json odd_value(std::mt19937_64& rng) {
-  static const std::vector<json> pool = {
-      nullptr, true, false, 0, -1, 1, 2, 3, 31, 32, 33, 127, 128, 129, kVocab, kVocab - 1,
-      INT64_MAX, INT64_MIN, UINT64_MAX, 0.5, -0.5, 1e308, -1e308, 1e-320, 2.0, 2.5, "", "x", "block", "token",
-      "llada2", "fast-dllm", "text", "user", "tiny", std::string(5000, 'z'), json::array(), json::object(),
-      json::array({1, 2}), json::array({"a"}), json::array({json::array({1})}), json::object({{"a", 1}}),
-      json::array({{{"role", "user"}, {"content", "x"}}}), json::array({{{"type", "image"}}})};
-  return pool[rng() % pool.size()];
-}
-
-// A pointer to a random node of j (the root included).
-json* random_node(json& j, std::mt19937_64& rng) {
-  json* node = &j;
-  while ((node->is_object() || node->is_array()) && !node->empty() && rng() % 3 != 0) {
-    auto it = node->begin();
-    std::advance(it, static_cast<long>(rng() % node->size()));
-    node = &*it;
-  }
-  return node;
-}
-
 std::string mutate(json body, std::mt19937_64& rng) {
-  const int edits = 1 + static_cast<int>(rng() % 3);
-  for (int e = 0; e < edits; ++e) {
-    json* node = random_node(body, rng);
-    switch (rng() % 5) {
-      case 0:  // drop a member or element
-        if (node->is_object() && !node->empty()) {
-          auto it = node->begin();
-          std::advance(it, static_cast<long>(rng() % node->size()));
-          node->erase(it.key());
-        } else if (node->is_array() && !node->empty()) {
-          node->erase(static_cast<size_t>(rng() % node->size()));
-        }
-        break;
-      case 1:  // swap the value
-        *node = odd_value(rng);
-        break;
-      case 2:  // an unknown or duplicate-looking field
-        if (node->is_object()) (*node)[rng() % 2 ? "logprobs" : "Model"] = odd_value(rng);
-        break;
-      case 3:  // grow an array
-        if (node->is_array()) node->push_back(odd_value(rng));
-        break;
-      default:  // set a known field
-        if (body.is_object()) {
-          static const char* keys[] = {"max_tokens", "n", "seed", "temperature", "top_p", "stop", "stream", "prompt",
-                                       "messages", "ecdlm", "model", "max_completion_tokens", "stream_options"};
-          body[keys[rng() % std::size(keys)]] = odd_value(rng);
-        }
-    }
-  }
+  static const std::vector<json> extra = {
+      kVocab, kVocab - 1, "block", "token", "llada2", "fast-dllm", "text", "user", "tiny",
+      json::array({{{"role", "user"}, {"content", "x"}}}), json::array({{{"type", "image"}}})};
+  test::mutate_json(body, rng,
+                    {"max_tokens", "n", "seed", "temperature", "top_p", "stop", "stream", "prompt", "messages", "ecdlm",
+                     "model", "max_completion_tokens", "stream_options"},
+                    {"logprobs", "Model"}, extra);
   std::string s = body.dump();
   switch (rng() % 6) {
     case 0:  // truncated

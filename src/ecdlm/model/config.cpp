@@ -8,6 +8,7 @@
 #include "ecdlm/moe/scaling.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
+#include "ecdlm/util/json_value.h"
 #include "ecdlm/util/log.h"
 
 namespace ecdlm {
@@ -91,11 +92,7 @@ template <typename T>
 void get_opt(const json& j, const char* key, T& out, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return;
-  try {
-    out = it->get<T>();
-  } catch (const std::exception& e) {
-    fail(src, key, std::string("wrong type: ") + e.what(), "fix the value's type");
-  }
+  json_value(*it, out, src, key);
 }
 
 RouterType parse_router(const std::string& s, const std::string& src) {
@@ -164,8 +161,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src,
   get_opt(j, "tie_word_embeddings", c.tie_word_embeddings, src);
   get_opt(j, "mask_token_id", c.mask_token_id, src);
   get_opt(j, "pad_token_id", c.pad_token_id, src);
-  if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer())
-    c.eos_token_id = j["eos_token_id"].get<int64_t>();
+  // HF configs may list several eos ids here; the tokenizer's and generation_config.json's lists
+  // are read by the decoders (text/chat.h).
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_number()) get_opt(j, "eos_token_id", c.eos_token_id, src);
   get_opt(j, "moe_router_enable_expert_bias", c.moe_router_enable_expert_bias, src);
 
   if (c.arch == Arch::kLlada2Moe) {
@@ -204,9 +202,16 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src,
     if (j.contains("moe_layer_freq") && j["moe_layer_freq"].is_array()) {
       const auto& f = j["moe_layer_freq"];
       int64_t k = 0;
-      while (k < static_cast<int64_t>(f.size()) && f[k].get<int64_t>() == 0) ++k;
-      for (size_t i = k; i < f.size(); ++i)
-        if (f[i].get<int64_t>() != 1)
+      const auto flag = [&](size_t i) {
+        int64_t x = -1;
+        if (!json_integer(f[i], x) || (x != 0 && x != 1))
+          fail(src, "moe_layer_freq", "entry " + std::to_string(i) + " is " + json_shown(f[i]) + ", not 0 or 1",
+               "0 marks a dense layer, 1 a MoE layer");
+        return x;
+      };
+      while (k < static_cast<int64_t>(f.size()) && flag(static_cast<size_t>(k)) == 0) ++k;
+      for (size_t i = static_cast<size_t>(k); i < f.size(); ++i)
+        if (flag(i) != 1)
           fail(src, "moe_layer_freq", "only a dense prefix followed by MoE layers is supported",
                "");
       c.first_k_dense_replace = k;

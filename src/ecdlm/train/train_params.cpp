@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "ecdlm/util/error.h"
+#include "ecdlm/util/json_value.h"
 
 namespace ecdlm {
 using nlohmann::json;
@@ -31,54 +32,51 @@ void TrainParams::update_from_json(const json& j, const std::string& src) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
     const json& v = it.value();
-    try {
-      if (k == "data_dir") data_dir = v.get<std::string>();
-      else if (k == "out_dir") out_dir = v.get<std::string>();
-      else if (k == "init_from") init_from = v.get<std::string>();
-      else if (k == "trainable") trainable = v.get<std::string>();
-      else if (k == "batch_size") batch_size = v.get<int64_t>();
-      else if (k == "seq_len") seq_len = v.get<int64_t>();
-      else if (k == "grad_accum") grad_accum = v.get<int64_t>();
-      else if (k == "max_steps") max_steps = v.get<int64_t>();
-      else if (k == "time_budget_s") time_budget_s = v.get<double>();
-      else if (k == "lr") lr = v.get<double>();
-      else if (k == "min_lr_ratio") min_lr_ratio = v.get<double>();
-      else if (k == "warmup_steps") warmup_steps = v.get<int64_t>();
-      else if (k == "lr_schedule") lr_schedule = v.get<std::string>();
-      else if (k == "wsd_decay_frac") wsd_decay_frac = v.get<double>();
-      else if (k == "weight_decay") weight_decay = v.get<double>();
-      else if (k == "beta1") beta1 = v.get<double>();
-      else if (k == "beta2") beta2 = v.get<double>();
-      else if (k == "adam_eps") adam_eps = v.get<double>();
-      else if (k == "grad_clip") grad_clip = v.get<double>();
-      else if (k == "inverse_r") inverse_r = v.get<bool>();
-      else if (k == "bf16") bf16 = v.get<bool>();
-      else if (k == "seed") seed = v.get<uint64_t>();
-      else if (k == "log_every") log_every = v.get<int64_t>();
-      else if (k == "eval_every") eval_every = v.get<int64_t>();
-      else if (k == "save_every") save_every = v.get<int64_t>();
-      else if (k == "keep_last") keep_last = v.get<int64_t>();
-      else if (k == "eval_windows") eval.max_windows = v.get<int64_t>();
-      else if (k == "eval_mask_samples") eval.mask_samples = v.get<int64_t>();
-      else if (k == "eval_batch_size") eval.batch_size = v.get<int64_t>();
-      else if (k == "eval_seed") eval.seed = v.get<uint64_t>();
-      else if (k == "eval_bins") eval.bins = v.get<std::vector<int64_t>>();
-      else if (k == "final_eval_windows") final_eval_windows = v.get<int64_t>();
-      else if (k == "halt_at_step") halt_at_step = v.get<int64_t>();
-      else if (k == "mask_ratio_min") mask_ratio_min = v.get<double>();
-      else if (k == "mask_ratio_max") mask_ratio_max = v.get<double>();
-      else if (k == "loss_norm") loss_norm = v.get<std::string>();
-      else if (k == "moe_routing") moe_routing = v.get<std::string>();
-      else if (k == "block_top_p") block_top_p = v.get<double>();
-      else if (k == "block_min_experts") block_min_experts = v.get<int64_t>();
-      else if (k == "block_chunk") block_chunk = v.get<int64_t>();
-      else if (k == "distill_from") distill_from = v.get<std::string>();
-      else if (k == "distill_weight") distill_weight = v.get<double>();
-      else if (k == "distill_temperature") distill_temperature = v.get<double>();
-      else fail(src, "train." + k, "unknown key", "see `ecdlm train --help` for the settings");
-    } catch (const json::exception& e) {
-      fail(src, "train." + k, std::string("wrong type: ") + e.what(), "fix the value's type");
-    }
+    const auto get = [&](auto& field) { json_value(v, field, src, "train." + k); };
+    if (k == "data_dir") get(data_dir);
+    else if (k == "out_dir") get(out_dir);
+    else if (k == "init_from") get(init_from);
+    else if (k == "trainable") get(trainable);
+    else if (k == "batch_size") get(batch_size);
+    else if (k == "seq_len") get(seq_len);
+    else if (k == "grad_accum") get(grad_accum);
+    else if (k == "max_steps") get(max_steps);
+    else if (k == "time_budget_s") get(time_budget_s);
+    else if (k == "lr") get(lr);
+    else if (k == "min_lr_ratio") get(min_lr_ratio);
+    else if (k == "warmup_steps") get(warmup_steps);
+    else if (k == "lr_schedule") get(lr_schedule);
+    else if (k == "wsd_decay_frac") get(wsd_decay_frac);
+    else if (k == "weight_decay") get(weight_decay);
+    else if (k == "beta1") get(beta1);
+    else if (k == "beta2") get(beta2);
+    else if (k == "adam_eps") get(adam_eps);
+    else if (k == "grad_clip") get(grad_clip);
+    else if (k == "inverse_r") get(inverse_r);
+    else if (k == "bf16") get(bf16);
+    else if (k == "seed") get(seed);
+    else if (k == "log_every") get(log_every);
+    else if (k == "eval_every") get(eval_every);
+    else if (k == "save_every") get(save_every);
+    else if (k == "keep_last") get(keep_last);
+    else if (k == "eval_windows") get(eval.max_windows);
+    else if (k == "eval_mask_samples") get(eval.mask_samples);
+    else if (k == "eval_batch_size") get(eval.batch_size);
+    else if (k == "eval_seed") get(eval.seed);
+    else if (k == "eval_bins") get(eval.bins);
+    else if (k == "final_eval_windows") get(final_eval_windows);
+    else if (k == "halt_at_step") get(halt_at_step);
+    else if (k == "mask_ratio_min") get(mask_ratio_min);
+    else if (k == "mask_ratio_max") get(mask_ratio_max);
+    else if (k == "loss_norm") get(loss_norm);
+    else if (k == "moe_routing") get(moe_routing);
+    else if (k == "block_top_p") get(block_top_p);
+    else if (k == "block_min_experts") get(block_min_experts);
+    else if (k == "block_chunk") get(block_chunk);
+    else if (k == "distill_from") get(distill_from);
+    else if (k == "distill_weight") get(distill_weight);
+    else if (k == "distill_temperature") get(distill_temperature);
+    else fail(src, "train." + k, "unknown key", "see `ecdlm train --help` for the settings");
   }
 }
 
