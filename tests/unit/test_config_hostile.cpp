@@ -7,7 +7,9 @@
 #include <random>
 
 #include "../json_mutate.h"
+#include "../test_util.h"
 #include "ecdlm/model/config.h"
+#include "ecdlm/train/experiment.h"
 #include "ecdlm/train/train_params.h"
 #include "ecdlm/util/error.h"
 
@@ -114,6 +116,44 @@ TEST(ConfigHostile, TrainSectionMutationsParseOrRaiseUserError) {
   p.update_from_json({{"batch_size", 8.0}, {"seed", UINT64_MAX}}, "brown.json");
   EXPECT_EQ(p.batch_size, 8);
   EXPECT_EQ(p.seed, UINT64_MAX);
+}
+
+// The experiment specs (configs/experiments/*.json) through load and plan: each edit plans its
+// runs or raises UserError.
+TEST(ConfigHostile, ExperimentMutationsPlanOrRaiseUserError) {
+  const std::string src = ECDLM_SOURCE_DIR;
+  const auto dir = test::temp_dir("exp-hostile");
+  std::mt19937_64 rng(11);
+  int planned = 0, refused = 0;
+  for (const char* name : {"ec-vs-tc", "retrofit", "schedules"}) {
+    std::ifstream f(src + "/configs/experiments/" + name + ".json");
+    json base = json::parse(f);
+    base["base"] = src + "/configs/brown-small.json";
+    base["runs_dir"] = dir + "/runs";
+    std::vector<std::string> keys;
+    for (const auto& [k, v] : base.items()) keys.push_back(k);
+    for (int i = 0; i < 500; ++i) {
+      json e = base;
+      test::mutate_json(e, rng, keys, {"k", "k_min", "schedule", "init_from", "variant", "seed", "experiment"},
+                        {"static", "linear-reverse", json::object({{"experiment", 1}, {"variant", "x"}, {"seed", 1}}),
+                         json::object({{"tokens", 100}})});
+      const auto path = dir + "/spec.json";
+      std::ofstream(path) << e.dump();
+      try {
+        const auto spec = ExperimentSpec::load(path, i % 2 == 0);
+        plan_experiment(spec, dir + "/data");
+        ++planned;
+      } catch (const UserError&) {
+        ++refused;
+      } catch (const std::exception& ex) {
+        ADD_FAILURE() << "not a UserError (" << ex.what() << ") for " << e.dump();
+      }
+    }
+  }
+  RecordProperty("planned", planned);
+  RecordProperty("refused", refused);
+  EXPECT_GT(planned, 100);
+  EXPECT_GT(refused, 500);
 }
 
 }  // namespace

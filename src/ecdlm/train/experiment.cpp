@@ -8,6 +8,7 @@
 #include "ecdlm/train/trainer.h"
 #include "ecdlm/util/error.h"
 #include "ecdlm/util/fs.h"
+#include "ecdlm/util/json_value.h"
 #include "ecdlm/util/log.h"
 
 namespace ecdlm {
@@ -114,7 +115,7 @@ ExperimentSpec ExperimentSpec::load(const std::string& path, bool quick) {
       s.target_loss = t["loss"].get<double>();
       s.target_variant.clear();
     } else if (t.contains("variant")) {
-      s.target_variant = t["variant"].get<std::string>();
+      json_value(t["variant"], s.target_variant, path, "target.variant");
       if (!names.count(s.target_variant)) fail(path, "target.variant", "no variant named '" + s.target_variant + "'", "");
     }
   }
@@ -154,9 +155,13 @@ std::vector<ExperimentRun> plan_experiment(const ExperimentSpec& spec, const std
         check_keys(ref, spec.source, field, {"experiment", "variant", "seed"});
         if (!ref.contains("experiment") || !ref.contains("variant") || !ref.contains("seed"))
           fail(spec.source, field, "needs experiment, variant and seed", "e.g. {\"experiment\": \"ec-vs-tc\", ...}");
-        train["init_from"] = (fs::path(spec.runs_dir).parent_path() /
-                              (ref["experiment"].get<std::string>() + (spec.quick ? "-quick" : "")) /
-                              ref["variant"].get<std::string>() / ("seed-" + std::to_string(ref["seed"].get<int64_t>())))
+        std::string experiment, variant;
+        uint64_t seed = 0;
+        json_value(ref["experiment"], experiment, spec.source, field + ".experiment");
+        json_value(ref["variant"], variant, spec.source, field + ".variant");
+        json_value(ref["seed"], seed, spec.source, field + ".seed");
+        train["init_from"] = (fs::path(spec.runs_dir).parent_path() / (experiment + (spec.quick ? "-quick" : "")) /
+                              variant / ("seed-" + std::to_string(seed)))
                                  .string();
       }
       if (train.contains("init_from") && !train["init_from"].is_string())
@@ -177,11 +182,14 @@ std::vector<ExperimentRun> plan_experiment(const ExperimentSpec& spec, const std
       if (!unknown.empty()) fail(spec.source, "variants." + v.name + ".model." + unknown.front(), "unknown key", "");
       if (!v.retrofit.is_null()) {
         RetrofitParams rp;
-        rp.schedule = v.retrofit.value("schedule", rp.schedule);
-        rp.k = v.retrofit.value("k", rp.k);
-        rp.k_min = v.retrofit.value("k_min", rp.k_min);
-        rp.k_max = v.retrofit.value("k_max", rp.k_max);
-        rp.z_loss_coeff = v.retrofit.value("z_loss_coeff", rp.z_loss_coeff);
+        const auto opt = [&](const char* k, auto& out) {
+          if (v.retrofit.contains(k)) json_value(v.retrofit[k], out, spec.source, "variants." + v.name + ".retrofit." + k);
+        };
+        opt("schedule", rp.schedule);
+        opt("k", rp.k);
+        opt("k_min", rp.k_min);
+        opt("k_max", rp.k_max);
+        opt("z_loss_coeff", rp.z_loss_coeff);
         cfg = retrofit_config(cfg, rp);
       }
       apply_tc_scaling_factor(cfg);
