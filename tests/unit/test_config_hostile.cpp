@@ -24,6 +24,31 @@ json golden_config(const std::string& name) {
   return json::parse(f);
 }
 
+// Counts how the reads of hostile documents end: accepted, or a UserError naming `file`; any
+// other exception fails the test. Both outcomes must be common, so the edits reach past the
+// first checks.
+struct Outcomes {
+  int accepted = 0, refused = 0;
+  template <typename Read>
+  void run(const Read& read, const std::string& file, const json& doc) {
+    try {
+      read();
+      ++accepted;
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << e.what();
+      ++refused;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not a UserError (" << e.what() << ") for " << doc.dump();
+    }
+  }
+  void expect_both(int min_accepted, int min_refused) const {
+    ::testing::Test::RecordProperty("accepted", accepted);
+    ::testing::Test::RecordProperty("refused", refused);
+    EXPECT_GT(accepted, min_accepted);
+    EXPECT_GT(refused, min_refused);
+  }
+};
+
 TEST(ConfigHostile, MutationsParseOrRaiseUserError) {
   std::mt19937_64 rng(20261206);
   std::vector<json> bases;
@@ -32,28 +57,21 @@ TEST(ConfigHostile, MutationsParseOrRaiseUserError) {
     bases.push_back(golden_config(name));
     for (const auto& [k, v] : bases.back().items()) keys.push_back(k);
   }
-  int parsed = 0, refused = 0;
+  Outcomes out;
   for (int i = 0; i < 6000; ++i) {
     json c = bases[static_cast<size_t>(i) % bases.size()];
     test::mutate_json(c, rng, keys, {"moe_layer_freq", "moe_router_type", "mode", "core_threshold", "head_dim"},
                       {"llada", "llada2_moe", "expert_choice", "aggregate", json::array({0, 1, 1}), 64, 16});
-    try {
-      const auto m = ModelConfig::from_json(c, "config.json");
-      EXPECT_GT(m.vocab_size, 0) << c.dump();
-      EXPECT_GT(m.num_experts, 0) << c.dump();
-      EXPECT_LE(m.num_experts_per_tok, m.num_experts) << c.dump();
-      ++parsed;
-    } catch (const UserError& e) {
-      EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
-      ++refused;
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "not a UserError (" << e.what() << ") for " << c.dump();
-    }
+    out.run(
+        [&] {
+          const auto m = ModelConfig::from_json(c, "config.json");
+          EXPECT_GT(m.vocab_size, 0) << c.dump();
+          EXPECT_GT(m.num_experts, 0) << c.dump();
+          EXPECT_LE(m.num_experts_per_tok, m.num_experts) << c.dump();
+        },
+        "config.json", c);
   }
-  RecordProperty("parsed", parsed);
-  RecordProperty("refused", refused);
-  EXPECT_GT(parsed, 300);
-  EXPECT_GT(refused, 1000);
+  out.expect_both(300, 1000);
 }
 
 TEST(ConfigHostile, NumbersKeepTheirType) {
@@ -91,23 +109,13 @@ TEST(ConfigHostile, TrainSectionMutationsParseOrRaiseUserError) {
   std::vector<std::string> keys;
   for (const auto& [k, v] : base.items()) keys.push_back(k);
   std::mt19937_64 rng(7);
-  int parsed = 0, refused = 0;
+  Outcomes out;
   for (int i = 0; i < 3000; ++i) {
     json t = base;
     test::mutate_json(t, rng, keys, {"eval_bins", "seed", "bf16", "grad_clip"}, {json::array({2, 4}), "cosine"});
-    try {
-      TrainParams p;
-      p.update_from_json(t, "brown.json");
-      ++parsed;
-    } catch (const UserError& e) {
-      EXPECT_NE(std::string(e.what()).find("brown.json"), std::string::npos) << e.what();
-      ++refused;
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "not a UserError (" << e.what() << ") for " << t.dump();
-    }
+    out.run([&] { TrainParams().update_from_json(t, "brown.json"); }, "brown.json", t);
   }
-  EXPECT_GT(parsed, 100);
-  EXPECT_GT(refused, 1000);
+  out.expect_both(100, 1000);
   TrainParams p;
   EXPECT_THROW(p.update_from_json({{"batch_size", 2.5}}, "brown.json"), UserError);  // was 2
   EXPECT_THROW(p.update_from_json({{"max_steps", true}}, "brown.json"), UserError);  // was 1
@@ -124,7 +132,7 @@ TEST(ConfigHostile, ExperimentMutationsPlanOrRaiseUserError) {
   const std::string src = ECDLM_SOURCE_DIR;
   const auto dir = test::temp_dir("exp-hostile");
   std::mt19937_64 rng(11);
-  int planned = 0, refused = 0;
+  Outcomes out;
   for (const char* name : {"ec-vs-tc", "retrofit", "schedules"}) {
     std::ifstream f(src + "/configs/experiments/" + name + ".json");
     json base = json::parse(f);
@@ -139,21 +147,11 @@ TEST(ConfigHostile, ExperimentMutationsPlanOrRaiseUserError) {
                          json::object({{"tokens", 100}})});
       const auto path = dir + "/spec.json";
       std::ofstream(path) << e.dump();
-      try {
-        const auto spec = ExperimentSpec::load(path, i % 2 == 0);
-        plan_experiment(spec, dir + "/data");
-        ++planned;
-      } catch (const UserError&) {
-        ++refused;
-      } catch (const std::exception& ex) {
-        ADD_FAILURE() << "not a UserError (" << ex.what() << ") for " << e.dump();
-      }
+      // A spec names the failing file (itself, its base, a checkpoint it refers to) in its own way.
+      out.run([&] { plan_experiment(ExperimentSpec::load(path, i % 2 == 0), dir + "/data"); }, "", e);
     }
   }
-  RecordProperty("planned", planned);
-  RecordProperty("refused", refused);
-  EXPECT_GT(planned, 100);
-  EXPECT_GT(refused, 500);
+  out.expect_both(100, 500);
 }
 
 }  // namespace
