@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../json_mutate.h"
+#include "test_tokenizer.h"
 #include "../test_models.h"
 #include "ecdlm/model/moe_dlm.h"
 #include "ecdlm/serve/api.h"
@@ -23,32 +24,17 @@ using nlohmann::json;
 
 constexpr int64_t kVocab = 48, kContext = 128;
 
-// One id per byte (bytes fold onto the first 40 ids; the last two are EOS and the mask): enough
-// for the parser, which only counts and checks ids.
-class ByteTokenizer : public text::Tokenizer {
- public:
-  std::vector<int32_t> encode(const std::string& text) const override {
-    std::vector<int32_t> ids;
-    for (unsigned char c : text) ids.push_back(static_cast<int32_t>(c % 40));
-    return ids;
-  }
-  std::string decode(const std::vector<int32_t>& ids) const override {
-    std::string s;
-    for (auto id : ids)
-      if (id >= 0 && id < 40) s += static_cast<char>('0' + id);
-    return s;
-  }
-  int64_t vocab_size() const override { return kVocab; }
-  int32_t mask_id() const override { return kVocab - 1; }
-  int32_t eos_id() const override { return kVocab - 2; }
-  int32_t pad_id() const override { return kVocab - 2; }
-  std::string id_to_piece(int32_t id) const override { return decode({id}); }
-  int32_t piece_to_id(const std::string&) const override { return -1; }
-};
+// One piece per id below 40 ('0' + id), text encoded byte by byte onto them: enough for the
+// parser, which only counts and checks ids.
+std::vector<std::string> digit_pieces() {
+  std::vector<std::string> p;
+  for (int i = 0; i < 40; ++i) p.emplace_back(1, static_cast<char>('0' + i));
+  return p;
+}
 
 struct Fixture {
   MoeDlm model{nullptr};
-  ByteTokenizer tok;
+  test::PieceTokenizer tok{digit_pieces(), kVocab, 40};
   ApiDefaults d;
   Fixture() {
     auto c = test::small_tc_config(kVocab);

@@ -16,6 +16,7 @@
 #include "ecdlm/serve/api.h"
 #include "ecdlm/serve/scheduler.h"
 #include "ecdlm/text/unicode.h"
+#include "test_tokenizer.h"
 
 namespace ecdlm::serve {
 namespace {
@@ -39,34 +40,13 @@ const std::vector<std::string>& pieces() {
   return p;
 }
 
-class PieceTokenizer : public text::Tokenizer {
- public:
-  std::vector<int32_t> encode(const std::string& text) const override {
-    std::vector<int32_t> ids;
-    for (unsigned char c : text) ids.push_back(static_cast<int32_t>(c % 10));
-    return ids;
-  }
-  std::string decode(const std::vector<int32_t>& ids) const override {
-    std::string raw;
-    for (auto id : ids)
-      if (id >= 0 && id < static_cast<int32_t>(pieces().size())) raw += pieces()[static_cast<size_t>(id)];
-    return text::uni::from_utf8_lossy(raw);
-  }
-  int64_t vocab_size() const override { return kVocab; }
-  int32_t mask_id() const override { return kVocab - 1; }
-  int32_t eos_id() const override { return kVocab - 2; }
-  int32_t pad_id() const override { return kVocab - 2; }
-  std::string id_to_piece(int32_t id) const override { return decode({id}); }
-  int32_t piece_to_id(const std::string&) const override { return -1; }
-};
-
 TEST(ServeScheduler, StreamedTextIsTheAnswerCutAtTheFirstStopString) {
   torch::manual_seed(3);
   auto cfg = test::small_tc_config(kVocab);
   cfg.max_position_embeddings = 512;
   MoeDlm model(cfg);
   model->eval();
-  PieceTokenizer tok;
+  test::PieceTokenizer tok(pieces(), kVocab, 10);
   ApiDefaults d;
   d.model_id = "tiny";
   d.params.gen_length = 96;
