@@ -44,7 +44,7 @@ struct GenerateOptions {
 };
 
 void flag_error(const std::string& flag, const std::string& problem, const std::string& fix) {
-  throw UserError(format_error("", flag, problem, fix));
+  fail("", flag, problem, fix);
 }
 
 void validate(const GenerateOptions& o) {

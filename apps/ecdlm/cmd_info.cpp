@@ -439,7 +439,7 @@ void register_info(CLI::App& app) {
   sub->add_flag("--json", *as_json, "Print the report as JSON");
   set_runner(sub, [dir, as_json]() {
     if (!fs::exists(*dir))
-      throw UserError(format_error(*dir, "", "not found", "pass a model directory to -m"));
+      fail(*dir, "", "not found", "pass a model directory to -m");
     const json j = build_info(*dir);
     if (*as_json)
       std::cout << j.dump(2) << "\n";

@@ -77,12 +77,10 @@ void write_routing(const std::string& path, MoeDlm& model, const std::string& mo
 
 int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
   if (has_text == has_input)
-    throw UserError(format_error("", "--text/--input",
-                                 has_text ? "both given" : "neither given",
-                                 "pass exactly one: --text STR or --input IN.safetensors"));
+    fail("", "--text/--input", has_text ? "both given" : "neither given",
+         "pass exactly one: --text STR or --input IN.safetensors");
   if (o.attention == "block-causal" && o.block_length <= 0)
-    throw UserError(format_error("", "--block-length", "must be > 0 for block-causal attention",
-                                 "pass e.g. --block-length 32"));
+    fail("", "--block-length", "must be > 0 for block-causal attention", "pass e.g. --block-length 32");
   torch::Tensor ids_BT, ratio_B;
   std::string source;
   if (has_input) {
@@ -100,7 +98,7 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
     std::vector<int64_t> ids;
     for (int32_t id : tok->encode(o.text)) ids.push_back(id);
     if (ids.empty())
-      throw UserError(format_error("", "--text", "encodes to no tokens", "pass non-empty text"));
+      fail("", "--text", "encodes to no tokens", "pass non-empty text");
     ids_BT = torch::tensor(ids, torch::kInt64).view({1, static_cast<int64_t>(ids.size())});
     source = "--text";
   }
@@ -113,11 +111,9 @@ int run_logits(const LogitsOptions& o, bool has_text, bool has_input) {
   const auto routing = o.routing.resolve(cfg);
   const int64_t lo = ids_BT.min().item<int64_t>(), hi = ids_BT.max().item<int64_t>();
   if (lo < 0 || hi >= cfg.vocab_size)
-    throw UserError(format_error(source, "input_ids",
-                                 "id " + std::to_string(lo < 0 ? lo : hi) +
-                                     " outside the vocabulary [0, " +
-                                     std::to_string(cfg.vocab_size) + ")",
-                                 "use ids from this model's tokenizer"));
+    fail(source, "input_ids",
+         "id " + std::to_string(lo < 0 ? lo : hi) + " outside the vocabulary [0, " + std::to_string(cfg.vocab_size) + ")",
+         "use ids from this model's tokenizer");
 
   ForwardOptions opt;
   if (o.attention == "block-causal") opt.block_length = o.block_length;
@@ -214,8 +210,8 @@ void register_logits(CLI::App& app) {
       ->capture_default_str();
   set_runner(sub, [o, sub, text_opt, input_opt]() {
     if (sub->count("--block-length") > 0 && o->attention != "block-causal")
-      throw UserError(format_error("", "--block-length", "only applies to --attention block-causal",
-                                   "add --attention block-causal, or drop --block-length"));
+      fail("", "--block-length", "only applies to --attention block-causal",
+           "add --attention block-causal, or drop --block-length");
     return run_logits(*o, text_opt->count() > 0, input_opt->count() > 0);
   });
 }

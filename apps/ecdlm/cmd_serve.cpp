@@ -28,7 +28,7 @@ struct ServeOptions {
 };
 
 void flag_error(const std::string& flag, const std::string& problem, const std::string& fix) {
-  throw UserError(format_error("", flag, problem, fix));
+  fail("", flag, problem, fix);
 }
 
 void check_flags(ServeOptions& o) {

@@ -492,13 +492,19 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
     return a.model == b.model && a.routing == b.routing && a.top_p == b.top_p && a.kv_cache == b.kv_cache &&
            a.kernel == b.kernel && a.block_min_experts == b.block_min_experts;
   };
+  // The bf16 row of r's variant (for the "vs bf16" columns), if the run has one.
+  auto bf16_of = [&](const GenBenchRow& r) -> const GenBenchRow* {
+    for (const auto& b : rows)
+      if (same(b, r) && b.weights == "bf16") return &b;
+    return nullptr;
+  };
   for (const auto& r : rows) {
-    double base = 0, bf16 = 0;
-    for (const auto& b : rows) {
+    double base = 0;
+    for (const auto& b : rows)
       if (b.model == r.model && b.routing == "token" && b.kv_cache && b.kernel == r.kernel && b.weights == r.weights)
         base = b.tokens_per_s;
-      if (same(b, r) && b.weights == "bf16") bf16 = b.tokens_per_s;
-    }
+    const auto* b16 = bf16_of(r);
+    const double bf16 = b16 ? b16->tokens_per_s : 0.0;
     o << "| " << r.model << " | " << (quant ? r.weights + " | " : "")
       << policy_label(r.routing, r.top_p, r.block_min_experts) << " | " << (r.kv_cache ? "on" : "off") << " | "
       << r.kernel << " | " << std::setprecision(1) << r.unique_experts_per_block << " | "
@@ -513,9 +519,8 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
   // the forward with its MoE streamed at that bandwidth and every other part as measured: what a
   // faster expert kernel alone could give (the rest of a 32-token step is arithmetic, not bytes).
   if (!rows.empty() && rows[0].stream_gbps > 0) {
-    const double bw = rows[0].stream_gbps;
     o << "\nWeight streaming per part (GB/s = weight bytes per forward / ms per forward; read bandwidth "
-      << std::setprecision(1) << bw << " GB/s measured in this run; MoE floor = the MoE's bytes at that bandwidth, "
+      << std::setprecision(1) << rows[0].stream_gbps << " GB/s measured in this run; MoE floor = the MoE's bytes at that bandwidth, "
       << "the other parts as measured):\n\n"
       << "| model | weights | routing | KV cache | MoE MB | MoE GB/s | attention MB | attention GB/s | dense MB | "
          "dense GB/s | LM head MB | LM head GB/s | ms / forward at the MoE floor |"
@@ -525,9 +530,8 @@ std::string to_markdown(const std::vector<GenBenchRow>& rows, const GenBenchPara
     for (const auto& r : rows) {
       if (r.routing == "ec") continue;
       const double floor_ms = step_ms_at_moe_floor(r);
-      double bf16_ms = 0;
-      for (const auto& b : rows)
-        if (same(b, r) && b.weights == "bf16") bf16_ms = b.ms_per_forward;
+      const auto* b16 = bf16_of(r);
+      const double bf16_ms = b16 ? b16->ms_per_forward : 0.0;
       o << "| " << r.model << " | " << r.weights << " | " << policy_label(r.routing, r.top_p, r.block_min_experts)
         << " | " << (r.kv_cache ? "on" : "off") << " | " << std::setprecision(1) << r.moe_bytes_per_forward / 1e6
         << " | " << gbps(r.moe_bytes_per_forward, r.moe_ms_per_forward) << " | " << r.attention_bytes / 1e6 << " | "

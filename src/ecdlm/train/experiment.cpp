@@ -67,9 +67,9 @@ ExperimentSpec ExperimentSpec::load(const std::string& path, bool quick) {
   check_keys(j, path, "", {"name", "description", "base", "budget", "seeds", "baseline", "target", "train",
                            "model", "variants", "quick", "runs_dir", "results_dir"});
   auto str = [&](const char* k, const std::string& def) {
-    if (!j.contains(k)) return def;
-    if (!j[k].is_string()) fail(path, k, "must be a string", "");
-    return j[k].get<std::string>();
+    std::string v = def;
+    if (j.contains(k)) json_value(j[k], v, path, k);
+    return v;
   };
   s.name = str("name", fs::path(path).stem().string());
   s.description = str("description", "");
@@ -111,8 +111,7 @@ ExperimentSpec ExperimentSpec::load(const std::string& path, bool quick) {
     const auto& t = j["target"];
     check_keys(t, path, "target", {"variant", "loss"});
     if (t.contains("loss")) {
-      if (!t["loss"].is_number()) fail(path, "target.loss", "must be a number", "");
-      s.target_loss = t["loss"].get<double>();
+      json_value(t["loss"], s.target_loss, path, "target.loss");
       s.target_variant.clear();
     } else if (t.contains("variant")) {
       json_value(t["variant"], s.target_variant, path, "target.variant");
